@@ -1,0 +1,31 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`.
+# Both build .venv themselves: torch's CPU build first, then everything else under a
+# constraint that keeps pip from swapping torch for a multi-GB CUDA build.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup tools clean
+demo: $(STAMP)
+	$(BIN)/pefttool run recipes/lora.toml
+
+test: $(STAMP) tools
+	$(BIN)/python -m pytest -q
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements-lock.txt requirements-demo.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-lock.txt -e .
+	$(BIN)/python -m pip install -q --no-deps -r requirements-demo.txt
+	touch $(STAMP)
+
+# tmux drives the TUI under a real terminal in one test; Debian's package, when we may install it.
+tools:
+	@command -v tmux >/dev/null || { apt-get install -y -qq tmux >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq tmux >/dev/null 2>&1; }; } || echo "tmux could not be installed: the terminal test will be skipped"
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,36 @@
+"""pefttool: fine-tune pretrained transformers from TOML recipes, with strategy plugins.
+
+The importable API. Importing it loads neither torch nor textual; those load when a run starts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+from .errors import (DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError,
+                     RunInterrupted, TrainingError)
+from .recipe import Recipe, load_recipe, validate_recipe
+from .strategy import Strategy, StrategyOptions
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("pefttool")
+
+if TYPE_CHECKING:
+    from .engine import RunResult
+
+
+def run(recipe: Recipe, resume: bool = False, **kwargs: Any) -> RunResult:
+    """Fine-tune as the recipe says; see `pefttool.engine.run_recipe`."""
+    from .engine import run_recipe
+
+    return run_recipe(recipe, resume=resume, **kwargs)
+
+
+__all__ = [
+    "DataError", "ModelError", "OutputError", "PefttoolError", "PluginError", "Recipe", "RecipeError",
+    "RunInterrupted", "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "load_recipe",
+    "run", "validate_recipe", "__version__",
+]

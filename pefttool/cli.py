@@ -1,0 +1,162 @@
+"""The `pefttool` command: thin subcommands over the importable API.
+
+Known errors print one line (a recipe's problems: one line each) on stderr and exit 2 (3 for
+a failed run, 130 for an interrupted one); a traceback appears only with PEFTTOOL_DEBUG=1.
+`pefttool --help` imports neither torch nor textual.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import PefttoolError
+
+DEBUG_ENV = "PEFTTOOL_DEBUG"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pefttool",
+        description="Fine-tune pretrained transformers from TOML recipes. "
+                    "With no command, opens the terminal UI.")
+    parser.add_argument("--version", action="version", version=f"pefttool {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def recipe_command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("recipe", type=Path, help="path to a recipe TOML file")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe value, e.g. --set train.lr=2e-4 (repeatable)")
+        return p
+
+    recipe_command("validate", "check a recipe and list every problem")
+    run = recipe_command("run", "fine-tune as a recipe says (headless)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the newest unfinished run of this recipe from its last checkpoint")
+    run.add_argument("--quiet", action="store_true", help="print only the summary")
+    resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    resume.add_argument("run_dir", type=Path, help="the run's directory (holds events.jsonl)")
+    resume.add_argument("--quiet", action="store_true", help="print only the summary")
+    plugins = sub.add_parser("plugins", help="list the loaded plugins and their strategies")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    sub.add_parser("recipes", help="list built-in and local recipes with strategy and model")
+    runs = sub.add_parser("runs", help="list runs under an output root")
+    runs.add_argument("root", type=Path, nargs="?", default=Path("runs"))
+    tui = sub.add_parser("tui", help="open the terminal UI (the default with no command)")
+    tui.add_argument("--runs-root", type=Path, default=Path("runs"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args)
+    except PefttoolError as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line, with the way to see more
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc} (rerun with {DEBUG_ENV}=1 for the "
+              f"traceback, and please report it)", file=sys.stderr)
+        return 1
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    command = args.command or "tui"
+    if command == "validate":
+        return cmd_validate(args)
+    if command == "run":
+        return cmd_run(args)
+    if command == "resume":
+        return cmd_resume(args)
+    if command == "plugins":
+        return cmd_plugins(args)
+    if command == "recipes":
+        return cmd_recipes()
+    if command == "runs":
+        return cmd_runs(args)
+    return cmd_tui(args)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(f"{args.recipe}: ok ({recipe.task.type}, strategy {recipe.method.strategy}, "
+          f"model {recipe.model.path})")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .headless import run_headless
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    return run_headless(recipe, resume=args.resume, quiet=args.quiet)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .headless import resume_headless
+
+    return resume_headless(args.run_dir, quiet=args.quiet)
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from .plugins import get_plugin_host
+
+    host = get_plugin_host()
+    rows = host.describe()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        source = f"{row['distribution']} {row['version']}".strip() or row["module"]
+        print(f"{row['name']:<12} {source:<24} strategies: {', '.join(row['strategies']) or '-'}")
+        for name in row["strategies"]:
+            print(f"{'':<12}   {name}: {host.strategies[name].description}")
+    return 0
+
+
+def cmd_recipes() -> int:
+    from .catalog import find_recipes
+
+    for entry in find_recipes():
+        status = "ok" if not entry.problems else f"{len(entry.problems)} problem(s)"
+        print(f"{entry.origin:<9} {str(entry.path):<40} {entry.get('method.strategy', 'lora'):<7} "
+              f"{entry.get('task.type'):<15} {entry.get('model.path')}  [{status}]")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .runs import list_runs
+
+    runs = list_runs(args.root)
+    if not runs:
+        print(f"no runs under {args.root}")
+    for run in runs:
+        best = f"{run.metric}={run.best:.4f}" if run.best is not None else "-"
+        print(f"{run.status:<13} {str(run.path):<40} {best:<22} {run.duration_s:7.0f}s")
+    return 0
+
+
+def cmd_tui(args: argparse.Namespace) -> int:
+    from .tui.app import make_app
+
+    app = make_app(runs_root=getattr(args, "runs_root", Path("runs")))
+    app.run()
+    return app.return_code or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Errors pefttool knows how to explain in one line.
+
+Every error the user can cause (a recipe, data, a model path, a plugin) is raised as a
+`PefttoolError`; the CLI prints its message on one line and exits with `exit_code`. Anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PefttoolError(Exception):
+    """A problem the user can fix; the message says what, where, and the fix."""
+
+    exit_code = 2
+
+
+class RecipeError(PefttoolError):
+    """A recipe that does not validate; holds every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {len(problems)} problem(s)"] + [f"  - {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class PluginError(PefttoolError):
+    """A plugin failed to load, misnamed a hook, clashed with another, or raised in a hook."""
+
+
+class DataError(PefttoolError):
+    """The data files cannot be turned into a dataset (file, row and column are named)."""
+
+
+class ModelError(PefttoolError):
+    """The model path or its files cannot be loaded as asked."""
+
+
+class OutputError(PefttoolError):
+    """The output directory cannot be written as asked (exists, not writable, disk full)."""
+
+
+class TrainingError(PefttoolError):
+    """Training cannot go on (a NaN loss, say); the last good checkpoint is kept."""
+
+    exit_code = 3
+
+
+class RunInterrupted(PefttoolError):
+    """The run was stopped by a signal after a checkpoint; `pefttool resume` continues it."""
+
+    exit_code = 130

@@ -1,0 +1,185 @@
+"""What a run reports: typed events, and their one-JSON-object-per-line form.
+
+The engine creates these and hands each to the observer hooks and to `RUN_DIR/events.jsonl`.
+Every consumer (the headless reporter, the TUI, plugins, `pefttool runs`) reads the same
+events, so nothing downstream ever needs to reach into the engine. Each line carries `type`
+and `time` (Unix seconds); unknown fields are ignored by readers so events can grow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+EVENTS_FILE = "events.jsonl"
+
+
+@dataclass
+class Event:
+    """Base of all events; `type` names the kind in JSONL."""
+
+    type: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_json(self) -> str:
+        return json.dumps({"type": self.type, **asdict(self)}, default=str)
+
+
+@dataclass
+class StartEvent(Event):
+    """The run is set up and about to train (or resume)."""
+
+    type: ClassVar[str] = "start"
+    run_dir: str
+    recipe: dict[str, Any]            # the resolved recipe, defaults filled in
+    strategy: str
+    total_steps: int                  # optimizer steps planned for the whole run
+    steps_per_epoch: int
+    epochs: int
+    params_total: int
+    params_trainable: int
+    model_memory_mb: float
+    device: str
+    pid: int = field(default_factory=os.getpid)
+    resumed_from_step: int = 0
+    data: dict[str, Any] = field(default_factory=dict)   # cleaning counts per split
+    safety: dict[str, Any] = field(default_factory=dict)  # allow_pickle, trust_remote_code
+
+
+@dataclass
+class StepEvent(Event):
+    """An optimizer step finished (emitted every `train.log_every` steps, and the last one)."""
+
+    type: ClassVar[str] = "step"
+    step: int
+    total_steps: int
+    epoch: float                      # fractional: 1.5 = halfway through the second epoch
+    loss: float                       # mean train loss over the steps since the last event
+    lr: float
+    tokens_per_s: float
+    samples_per_s: float
+    elapsed_s: float
+    eta_s: float
+    rss_mb: float
+    gpu_mem_mb: float | None = None
+
+
+@dataclass
+class EvalEvent(Event):
+    """An evaluation finished; `metrics` holds every metric, `metric` names the one that rules."""
+
+    type: ClassVar[str] = "eval"
+    step: int
+    epoch: float
+    metrics: dict[str, float]
+    metric: str
+    value: float
+    best: float
+    is_best: bool
+    bad_evals: int                    # evaluations in a row without improvement
+
+
+@dataclass
+class CheckpointEvent(Event):
+    """A checkpoint was written completely (atomically) and can be resumed from."""
+
+    type: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    reason: str = "interval"          # interval | epoch | stop | best
+
+
+@dataclass
+class LogEvent(Event):
+    """A human-readable message worth showing (data cleaning counts, warnings, decisions)."""
+
+    type: ClassVar[str] = "log"
+    level: str                        # info | warning | error
+    message: str
+
+
+@dataclass
+class EndEvent(Event):
+    """The run is over; `status` says how, and what to do next if it was not completed."""
+
+    type: ClassVar[str] = "end"
+    status: str          # completed | early_stopped | interrupted | failed
+    step: int
+    duration_s: float
+    metric: str | None = None
+    best: float | None = None
+    best_step: int | None = None
+    model_dir: str | None = None
+    message: str = ""
+    exit_code: int = 0
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (StartEvent, StepEvent, EvalEvent, CheckpointEvent, LogEvent, EndEvent)
+}
+
+
+def from_dict(data: dict[str, Any]) -> Event | None:
+    """Rebuild an event from its JSON form; None for an unknown type (a newer writer)."""
+    cls = EVENT_TYPES.get(data.get("type", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+class EventLog:
+    """Appends events to `events.jsonl`, one flushed line each, so a reader never sees half."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self._fh = open(self.path, "a", encoding="utf-8")
+
+    def write(self, event: Event) -> None:
+        self._fh.write(event.to_json() + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def read_events(path: Path) -> Iterator[Event]:
+    """Every complete event in a file (a partly written last line is skipped)."""
+    follower = EventFollower(path)
+    yield from follower.poll()
+
+
+class EventFollower:
+    """Reads new events from a growing `events.jsonl` (for attaching to a live run)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> list[Event]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # incomplete (or empty) tail waits for the next poll
+        out = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                event = from_dict(json.loads(line))
+            except (ValueError, TypeError):
+                continue
+            if event is not None:
+                out.append(event)
+        return out

@@ -1,0 +1,83 @@
+"""Every hook a pefttool plugin can implement, grouped by phase.
+
+Implement them with the `pefttool.hookimpl` marker in a module or class registered under the
+`pefttool` entry-point group (`[project.entry-points.pefttool] myplugin = "mypkg.plugin"`).
+Arguments may be left out of an implementation: pluggy passes only those it names, so a hook
+can gain arguments without breaking existing plugins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, StartEvent, StepEvent
+    from .strategy import Strategy
+
+hookspec = pluggy.HookspecMarker("pefttool")
+
+
+# ------------------------------------------------------------------ start-up
+
+
+@hookspec
+def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
+    """Register training strategies. Called once when the plugin host starts.
+
+    Call `register(MyStrategy())` for each strategy the plugin adds. A strategy's `name` is what
+    a recipe's `method.strategy` names; two plugins registering the same name is an error that
+    names both. Return nothing.
+    """
+
+
+# ------------------------------------------------------------------ observers (the run)
+# Fired by the engine in the training process, in this order. Every event is also written to
+# RUN_DIR/events.jsonl. Return values are ignored; an exception in an observer stops the run
+# with an error naming the plugin and the hook.
+
+
+@hookspec
+def pefttool_run_start(event: StartEvent) -> None:
+    """The model is loaded and wrapped, data is ready, and the first step is next.
+
+    `event` holds the resolved recipe, the run directory, the planned steps and the parameter
+    counts. Return nothing.
+    """
+
+
+@hookspec
+def pefttool_step_end(event: StepEvent) -> None:
+    """An optimizer step finished (every `train.log_every` steps and the last one).
+
+    `event` holds step, loss, learning rate, throughput, ETA and memory. Keep it quick: it runs
+    on the training process between steps. Return nothing.
+    """
+
+
+@hookspec
+def pefttool_eval_end(event: EvalEvent) -> None:
+    """An evaluation finished (before training, each epoch or every N steps).
+
+    `event` holds all metrics, the metric that decides early stopping, and whether this is the
+    best so far. Return nothing.
+    """
+
+
+@hookspec
+def pefttool_checkpoint(event: CheckpointEvent) -> None:
+    """A checkpoint was written completely and can be resumed from. Return nothing."""
+
+
+@hookspec
+def pefttool_log(event: LogEvent) -> None:
+    """The engine has a message for people (data cleaning counts, a warning). Return nothing."""
+
+
+@hookspec
+def pefttool_run_end(event: EndEvent) -> None:
+    """The run is over: completed, early-stopped, interrupted or failed (see `event.status`).
+
+    Called once, also when the run fails, after the model is saved. Return nothing.
+    """

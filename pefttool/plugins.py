@@ -1,0 +1,164 @@
+"""The plugin host: built-in strategies first, then the `pefttool` entry-point group.
+
+The built-ins (`plugins/pefttool_full`, `_lora`, `_qlora`) are registered through the very
+same entry-point group as third-party plugins, so they have no special powers. Which plugins
+load can be restricted with `PEFTTOOL_PLUGINS=name,name` (or blocked with `-name`).
+Any failure to load is a one-line `PluginError` that names the plugin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError
+from .strategy import Strategy
+
+GROUP = "pefttool"
+ENV_SELECT = "PEFTTOOL_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str = ""
+    version: str = ""
+    strategies: list[str] = field(default_factory=list)
+    hooks: list[str] = field(default_factory=list)
+
+
+class PluginHost:
+    """A pluggy PluginManager plus the strategies the plugins registered."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.strategies: dict[str, Strategy] = {}
+        self.infos: dict[str, PluginInfo] = {}
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    # -- loading
+
+    def load_entry_points(self, select: str | None = None) -> None:
+        selector = _Selector(select if select is not None else os.environ.get(ENV_SELECT, ""))
+        seen = set()
+        for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
+            if ep.name in seen or not selector.allows(ep.name):
+                continue
+            seen.add(ep.name)
+            try:
+                module = ep.load()
+            except Exception as exc:  # any import failure is the plugin's, and named as such
+                raise PluginError(
+                    f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {exc}; "
+                    f"fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
+                ) from exc
+            dist = ep.dist.name if ep.dist else ""
+            version = ep.dist.version if ep.dist else ""
+            self.register(module, ep.name, distribution=dist, version=version)
+        for name in selector.wanted - seen:
+            raise PluginError(f"{ENV_SELECT} names '{name}', but no plugin of that name is installed "
+                              f"(pefttool plugins lists them)")
+
+    def register(self, plugin: Any, name: str, distribution: str = "", version: str = "") -> None:
+        """Register one plugin object (module or instance) and collect its strategies."""
+        if self.pm.has_plugin(name):
+            raise PluginError(f"two plugins are named '{name}'; uninstall one of them")
+        try:
+            self.pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(f"plugin '{name}' is invalid: {exc}") from exc
+        info = PluginInfo(name=name, module=getattr(plugin, "__name__", type(plugin).__name__),
+                          distribution=distribution, version=version)
+        info.hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
+        self.infos[name] = info
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(f"plugin '{name}' implements a hook pefttool does not have: {exc}; "
+                              f"check the spelling against pefttool/hookspecs.py") from exc
+        impl = getattr(plugin, "pefttool_register_strategies", None)
+        if impl is not None:
+            self._collect_strategies(name, impl)
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        info = self.infos.pop(name, None)
+        for strategy in info.strategies if info else []:
+            self.strategies.pop(strategy, None)
+
+    def _collect_strategies(self, plugin_name: str, impl: Callable[..., None]) -> None:
+        def register(strategy: Strategy) -> None:
+            if not isinstance(strategy, Strategy) or not strategy.name:
+                raise PluginError(f"plugin '{plugin_name}' registered {strategy!r}, which is not a "
+                                  f"named pefttool.Strategy")
+            other = self.strategies.get(strategy.name)
+            if other is not None:
+                raise PluginError(f"strategy '{strategy.name}' is registered by both plugin "
+                                  f"'{other.plugin}' and plugin '{plugin_name}'; uninstall one, or "
+                                  f"skip one with {ENV_SELECT}=-NAME")
+            strategy.plugin = plugin_name
+            self.strategies[strategy.name] = strategy
+            self.infos[plugin_name].strategies.append(strategy.name)
+
+        call_hook(plugin_name, "pefttool_register_strategies", impl, register=register)
+
+    # -- firing observer hooks
+
+    def fire(self, hook_name: str, **kwargs: Any) -> None:
+        """Call an observer hook on every plugin, naming the plugin if one raises."""
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):
+            call_hook(impl.plugin_name, hook_name, impl.function,
+                      **{k: v for k, v in kwargs.items() if k in impl.argnames})
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [vars(info) | {"strategies": list(info.strategies)} for info in self.infos.values()]
+
+
+def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:
+    try:
+        return function(**kwargs)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+
+
+class _Selector:
+    """`PEFTTOOL_PLUGINS`: empty = all; `a,b` = only those; `-c` = all but c."""
+
+    def __init__(self, text: str):
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        self.blocked = {n[1:] for n in names if n.startswith("-")}
+        self.wanted = {n for n in names if not n.startswith("-")}
+
+    def allows(self, name: str) -> bool:
+        if name in self.blocked:
+            return False
+        return not self.wanted or name in self.wanted
+
+
+_host: PluginHost | None = None
+
+
+def get_plugin_host(refresh: bool = False) -> PluginHost:
+    """The process-wide plugin host, loaded on first use."""
+    global _host
+    if _host is None or refresh:
+        host = PluginHost()
+        host.load_entry_points()
+        _host = host
+    return _host

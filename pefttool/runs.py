@@ -1,0 +1,78 @@
+"""What is known about a run from its directory alone (its `events.jsonl`).
+
+Used by `pefttool runs`, `pefttool resume` and the TUI's Runs screen; it never imports the
+engine, so browsing runs stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .events import EVENTS_FILE, EndEvent, EvalEvent, Event, StartEvent, StepEvent, read_events
+
+
+@dataclass
+class RunSummary:
+    path: Path
+    status: str = "unknown"          # running | completed | early_stopped | interrupted | failed | crashed
+    name: str = ""
+    strategy: str = ""
+    metric: str | None = None
+    best: float | None = None
+    step: int = 0
+    total_steps: int = 0
+    started: float = 0.0
+    duration_s: float = 0.0
+    pid: int | None = None
+    events: list[Event] = field(default_factory=list, repr=False)
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    run = RunSummary(path=Path(run_dir))
+    run.events = list(read_events(run.path / EVENTS_FILE))
+    last_time = 0.0
+    for event in run.events:
+        last_time = max(last_time, event.time)
+        if isinstance(event, StartEvent):
+            run.name = str(event.recipe.get("name", ""))
+            run.strategy = event.strategy
+            run.total_steps = event.total_steps
+            run.pid = event.pid
+            run.started = run.started or event.time
+            run.status = "running"
+        elif isinstance(event, StepEvent):
+            run.step = event.step
+        elif isinstance(event, EvalEvent):
+            run.metric, run.best = event.metric, event.best
+        elif isinstance(event, EndEvent):
+            run.status = event.status
+            run.step = event.step
+            if event.best is not None:
+                run.metric, run.best = event.metric, event.best
+    if run.status == "running" and not pid_alive(run.pid):
+        run.status = "crashed"
+    run.duration_s = max(0.0, last_time - run.started) if run.started else 0.0
+    return run
+
+
+def list_runs(root: Path) -> list[RunSummary]:
+    """Every run directory directly under `root`, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    runs = [summarize(p) for p in root.iterdir() if (p / EVENTS_FILE).is_file()]
+    return sorted(runs, key=lambda r: r.started, reverse=True)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,75 @@
+"""The strategy contract: how a method (full, LoRA, QLoRA, a plugin's own) wraps a model.
+
+A plugin registers a `Strategy` through the `pefttool_register_strategies` hook. The engine
+calls its methods in this order, each documented below:
+
+    Options.model_validate(...)  →  load_kwargs()  →  from_pretrained(**kwargs)
+    →  wrap()  →  describe()  →  (train)  →  save()
+
+Strategy behaviour lives on the registered object, not in first-answer-wins hooks, so two
+plugins can never silently fight over the same model: each strategy name has exactly one
+owner, and a second registration of a name is an error naming both plugins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    import torch
+
+    from .recipe import Recipe
+
+
+class StrategyOptions(BaseModel):
+    """Base for a strategy's options (the recipe's `[method]` keys other than `strategy`)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Strategy:
+    """Subclass this, set `name`, `description` and `Options`, and override what you need."""
+
+    name: str = ""
+    description: str = ""
+    Options: type[StrategyOptions] = StrategyOptions
+    #: set by the plugin host: the plugin (distribution or module) that registered it
+    plugin: str = ""
+
+    def check(self, recipe: Recipe, options: Any) -> None:
+        """Called before anything loads; raise `PefttoolError` if this machine cannot run it
+        (a missing library, say). Default: nothing to check."""
+
+    def load_kwargs(self, recipe: Recipe, options: Any) -> dict[str, Any]:
+        """Extra keyword arguments for `from_pretrained` (e.g. `quantization_config`).
+        Default: none."""
+        return {}
+
+    def wrap(self, model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.Module:
+        """Return the model to train (adapters added, layers frozen...). Default: train all."""
+        return model
+
+    def describe(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Parameter counts and memory of the wrapped model, reported at start."""
+        total = trainable = 0
+        nbytes = 0
+        for p in model.parameters():
+            n = p.numel()
+            # bitsandbytes packs two 4-bit values per byte; count the logical parameters.
+            if getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit":
+                n *= 2
+            total += n
+            nbytes += p.numel() * p.element_size()
+            if p.requires_grad:
+                trainable += n
+        for b in model.buffers():
+            nbytes += b.numel() * b.element_size()
+        return {"params_total": total, "params_trainable": trainable,
+                "model_memory_mb": round(nbytes / 2**20, 1)}
+
+    def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: Any) -> None:
+        """Write what was trained so stock transformers/PEFT load it. Default: the full model."""
+        model.save_pretrained(out_dir, safe_serialization=True)

@@ -1,0 +1,41 @@
+"""Built-in strategy `lora`: low-rank adapters (PEFT) on the linear layers; the head trains too."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+import pefttool
+from pefttool.strategy import Strategy, StrategyOptions
+
+
+class LoraOptions(StrategyOptions):
+    r: int = Field(8, ge=1, le=1024, description="adapter rank: higher learns more, costs memory")
+    alpha: float = Field(16, gt=0, description="scale of the adapter update (alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt; all-linear finds every projection")
+    rslora: bool = Field(False, description="rank-stabilised scaling alpha / sqrt(r)")
+    dora: bool = Field(False, description="weight-decomposed LoRA (slower, sometimes better)")
+    modules_to_save: list[str] | None = Field(
+        None, description="extra modules trained in full (default: the task head)")
+
+
+class LoraStrategy(Strategy):
+    name = "lora"
+    description = "LoRA adapters on linear layers (PEFT); small, fast, saves an adapter"
+    Options = LoraOptions
+
+    def wrap(self, model, recipe, options):
+        from pefttool.adapters import add_lora
+
+        return add_lora(model, recipe, options)
+
+    def save(self, model, out_dir, recipe, options):
+        model.save_pretrained(out_dir, safe_serialization=True)
+
+
+@pefttool.hookimpl
+def pefttool_register_strategies(register):
+    register(LoraStrategy())
