@@ -50,13 +50,17 @@ def find_recipes(cwd: Path | None = None, validate: bool = True) -> list[RecipeE
             entry = RecipeEntry(path=path, origin=origin)
             try:
                 entry.data = read_toml(path)
-                if validate:
+            except RecipeError as exc:  # unreadable: listed, so its problem is seen
+                entries.append(RecipeEntry(path=path, origin=origin, problems=exc.problems))
+                continue
+            if "model" not in entry.data and "task" not in entry.data:
+                continue  # some other TOML file, not a recipe
+            if validate:
+                try:
                     load_recipe(path)
-            except RecipeError as exc:
-                entry.problems = exc.problems
-            except PefttoolError as exc:
-                entry.problems = [str(exc)]
-            if "model" not in entry.data and "task" not in entry.data and not entry.problems:
-                continue  # some other TOML file
+                except RecipeError as exc:
+                    entry.problems = exc.problems
+                except PefttoolError as exc:
+                    entry.problems = [str(exc)]
             entries.append(entry)
     return entries

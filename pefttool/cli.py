@@ -100,9 +100,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe fails before torch loads
     from .headless import run_headless
 
-    recipe = load_recipe(args.recipe, args.overrides)
     return run_headless(recipe, resume=args.resume, quiet=args.quiet)
 
 
@@ -133,8 +134,9 @@ def cmd_recipes() -> int:
 
     for entry in find_recipes():
         status = "ok" if not entry.problems else f"{len(entry.problems)} problem(s)"
-        print(f"{entry.origin:<9} {str(entry.path):<40} {entry.get('method.strategy', 'lora'):<7} "
-              f"{entry.get('task.type'):<15} {entry.get('model.path')}  [{status}]")
+        # str(): a broken recipe may hold a table or a number where a name belongs.
+        print(f"{entry.origin:<9} {str(entry.path):<40} {str(entry.get('method.strategy', 'lora')):<7} "
+              f"{str(entry.get('task.type')):<15} {entry.get('model.path')}  [{status}]")
     return 0
 
 

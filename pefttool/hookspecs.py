@@ -67,12 +67,19 @@ def pefttool_eval_end(event: EvalEvent) -> None:
 
 @hookspec
 def pefttool_checkpoint(event: CheckpointEvent) -> None:
-    """A checkpoint was written completely and can be resumed from. Return nothing."""
+    """A checkpoint was written completely (atomically) and can be resumed from.
+
+    `event` holds the step, the checkpoint's path and why it was written (interval, epoch,
+    eval, end, stop). Return nothing.
+    """
 
 
 @hookspec
 def pefttool_log(event: LogEvent) -> None:
-    """The engine has a message for people (data cleaning counts, a warning). Return nothing."""
+    """The engine has a message for people (data cleaning counts, a warning, a resume).
+
+    `event` holds the level (info, warning, error) and the one-line message. Return nothing.
+    """
 
 
 @hookspec

@@ -8,8 +8,9 @@ Any failure to load is a one-line `PluginError` that names the plugin.
 
 from __future__ import annotations
 
-import importlib
+import difflib
 import importlib.metadata as md
+import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -51,48 +52,73 @@ class PluginHost:
 
     def load_entry_points(self, select: str | None = None) -> None:
         selector = _Selector(select if select is not None else os.environ.get(ENV_SELECT, ""))
-        seen = set()
+        seen: dict[str, str] = {}  # plugin name → the distribution that installed it
         for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
-            if ep.name in seen or not selector.allows(ep.name):
+            if not selector.allows(ep.name):
                 continue
-            seen.add(ep.name)
+            dist = ep.dist.name if ep.dist else ""
+            version = ep.dist.version if ep.dist else ""
+            if ep.name in seen:
+                # Two distributions claim one plugin name: loading either silently would let
+                # the install order decide which code runs.
+                raise PluginError(f"two installed distributions declare a plugin named '{ep.name}': "
+                                  f"'{seen[ep.name]}' and '{dist}'; uninstall one of them")
+            seen[ep.name] = dist
             try:
                 module = ep.load()
             except Exception as exc:  # any import failure is the plugin's, and named as such
                 raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {exc}; "
-                    f"fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
+                    f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: "
+                    f"{_one_line(exc)}; fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
                 ) from exc
-            dist = ep.dist.name if ep.dist else ""
-            version = ep.dist.version if ep.dist else ""
             self.register(module, ep.name, distribution=dist, version=version)
-        for name in selector.wanted - seen:
+        for name in sorted(selector.wanted - seen.keys()):
             raise PluginError(f"{ENV_SELECT} names '{name}', but no plugin of that name is installed "
                               f"(pefttool plugins lists them)")
 
     def register(self, plugin: Any, name: str, distribution: str = "", version: str = "") -> None:
-        """Register one plugin object (module or instance) and collect its strategies."""
+        """Register one plugin object (module or instance) and collect its strategies.
+
+        Anything wrong with the plugin leaves the host as it was and raises a one-line
+        `PluginError` naming the plugin.
+        """
         if self.pm.has_plugin(name):
             raise PluginError(f"two plugins are named '{name}'; uninstall one of them")
+        unmarked = _unmarked_hooks(plugin)
+        if unmarked:
+            raise PluginError(f"plugin '{name}' defines {', '.join(unmarked)} without the "
+                              f"@pefttool.hookimpl marker, so pefttool would never call it; mark it")
         try:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            raise PluginError(f"plugin '{name}' is invalid: {exc}") from exc
+            raise PluginError(f"plugin '{name}' is invalid: {_one_line(exc)}") from exc
+        try:
+            self.pm.check_pending()  # a misspelled hook name would otherwise never be called
+        except pluggy.PluginValidationError as exc:
+            unknown = [c.name for c in self.pm.get_hookcallers(plugin) or [] if c.spec is None]
+            self.pm.unregister(name=name)
+            if not unknown:
+                raise PluginError(f"plugin '{name}': {_one_line(exc)}") from exc
+            hint = _did_you_mean(unknown[0], self._hook_names())
+            raise PluginError(f"plugin '{name}' implements '{unknown[0]}', which is not a pefttool "
+                              f"hook{hint}; check the spelling against pefttool/hookspecs.py") from exc
         info = PluginInfo(name=name, module=getattr(plugin, "__name__", type(plugin).__name__),
                           distribution=distribution, version=version)
         info.hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
         self.infos[name] = info
-        try:
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self.pm.unregister(name=name)
-            raise PluginError(f"plugin '{name}' implements a hook pefttool does not have: {exc}; "
-                              f"check the spelling against pefttool/hookspecs.py") from exc
         impl = getattr(plugin, "pefttool_register_strategies", None)
         if impl is not None:
-            self._collect_strategies(name, impl)
+            try:
+                self._collect_strategies(name, impl)
+            except PluginError:
+                self.unregister(name)
+                raise
+
+    def _hook_names(self) -> list[str]:
+        return sorted(n for n in vars(hookspecs) if n.startswith("pefttool_"))
 
     def unregister(self, name: str) -> None:
+        """Remove a plugin and the strategies it registered (tests, and a TUI reload)."""
         self.pm.unregister(name=name)
         info = self.infos.pop(name, None)
         for strategy in info.strategies if info else []:
@@ -107,7 +133,7 @@ class PluginHost:
             if other is not None:
                 raise PluginError(f"strategy '{strategy.name}' is registered by both plugin "
                                   f"'{other.plugin}' and plugin '{plugin_name}'; uninstall one, or "
-                                  f"skip one with {ENV_SELECT}=-NAME")
+                                  f"skip one with {ENV_SELECT}=-{plugin_name}")
             strategy.plugin = plugin_name
             self.strategies[strategy.name] = strategy
             self.infos[plugin_name].strategies.append(strategy.name)
@@ -134,7 +160,30 @@ def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **
         raise
     except Exception as exc:
         raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
-                          f"{type(exc).__name__}: {exc}") from exc
+                          f"{type(exc).__name__}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message with its line breaks folded, for the CLI's one-line errors."""
+    return " ".join(str(exc).split())
+
+
+def _unmarked_hooks(plugin: Any) -> list[str]:
+    """`pefttool_*` functions of a plugin that lack the hookimpl marker (pluggy ignores them)."""
+    names = []
+    for attr in dir(plugin):
+        if not attr.startswith("pefttool_"):
+            continue
+        value = inspect.getattr_static(plugin, attr, None)
+        function = getattr(value, "__func__", value)
+        if inspect.isfunction(function) and not hasattr(function, f"{GROUP}_impl"):
+            names.append(attr)
+    return names
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class _Selector:

@@ -9,11 +9,14 @@ strict as the built-ins'.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
+import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
+                      field_validator)
 
 from .errors import RecipeError
 from .locations import LocationError, looks_like_hub_id, resolve
@@ -43,14 +46,17 @@ class TaskSection(Section):
         "instruction", description="causal-lm: prompt/response pairs, or plain text"
     )
 
-    @model_validator(mode="after")
-    def _labels_fit_task(self) -> TaskSection:
-        if self.type == "classification" and self.labels is not None:
-            if len(self.labels) < 2:
-                raise ValueError("labels: a classification task needs at least 2 labels")
-            if len(set(self.labels)) != len(self.labels):
-                raise ValueError("labels: each label must appear once")
-        return self
+    # A field validator (not a model validator) so the problem is reported at `task.labels`,
+    # with the labels as the bad value.
+    @field_validator("labels")
+    @classmethod
+    def _labels_fit_task(cls, labels: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if info.data.get("type") == "classification" and labels is not None:
+            if len(labels) < 2:
+                raise ValueError("a classification task needs at least 2 labels")
+            if len(set(labels)) != len(labels):
+                raise ValueError("each label must appear once")
+        return labels
 
 
 class DataSection(Section):
@@ -272,7 +278,7 @@ def validate_recipe(
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        problems += [_describe(err, Recipe) for err in exc.errors()]
+        problems += _describe_all(exc, Recipe, data)
 
     method = data.get("method", {}) if isinstance(data.get("method", {}), dict) else {}
     strategy_name = method.get("strategy", "lora")
@@ -291,11 +297,15 @@ def validate_recipe(
             try:
                 options_model = strategy.Options.model_validate(opts, strict=True)
             except ValidationError as exc:
-                problems += [_describe(err, strategy.Options, prefix="method") for err in exc.errors()]
+                problems += _describe_all(exc, strategy.Options, opts, prefix="method",
+                                          also_allowed=["strategy"])
 
     if recipe is not None:
-        recipe._base_dir = base_dir or Path.cwd()
-        problems += _cross_checks(recipe, check_files)
+        problems += _cross_checks(recipe)
+    if check_files:
+        # On the raw data, so a missing file is reported even when a typo elsewhere stopped
+        # the typed recipe from being built.
+        problems += _file_checks(data, base_dir or Path.cwd())
     if problems:
         raise RecipeError(source, problems)
     assert recipe is not None
@@ -305,8 +315,8 @@ def validate_recipe(
     return recipe
 
 
-def _cross_checks(recipe: Recipe, check_files: bool) -> list[str]:
-    """Problems that involve more than one key, or the filesystem."""
+def _cross_checks(recipe: Recipe) -> list[str]:
+    """Problems that involve more than one key, or this machine."""
     problems = []
     task = recipe.task.type
     allowed = CLASSIFICATION_METRICS if task == "classification" else CAUSAL_LM_METRICS
@@ -320,24 +330,35 @@ def _cross_checks(recipe: Recipe, check_files: bool) -> list[str]:
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
     if recipe.train.device == "cuda" and not _cuda_available():
         problems.append("train.device: 'cuda' but no GPU is visible; use \"auto\" or \"cpu\"")
-    if check_files:
-        for key, loc in (("model.path", recipe.model.path), ("data.train", recipe.data.train),
-                         ("data.eval", recipe.data.eval)):
-            if loc is None:
-                continue
-            try:
-                path = recipe.resolve_path(loc)
-            except LocationError as exc:
-                problems.append(f"{key}: {exc}")
-                continue
-            if key == "model.path" and not path.exists() and looks_like_hub_id(loc):
-                continue  # a hub id: resolved at load time
-            if not path.exists():
-                problems.append(f"{key}: '{loc}' does not exist (looked at {path}); fix the path")
-            elif key == "model.path" and recipe.model.gguf_file and not (path / recipe.model.gguf_file).is_file():
-                problems.append(f"model.gguf_file: '{recipe.model.gguf_file}' is not a file in {path}")
-            elif key.startswith("data.") and path.is_dir():
-                problems.append(f"{key}: '{loc}' is a directory; name a CSV, JSONL or Parquet file")
+    return problems
+
+
+def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
+    """The model and data files named in raw recipe data exist (values of the wrong type are
+    skipped: the schema already reports those)."""
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    data_section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    gguf_file = model.get("gguf_file")
+    problems = []
+    for key, loc in (("model.path", model.get("path")), ("data.train", data_section.get("train")),
+                     ("data.eval", data_section.get("eval"))):
+        if not isinstance(loc, str):
+            continue
+        try:
+            path = resolve(loc, base_dir)
+        except LocationError as exc:
+            problems.append(f"{key}: {exc}")
+            continue
+        if key == "model.path" and not path.exists() and looks_like_hub_id(loc):
+            continue  # a hub id: resolved at load time
+        if not path.exists():
+            places = {path.absolute(), (base_dir / path).absolute()}
+            looked = " and ".join(sorted(str(p) for p in places))
+            problems.append(f"{key}: '{loc}' does not exist (looked at {looked}); fix the path")
+        elif key == "model.path" and isinstance(gguf_file, str) and not (path / gguf_file).is_file():
+            problems.append(f"model.gguf_file: '{gguf_file}' is not a file in {path}")
+        elif key.startswith("data.") and path.is_dir():
+            problems.append(f"{key}: '{loc}' is a directory; name a CSV, JSONL or Parquet file")
     return problems
 
 
@@ -348,23 +369,87 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel], prefix: str = "") -> str:
+def _describe_all(exc: ValidationError, model: type[BaseModel], data: Any,
+                  prefix: str = "", also_allowed: list[str] | None = None) -> list[str]:
+    """One line per problem. A value that fits no member of a union (`list[str] | 'all-linear'`)
+    is one problem, not one per member."""
+    problems: list[str] = []
+    unions_seen: set[tuple] = set()
+    for err in exc.errors():
+        loc, union = _union_at(model, err["loc"])
+        if union is None:
+            problems.append(_describe(err, model, prefix, also_allowed or []))
+        elif loc not in unions_seen:
+            unions_seen.add(loc)
+            key = ".".join([prefix] * bool(prefix) + [str(p) for p in loc])
+            value = _lookup(data, loc, err.get("input"))
+            problems.append(f"{key}: expected {_type_words(union)} (got {_shown(value)})")
+    return problems
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel], prefix: str = "",
+              also_allowed: list[str] | None = None) -> str:
     loc = [str(p) for p in err["loc"]]
     key = ".".join(([prefix] if prefix else []) + loc)
     kind = err["type"]
     value = err.get("input")
     if kind == "extra_forbidden":
         siblings = _fields_at(model, err["loc"][:-1])
+        if len(err["loc"]) == 1:
+            siblings = (also_allowed or []) + siblings
         hint = _did_you_mean(loc[-1], siblings)
         allowed = f"; allowed: {', '.join(siblings)}" if siblings and not hint else ""
         return f"{key}: unknown key{hint}{allowed}"
     if kind == "missing":
         return f"{key}: required key is missing; add it"
-    shown = repr(value) if not isinstance(value, dict) else "a table"
     msg = err["msg"]
     if kind == "value_error":
         msg = msg.removeprefix("Value error, ")
-    return f"{key}: {msg} (got {shown})"
+    hint = ""
+    if kind == "literal_error" and isinstance(value, str):
+        hint = _did_you_mean(value, re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
+    return f"{key}: {msg} (got {_shown(value)}){hint}"
+
+
+def _shown(value: Any) -> str:
+    return "a table" if isinstance(value, dict) else repr(value)
+
+
+def _union_at(model: type[BaseModel], loc: tuple) -> tuple[tuple, Any]:
+    """Where along `loc` a field's type is a union, and that union; else (loc, None).
+
+    Past a union, pydantic's error locations name the member it tried (`list[str]`), which
+    means nothing to someone editing a recipe, so the problem is reported at the union's key.
+    """
+    current: Any = model
+    for i, part in enumerate(loc):
+        if get_origin(current) in (Union, types.UnionType) and \
+                len([a for a in get_args(current) if a is not type(None)]) > 1:
+            return tuple(loc[:i]), current
+        fields = getattr(current, "model_fields", None) if isinstance(current, type) else None
+        current = fields[part].annotation if fields and part in fields else None
+    return tuple(loc), None
+
+
+def _type_words(union: Any) -> str:
+    words = []
+    for arg in get_args(union):
+        if arg is type(None):
+            continue
+        if get_origin(arg) is Literal:
+            words += [repr(v) for v in get_args(arg)]
+        else:
+            words.append(arg.__name__ if isinstance(arg, type) else str(arg))
+    return " or ".join(words)
+
+
+def _lookup(data: Any, loc: tuple, default: Any) -> Any:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return default
+    return data
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -3,7 +3,7 @@
 A plugin registers a `Strategy` through the `pefttool_register_strategies` hook. The engine
 calls its methods in this order, each documented below:
 
-    Options.model_validate(...)  →  load_kwargs()  →  from_pretrained(**kwargs)
+    Options.model_validate(...)  →  check()  →  load_kwargs()  →  from_pretrained(**kwargs)
     →  wrap()  →  describe()  →  (train)  →  save()
 
 Strategy behaviour lives on the registered object, not in first-answer-wins hooks, so two

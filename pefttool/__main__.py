@@ -1,0 +1,7 @@
+"""`python -m pefttool` runs the `pefttool` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

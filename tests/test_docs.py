@@ -1,0 +1,105 @@
+"""A plugin author learns the API from its docstrings: every hook says when it fires and what to
+return, and every part of the `Strategy` contract is documented (as datasette's test_docs does)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+import pefttool.strategy
+from pefttool import hookspecs
+from pefttool.events import EVENT_TYPES
+from pefttool.plugins import get_plugin_host
+from pefttool.strategy import Strategy
+
+REPO = Path(__file__).resolve().parent.parent
+
+HOOKS = sorted(name for name, value in vars(hookspecs).items()
+               if name.startswith("pefttool_") and inspect.isfunction(value))
+OBSERVERS = [name for name in HOOKS if name != "pefttool_register_strategies"]
+STRATEGY_METHODS = sorted(name for name, value in vars(Strategy).items()
+                          if inspect.isfunction(value) and not name.startswith("_"))
+
+
+def test_there_are_hooks_to_document():
+    assert "pefttool_register_strategies" in HOOKS and len(OBSERVERS) >= 6
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_function_in_hookspecs_is_a_hook(name):
+    assert hasattr(getattr(hookspecs, name), "pefttool_spec"), f"{name} lacks the @hookspec marker"
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hook_says_when_it_fires_and_what_to_return(name):
+    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+    summary = doc.split("\n\n")[0]
+
+    assert summary.endswith("."), f"{name}: the first paragraph should say when it fires"
+    assert len(summary.split()) >= 5, f"{name}: '{summary}' says too little about when it fires"
+    assert "Return" in doc, f"{name}: say what to return (or 'Return nothing.')"
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_every_hook_argument_is_described(name):
+    doc = inspect.getdoc(getattr(hookspecs, name)) or ""
+    for argument in inspect.signature(getattr(hookspecs, name)).parameters:
+        assert f"`{argument}" in doc, f"{name}: describe its argument `{argument}`"
+
+
+def test_each_observer_hook_receives_one_kind_of_event():
+    """Every event written to events.jsonl reaches plugins through exactly one hook."""
+    annotations = {name: [p.annotation for p in
+                          inspect.signature(getattr(hookspecs, name)).parameters.values()]
+                   for name in OBSERVERS}
+
+    assert all(len(a) == 1 for a in annotations.values()), annotations
+    received = sorted(a[0] for a in annotations.values())
+    assert received == sorted(cls.__name__ for cls in EVENT_TYPES.values())
+
+
+def test_the_readme_names_every_hook():
+    readme = REPO / "README.md"
+    if not readme.exists():
+        pytest.skip("no README.md yet")
+    text = readme.read_text(encoding="utf-8")
+
+    assert [name for name in HOOKS if name not in text] == []
+
+
+# ------------------------------------------------------------------ the Strategy contract
+
+
+@pytest.mark.parametrize("name", STRATEGY_METHODS)
+def test_every_strategy_method_is_documented(name):
+    doc = inspect.getdoc(getattr(Strategy, name)) or ""
+
+    assert len(doc.split()) >= 5, f"Strategy.{name} needs a docstring saying what it is for"
+
+
+def test_the_strategy_class_names_what_a_subclass_sets():
+    doc = inspect.getdoc(Strategy) or ""
+
+    for attribute in ("name", "description", "Options"):
+        assert f"`{attribute}`" in doc
+
+
+def test_strategy_methods_are_the_expected_contract():
+    assert STRATEGY_METHODS == ["check", "describe", "load_kwargs", "save", "wrap"]
+
+
+def test_the_call_order_in_strategy_py_names_every_method():
+    order = inspect.getdoc(pefttool.strategy) or ""
+
+    assert [name for name in STRATEGY_METHODS if f"{name}()" not in order] == []
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora", "qlora"])
+def test_built_in_strategies_describe_themselves_and_their_options(strategy):
+    found = get_plugin_host().strategies[strategy]
+
+    assert found.description, f"{strategy} needs a description (pefttool plugins shows it)"
+    undocumented = [field for field, info in found.Options.model_fields.items() if not info.description]
+    assert undocumented == [], f"{strategy}: options without a description: {undocumented}"
