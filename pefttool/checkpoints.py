@@ -1,0 +1,139 @@
+"""Checkpoints a run can always be resumed from.
+
+A checkpoint is `RUN_DIR/checkpoints/step-NNNNNNN/`: Accelerate's `save_state` (model,
+optimizer, scheduler, RNG states) plus `trainer_state.json` (step, data position,
+early-stopping state, best metric). It is written into a temporary folder and renamed into
+place, and `trainer_state.json` is written last, so a kill at any moment leaves either the
+complete new checkpoint or none: the previous one is untouched and is what resume uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that resuming needs."""
+
+    global_step: int = 0
+    epoch: int = 0                   # the epoch in progress (0-based)
+    batches_done: int = 0            # micro-batches of that epoch already trained on
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0               # evaluations in a row without improvement
+    before: dict[str, float] = field(default_factory=dict)  # metrics before training
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation
+    nan_skipped: int = 0
+    train_seconds: float = 0.0       # time spent training, summed over resumes
+    tokens_seen: int = 0
+    best_checkpoint: str | None = None
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrainState:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (unfinished temporary folders are ignored)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for path in root.iterdir():
+        match = _NAME.match(path.name)
+        if match and (path / STATE_FILE).is_file():
+            found.append((int(match.group(1)), path))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def save_checkpoint(
+    run_dir: Path,
+    state: TrainState,
+    save_tensors: Callable[[Path], None],
+    keep: int,
+) -> Path:
+    """Write a checkpoint atomically; prune to the last `keep` plus the best. Returns its path."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.global_step:07d}"
+    tmp = root / f".tmp-step-{state.global_step:07d}-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        save_tensors(tmp)
+        _write_json_durably(tmp / STATE_FILE, asdict(state))
+        if final.exists():  # the same step saved again (e.g. epoch end right after an interval)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prune(run_dir, keep, protect=state.best_checkpoint)
+    return final
+
+
+def prune(run_dir: Path, keep: int, protect: str | None = None) -> None:
+    """Delete all but the newest `keep` checkpoints, never the protected (best) one."""
+    checkpoints = list_checkpoints(run_dir)
+    for path in checkpoints[: max(0, len(checkpoints) - keep)]:
+        if protect and path.name == Path(protect).name:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+    for stale in checkpoint_dir(run_dir).glob(".tmp-step-*"):
+        if not stale.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Put `src` where `dst` is, so that `dst` is always either complete old or complete new."""
+    old = dst.with_name(f".{dst.name}-old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_json_durably(path: Path, data: Any) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

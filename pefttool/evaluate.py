@@ -1,0 +1,73 @@
+"""Evaluation passes: classification scores, LM loss/perplexity, exact match of generated answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .metrics import accuracy, exact_match, macro_f1, perplexity
+
+
+def evaluate(model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any) -> dict[str, float]:
+    """Run the eval split through the model; returns every metric the task has."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if recipe.task.type == "classification":
+                metrics = _classification(model, eval_dl, len(data.label_names or []), accelerator)
+            else:
+                metrics = _causal_lm(model, eval_dl, accelerator)
+                if recipe.metric == "exact_match" and data.eval_prompts:
+                    metrics["exact_match"] = _exact_match(model, data, recipe, tokenizer, accelerator)
+    finally:
+        model.train(was_training)
+    return {k: round(float(v), 6) for k, v in metrics.items()}
+
+
+def _classification(model: Any, eval_dl: Any, num_classes: int, accelerator: Any) -> dict[str, float]:
+    preds: list[int] = []
+    labels: list[int] = []
+    total_loss, batches = 0.0, 0
+    for batch in eval_dl:
+        out = model(**batch)
+        total_loss += out.loss.float().item()
+        batches += 1
+        p, t = accelerator.gather_for_metrics((out.logits.argmax(-1), batch["labels"]))
+        preds += p.tolist()
+        labels += t.tolist()
+    return {"accuracy": accuracy(preds, labels), "macro_f1": macro_f1(preds, labels, num_classes),
+            "eval_loss": total_loss / max(batches, 1)}
+
+
+def _causal_lm(model: Any, eval_dl: Any, accelerator: Any) -> dict[str, float]:
+    import torch
+
+    # Token-weighted mean: the model's loss is a mean over a batch's unmasked tokens.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    token_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for batch in eval_dl:
+        out = model(**batch)
+        n = (batch["labels"][:, 1:] != -100).sum()
+        loss_sum += out.loss.double() * n
+        token_sum += n
+    loss_sum, token_sum = accelerator.reduce(loss_sum), accelerator.reduce(token_sum)
+    mean = (loss_sum / token_sum.clamp(min=1)).item()
+    return {"eval_loss": mean, "perplexity": perplexity(mean)}
+
+
+def _exact_match(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any) -> float:
+    """Greedy-generate an answer for each eval prompt and compare it to the reference."""
+    unwrapped = accelerator.unwrap_model(model)
+    predictions: list[str] = []
+    size = recipe.eval.batch_size
+    for i in range(0, len(data.eval_prompts), size):
+        prompts = data.eval_prompts[i:i + size]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                        add_special_tokens=False).to(accelerator.device)
+        out = unwrapped.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 max_new_tokens=recipe.eval.max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        predictions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return exact_match(predictions, data.eval_answers[:len(predictions)])

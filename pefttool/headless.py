@@ -1,0 +1,160 @@
+"""`pefttool run` without a UI: progress people can read, on a terminal or in a log file.
+
+On a terminal: one live line (progress bar, loss, speed, ETA) redrawn in place. Without one
+(nohup, `ssh host cmd > log`, CI): a plain line every few seconds, no carriage returns.
+Either way evaluations, checkpoints and messages get lines of their own, and the run ends
+with a summary. The reporter is an observer plugin: it sees only the engine's events.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import hookimpl
+from .errors import OutputError
+from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, StartEvent, StepEvent
+
+PLAIN_INTERVAL_ENV = "PEFTTOOL_PROGRESS_SECONDS"
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "--:--"
+    seconds = int(seconds + 0.5)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+
+
+class HeadlessReporter:
+    """Prints a run's events. `live` = redraw one line in place (a terminal)."""
+
+    def __init__(self, stream: TextIO | None = None, live: bool | None = None, quiet: bool = False,
+                 interval: float | None = None):
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty() if live is None else live
+        self.quiet = quiet
+        self.interval = interval if interval is not None else float(os.environ.get(PLAIN_INTERVAL_ENV, 5))
+        self._last_plain = 0.0
+        self._line_open = False
+        self.start: StartEvent | None = None
+        self.first_eval: EvalEvent | None = None
+
+    # -- output that never kills the run (a closed SSH terminal makes writes fail)
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _line(self, text: str) -> None:
+        if self._line_open:
+            self._write("\r\033[K")
+            self._line_open = False
+        self._write(text + "\n")
+
+    # -- observer hooks
+
+    @hookimpl
+    def pefttool_run_start(self, event: StartEvent) -> None:
+        self.start = event
+        if self.quiet:
+            return
+        resumed = f", resumed at step {event.resumed_from_step}" if event.resumed_from_step else ""
+        self._line(f"run {event.run_dir}")
+        self._line(f"strategy {event.strategy}: {event.params_trainable:,} of {event.params_total:,} "
+                   f"parameters train ({100 * event.params_trainable / max(event.params_total, 1):.2f} %), "
+                   f"model {event.model_memory_mb:.1f} MiB on {event.device}")
+        safety = event.safety
+        if safety:
+            self._line(f"safety: weights {safety.get('weights', '?')}, allow_pickle="
+                       f"{str(safety.get('allow_pickle', False)).lower()}, trust_remote_code="
+                       f"{str(safety.get('trust_remote_code', False)).lower()}")
+        self._line(f"{event.total_steps} steps ({event.steps_per_epoch}/epoch × {event.epochs}){resumed}")
+
+    @hookimpl
+    def pefttool_step_end(self, event: StepEvent) -> None:
+        if self.quiet:
+            return
+        text = (f"step {event.step}/{event.total_steps} epoch {event.epoch:.2f} loss {event.loss:.4f} "
+                f"lr {event.lr:.2e} {event.tokens_per_s:,.0f} tok/s ETA {format_duration(event.eta_s)}")
+        if self.live:
+            frac = event.step / max(event.total_steps, 1)
+            bar = "█" * int(frac * 24) + "░" * (24 - int(frac * 24))
+            self._write(f"\r\033[K{bar} {100 * frac:3.0f}% {text}")
+            self._line_open = True
+        else:
+            now = time.monotonic()
+            if now - self._last_plain >= self.interval or event.step >= event.total_steps:
+                self._last_plain = now
+                self._line(f"{100 * event.step / max(event.total_steps, 1):3.0f}% {text}")
+
+    @hookimpl
+    def pefttool_eval_end(self, event: EvalEvent) -> None:
+        if self.first_eval is None:
+            self.first_eval = event
+        if self.quiet:
+            return
+        mark = " (best)" if event.is_best else ""
+        self._line(f"eval at step {event.step}: {format_metrics(event.metrics)}{mark}")
+
+    @hookimpl
+    def pefttool_checkpoint(self, event: CheckpointEvent) -> None:
+        if not self.quiet and event.reason == "stop":
+            self._line(f"checkpoint saved at step {event.step}: {event.path}")
+
+    @hookimpl
+    def pefttool_log(self, event: LogEvent) -> None:
+        if not self.quiet or event.level != "info":
+            self._line(f"{event.level}: {event.message}" if event.level != "info" else event.message)
+
+    @hookimpl
+    def pefttool_run_end(self, event: EndEvent) -> None:
+        if event.status in ("failed",):
+            return  # the CLI prints the error itself, once
+        lines = [f"{event.status.replace('_', ' ')} after {event.step} steps in "
+                 f"{format_duration(event.duration_s)}"]
+        if event.best is not None:
+            before = ""
+            if self.first_eval is not None and self.first_eval.step == 0:
+                before = f" (before training {self.first_eval.value:.4f})"
+            lines.append(f"best {event.metric} {event.best:.4f} at step {event.best_step}{before}")
+        if event.model_dir:
+            lines.append(f"model: {event.model_dir}")
+        if event.message:
+            lines.append(event.message)
+        for line in lines:
+            self._line(line)
+
+
+def run_headless(recipe: Any, resume: bool = False, quiet: bool = False, run_dir: Path | None = None) -> int:
+    """Run a recipe with the headless reporter; returns the process exit code."""
+    from .engine import run_recipe
+
+    reporter = HeadlessReporter(quiet=quiet)
+    result = run_recipe(recipe, resume=resume, run_dir=run_dir, observers=(reporter,))
+    return result.exit_code
+
+
+def resume_headless(run_dir: Path, quiet: bool = False) -> int:
+    """Continue the run in `run_dir` from its last checkpoint, with the recipe it ran with."""
+    from .engine import RECIPE_FILE
+    from .recipe import load_recipe
+
+    run_dir = Path(run_dir).resolve()
+    recipe_path = run_dir / RECIPE_FILE
+    if not recipe_path.is_file():
+        raise OutputError(f"{run_dir} is not a pefttool run (no {RECIPE_FILE}); pass the folder "
+                          f"that `pefttool run` printed")
+    recipe = load_recipe(recipe_path)
+    return run_headless(recipe, resume=True, quiet=quiet, run_dir=run_dir)

@@ -1,0 +1,146 @@
+"""The engine end to end on tiny models: a recipe goes in, a trained, evaluated, saved model comes out."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pefttool.engine import run_recipe
+from pefttool.errors import OutputError
+from pefttool.events import EndEvent, EvalEvent, StartEvent, StepEvent, read_events
+from pefttool.headless import HeadlessReporter
+from pefttool.recipe import load_recipe
+from tiny_models import write_tiny_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def events_of(run_dir: Path):
+    return list(read_events(run_dir / "events.jsonl"))
+
+
+def test_lora_run_trains_evaluates_and_saves_an_adapter_stock_peft_loads(tmp_path, tiny_classifier_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                                           overrides={"train.epochs": 3, "train.lr": 2e-2}))
+    result = run_recipe(recipe)
+
+    assert result.status == "completed"
+    events = events_of(result.run_dir)
+    kinds = [e.type for e in events]
+    assert kinds[0] == "log" or kinds[0] == "start"
+    assert kinds[-1] == "end" and "start" in kinds and "checkpoint" in kinds
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert steps[-1].step == steps[-1].total_steps
+    assert sum(e.loss for e in steps[-3:]) < sum(e.loss for e in steps[:3]), "loss did not fall"
+    evals = [e for e in events if isinstance(e, EvalEvent)]
+    assert evals[0].step == 0 and len(evals) == 1 + 3  # before training + each epoch
+    assert result.best > result.before["accuracy"]
+    start = next(e for e in events if isinstance(e, StartEvent))
+    assert 0 < start.params_trainable < start.params_total
+
+    model_dir = result.run_dir / "model"
+    assert (model_dir / "adapter_config.json").is_file()
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    assert json.loads((model_dir / "labels.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["best"] == result.best and metrics["data"]["train"]["kept"] > 0
+
+    # Stock transformers + PEFT load the result, and it scores what the run reported.
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir, num_labels=2)
+    model = PeftModel.from_pretrained(base, model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    from pefttool.data import prepare_data
+
+    data = prepare_data(recipe, tok, log=lambda m: None)
+    batch = data.collate([data.eval[i] for i in range(len(data.eval))])
+    with torch.no_grad():
+        preds = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.argmax(-1)
+    accuracy = (preds == batch["labels"]).float().mean().item()
+    assert accuracy == pytest.approx(result.best_metrics["accuracy"], abs=1e-6)
+
+
+def test_full_fine_tune_saves_a_model_transformers_loads(tmp_path, tiny_classifier_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "full",
+                                           overrides={"train.epochs": 2}))
+    result = run_recipe(recipe)
+    steps = [e for e in events_of(result.run_dir) if isinstance(e, StepEvent)]
+    assert steps[-1].loss < steps[0].loss
+    model = AutoModelForSequenceClassification.from_pretrained(result.run_dir / "model")
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, tiny_classifier_dir):
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "train.epochs": 6, "train.lr": 1e-9, "early_stopping.enabled": True,
+        "early_stopping.patience": 2, "early_stopping.min_delta": 0.05}))
+    result = run_recipe(recipe)
+    assert result.status == "early_stopped"
+    evals = [e for e in events_of(result.run_dir) if isinstance(e, EvalEvent)]
+    assert len(evals) == 3  # before training, then two evaluations without improvement
+    assert evals[-1].bad_evals == 2
+    assert result.steps < 6 * (48 // 8)
+    end = events_of(result.run_dir)[-1]
+    assert isinstance(end, EndEvent) and end.status == "early_stopped"
+
+
+def test_max_steps_and_step_evaluation(tmp_path, tiny_classifier_dir):
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "train.epochs": 5, "train.max_steps": 7, "eval.every_steps": 3, "eval.before_training": False}))
+    result = run_recipe(recipe)
+    evals = [e.step for e in events_of(result.run_dir) if isinstance(e, EvalEvent)]
+    assert result.steps == 7 and evals == [3, 6, 7]
+
+
+def test_instruction_tuning_masks_prompts_and_reports_exact_match(tmp_path, tiny_causal_dir):
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_causal_dir, "lora", task="causal-lm",
+                                           overrides={"eval.metric": "exact_match", "train.epochs": 1}))
+    result = run_recipe(recipe)
+    evals = [e for e in events_of(result.run_dir) if isinstance(e, EvalEvent)]
+    assert set(evals[-1].metrics) == {"eval_loss", "perplexity", "exact_match"}
+    assert evals[-1].metrics["eval_loss"] < evals[0].metrics["eval_loss"]
+    assert (result.run_dir / "model" / "adapter_model.safetensors").is_file()
+
+
+def test_a_non_empty_output_directory_is_never_overwritten(tmp_path, tiny_classifier_dir):
+    path = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    out = tmp_path / "runs" / "recipe"
+    out.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not empty"):
+        run_recipe(load_recipe(path))
+    assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
+
+
+def test_headless_output_without_a_terminal_is_plain_lines(tmp_path, tiny_classifier_dir):
+    stream = io.StringIO()
+    reporter = HeadlessReporter(stream=stream, live=False, interval=0)
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora"))
+    run_recipe(recipe, observers=(reporter,))
+    text = stream.getvalue()
+    assert "\r" not in text and "\033" not in text
+    assert "step 12/12" in text and "ETA" in text
+    assert "best accuracy" in text and "model:" in text
+
+
+def test_cli_run_prints_progress_and_summary(tmp_path, tiny_classifier_dir):
+    path = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={"train.epochs": 1})
+    env = {**os.environ, "PEFTTOOL_PROGRESS_SECONDS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "pefttool.cli", "run", str(path), "--set", "train.lr=1e-2"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "completed after 6 steps" in proc.stdout
+    assert "Traceback" not in proc.stderr
+    recorded = load_recipe(tmp_path / "runs" / "recipe" / "recipe.toml")
+    assert recorded.train.lr == 1e-2
