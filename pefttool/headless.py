@@ -77,7 +77,7 @@ class HeadlessReporter:
                    f"model {event.model_memory_mb:.1f} MiB on {event.device}")
         safety = event.safety
         if safety:
-            self._line(f"safety: weights {safety.get('weights', '?')}, allow_pickle="
+            self._line(f"safety: weights {safety.get('weights_format', '?')}, allow_pickle="
                        f"{str(safety.get('allow_pickle', False)).lower()}, trust_remote_code="
                        f"{str(safety.get('trust_remote_code', False)).lower()}")
         self._line(f"{event.total_steps} steps ({event.steps_per_epoch}/epoch × {event.epochs}){resumed}")
