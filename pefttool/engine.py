@@ -8,6 +8,7 @@ reports only through events (observer hooks + `RUN_DIR/events.jsonl`) and never 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -269,6 +270,8 @@ class _TrainingRun:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # "Writing model shards" bars would garble our output
+        # bitsandbytes (imported by peft) warns on every CPU start about an optional kernel package.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         if r.train.threads:
             torch.set_num_threads(r.train.threads)
         # Denormal floats make the first CPU steps of a real model 10-25x slower (STACK.md).
@@ -284,7 +287,8 @@ class _TrainingRun:
 
         self.tokenizer = load_tokenizer(r)
         self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
-        model = load_model(r, self.strategy, self.options, label_names=self.data.label_names)
+        model = load_model(r, self.strategy, self.options, label_names=self.data.label_names,
+                           tokenizer=self.tokenizer)
         model = self.strategy.wrap(model, r, self.options)
         self.description = self.strategy.describe(model)
         self.safety = safety_summary(r)
@@ -349,9 +353,16 @@ class _TrainingRun:
         while state.epoch < r.train.epochs and state.global_step < self.total_steps:
             self.model.train()
             self.sampler.set_epoch(state.epoch)
+            # Accelerate's loader re-sets its sampler's epoch to its own pass count on every
+            # pass, and that count restarts at 0 in a resumed process: give it the real epoch,
+            # or a resumed run would see another data order than an uninterrupted one.
+            if hasattr(self.train_dl, "set_epoch"):
+                self.train_dl.set_epoch(state.epoch)
             batches = self.train_dl
             if state.batches_done:
                 batches = acc.skip_first_batches(self.train_dl, state.batches_done)
+                if hasattr(batches, "set_epoch"):
+                    batches.set_epoch(state.epoch)
             for batch in batches:
                 with acc.accumulate(self.model):
                     loss = self.model(**batch).loss
