@@ -1,36 +1,93 @@
-"""Shared LoRA wrapping for the built-in `lora` and `qlora` strategies (and plugins that want it)."""
+"""Shared LoRA wrapping for the built-in `lora` and `qlora` strategies (and plugins that want it).
+
+* `target_modules = "all-linear"` adapts every linear projection PEFT finds, minus the output
+  layer: a causal LM's `lm_head` never gets LoRA, nor a classifier's head.
+* Classification: PEFT's SEQ_CLS task adds the head (`classifier`, `score`) to
+  `modules_to_save`, so the new head trains in full and is saved with the adapter.
+* A `target_modules` entry that names no layer of the model is a recipe error listing the
+  names that exist (PEFT itself only complains when *none* match).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import warnings
+from typing import Any, Iterator
 
 from .errors import RecipeError
+
+# The heads PEFT's SEQ_CLS task trains in full (peft.PeftModelForSequenceClassification).
+SEQ_CLS_HEADS = ("classifier", "score")
+
+
+@contextlib.contextmanager
+def quiet_bitsandbytes_import() -> Iterator[None]:
+    """PEFT imports bitsandbytes when it is installed, which on an AVX512-BF16 CPU logs a
+    harmless 'Failed to load CPU gemm_4bit_forward from kernels-community' warning."""
+    log = logging.getLogger("bitsandbytes")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def add_lora(model: Any, recipe: Any, options: Any) -> Any:
     """Wrap `model` with PEFT LoRA adapters as `options` (LoraOptions) say."""
-    from peft import LoraConfig, TaskType, get_peft_model
+    with quiet_bitsandbytes_import():
+        from peft import LoraConfig, TaskType, get_peft_model
 
-    task_type = TaskType.SEQ_CLS if recipe.task.type == "classification" else TaskType.CAUSAL_LM
+    classification = recipe.task.type == "classification"
+    target = options.target_modules
+    if target != "all-linear":
+        target = list(target)
+        _check_targets(model, recipe, target)
     config = LoraConfig(
-        task_type=task_type,
+        task_type=TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM,
         r=options.r,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,
-        target_modules=options.target_modules,
+        target_modules=target,
         use_rslora=options.rslora,
         use_dora=options.dora,
-        modules_to_save=options.modules_to_save,
+        modules_to_save=list(options.modules_to_save) if options.modules_to_save else None,
     )
     try:
-        return get_peft_model(model, config)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+            peft_model = get_peft_model(model, config)
     except ValueError as exc:
-        if "not found in the base model" in str(exc) or "Target modules" in str(exc):
-            raise RecipeError(recipe.source, [
-                f"method.target_modules: {options.target_modules!r} matches no layer of this "
-                f"model; use \"all-linear\" or names from: {', '.join(linear_module_names(model))}"
-            ]) from exc
+        text = str(exc)
+        if "not found in the base model" in text or "Target module" in text:
+            raise _target_error(model, recipe, options.target_modules,
+                                "matches no linear layer of this model") from exc
         raise
+    if classification and not any(p.requires_grad for n, p in peft_model.named_parameters()
+                                  if "modules_to_save" in n):
+        # a head named other than classifier/score would stay frozen and random
+        heads = ", ".join(head_candidates(model)) or "?"
+        raise RecipeError(recipe.source, [
+            f"method.modules_to_save: this model's classification head is not named "
+            f"{' or '.join(SEQ_CLS_HEADS)}, so it would stay untrained; name it (e.g. "
+            f"modules_to_save = [\"{heads.split(', ')[0]}\"]); last layers: {heads}"])
+    return peft_model
+
+
+def _check_targets(model: Any, recipe: Any, targets: list[str]) -> None:
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in targets
+               if not any(name == t or name.endswith("." + t) for name in names)]
+    if missing:
+        raise _target_error(model, recipe, missing, "names no layer of this model")
+
+
+def _target_error(model: Any, recipe: Any, bad: Any, why: str) -> RecipeError:
+    shown = bad if isinstance(bad, str) else ", ".join(repr(b) for b in bad)
+    return RecipeError(recipe.source, [
+        f"method.target_modules: {shown} {why}; use \"all-linear\" or names from: "
+        f"{', '.join(linear_module_names(model))}"])
 
 
 def linear_module_names(model: Any) -> list[str]:
@@ -38,5 +95,26 @@ def linear_module_names(model: Any) -> list[str]:
     import torch
 
     names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-             if isinstance(mod, torch.nn.Linear)}
+             if name and isinstance(mod, torch.nn.Linear)}
     return sorted(names)
+
+
+def head_candidates(model: Any) -> list[str]:
+    """Top-level child modules after the backbone (where a classification head would be)."""
+    children = [name for name, _ in model.named_children()]
+    return children[1:] if len(children) > 1 else children
+
+
+def trainable_summary(model: Any) -> dict[str, int]:
+    """Trainable parameter counts split into adapter / head (modules_to_save) / other."""
+    out = {"adapter": 0, "head": 0, "other": 0}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if "lora_" in name:
+            out["adapter"] += p.numel()
+        elif "modules_to_save" in name:
+            out["head"] += p.numel()
+        else:
+            out["other"] += p.numel()
+    return out

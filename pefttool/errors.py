@@ -20,8 +20,11 @@ class RecipeError(PefttoolError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {len(problems)} problem(s)"] + [f"  - {p}" for p in problems]
-        super().__init__("\n".join(lines))
+        if len(problems) == 1:
+            super().__init__(f"{source}: {problems[0]}")
+        else:
+            lines = [f"{source}: {len(problems)} problems"] + [f"  - {p}" for p in problems]
+            super().__init__("\n".join(lines))
 
 
 class PluginError(PefttoolError):

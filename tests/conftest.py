@@ -25,3 +25,37 @@ def _one_torch_thread():
         return
     torch.set_num_threads(1)
     yield
+
+
+# ---------------------------------------------------------------- tiny models (tests/tiny_models.py)
+# Random hidden-32, 2-layer models saved like real ones (safetensors + the real MiniLM
+# tokenizer), built once per session: engine, TUI and fault tests run on them in seconds.
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_dir(tmp_path_factory):
+    """BertForSequenceClassification, labels negative/positive. Treat as read-only."""
+    from tiny_models import build_tiny_classifier
+
+    return build_tiny_classifier(tmp_path_factory.mktemp("tiny-classifier"))
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_dir(tmp_path_factory):
+    """LlamaForCausalLM with a chat template, eos [SEP], pad [PAD]. Treat as read-only."""
+    from tiny_models import build_tiny_causal
+
+    return build_tiny_causal(tmp_path_factory.mktemp("tiny-causal"))
+
+
+@pytest.fixture
+def tiny_recipe(request, tmp_path):
+    """A factory: tiny_recipe(strategy="lora", task="classification", **{"train.epochs": 1})
+    writes a CSV + recipe TOML under tmp_path for the matching tiny model; returns its path."""
+    from tiny_models import write_tiny_recipe
+
+    def make(strategy="lora", task="classification", **kwargs):
+        fixture = "tiny_classifier_dir" if task == "classification" else "tiny_causal_dir"
+        return write_tiny_recipe(tmp_path, request.getfixturevalue(fixture), strategy, task, **kwargs)
+
+    return make

@@ -96,7 +96,7 @@ def test_validate_lists_each_problem_on_its_own_line(project):
     lines = assert_known_error(pefttool("validate", str(recipe), cwd=project))
 
     assert lines == [
-        f"error: {recipe}: 3 problem(s)",
+        f"error: {recipe}: 3 problems",
         "  - train.lrr: unknown key (did you mean 'lr'?)",
         "  - method.r: Input should be greater than or equal to 1 (got 0)",
         f"  - data.train: 'gone.csv' does not exist (looked at {project / 'gone.csv'}); fix the path",
@@ -106,8 +106,7 @@ def test_validate_lists_each_problem_on_its_own_line(project):
 def test_validate_a_recipe_that_is_not_there():
     lines = assert_known_error(pefttool("validate", "no/such/recipe.toml"))
 
-    assert lines == ["error: no/such/recipe.toml: 1 problem(s)",
-                     "  - file not found; check the path (pefttool recipes lists them)"]
+    assert lines == ["error: no/such/recipe.toml: file not found; check the path (pefttool recipes lists them)"]
 
 
 def test_set_overrides_a_value_for_validate(project):
@@ -129,15 +128,15 @@ def test_a_bad_override_is_reported_like_a_bad_recipe(project):
 def test_a_malformed_override_says_how_to_write_one(project):
     lines = assert_known_error(pefttool("validate", str(project / "recipe.toml"), "--set", "train.lr"))
 
-    assert lines == ["error: --set: 1 problem(s)",
-                     "  - 'train.lr' is not KEY=VALUE; write e.g. --set train.lr=2e-4"]
+    assert lines == ["error: --set: 'train.lr' is not KEY=VALUE; write e.g. --set train.lr=2e-4"]
 
 
 def test_run_checks_the_recipe_and_its_overrides_before_anything_loads(project):
     lines = assert_known_error(pefttool("run", str(project / "recipe.toml"),
                                         "--set", "train.batch_size=0"))
 
-    assert lines[1] == "  - train.batch_size: Input should be greater than or equal to 1 (got 0)"
+    assert lines == [f"error: {project / 'recipe.toml'}: train.batch_size: Input should be greater "
+                     f"than or equal to 1 (got 0)"]
 
 
 def test_debug_mode_shows_the_traceback(project):
@@ -182,8 +181,8 @@ def test_an_installed_plugin_is_listed_and_usable(tmp_path, project):
     assert (demo["distribution"], demo["version"], demo["strategies"]) == \
         ("pefttool-demo-plugin", "0.3.0", ["freeze-lower"])
     assert "strategy freeze-lower" in valid.stdout
-    assert assert_known_error(invalid)[1] == (
-        "  - method.frozen_layers: Input should be a valid integer (got 'many')")
+    assert assert_known_error(invalid)[0].endswith(
+        ": method.frozen_layers: Input should be a valid integer (got 'many')")
 
 
 def test_a_broken_plugin_is_one_line_naming_it(tmp_path):
@@ -202,7 +201,7 @@ def test_plugins_env_var_leaves_a_strategy_out_and_recipes_notice(tmp_path):
     validated = pefttool("validate", str(REPO / "recipes" / "qlora.toml"), PEFTTOOL_PLUGINS="-qlora")
 
     assert [row["name"] for row in json.loads(listed.stdout)] == ["full", "lora"]
-    assert "method.strategy: no strategy named 'qlora'" in assert_known_error(validated)[1]
+    assert "method.strategy: no strategy named 'qlora'" in assert_known_error(validated)[0]
 
 
 # ------------------------------------------------------------------ recipes

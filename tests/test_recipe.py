@@ -328,7 +328,7 @@ def test_every_problem_is_reported_at_once(project):
     assert keys == sorted(["model.dtype", "data.max_length", "method.alpha", "train.lr",
                            "train.batchsize", "model.path", "data.train"])
     message = str(RecipeError(str(path), problems))
-    assert message.splitlines()[0] == f"{path}: 7 problem(s)"
+    assert message.splitlines()[0] == f"{path}: 7 problems"
 
 
 # ------------------------------------------------------------------ --set overrides

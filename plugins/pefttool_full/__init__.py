@@ -15,6 +15,22 @@ class FullFineTune(Strategy):
     description = "train every parameter (most memory, no adapter)"
     Options = FullOptions
 
+    def wrap(self, model, recipe, options):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+    def save(self, model, out_dir, recipe, options):
+        # A GGUF-loaded model is plain floats once loaded, but transformers still marks it
+        # quantized and refuses to save it; models.load_model clears that, and so do we here
+        # for a model loaded some other way.
+        if getattr(getattr(model, "hf_quantizer", None), "quantization_config", None) is not None \
+                and getattr(model.hf_quantizer.quantization_config, "quant_method", None) == "gguf":
+            from pefttool.models import forget_gguf_quantization
+
+            forget_gguf_quantization(model)
+        model.save_pretrained(out_dir, safe_serialization=True)
+
 
 @pefttool.hookimpl
 def pefttool_register_strategies(register):

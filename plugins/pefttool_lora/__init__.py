@@ -23,6 +23,10 @@ class LoraOptions(StrategyOptions):
 
 
 class LoraStrategy(Strategy):
+    """PEFT LoRA on a full-precision base. `wrap` freezes the base, adds adapters (never on a
+    causal LM's lm_head) and trains a classifier's head in full; `save` writes a PEFT adapter
+    (adapter_config.json + adapter_model.safetensors) that `PeftModel.from_pretrained` loads."""
+
     name = "lora"
     description = "LoRA adapters on linear layers (PEFT); small, fast, saves an adapter"
     Options = LoraOptions

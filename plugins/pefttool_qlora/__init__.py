@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 from pydantic import Field
@@ -15,14 +16,84 @@ class QloraOptions(LoraOptions):
     double_quant: bool = Field(True, description="quantize the scales too (saves ~0.4 bit/param)")
     compute_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype of the 4-bit matmuls: bfloat16 is faster on GPU")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward: less memory, ~30 % slower")
 
 
 class QloraStrategy(LoraStrategy):
+    """The base is quantized on load (`load_kwargs` → BitsAndBytesConfig; classifier/score/
+    lm_head and `modules_to_save` stay full precision), then `wrap` runs PEFT's
+    `prepare_model_for_kbit_training`, guards the CPU 4-bit layers against the AVX512-BF16
+    repack (see `quant.guard_cpu_4bit`) and adds LoRA. `save` writes a PEFT adapter."""
+
     name = "qlora"
     description = "4-bit quantized base (bitsandbytes NF4/FP4) + LoRA adapters"
     Options = QloraOptions
 
-    # check / load_kwargs / wrap are filled in by the engine issue (see pefttool_qlora.quant).
+    def check(self, recipe, options):
+        from pefttool.errors import PefttoolError
+
+        from .quant import import_bnb
+
+        import_bnb()
+        if recipe.model.gguf_file:
+            raise PefttoolError("method.strategy: qlora cannot re-quantize a GGUF model (it loads "
+                                "already dequantized); use strategy = \"lora\" for GGUF models")
+
+    def load_kwargs(self, recipe, options):
+        from .quant import bnb_config
+
+        return {"quantization_config": bnb_config(options, keep=options.modules_to_save)}
+
+    def wrap(self, model, recipe, options):
+        from peft import prepare_model_for_kbit_training
+
+        from pefttool.adapters import add_lora
+
+        from .quant import guard_cpu_4bit
+
+        guard_cpu_4bit(model)
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+            model = prepare_model_for_kbit_training(
+                model, use_gradient_checkpointing=options.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = add_lora(model, recipe, options)
+        guard_cpu_4bit(model)  # idempotent; covers layers PEFT may have re-created
+        return model
+
+    def describe(self, model):
+        from .quant import logical_numel
+
+        total = trainable = nbytes = 0
+        for p in model.parameters():
+            n = logical_numel(p)
+            total += n
+            nbytes += p.numel() * p.element_size()
+            if p.requires_grad:
+                trainable += n
+        for b in model.buffers():
+            nbytes += b.numel() * b.element_size()
+        seen = set()
+        for p in model.parameters():  # 4-bit scales live in quant_state, not in parameters
+            state = getattr(p, "quant_state", None)
+            if state is not None and id(state) not in seen:
+                seen.add(id(state))
+                nbytes += _quant_state_bytes(state)
+        return {"params_total": total, "params_trainable": trainable,
+                "model_memory_mb": round(nbytes / 2**20, 1)}
+
+
+def _quant_state_bytes(state) -> int:
+    import torch
+
+    total = 0
+    for value in vars(state).values():
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif hasattr(value, "absmax"):  # the nested state of double quantization
+            total += _quant_state_bytes(value)
+    return total
 
 
 @pefttool.hookimpl

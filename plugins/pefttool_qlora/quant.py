@@ -1,0 +1,73 @@
+"""bitsandbytes 4-bit helpers for the `qlora` strategy.
+
+The CPU guard (why `guard_cpu_4bit` exists): on CPUs with AVX512-BF16, a `bnb.nn.Linear4bit`
+forward in eval mode with no grad (an eval pass, `generate()`) repacks its weight for a fused
+bf16 inference kernel, and from then on `matmul_4bit` takes `gemv_4bit`, which has no autograd
+formula; `.train()` does not undo it. LoRA gradients after an eval pass were measured off by
+a median 39 % (a real model, STACK.md) and 99 % (the tiny test model) against a dequantized
+fp32 reference; layers narrower than one 64-value quant block crash in the repack instead.
+Switching the repack off on every Linear4bit keeps the dequantize-then-matmul path, whose
+gradients are exact (fp32 compute) or within ~2 % (bf16 compute).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pefttool.adapters import quiet_bitsandbytes_import
+from pefttool.errors import PefttoolError
+
+# Heads that must stay in full precision: a quantized classifier cannot train in full
+# (PEFT's modules_to_save would copy a frozen 4-bit layer), and an lm_head is kept in full
+# precision by transformers' own default, which an explicit skip list replaces.
+KEEP_FULL_PRECISION = ("classifier", "score", "lm_head")
+
+
+def import_bnb() -> Any:
+    """bitsandbytes, or a one-line PefttoolError saying how to get it."""
+    try:
+        with quiet_bitsandbytes_import():
+            import bitsandbytes as bnb
+    except Exception as exc:  # ImportError, or a broken native library
+        detail = "" if isinstance(exc, ImportError) else f" (import failed: {type(exc).__name__}: {exc})"
+        raise PefttoolError(f"QLoRA needs bitsandbytes: pip install bitsandbytes{detail}") from None
+    return bnb
+
+
+def bnb_config(options: Any, keep: list[str] | None = None) -> Any:
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    skip = sorted({*KEEP_FULL_PRECISION, *(keep or [])})
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=options.quant_type,
+        bnb_4bit_use_double_quant=options.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, options.compute_dtype),
+        llm_int8_skip_modules=skip,
+    )
+
+
+def linear4bit_layers(model: Any) -> list[Any]:
+    bnb = import_bnb()
+    return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+
+
+def guard_cpu_4bit(model: Any) -> int:
+    """Turn off the AVX512-BF16 inference repack on every Linear4bit (see the module doc).
+    Returns how many layers were guarded. Safe to call more than once."""
+    layers = linear4bit_layers(model)
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def logical_numel(p: Any) -> int:
+    """Parameters a tensor stands for: a Params4bit packs several 4-bit values per element."""
+    state = getattr(p, "quant_state", None)
+    if state is not None and getattr(state, "shape", None) is not None:
+        n = 1
+        for d in state.shape:
+            n *= int(d)
+        return n
+    return p.numel()
