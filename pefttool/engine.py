@@ -123,8 +123,10 @@ class _Emitter:
             self.ended = True
             try:
                 self(event)
-            except PefttoolError:
-                pass  # an observer failing at the very end must not hide the run's own error
+            except (PefttoolError, OSError):
+                # an observer failing at the very end, or a full disk refusing the last line of
+                # events.jsonl, must not hide the run's own error
+                pass
 
 
 # ----------------------------------------------------------------------------- signals
@@ -166,6 +168,18 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed (disk full, file too large...), or None if `exc` is no I/O error.
+    The Rust writers (safetensors, tokenizers) raise plain exceptions such as
+    'File too large (os error 27)' rather than OSError."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    import re
+
+    match = re.search(r"os error (\d+)", str(exc))
+    return os.strerror(int(match.group(1))) if match else None
 
 
 def exit_code_for_signal(signum: int | None) -> int:
@@ -253,10 +267,14 @@ class _TrainingRun:
         self.recipe, self.strategy, self.options = recipe, strategy, options
         self.run_dir, self.emit, self.stop = run_dir, emit, stop
         self.state = TrainState()
+        self._paused_s = 0.0  # seconds spent evaluating/checkpointing since the last step event
 
     # -- set-up: everything before the first step
 
     def _setup(self, checkpoint: Path | None) -> None:
+        # bitsandbytes (imported by peft, which `transformers.get_scheduler` imports) warns on
+        # every CPU start about an optional kernel package: silence it before that import.
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         import torch
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -270,8 +288,6 @@ class _TrainingRun:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # "Writing model shards" bars would garble our output
-        # bitsandbytes (imported by peft) warns on every CPU start about an optional kernel package.
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         if r.train.threads:
             torch.set_num_threads(r.train.threads)
         # Denormal floats make the first CPU steps of a real model 10-25x slower (STACK.md).
@@ -302,8 +318,12 @@ class _TrainingRun:
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": r.train.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=r.train.lr)
         self.sampler = EpochShuffleSampler(len(self.data.train), r.train.seed)
+        # Its own generator: starting a pass over a DataLoader otherwise draws from the global
+        # RNG (which dropout uses), and a resumed run starts its pass mid-epoch, after the
+        # checkpoint's RNG state was restored, so its dropout masks would differ.
         train_dl = torch.utils.data.DataLoader(self.data.train, batch_size=r.train.batch_size,
-                                               sampler=self.sampler, collate_fn=self.data.collate)
+                                               sampler=self.sampler, collate_fn=self.data.collate,
+                                               generator=torch.Generator().manual_seed(r.train.seed))
         eval_dl = torch.utils.data.DataLoader(self.data.eval, batch_size=r.eval.batch_size,
                                               shuffle=False, collate_fn=self.data.collate)
         self.batches_per_epoch = len(train_dl)
@@ -349,7 +369,7 @@ class _TrainingRun:
         r, state, acc = self.recipe, self.state, self.accelerator
         eval_every = r.eval.every_steps
         window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
-        window_start = time.perf_counter()
+        window_start, self._paused_s = time.perf_counter(), 0.0
         while state.epoch < r.train.epochs and state.global_step < self.total_steps:
             self.model.train()
             self.sampler.set_epoch(state.epoch)
@@ -388,11 +408,13 @@ class _TrainingRun:
                 window_steps += 1
                 last = state.global_step >= self.total_steps
                 if state.global_step % r.train.log_every == 0 or last:
-                    elapsed = time.perf_counter() - window_start
+                    # Evaluations and checkpoints inside the window are not training time.
+                    elapsed = max(time.perf_counter() - window_start - self._paused_s, 1e-9)
+                    self._paused_s = 0.0
                     state.train_seconds += elapsed
                     state.tokens_seen += window_tokens
                     self._emit_step(window_loss / max(window_steps, 1), window_tokens / elapsed,
-                                    window_samples / elapsed)
+                                    window_samples / elapsed, elapsed / max(window_steps, 1))
                     window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
                     window_start = time.perf_counter()
                 if eval_every and state.global_step % eval_every == 0 and not last:
@@ -436,13 +458,16 @@ class _TrainingRun:
         raise TrainingError(f"loss is {value} at step {step} (epoch {self.state.epoch + 1}); {kept}; "
                             f"lower train.lr, or set train.on_nan = \"skip\" to skip such batches")
 
-    def _emit_step(self, loss: float, tokens_per_s: float, samples_per_s: float) -> None:
+    def _emit_step(self, loss: float, tokens_per_s: float, samples_per_s: float,
+                   sec_per_step: float) -> None:
         import psutil
         import torch
 
         state = self.state
         remaining = self.total_steps - state.global_step
-        sec_per_step = state.train_seconds / max(state.global_step - self._start_step, 1)
+        # Smoothed recent speed: the first steps (warm-up, denormals, caches) are not typical.
+        previous = getattr(self, "_sec_per_step", None)
+        self._sec_per_step = sec_per_step if previous is None else 0.7 * previous + 0.3 * sec_per_step
         gpu = None
         if torch.cuda.is_available() and self.accelerator.device.type == "cuda":
             gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -451,15 +476,8 @@ class _TrainingRun:
             epoch=round(state.epoch + state.batches_done / self.batches_per_epoch, 4),
             loss=round(loss, 6), lr=self.scheduler.get_last_lr()[0],
             tokens_per_s=round(tokens_per_s, 1), samples_per_s=round(samples_per_s, 2),
-            elapsed_s=round(state.train_seconds, 2), eta_s=round(remaining * sec_per_step, 1),
+            elapsed_s=round(state.train_seconds, 2), eta_s=round(remaining * self._sec_per_step, 1),
             rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1), gpu_mem_mb=gpu))
-
-    @property
-    def _start_step(self) -> int:
-        # Steps trained before this process (a resume) don't count towards its own speed.
-        if not hasattr(self, "_first_step"):
-            self._first_step = self.state.global_step
-        return self._first_step
 
     # -- evaluation and early stopping
 
@@ -468,6 +486,7 @@ class _TrainingRun:
         from .evaluate import evaluate
 
         r, state = self.recipe, self.state
+        began = time.perf_counter()
         metrics = evaluate(self.model, self.eval_dl, self.data, r, self.tokenizer, self.accelerator)
         value = metrics[r.metric]
         sign = 1 if r.higher_is_better else -1
@@ -484,6 +503,7 @@ class _TrainingRun:
         state.history.append({"step": state.global_step, "epoch": epoch, **metrics})
         self.emit(EvalEvent(step=state.global_step, epoch=epoch, metrics=metrics, metric=r.metric,
                             value=value, best=state.best, is_best=improved, bad_evals=state.bad_evals))
+        self._paused_s += time.perf_counter() - began
         stop = (r.early_stopping.enabled and not before
                 and state.bad_evals >= r.early_stopping.patience)
         if stop:
@@ -508,23 +528,31 @@ class _TrainingRun:
                 (tmp / "labels.json").write_text(json.dumps(
                     {"id2label": dict(enumerate(self.data.label_names))}, indent=1))
             replace_dir(tmp, target)
-        except OSError as exc:
+        except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise OutputError(f"cannot save the model to {target} ({exc.strerror or exc}); free disk "
+            reason = write_failure(exc)
+            if reason is None:
+                raise
+            raise OutputError(f"cannot save the model to {target} ({reason}); free disk "
                               f"space, then resume (the previous model and checkpoints are intact)") from exc
 
     # -- checkpoints and the end
 
     def _checkpoint(self, reason: str) -> None:
         state = self.state
+        began = time.perf_counter()
         if state.best_step == state.global_step:
             state.best_checkpoint = f"step-{state.global_step:07d}"
         try:
             path = save_checkpoint(self.run_dir, state, lambda d: self.accelerator.save_state(str(d)),
                                    keep=self.recipe.train.keep_checkpoints)
-        except OSError as exc:
-            raise OutputError(f"cannot write a checkpoint in {self.run_dir} ({exc.strerror or exc}); "
+        except Exception as exc:
+            reason = write_failure(exc)
+            if reason is None:
+                raise
+            raise OutputError(f"cannot write a checkpoint in {self.run_dir} ({reason}); "
                               f"free disk space, then resume (earlier checkpoints are intact)") from exc
+        self._paused_s += time.perf_counter() - began
         self.emit(CheckpointEvent(step=state.global_step, path=str(path), reason=reason))
 
     def _finish(self, status: str, started: float) -> RunResult:
