@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checkpoints import TrainState, latest_checkpoint, replace_dir, save_checkpoint
+from .checkpoints import TrainState, checkpoint_dir, latest_checkpoint, replace_dir, save_checkpoint
 from .errors import OutputError, PefttoolError, RunInterrupted, TrainingError
 from .events import (EVENTS_FILE, CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent,
                      StartEvent, StepEvent)
@@ -75,6 +76,7 @@ def run_recipe(
     log = EventLog(run_dir)
     emitter = _Emitter(host, log)
     started = time.time()
+    flushed_before = _denormals_flushed()
     try:
         with _stop_on_signals() as stop:
             run = _TrainingRun(recipe, strategy, options, run_dir, emitter, stop)
@@ -97,6 +99,15 @@ def run_recipe(
         log.close()
         for name in names:
             host.unregister(name)
+        # The loop flushes denormals (fast CPU steps); that is process-wide CPU state, so give
+        # the caller back what it had (numerical code after a run in the same process).
+        if "torch" in sys.modules and _denormals_flushed() != flushed_before:
+            sys.modules["torch"].set_flush_denormal(flushed_before)
+
+
+def _denormals_flushed() -> bool:
+    """Whether this thread's CPU flushes denormal floats to zero (torch.set_flush_denormal)."""
+    return sys.float_info.min / 2 == 0.0
 
 
 # ----------------------------------------------------------------------------- events
@@ -204,6 +215,7 @@ def _prepare_run_dir(recipe: Recipe, resume: bool, run_dir: Path | None) -> tupl
                               f"{run_dir / MODEL_DIR}")
         if status == "running":
             raise OutputError(f"the run in {run_dir} is still running (pid alive); stop it first")
+        _recover_after_kill(run_dir)
         return run_dir, latest_checkpoint(run_dir)
 
     run_dir = run_dir or recipe.output_dir(datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -231,6 +243,16 @@ def _prepare_run_dir(recipe: Recipe, resume: bool, run_dir: Path | None) -> tupl
     return run_dir, None
 
 
+def _recover_after_kill(run_dir: Path) -> None:
+    """Undo what a kill in the middle of a write left behind, before resuming: a model/ moved
+    aside while being replaced (put it back), and temporary folders (remove them)."""
+    model, old = run_dir / MODEL_DIR, run_dir / f".{MODEL_DIR}-old"
+    if old.is_dir() and not model.exists():
+        os.replace(old, model)
+    for stale in (old, run_dir / f".{MODEL_DIR}-tmp", *checkpoint_dir(run_dir).glob(".tmp-step-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _newest_run(recipe: Recipe) -> Path:
     pattern = recipe.output_dir("")  # {time} → '*'
     candidates = sorted((p for p in pattern.parent.glob(pattern.name) if (p / EVENTS_FILE).exists()),
@@ -238,7 +260,14 @@ def _newest_run(recipe: Recipe) -> Path:
     if not candidates:
         raise OutputError(f"no earlier run of '{recipe.name}' to resume under {pattern.parent}; "
                           f"run it without --resume first")
-    return candidates[-1]
+    from .runs import summarize
+
+    # The newest *unfinished* run: a finished run started later must not hide an interrupted one.
+    unfinished = [p for p in candidates if summarize(p).status not in ("completed", "early_stopped")]
+    if not unfinished:
+        raise OutputError(f"every run of '{recipe.name}' under {pattern.parent} already finished "
+                          f"(newest: {candidates[-1]}); run it without --resume to start a new one")
+    return unfinished[-1]
 
 
 def write_resolved_recipe(recipe: Recipe, run_dir: Path) -> None:
@@ -275,6 +304,9 @@ class _TrainingRun:
         # bitsandbytes (imported by peft, which `transformers.get_scheduler` imports) warns on
         # every CPU start about an optional kernel package: silence it before that import.
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        # Accelerate warns "Removed shared tensor ... while saving" at every checkpoint of a
+        # model with tied weights (most causal LMs); load_state re-ties them (resume is exact).
+        logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
         import torch
         from accelerate import Accelerator
         from accelerate.utils import set_seed

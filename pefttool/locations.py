@@ -39,7 +39,11 @@ def resolve(location: str, base_dir: Path | None = None) -> Path:
             )
         root = Path(list(spec.submodule_search_locations)[0])
         return root / inner if inner else root
-    path = Path(location).expanduser()
+    try:
+        path = Path(location).expanduser()
+    except RuntimeError:  # `~user` for a user that does not exist, or no home directory
+        raise LocationError(f"'{location}': cannot expand '~' (no such user, or no home "
+                            f"directory); write the full path") from None
     if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
         return base_dir / path
     return path

@@ -330,6 +330,16 @@ def _cross_checks(recipe: Recipe) -> list[str]:
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
     if recipe.train.device == "cuda" and not _cuda_available():
         problems.append("train.device: 'cuda' but no GPU is visible; use \"auto\" or \"cpu\"")
+    out = recipe.output.dir
+    if "\x00" in out:
+        problems.append("output.dir: contains a NUL character, which no path can hold; write a "
+                        "plain path")
+    else:
+        try:
+            Path(out).expanduser()
+        except RuntimeError:
+            problems.append(f"output.dir: cannot expand '~' in '{out}' (no such user, or no home "
+                            f"directory); write the full path")
     return problems
 
 

@@ -1,0 +1,435 @@
+"""A clear answer to every bad input, and to numerical faults.
+
+Each bad input gives: exit code ≠ 0, one line on stderr naming the problem and the fix (a
+recipe's problems: one line per problem), no traceback, nothing half-written (no partial
+model/, no temporary folders) and nothing of the user's overwritten.
+
+Recipe problems run `pefttool run` as a child process (a bad recipe fails before torch loads,
+so these are quick). Problems found while setting a run up run `pefttool.cli.main` in this
+process. Disk full and a missing bitsandbytes need a child with its own limits / import path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import signal
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+import pefttool
+from fault_helpers import (child_env, events_of, leftovers, metrics_of, of_type, run_pefttool,
+                           tensors, tree)
+from pefttool.checkpoints import TrainState, list_checkpoints
+from pefttool.cli import main
+from pefttool.plugins import get_plugin_host
+from pefttool_lora import LoraStrategy
+from tiny_models import write_pickle_only_copy, write_tiny_recipe
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assert_clean_failure(rc: int, out: str, err: str, *needles: str, code: int = 2,
+                         lines: int = 1) -> list[str]:
+    """rc == code, `lines` lines on stderr (the first starts with 'error:'), each needle in
+    stderr, no traceback anywhere. Returns stderr's lines."""
+    got = err.strip().splitlines()
+    assert rc == code, f"exit {rc}\nstderr:\n{err}"
+    assert "Traceback" not in out + err
+    assert "internal error" not in err
+    assert len(got) == lines, f"expected {lines} line(s) on stderr, got:\n{err}"
+    assert got[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in:\n{err}"
+    return got
+
+
+def assert_nothing_half_written(run_dir: Path, model_expected: bool = False) -> None:
+    assert leftovers(run_dir) == []
+    if not model_expected:
+        assert not (run_dir / "model").exists(), "a model/ appeared from a failed run"
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """`pefttool ARGS` in this process."""
+    rc = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+# =============================================================== the recipe (child processes)
+
+
+def drop_section(recipe: Path, name: str) -> None:
+    import tomllib
+
+    from tiny_models import to_toml
+
+    data = tomllib.loads(recipe.read_text())
+    del data[name]
+    recipe.write_text(to_toml(data))
+
+
+RecipeCase = tuple[str, dict[str, Any], Callable[[Path], None] | None, tuple[str, ...], int]
+
+RECIPE_CASES: list[RecipeCase] = [
+    # id, overrides, extra set-up of the folder, text expected on stderr, problem lines
+    ("unknown key", {"train.epoch": 3}, None,
+     ("train.epoch: unknown key", "did you mean 'epochs'?"), 1),
+    ("wrong type", {"train.lr": "fast"}, None, ("train.lr:", "valid number", "'fast'"), 1),
+    ("out-of-range value", {"train.epochs": 0}, None,
+     ("train.epochs:", "greater than or equal to 1", "(got 0)"), 1),
+    ("missing data file", {"data.train": "nowhere.csv"}, None,
+     ("data.train: 'nowhere.csv' does not exist", "fix the path"), 1),
+    ("missing model path", {"model.path": "/no/such/model"}, None,
+     ("model.path: '/no/such/model' does not exist", "fix the path"), 1),
+    ("strategy not installed", {"method.strategy": "lorra", "method.r": None, "method.alpha": None,
+                                "method.dropout": None}, None,
+     ("method.strategy: no strategy named 'lorra'", "did you mean 'lora'?", "pefttool plugins"), 1),
+    ("fp16 on CPU", {"train.mixed_precision": "fp16"}, None,
+     ("train.mixed_precision: 'fp16' is unusable without a GPU", 'use "bf16" or "no"'), 1),
+    ("missing section", {}, lambda folder: drop_section(folder / "recipe.toml", "task"),
+     ("task: required key is missing; add it",), 1),
+    ("three problems", {"train.epochs": 0, "train.lr": "fast", "train.epoch": 3}, None,
+     ("3 problems", "train.epochs:", "train.lr:", "train.epoch: unknown key"), 4),
+]
+
+
+@pytest.mark.parametrize("case", RECIPE_CASES, ids=[c[0] for c in RECIPE_CASES])
+def test_a_bad_recipe_is_one_line_per_problem(case, tmp_path, tiny_classifier_dir):
+    _, overrides, setup, needles, n_lines = case
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides=overrides)
+    if setup:
+        setup(tmp_path)
+    before = tree(tmp_path)
+    result = run_pefttool("run", recipe, cwd=tmp_path, timeout=60)
+    lines = assert_clean_failure(result.returncode, result.stdout, result.stderr, *needles,
+                                 lines=n_lines)
+    if n_lines > 1:
+        assert all(line.startswith("  - ") for line in lines[1:])
+    assert result.stdout == ""
+    assert tree(tmp_path) == before, "a bad recipe changed files"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_malformed_toml_names_the_line(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text('[model]\npath = "m"\n[train\nepochs = 2\n')
+    result = run_pefttool("run", recipe, cwd=tmp_path, timeout=60)
+    assert_clean_failure(result.returncode, result.stdout, result.stderr, "not valid TOML",
+                         "line 3")
+    assert recipe.read_text() == '[model]\npath = "m"\n[train\nepochs = 2\n'
+
+
+def test_a_recipe_that_is_not_utf8_or_missing_is_one_line(tmp_path):
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "caf\xe9"\n'.encode("latin-1"))
+    result = run_pefttool("validate", latin, cwd=tmp_path, timeout=60)
+    assert_clean_failure(result.returncode, result.stdout, result.stderr, "not UTF-8", "save it as UTF-8")
+    missing = run_pefttool("run", tmp_path / "nope.toml", cwd=tmp_path, timeout=60)
+    assert_clean_failure(missing.returncode, missing.stdout, missing.stderr, "nope.toml: file not found")
+
+
+def test_a_malformed_override_is_one_line(tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    result = run_pefttool("run", recipe, "--set", "train.lr", cwd=tmp_path, timeout=60)
+    assert_clean_failure(result.returncode, result.stdout, result.stderr, "is not KEY=VALUE",
+                         "--set train.lr=2e-4")
+
+
+# =============================================================== setting a run up (in process)
+
+
+def csv_with(tmp_path: Path, recipe: Path, transform: Callable[[bytes], bytes]) -> Path:
+    data = tmp_path / "recipe.csv"
+    data.write_bytes(transform(data.read_bytes()))
+    return data
+
+
+def test_non_utf8_data_names_the_row_and_the_fix(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    data = csv_with(tmp_path, recipe, lambda b: b + "caf\xe9 was awful,negative\n".encode("latin-1"))
+    kept = digest(data)
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "recipe.csv", "line 66", "is not UTF-8", "re-save the file as UTF-8",
+                         'data.on_bad_rows = "skip"')
+    assert digest(data) == kept
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+def test_a_missing_column_lists_the_columns(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={"data.text_column": "review"})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "no column 'review'", "the columns are: text, label",
+                         "set data.text_column")
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+def test_data_empty_after_cleaning_says_what_was_removed(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    csv_with(tmp_path, recipe, lambda b: b"text,label\n ,negative\n,positive\n   ,negative\n")
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "no usable rows left in data.train after cleaning",
+                         "removed 3 empty text")
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+def test_labels_outside_the_label_set_are_named(capsys, tmp_path, tiny_classifier_dir):
+    # task.labels names labels the data does not use: every row falls outside the set.
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"task.labels": ["bad", "good"]})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "no usable rows left", "removed 64 label not in task.labels",
+                         "(e.g. 'negative', 'positive')", "check the columns")
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+def test_a_label_id_outside_the_label_set_names_the_row(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    csv_with(tmp_path, recipe, lambda b: b + b"a so-so film,7\n")
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "line 66", "label id 7, out of range", "task.labels",
+                         'data.on_bad_rows = "skip"')
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+def test_a_folder_that_is_not_a_model(capsys, tmp_path, tiny_classifier_dir):
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    recipe = write_tiny_recipe(tmp_path, folder, "lora")
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "is not a model folder (no config.json",
+                         "point it at the folder holding config.json")
+    assert tree(folder) == {"notes.txt": b"mine"}
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+def test_target_modules_matching_no_layer_lists_the_layers(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"method.target_modules": ["q_proj", "query"]})
+    before = tree(tiny_classifier_dir)
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "method.target_modules: 'q_proj' names no layer",
+                         'use "all-linear" or names from:', "query", "value")
+    assert tree(tiny_classifier_dir) == before
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+def test_pickle_weights_are_refused_unless_allowed(capsys, tmp_path, tiny_classifier_dir):
+    model = write_pickle_only_copy(tiny_classifier_dir, tmp_path / "pickled")
+    recipe = write_tiny_recipe(tmp_path, model, "lora")
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "has only pickle weights (pytorch_model.bin)",
+                         "convert them to safetensors", "model.allow_pickle = true")
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+    # Allowed on purpose: it loads, and the start of the run says so (as it does for
+    # trust_remote_code, off unless the recipe turns it on).
+    rc, out, err = cli(capsys, "run", recipe, "--set", "model.allow_pickle=true", "--set",
+                       "model.trust_remote_code=true", "--set", "train.max_steps=1", "--set",
+                       "eval.before_training=false", "--set", "output.overwrite=true")
+    assert rc == 0, err
+    assert "safety: weights pickle, allow_pickle=true, trust_remote_code=true" in out
+    start = of_type(events_of(tmp_path / "runs" / "recipe"), "start")[-1]
+    assert start.safety["allow_pickle"] is True and start.safety["trust_remote_code"] is True
+
+
+class _Boom:
+    @pefttool.hookimpl
+    def pefttool_step_end(self, event):
+        if event.step == 2:
+            raise RuntimeError("dashboard unreachable")
+
+
+@pytest.fixture
+def boom_plugin():
+    host = get_plugin_host()
+    host.register(_Boom(), "boom")
+    yield
+    host.unregister("boom")
+
+
+def test_a_plugin_raising_in_a_hook_is_named_with_the_hook(capsys, boom_plugin, tmp_path,
+                                                           tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"train.checkpoint_every": 1})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "plugin 'boom' raised in pefttool_step_end",
+                         "RuntimeError: dashboard unreachable")
+    run_dir = tmp_path / "runs" / "recipe"
+    end = events_of(run_dir)[-1]
+    assert end.type == "end" and end.status == "failed" and "plugin 'boom'" in end.message
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-0000001"]
+    assert_nothing_half_written(run_dir, model_expected=True)  # the step-0 model is complete
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+
+
+# -------------------------------------------------------------- the output directory
+
+
+def test_output_dir_that_cannot_be_created(capsys, tmp_path, tiny_classifier_dir):
+    # Root may write anywhere, but not below a file: a real write failure.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("mine")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"output.dir": str(blocker / "run")})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, f"output.dir: cannot write to {blocker / 'run'}",
+                         "Not a directory", "choose a writable output.dir")
+    assert blocker.read_text() == "mine"
+
+
+def test_output_dir_in_a_pseudo_filesystem(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"output.dir": "/proc/pefttool-run"})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "output.dir: cannot write to /proc/pefttool-run",
+                         "choose a writable output.dir")
+
+
+def test_output_dir_that_is_a_file(capsys, tmp_path, tiny_classifier_dir):
+    target = tmp_path / "results.txt"
+    target.write_text("mine")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"output.dir": str(target)})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "is a file, not a folder", "choose another output.dir")
+    assert target.read_text() == "mine"
+
+
+def test_output_dir_not_empty_is_never_touched(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    out_dir = tmp_path / "runs" / "recipe"
+    (out_dir / "model").mkdir(parents=True)
+    (out_dir / "notes.txt").write_text("mine")
+    (out_dir / "model" / "weights.bin").write_bytes(b"precious")
+    before = tree(out_dir)
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "is not empty", f"pefttool resume {out_dir}",
+                         "output.overwrite = true")
+    assert tree(out_dir) == before
+
+
+def test_disk_full_while_writing_a_checkpoint(tmp_path, tiny_classifier_dir):
+    # A 1 MB file-size limit: the run's small files and the model (adapter + tokenizer) fit,
+    # the first checkpoint (the whole model's tensors, ~4 MB) does not: EFBIG, as on a full disk.
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"train.checkpoint_every": 2})
+    run_dir = tmp_path / "runs" / "recipe"
+    result = run_pefttool("run", recipe, cwd=tmp_path, preexec_fn=file_size_limit(1_000_000))
+    assert_clean_failure(result.returncode, result.stdout, result.stderr,
+                         f"cannot write a checkpoint in {run_dir} (File too large)", "free disk space",
+                         "then resume")
+    assert list_checkpoints(run_dir) == [] and list((run_dir / "checkpoints").iterdir()) == []
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()  # the step-0 model, whole
+    assert_nothing_half_written(run_dir, model_expected=True)
+    assert events_of(run_dir)[-1].status == "failed"
+
+
+def test_disk_full_while_saving_the_model(tmp_path, tiny_classifier_dir):
+    # 300 kB: the tokenizer (700 kB) cannot be saved with the model.
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    run_dir = tmp_path / "runs" / "recipe"
+    result = run_pefttool("run", recipe, cwd=tmp_path, preexec_fn=file_size_limit(300_000))
+    assert_clean_failure(result.returncode, result.stdout, result.stderr,
+                         f"cannot save the model to {run_dir / 'model'} (File too large)",
+                         "free disk space")
+    assert_nothing_half_written(run_dir)  # no model/, no .model-tmp
+
+
+def file_size_limit(limit: int) -> Callable[[], None]:
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit raises EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_qlora_without_bitsandbytes(tmp_path, tiny_classifier_dir):
+    blocker = tmp_path / "no-bnb"
+    blocker.mkdir()
+    (blocker / "bitsandbytes.py").write_text(
+        'raise ImportError("No module named \'bitsandbytes\' (blocked by a test)")\n')
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "qlora")
+    result = run_pefttool("run", recipe, cwd=tmp_path, env=child_env(PYTHONPATH=str(blocker)))
+    assert_clean_failure(result.returncode, result.stdout, result.stderr,
+                         "QLoRA needs bitsandbytes: pip install bitsandbytes")
+    assert not (tmp_path / "runs").exists()
+
+
+# =============================================================== numerical faults
+
+
+class NanAtStep(LoraStrategy):
+    """LoRA whose training forward returns a NaN loss at the NAN_AT-th batch."""
+
+    name = "nan-at-step"
+    NAN_AT = 5
+
+    def wrap(self, model, recipe, options):
+        model = super().wrap(model, recipe, options)
+        calls = {"n": 0}
+
+        def poison(module, args, kwargs, output):
+            if module.training:
+                calls["n"] += 1
+                if calls["n"] == self.NAN_AT:
+                    output.loss = output.loss * float("nan")
+            return output
+
+        model.register_forward_hook(poison, with_kwargs=True)
+        return model
+
+
+class _NanPlugin:
+    @pefttool.hookimpl
+    def pefttool_register_strategies(self, register):
+        register(NanAtStep())
+
+
+@pytest.fixture
+def nan_strategy():
+    host = get_plugin_host()
+    host.register(_NanPlugin(), "nan-plugin")
+    yield "nan-at-step"
+    host.unregister("nan-plugin")
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_checkpoint(
+        capsys, nan_strategy, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, nan_strategy,
+                               overrides={"train.checkpoint_every": 2})
+    run_dir = tmp_path / "runs" / "recipe"
+    rc, out, err = cli(capsys, "run", recipe)
+    good = run_dir / "checkpoints" / "step-0000004"
+    assert_clean_failure(rc, out, err, "loss is nan at step 5 (epoch 1)",
+                         f"last good checkpoint: {good}", "lower train.lr",
+                         'train.on_nan = "skip"', code=3)
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-0000002", "step-0000004"]
+    assert TrainState.from_file(good / "trainer_state.json").global_step == 4
+    end = events_of(run_dir)[-1]
+    assert end.status == "failed" and end.exit_code == 3 and "step 5" in end.message
+    assert max(e.step for e in of_type(events_of(run_dir), "step")) == 4
+    assert_nothing_half_written(run_dir, model_expected=True)
+
+
+def test_on_nan_skip_skips_the_batch_and_finishes(capsys, nan_strategy, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, nan_strategy,
+                               overrides={"train.on_nan": "skip"})
+    run_dir = tmp_path / "runs" / "recipe"
+    rc, out, err = cli(capsys, "run", recipe)
+    assert rc == 0, err
+    assert "warning: loss is nan at step 5: batch skipped (1 so far)" in out
+    warnings = [e for e in of_type(events_of(run_dir), "log") if e.level == "warning"]
+    assert [w.message for w in warnings] == ["loss is nan at step 5: batch skipped (1 so far)"]
+    metrics = metrics_of(run_dir)
+    assert metrics["status"] == "completed" and metrics["nan_skipped"] == 1
+    assert metrics["steps"] == 12 - 1  # one batch of 12 had no optimizer step
+    losses = [e.loss for e in of_type(events_of(run_dir), "step")]
+    assert all(loss == loss for loss in losses), "a NaN reached the logged loss"
+    weights = tensors(run_dir / "model" / "adapter_model.safetensors")
+    assert all(bool(t.isfinite().all()) for t in weights.values())
