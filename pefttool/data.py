@@ -862,6 +862,14 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
                     examples.append(f"{where(row_no, bad.column)} {bad.what}")
                 continue
             except _Unknown as unk:
+                if d.unknown_labels == "error":
+                    if recipe.task.type == "classification":
+                        column, allowed, key = d.label_column, recipe.task.labels or [], "task.labels"
+                    else:
+                        column, allowed, key = d.response_column, list(d.response_map or {}), "data.response_map"
+                    raise DataError(f"{src.name}: {where(row_no, column)} value {unk.value!r} is not "
+                                    f"one of {', '.join(allowed)}; add it to {key}, fix the row, or "
+                                    f"set data.unknown_labels = \"drop\"") from None
                 counts["dropped_unknown_label"] += 1
                 counts["unknown_labels"][unk.value] += 1
                 continue

@@ -79,6 +79,8 @@ class DataSection(Section):
     max_train_rows: int | None = Field(None, ge=1)
     max_eval_rows: int | None = Field(None, ge=1)
     drop_duplicates: bool = True
+    unknown_labels: Literal["drop", "error"] = Field(
+        "drop", description="classification rows whose label is not in task.labels: drop and count, or stop")
     on_bad_rows: Literal["error", "skip"] = "error"
     seed: int = 42
 

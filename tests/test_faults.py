@@ -197,6 +197,17 @@ def test_a_label_id_outside_the_label_set_names_the_row(capsys, tmp_path, tiny_c
     assert_nothing_half_written(tmp_path / "runs" / "recipe")
 
 
+def test_a_label_outside_the_label_set_stops_the_run_when_the_recipe_says_so(capsys, tmp_path,
+                                                                            tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"data.unknown_labels": "error"})
+    csv_with(tmp_path, recipe, lambda b: b + b"a so-so film,neutral\n")
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "line 66", "column 'label'", "'neutral' is not one of negative, "
+                         "positive", "add it to task.labels", 'data.unknown_labels = "drop"')
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
 def test_a_folder_that_is_not_a_model(capsys, tmp_path, tiny_classifier_dir):
     folder = tmp_path / "not-a-model"
     folder.mkdir()
