@@ -103,3 +103,13 @@ def test_built_in_strategies_describe_themselves_and_their_options(strategy):
     assert found.description, f"{strategy} needs a description (pefttool plugins shows it)"
     undocumented = [field for field, info in found.Options.model_fields.items() if not info.description]
     assert undocumented == [], f"{strategy}: options without a description: {undocumented}"
+
+
+@pytest.mark.parametrize("recipe", sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_value_in_a_built_in_recipe_says_what_it_trades(recipe):
+    uncommented = [line for line in recipe.read_text(encoding="utf-8").splitlines()
+                   if "=" in line and not line.lstrip().startswith(("#", "["))
+                   and "#" not in line.split("=", 1)[1]
+                   and line.split("=", 1)[0].strip() not in ("name", "description", "prompt_template")]
+    assert uncommented == []
