@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     runs = sub.add_parser("runs", help="list runs under an output root")
     runs.add_argument("root", type=Path, nargs="?", default=Path("runs"))
     tui = sub.add_parser("tui", help="open the terminal UI (the default with no command)")
-    tui.add_argument("--runs-root", type=Path, default=Path("runs"))
+    tui.add_argument("--runs-root", type=Path, default=Path("runs"),
+                     help="where runs are listed and launched (default: ./runs)")
+    tui.add_argument("--attach", type=Path, metavar="RUN_DIR",
+                     help="open a run's live dashboard, e.g. one started with nohup pefttool run")
     return parser
 
 
@@ -155,7 +158,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def cmd_tui(args: argparse.Namespace) -> int:
     from .tui.app import make_app
 
-    app = make_app(runs_root=getattr(args, "runs_root", Path("runs")))
+    app = make_app(runs_root=getattr(args, "runs_root", Path("runs")), attach=getattr(args, "attach", None))
     app.run()
     return app.return_code or 0
 

@@ -1,0 +1,171 @@
+"""The pefttool terminal UI: `make_app()` builds it for the CLI and for the tests.
+
+Modes (switch with 1, 2, 3): Recipes (pick, adjust, launch), Runs (past and running runs),
+Plugins. A launched run trains in a child process and opens on a dashboard; the app only
+reads the run's `events.jsonl`, so a crash in training never takes the UI down.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from textual.app import App
+from textual.binding import Binding
+
+from ..runs import pid_alive
+from .child import TrainingChild, default_command, new_run_dir, staged_path
+from .formatting import display_path
+from .screens.modals import ErrorModal, QuitModal
+from .screens.plugins import PluginsScreen
+from .screens.recipes import RecipesScreen
+from .screens.runs import RunsScreen
+
+
+class PefttoolApp(App[int]):
+    """Recipes → adjust → launch → dashboard; runs and plugins alongside."""
+
+    CSS_PATH = "app.tcss"
+    DEFAULT_MODE = "recipes"
+    TITLE = "pefttool"
+    BINDINGS = [
+        Binding("1", "switch_mode('recipes')", "Recipes"),
+        Binding("2", "switch_mode('runs')", "Runs"),
+        Binding("3", "switch_mode('plugins')", "Plugins"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    def __init__(
+        self,
+        runs_root: Path = Path("runs"),
+        cwd: Path | None = None,
+        attach: Path | None = None,
+        run_command: list[str] | None = None,
+        poll_interval: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.cwd = Path.cwd() if cwd is None else Path(cwd)
+        root = Path(runs_root).expanduser()
+        self.runs_root = root if root.is_absolute() else self.cwd / root
+        self.attach = attach
+        self.run_command = run_command or default_command()
+        self.poll_interval = poll_interval
+        self.training: list[TrainingChild] = []
+        self.live_runs: dict[Path, int] = {}   # attached runs seen alive: run dir → pid
+        self.add_mode("recipes", lambda: RecipesScreen(self.cwd))
+        self.add_mode("runs", lambda: RunsScreen(self.runs_root, display_path(self.runs_root, self.cwd)))
+        self.add_mode("plugins", PluginsScreen)
+
+    def on_mount(self) -> None:
+        self.set_interval(0.5, self._adopt_files)
+        if self.attach is not None:
+            self.open_run(Path(self.attach))
+
+    # ------------------------------------------------------------------ runs
+
+    def launch(self, recipe_path: Path | None, overrides: list[str], name: str,
+               adjusted: tuple[dict[str, Any], str | None, Path] | None = None) -> TrainingChild | None:
+        """Start `pefttool run` in a child process and open its dashboard.
+
+        `adjusted` (data, original text, original path) is written into the run folder and
+        launched instead of `recipe_path`, for edits that `--set` cannot express.
+        """
+        from .recipe_edit import absolutize_paths, recipe_text, write_new_file
+        from .screens.dashboard import DashboardScreen
+
+        try:
+            run_dir = new_run_dir(self.runs_root, name)
+            if adjusted is not None:
+                data, text, source = adjusted
+                recipe_path = staged_path(run_dir, ".recipe.toml")
+                data = absolutize_paths(data, source.parent, run_dir.parent)
+                write_new_file(recipe_path, recipe_text(data, text, str(source)))
+            assert recipe_path is not None
+            child = TrainingChild.start(recipe_path, run_dir, overrides, command=self.run_command,
+                                        cwd=self.cwd)
+        except OSError as exc:
+            self.show_error("Could not start training", f"{exc}")
+            return None
+        self.training.append(child)
+        self.push_screen(DashboardScreen(run_dir, child, poll_interval=self.poll_interval))
+        return child
+
+    def _adopt_files(self) -> None:
+        for child in self.training:
+            if child.staged:
+                child.adopt_files()
+
+    def open_run(self, run_dir: Path) -> None:
+        """The dashboard of a run: live if it is still going, read-only otherwise."""
+        from .screens.dashboard import DashboardScreen
+
+        run_dir = Path(run_dir).resolve()
+        if not run_dir.is_dir():
+            self.show_error("No such run", f"{run_dir} is not a directory")
+            return
+        child = next((c for c in self.training if c.run_dir.resolve() == run_dir), None)
+        self.push_screen(DashboardScreen(run_dir, child, poll_interval=self.poll_interval))
+
+    def note_live_run(self, run_dir: Path, pid: int | None) -> None:
+        """Dashboards report runs they see alive (pid) or over (None), for the quit question."""
+        if pid is None:
+            self.live_runs.pop(run_dir, None)
+        else:
+            self.live_runs[run_dir] = pid
+
+    def running(self) -> dict[Path, int]:
+        """Runs still going that this UI launched or watches: run dir → pid."""
+        out = {run: pid for run, pid in self.live_runs.items() if pid_alive(pid)}
+        out.update({c.run_dir: c.pid for c in self.training if c.running})
+        return out
+
+    # ------------------------------------------------------------------ errors and quitting
+
+    def show_error(self, title: str, detail: str) -> None:
+        """Explain a problem in a modal; the app carries on (the same error is shown once)."""
+        current = self.screen
+        if isinstance(current, ErrorModal) and (current.title_text, current.detail) == (title, detail):
+            return
+        self.push_screen(ErrorModal(title, detail))
+
+    async def action_quit(self) -> None:
+        running = self.running()
+        if not running:
+            self.exit(0)
+            return
+
+        def answer(choice: str | None) -> None:
+            if choice is None:
+                return
+            if choice == "stop":
+                for pid in running.values():
+                    try:   # SIGINT: the engine checkpoints, then stops (exit status 130)
+                        os.kill(pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
+            self.exit(0)
+
+        self.push_screen(QuitModal([p.name for p in running]), answer)
+
+
+def make_app(
+    runs_root: Path = Path("runs"),
+    cwd: Path | None = None,
+    attach: Path | None = None,
+    run_command: list[str] | None = None,
+    poll_interval: float = 0.5,
+) -> PefttoolApp:
+    """The app as `pefttool` / `pefttool tui` runs it.
+
+    runs_root: where launched runs go and the Runs screen looks (relative to `cwd`).
+    cwd: where local recipes are found (default: the current directory).
+    attach: a run directory to open on start (a run started headless, say).
+    run_command: the training command before the recipe path (tests swap in a fake trainer).
+    poll_interval: seconds between reads of a followed run's events.jsonl; each read's events
+        are drawn at once, so this is also the dashboard's refresh rate (the UI shares the
+        cores with training: 0.5 s costs it a few % of one core).
+    """
+    return PefttoolApp(runs_root=runs_root, cwd=cwd, attach=attach, run_command=run_command,
+                       poll_interval=poll_interval)

@@ -1,0 +1,300 @@
+"""Adjust: edit a recipe's common values in a form, validated live; save as a new file; launch.
+
+Every change is validated by `validate_recipe` (the schema `pefttool validate` uses) in a
+worker; its problems appear under the field they name, and all of them in the side panel.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.events import DescendantFocus
+from textual.widget import Widget
+from textual.widgets import Footer, Header, Input, Label, Select, Static
+
+from ...catalog import RecipeEntry
+from ...errors import PefttoolError, RecipeError
+from ..messages import RecipeChecked
+from ..recipe_edit import (FieldSpec, absolutize_paths, common_fields, format_value, free_path,
+                           get_dotted, overrides_between, parse_text, problems_for, recipe_text,
+                           set_dotted, strategy_fields, write_new_file)
+from .base import AppScreen
+
+
+def widget_id(key: str) -> str:
+    return "f-" + key.replace(".", "--")
+
+
+def check(data: dict[str, Any], source: str, base_dir: Path) -> list[str]:
+    """Every problem `pefttool validate` would report for this data ([] when valid)."""
+    from ...recipe import validate_recipe
+
+    try:
+        validate_recipe(data, source=source, base_dir=base_dir)
+    except RecipeError as exc:
+        return list(exc.problems)
+    except PefttoolError as exc:   # a plugin that fails to load, say
+        return [str(exc)]
+    except Exception as exc:       # a bug in a plugin's options model: shown, never fatal
+        return [f"validation itself failed: {type(exc).__name__}: {exc}"]
+    return []
+
+
+class FieldRow(Vertical):
+    """A label, an input (or a select for a fixed set of values), and its problems."""
+
+    def __init__(self, spec: FieldSpec, value: Any, choices: tuple[str, ...] | None = None) -> None:
+        super().__init__(classes="field-row")
+        self.spec = spec
+        self.value = value
+        self.choices = choices or spec.choices
+
+    def compose(self) -> ComposeResult:
+        spec = self.spec
+        wid = widget_id(spec.key)
+        with Horizontal(classes="field-line"):
+            yield Label(spec.key, classes="field-label")
+            if self.choices:
+                shown = format_value(spec, self.value if self.value is not None else spec.default)
+                options = [(c, c) for c in self.choices]
+                if shown not in self.choices:
+                    options.insert(0, (shown, shown))
+                yield Select(options, value=shown, allow_blank=False, compact=True, id=wid)
+            else:
+                placeholder = "" if spec.default is None else f"default {format_value(spec, spec.default)}"
+                yield Input(format_value(spec, self.value), placeholder=placeholder, compact=True,
+                            id=wid)
+        yield Static("", classes="field-problem", id=f"p-{wid}", markup=False)
+
+
+class AdjustScreen(AppScreen):
+    """The form for one recipe; the original file is never changed."""
+
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save as…"),
+        Binding("ctrl+r", "launch", "Launch"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, entry: RecipeEntry, cwd: Path) -> None:
+        super().__init__()
+        self.entry = entry
+        self.cwd = cwd
+        self.base_dir = entry.path.parent.resolve()
+        self.original = copy.deepcopy(entry.data)
+        self.original.setdefault("name", entry.path.stem)
+        self.edited = copy.deepcopy(self.original)
+        try:
+            self.original_text: str | None = entry.path.read_text(encoding="utf-8")
+        except OSError:
+            self.original_text = None
+        self.revision = 0
+        self.problems: list[str] = list(entry.problems)
+        self.specs: dict[str, FieldSpec] = {}
+        self.saved: tuple[Path, int] | None = None   # (file, revision it holds)
+
+    # ------------------------------------------------------------------ layout
+
+    def _strategies(self) -> dict[str, Any]:
+        from ...plugins import get_plugin_host
+
+        try:
+            return dict(get_plugin_host().strategies)
+        except PefttoolError:
+            return {}
+
+    def _strategy_rows(self) -> list[FieldRow]:
+        strategy = self._strategies().get(str(get_dotted(self.edited, "method.strategy", "lora")))
+        if strategy is None:
+            return []
+        rows = []
+        for spec in strategy_fields(strategy.Options):
+            self.specs[spec.key] = spec
+            rows.append(FieldRow(spec, get_dotted(self.edited, spec.key)))
+        return rows
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="adjust-body"):
+            with VerticalScroll(id="adjust-form"):
+                yield Label(f"Adjusting {self.original['name']} — the original file stays as it is",
+                            id="adjust-title")
+                yield Label("training", classes="form-heading")
+                for spec in common_fields():
+                    self.specs[spec.key] = spec
+                    yield FieldRow(spec, get_dotted(self.edited, spec.key))
+                yield Label("strategy", classes="form-heading")
+                names = tuple(sorted(self._strategies())) or None
+                strategy_spec = FieldSpec("method.strategy", "method.strategy",
+                                          "how the model is trained (pefttool plugins lists them)",
+                                          default="lora", raw_text=True)
+                self.specs[strategy_spec.key] = strategy_spec
+                yield FieldRow(strategy_spec, get_dotted(self.edited, "method.strategy", "lora"),
+                               choices=names)
+                with Vertical(id="strategy-options"):
+                    yield from self._strategy_rows()
+            with Vertical(id="adjust-side"):
+                yield Static("", id="adjust-status")
+                yield Static("", id="adjust-changes", markup=False)
+                yield Static("", id="adjust-help")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"Adjust {self.original['name']}"
+        self._show_problems()
+        self.validate_edit(self.revision, copy.deepcopy(self.edited))
+
+    # ------------------------------------------------------------------ editing
+
+    def _spec_for(self, widget: Widget) -> FieldSpec | None:
+        for key, spec in self.specs.items():
+            if widget.id == widget_id(key):
+                return spec
+        return None
+
+    def _edit(self, spec: FieldSpec, value: Any) -> bool:
+        """Apply one field's new value and validate; True if the strategy changed."""
+        if value is not None and get_dotted(self.original, spec.key) is None and spec.choices \
+                and value == spec.default:
+            value = None   # choosing the default of an unset value leaves it unset
+        missing = object()
+        current = get_dotted(self.edited, spec.key, missing)
+        if (value is None and current is missing) or (
+                current == value and type(current) is type(value)):
+            return False
+        set_dotted(self.edited, spec.key, value)
+        if spec.key == "method.strategy":
+            self._drop_foreign_options()
+        self.revision += 1
+        self.validate_edit(self.revision, copy.deepcopy(self.edited))
+        return spec.key == "method.strategy"
+
+    @on(Input.Changed)
+    def _input_changed(self, event: Input.Changed) -> None:
+        spec = self._spec_for(event.input)
+        if spec is not None:
+            self._edit(spec, parse_text(spec, event.value))
+
+    @on(Select.Changed)
+    async def _select_changed(self, event: Select.Changed) -> None:
+        spec = self._spec_for(event.select)
+        if spec is not None and isinstance(event.value, str):
+            if self._edit(spec, parse_text(spec, event.value)):
+                await self._show_strategy_fields()
+
+    def _drop_foreign_options(self) -> None:
+        """Keep only the options the newly chosen strategy accepts."""
+        strategy = self._strategies().get(str(get_dotted(self.edited, "method.strategy")))
+        method = self.edited.get("method", {})
+        if strategy is not None and isinstance(method, dict):
+            allowed = set(strategy.Options.model_fields)
+            for key in [k for k in method if k != "strategy" and k not in allowed]:
+                del method[key]
+
+    async def _show_strategy_fields(self) -> None:
+        for key in [k for k in self.specs if k.startswith("method.") and k != "method.strategy"]:
+            del self.specs[key]
+        box = self.query_one("#strategy-options")
+        await box.remove_children()   # before mounting: lora and qlora share field ids
+        await box.mount_all(self._strategy_rows())
+        self._show_problems()
+
+    @on(DescendantFocus)
+    def _focused(self, event: DescendantFocus) -> None:
+        spec = self._spec_for(event.widget)
+        if spec is not None:
+            default = "" if spec.default in (None, "") else f" (default {format_value(spec, spec.default)})"
+            self.query_one("#adjust-help", Static).update(f"[b]{spec.key}[/b]{default}\n{spec.help}")
+
+    # ------------------------------------------------------------------ validation
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="validate",
+          name="validating the recipe")
+    def validate_edit(self, revision: int, data: dict[str, Any]) -> None:
+        self.post_message(RecipeChecked(revision, check(data, str(self.entry.path), self.base_dir)))
+
+    def on_recipe_checked(self, message: RecipeChecked) -> None:
+        if message.revision != self.revision:
+            return  # an answer to an older edit
+        self.problems = message.problems
+        self._show_problems()
+
+    def _show_problems(self) -> None:
+        shown: set[str] = set()
+        for key in self.specs:
+            mine = problems_for(key, self.problems)
+            shown.update(mine)
+            for box in self.query(f"#p-{widget_id(key)}"):
+                box.update("\n".join(f"✗ {p}" for p in mine))
+                box.display = bool(mine)
+        status = self.query_one("#adjust-status", Static)
+        if self.problems:
+            lines = [f"✗ {len(self.problems)} problem(s)"]
+            lines += [f"• {p}" for p in self.problems]
+            status.update("\n".join(lines))
+            status.set_class(True, "invalid")
+        else:
+            status.update("✓ validates")
+            status.set_class(False, "invalid")
+        overrides = overrides_between(self.original, self.edited)
+        changes = self.query_one("#adjust-changes", Static)
+        if overrides is None:
+            changes.update("changed: options removed (launch writes the adjusted recipe)")
+        elif overrides:
+            changes.update("changed:\n" + "\n".join(f"  {o}" for o in overrides))
+        else:
+            changes.update("no changes yet")
+
+    # ------------------------------------------------------------------ actions
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def action_save(self) -> None:
+        from .modals import SaveAsModal
+
+        stem = str(self.edited.get("name") or self.entry.path.stem)
+        if stem == self.original["name"]:
+            stem += "-adjusted"
+        self.app.push_screen(SaveAsModal(free_path(self.cwd, stem), self.cwd), self._save_to)
+
+    def _save_to(self, path: Path | None) -> None:
+        if path is None:
+            return
+        data = absolutize_paths(self.edited, self.base_dir, path.parent)
+        text = recipe_text(data, self.original_text, str(self.entry.path))
+        try:
+            write_new_file(path, text)
+        except FileExistsError:
+            self.app.show_error("Not saved", f"{path} already exists; files are never overwritten.")
+            return
+        except OSError as exc:
+            self.app.show_error("Not saved", f"{path}: {exc.strerror or exc}")
+            return
+        self.saved = (path, self.revision)
+        self.notify(f"saved {path}", title="Recipe saved")
+
+    def action_launch(self) -> None:
+        problems = check(copy.deepcopy(self.edited), str(self.entry.path), self.base_dir)
+        if problems:
+            self.problems = problems
+            self._show_problems()
+            self.app.show_error("The adjusted recipe does not validate",
+                                "\n".join(f"- {p}" for p in problems))
+            return
+        name = str(self.edited.get("name") or self.entry.path.stem)
+        if self.saved is not None and self.saved[1] == self.revision:
+            self.app.launch(self.saved[0], [], name)
+            return
+        overrides = overrides_between(self.original, self.edited)
+        if overrides is not None:
+            self.app.launch(self.entry.path, overrides, name)
+        else:
+            self.app.launch(None, [], name, adjusted=(self.edited, self.original_text,
+                                                      self.entry.path))

@@ -1,0 +1,295 @@
+"""The run dashboard: progress, live loss curve, speed and memory, evals, log; Stop.
+
+The same screen shows a run launched from the UI, a run attached to (started headless
+earlier), and a finished run (read-only). A thread worker tails `events.jsonl` (and the
+child's stderr.log); events are queued and at most one `RunEventsPending` message is in
+flight, so however fast a run logs, the UI repaints once per batch with the latest state
+while the curve keeps every point.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import Footer, Header, Static
+from textual.worker import get_current_worker
+
+from ...events import EVENTS_FILE, EndEvent, Event, EventFollower, StartEvent
+from ...runs import pid_alive
+from .. import formatting as fmt
+from ..child import INTERRUPTED_CODES, TrainingChild, describe_exit, find_stderr, tail
+from ..messages import RunEventsPending, RunProcessEnded
+from ..run_state import RunState
+from ..widgets.error_panel import ErrorPanel
+from ..widgets.eval_table import EvalTable
+from ..widgets.log_pane import LogPane
+from ..widgets.loss_curve import LossCurve
+from ..widgets.run_progress import RunProgress
+from .base import AppScreen
+
+# When the engine has written its end event, its process may take a moment to exit.
+EXIT_GRACE_S = 10.0
+# The title's CSS class per status (its colour is in app.tcss).
+STATUS_CLASSES = {"running": "-running", "completed": "-completed", "early stopped": "-completed",
+                  "failed": "-failed", "crashed": "-failed", "interrupted": "-interrupted",
+                  "stopping": "-interrupted"}
+
+
+class StderrFollower:
+    """New complete lines of a growing stderr.log (progress-bar redraws collapsed)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+
+    def poll(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read(256_000)
+        except OSError:
+            return []
+        self.offset += len(chunk)
+        lines = (self.partial + chunk).split(b"\n")
+        self.partial = lines.pop()
+        out = []
+        for raw in lines:
+            text = raw.decode("utf-8", errors="replace").rsplit("\r", 1)[-1].rstrip()
+            if text:
+                out.append(text)
+        return out
+
+
+class DashboardScreen(AppScreen):
+    """One run, live or finished."""
+
+    BINDINGS = [
+        Binding("s", "stop", "Stop run"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, run_dir: Path, child: TrainingChild | None = None,
+                 poll_interval: float = 0.5) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.child = child
+        self.poll_interval = poll_interval
+        self.state = RunState(self.run_dir)
+        self.process_ended = False
+        self.stop_sent = False
+        self._lock = threading.Lock()
+        self._pending_events: list[Event] = []
+        self._pending_stderr: list[str] = []
+        self._notified = False
+        self._shown_status = ""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="run-title", markup=False)
+        yield RunProgress(id="run-progress")
+        yield ErrorPanel(id="error-panel")
+        with Horizontal(id="run-middle"):
+            yield LossCurve(id="loss-curve")
+            yield EvalTable(id="eval-table")
+        yield LogPane(id="log-pane")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = f"Run {self.run_dir.name}"
+        self.query_one(ErrorPanel).display = False
+        self.query_one("#error-panel").border_title = "training stopped"
+        self.query_one(EvalTable).border_title = "evaluations"
+        self.query_one(LogPane).border_title = "log"
+        self._render_state()
+        if self.child is not None:
+            self.query_one(LogPane).add_line(
+                "started: " + " ".join(self.child.command[1:]), "note")
+        self.follow_run()
+
+    # ------------------------------------------------------------------ following
+
+    @property
+    def live(self) -> bool:
+        """Whether the run can still change (and be stopped)."""
+        return not self.process_ended and self.state.end is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child is not None else self.state.pid
+
+    def _queue(self, events: list[Event], lines: list[str]) -> None:
+        if not events and not lines:
+            return
+        with self._lock:
+            self._pending_events.extend(events)
+            self._pending_stderr.extend(lines)
+            if self._notified:
+                return
+            self._notified = True
+        self.post_message(RunEventsPending())
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="follow",
+          name="following the run")
+    def follow_run(self) -> None:
+        worker = get_current_worker()
+        events_file = EventFollower(self.run_dir / EVENTS_FILE)
+        stderr_file = StderrFollower(self.child.stderr_file if self.child else find_stderr(self.run_dir))
+        pid = None
+        ended_at = None
+        while not worker.is_cancelled:
+            events = events_file.poll()
+            self._queue(events, stderr_file.poll())
+            for event in events:
+                if isinstance(event, StartEvent):
+                    pid = event.pid
+                elif isinstance(event, EndEvent):
+                    ended_at = time.monotonic()
+            if self.child is not None:
+                self.child.adopt_files()
+                stderr_file.path = self.child.stderr_file
+                code = self.child.poll()
+                if code is not None:
+                    self._queue(events_file.poll(), stderr_file.poll())
+                    self.post_message(RunProcessEnded(code, self.child.stderr_tail()))
+                    return
+                if ended_at is not None and time.monotonic() - ended_at > EXIT_GRACE_S:
+                    return   # it ended its run but lingers; nothing more will be written
+            elif ended_at is not None:
+                return
+            elif pid is not None and not pid_alive(pid):
+                last = events_file.poll()
+                self._queue(last, stderr_file.poll())
+                if not any(isinstance(e, EndEvent) for e in last):
+                    self.post_message(RunProcessEnded(None, tail(find_stderr(self.run_dir))))
+                return
+            time.sleep(self.poll_interval)
+
+    def on_run_events_pending(self, message: RunEventsPending) -> None:
+        with self._lock:
+            events, self._pending_events = self._pending_events, []
+            lines, self._pending_stderr = self._pending_stderr, []
+            self._notified = False
+        log = self.query_one(LogPane)
+        log.show_events(events)
+        for line in lines:
+            log.add_line(line, "stderr")
+        if not events:
+            return
+        self.state.apply(events)
+        if self.state.start is not None and self.live:
+            self.app.note_live_run(self.run_dir, self.pid)
+        if self.state.end is not None:
+            self.app.note_live_run(self.run_dir, None)
+        self._render_state()
+
+    def on_run_process_ended(self, message: RunProcessEnded) -> None:
+        self.process_ended = True
+        self.app.note_live_run(self.run_dir, None)
+        code = message.returncode
+        end = self.state.end
+        log = self.query_one(LogPane)
+        if code is not None:
+            log.add_line(f"process exited with status {code}: {describe_exit(code)}", "note")
+        if code is None:
+            failed = end is None                          # an attached run's process vanished
+        else:
+            failed = code != 0 and code not in INTERRUPTED_CODES
+        if failed or (end is not None and end.status == "failed"):
+            if end is not None and end.message:
+                summary = f"The run failed at step {end.step}: {end.message}"
+            elif code is None:
+                summary = (f"The run's process (pid {self.state.pid}) is gone without finishing: "
+                           f"it crashed or was killed.")
+            else:
+                summary = f"Training stopped: exit status {code}, {describe_exit(code)}."
+            where = self.child.stderr_file if self.child else find_stderr(self.run_dir)
+            summary += f"\nLast lines of {fmt.display_path(where, self.app.cwd)}:"
+            self.query_one(ErrorPanel).show_error(summary, message.stderr_tail)
+        self._render_state()
+
+    # ------------------------------------------------------------------ rendering
+
+    def _status(self) -> str:
+        if self.state.end is not None:
+            return self.state.end.status.replace("_", " ")
+        if self.process_ended:
+            return "crashed"
+        if self.stop_sent:
+            return "stopping"
+        if self.state.start is None:
+            return "starting" if self.child is not None else "waiting for events"
+        return "running"
+
+    def _render_state(self) -> None:
+        state = self.state
+        title = self.query_one("#run-title", Static)
+        parts = [state.name]
+        if state.best is not None:
+            parts.append(f"best {state.metric} {state.best:.4f}")
+        if state.start is not None:
+            s = state.start
+            parts += [s.strategy, s.device,
+                      f"{s.params_trainable:,}/{s.params_total:,} params trained",
+                      f"model {fmt.megabytes(s.model_memory_mb)}"]
+        status = self._status()
+        title.update(f"{status.upper()}  " + " · ".join(parts), layout=False)
+        if status != self._shown_status:
+            # Restyling and rebuilding the footer cost more than the rest of a repaint, so
+            # they happen when the status changes, not on every batch of events.
+            self._shown_status = status
+            title.remove_class(*set(STATUS_CLASSES.values()))
+            if status in STATUS_CLASSES:
+                title.add_class(STATUS_CLASSES[status])
+            self.refresh_bindings()
+        self.query_one(RunProgress).show_run(state)
+        self.query_one(LossCurve).show_run(state)
+        self.query_one(EvalTable).show_run(state)
+
+    # ------------------------------------------------------------------ actions
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop":
+            return self.live and self.pid is not None and not self.stop_sent
+        return True
+
+    def action_stop(self) -> None:
+        from .modals import ConfirmModal
+
+        if not self.live or self.pid is None:
+            return
+        self.app.push_screen(
+            ConfirmModal(f"Stop {self.state.name}? It saves a checkpoint, then stops; "
+                         f"`pefttool resume` continues it later.", yes="Stop", no="Keep going"),
+            self._confirmed_stop)
+
+    def _confirmed_stop(self, yes: bool | None) -> None:
+        if not yes or not self.live:
+            return
+        try:
+            if self.child is not None:
+                self.child.stop()
+            elif self.pid is not None:
+                os.kill(self.pid, signal.SIGINT)
+        except ProcessLookupError:
+            self.query_one(LogPane).add_line("the run's process is already gone", "warning")
+            return
+        self.stop_sent = True
+        self.query_one(LogPane).add_line("stop requested (SIGINT): checkpointing, then stopping",
+                                         "note")
+        self.refresh_bindings()
+        self._render_state()
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+        else:
+            self.app.switch_mode("runs")

@@ -1,0 +1,115 @@
+"""Recipes: built-in and local recipes; the highlighted one's summary and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Footer, Header
+
+from ...catalog import RecipeEntry, find_recipes
+from ..formatting import display_path
+from ..messages import RecipesFound
+from ..widgets.recipe_details import RecipeDetails
+from .base import AppScreen
+
+
+class RecipeTable(DataTable):
+    """The recipe list; its Enter (select the row) is named in the footer as what it does."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Adjust")]
+
+
+class RecipesScreen(AppScreen):
+    """Pick a recipe: Enter adjusts it, `l` launches it as it is."""
+
+    BINDINGS = [
+        Binding("enter", "adjust", "Adjust", show=False),
+        Binding("l", "launch", "Launch"),
+        Binding("f5", "reload", "Reload"),
+    ]
+
+    def __init__(self, cwd: Path) -> None:
+        super().__init__()
+        self.cwd = cwd
+        self.entries: list[RecipeEntry] = []
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="recipes-body"):
+            yield RecipeTable(id="recipes-table", cursor_type="row", zebra_stripes=True)
+            yield RecipeDetails(self.cwd, id="recipe-details")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "Recipes"
+        table = self.query_one(DataTable)
+        table.add_columns("ok", "recipe", "strategy", "from")
+        table.loading = True
+        self.load_recipes()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="recipes",
+          name="reading the recipes")
+    def load_recipes(self) -> None:
+        self.post_message(RecipesFound(find_recipes(self.cwd)))
+
+    def on_recipes_found(self, message: RecipesFound) -> None:
+        self.entries = message.entries
+        table = self.query_one(DataTable)
+        table.loading = False
+        table.clear()
+        for i, entry in enumerate(self.entries):
+            origin = "built-in" if entry.origin == "built-in" else display_path(entry.path.parent, self.cwd)
+            table.add_row("✗" if entry.problems else "✓", entry.name,
+                          str(entry.get("method.strategy", "lora")), origin, key=str(i))
+        self.query_one(RecipeDetails).show_entry(self.entries[0] if self.entries else None)
+        table.focus()
+        self.refresh_bindings()   # the footer names the table's keys once it has focus
+
+    @on(DataTable.RowHighlighted, "#recipes-table")
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.query_one(RecipeDetails).show_entry(self.current)
+
+    @on(DataTable.RowSelected, "#recipes-table")
+    def _selected(self) -> None:
+        self.action_adjust()
+
+    @property
+    def current(self) -> RecipeEntry | None:
+        table = self.query_one(DataTable)
+        if not self.entries or table.row_count == 0:
+            return None
+        return self.entries[min(table.cursor_row, len(self.entries) - 1)]
+
+    def select_recipe(self, name: str) -> bool:
+        """Move the cursor to the recipe called `name` (by name or file stem)."""
+        for i, entry in enumerate(self.entries):
+            if name in (entry.name, entry.path.stem, str(entry.path)):
+                self.query_one(DataTable).move_cursor(row=i)
+                return True
+        return False
+
+    def action_adjust(self) -> None:
+        from .adjust import AdjustScreen
+
+        entry = self.current
+        if entry is not None:
+            self.app.push_screen(AdjustScreen(entry, self.cwd))
+
+    def action_launch(self) -> None:
+        entry = self.current
+        if entry is None:
+            return
+        if entry.problems:
+            self.app.show_error(f"{entry.name} does not validate",
+                                "\n".join(f"- {p}" for p in entry.problems) +
+                                "\n\nAdjust it (Enter) or fix the file, then launch.")
+            return
+        self.app.launch(entry.path, [], entry.name)
+
+    def action_reload(self) -> None:
+        self.query_one(DataTable).loading = True
+        self.load_recipes()

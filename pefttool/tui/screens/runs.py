@@ -1,0 +1,137 @@
+"""Runs: past and running runs under the output root; Enter opens one's dashboard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.widgets import DataTable, Footer, Header, Static
+
+from ...events import EVENTS_FILE
+from ...runs import RunSummary, summarize
+from .. import formatting as fmt
+from ..messages import RunsListed
+from .base import AppScreen
+
+REFRESH_S = 2.0
+
+
+def scan_runs(root: Path, cache: dict[Path, tuple[tuple[int, int], RunSummary]]) -> list[RunSummary]:
+    """`pefttool.runs.list_runs`, rereading only the runs whose events.jsonl changed.
+
+    The screen refreshes every few seconds, maybe while a run trains on the same cores, so a
+    finished run is summarized once; a running one is reread (its pid may have died).
+    """
+    if not root.is_dir():
+        return []
+    runs = []
+    for path in root.iterdir():
+        events = path / EVENTS_FILE
+        try:
+            stat = events.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        key = (stat.st_mtime_ns, stat.st_size)
+        cached = cache.get(path)
+        if cached is None or cached[0] != key or cached[1].status == "running":
+            summary = summarize(path)
+            summary.events = []   # the table needs the summary only; dashboards reread the file
+            cache[path] = (key, summary)
+        runs.append(cache[path][1])
+    return sorted(runs, key=lambda r: r.started, reverse=True)
+
+
+def best_text(run: RunSummary) -> str:
+    return f"{run.metric} {run.best:.4f}" if run.best is not None and run.metric else "-"
+
+
+class RunTable(DataTable):
+    """The run list; its Enter (select the row) is named in the footer as what it does."""
+
+    BINDINGS = [Binding("enter", "select_cursor", "Open")]
+
+
+class RunsScreen(AppScreen):
+    """Every run directory under `runs_root`, newest first, refreshed every few seconds."""
+
+    BINDINGS = [Binding("enter", "open", "Open", show=False), Binding("f5", "reload", "Reload")]
+
+    def __init__(self, runs_root: Path, shown_as: str = "") -> None:
+        super().__init__()
+        self.runs_root = runs_root
+        self.shown_as = shown_as or str(runs_root)
+        self.runs: list[RunSummary] = []
+        self._cache: dict[Path, tuple[tuple[int, int], RunSummary]] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("", id="runs-root")
+        yield RunTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.sub_title = "Runs"
+        table = self.query_one(DataTable)
+        table.add_columns("run", "status", "best", "step", "duration", "started")
+        self.load_runs()
+        self._refresh = self.set_interval(REFRESH_S, self.load_runs)
+
+    def on_screen_suspend(self) -> None:
+        self._refresh.pause()   # no rereading while another screen is shown
+
+    def on_screen_resume(self) -> None:
+        self._refresh.resume()
+        self.load_runs()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="runs",
+          name="listing the runs")
+    def load_runs(self) -> None:
+        try:
+            runs = scan_runs(self.runs_root, self._cache)
+        except OSError as exc:   # shown in place: a modal every refresh would trap the user
+            self.post_message(RunsListed([], error=f"cannot read {self.shown_as}: {exc}"))
+            return
+        self.post_message(RunsListed(runs))
+
+    def on_runs_listed(self, message: RunsListed) -> None:
+        table = self.query_one(DataTable)
+        selected = self.current.path if self.current else None
+        self.runs = message.runs
+        table.clear()
+        for run in self.runs:
+            step = f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
+            table.add_row(run.path.name, run.status.replace("_", " "), best_text(run), step,
+                          fmt.duration(run.duration_s), fmt.timestamp(run.started),
+                          key=str(run.path))
+        for i, run in enumerate(self.runs):
+            if run.path == selected:
+                table.move_cursor(row=i)
+        header = self.query_one("#runs-root", Static)
+        header.set_class(message.error is not None, "problem")
+        if message.error:
+            header.update(message.error)
+        elif not self.runs:
+            header.update(f"no runs under {self.shown_as} yet: launch one from Recipes (1)")
+        else:
+            header.update(f"runs under {self.shown_as}")
+
+    @property
+    def current(self) -> RunSummary | None:
+        if not self.runs:
+            return None
+        table = self.query_one(DataTable)
+        return self.runs[min(table.cursor_row, len(self.runs) - 1)]
+
+    @on(DataTable.RowSelected)
+    def _selected(self) -> None:
+        self.action_open()
+
+    def action_open(self) -> None:
+        run = self.current
+        if run is not None:
+            self.app.open_run(run.path)
+
+    def action_reload(self) -> None:
+        self.load_runs()

@@ -1,0 +1,1 @@
+"""Widgets shared by the screens: the run dashboard's parts and the recipe summary."""
