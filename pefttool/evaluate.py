@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .metrics import accuracy, exact_match, macro_f1, perplexity
+from .metrics import accuracy, contains_answer, exact_match, macro_f1, perplexity
 
 
 def evaluate(model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any) -> dict[str, float]:
@@ -20,7 +20,10 @@ def evaluate(model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any, a
             else:
                 metrics = _causal_lm(model, eval_dl, accelerator)
                 if recipe.metric == "exact_match" and data.eval_prompts:
-                    metrics["exact_match"] = _exact_match(model, data, recipe, tokenizer, accelerator)
+                    predictions = _generate(model, data, recipe, tokenizer, accelerator)
+                    references = data.eval_answers[:len(predictions)]
+                    metrics["exact_match"] = exact_match(predictions, references)
+                    metrics["contains_answer"] = contains_answer(predictions, references)
     finally:
         model.train(was_training)
     return {k: round(float(v), 6) for k, v in metrics.items()}
@@ -57,8 +60,8 @@ def _causal_lm(model: Any, eval_dl: Any, accelerator: Any) -> dict[str, float]:
     return {"eval_loss": mean, "perplexity": perplexity(mean)}
 
 
-def _exact_match(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any) -> float:
-    """Greedy-generate an answer for each eval prompt and compare it to the reference."""
+def _generate(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any) -> list[str]:
+    """Greedy-generate an answer for each eval prompt."""
     unwrapped = accelerator.unwrap_model(model)
     predictions: list[str] = []
     size = recipe.eval.batch_size
@@ -70,4 +73,4 @@ def _exact_match(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator
                                  max_new_tokens=recipe.eval.max_new_tokens, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id)
         predictions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return exact_match(predictions, data.eval_answers[:len(predictions)])
+    return predictions

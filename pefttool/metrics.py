@@ -41,3 +41,18 @@ def exact_match(predictions: list[str], references: list[str]) -> float:
         return 0.0
     hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
     return hits / len(references)
+
+
+def contains_answer(predictions: list[str], references: list[str]) -> float:
+    """Share of answers whose first line contains the reference as whole words.
+
+    Looser than exact match: "This review is negative." counts for "negative". It shows what a
+    model knows before it has learnt the answer format (reported, not used for stopping).
+    """
+    if not references:
+        return 0.0
+    hits = 0
+    for p, r in zip(predictions, references):
+        ref = normalize_answer(r)
+        hits += bool(ref) and f" {ref} " in f" {normalize_answer(p)} "
+    return hits / len(references)

@@ -108,7 +108,8 @@ def test_instruction_tuning_masks_prompts_and_reports_exact_match(tmp_path, tiny
                                            overrides={"eval.metric": "exact_match", "train.epochs": 1}))
     result = run_recipe(recipe)
     evals = [e for e in events_of(result.run_dir) if isinstance(e, EvalEvent)]
-    assert set(evals[-1].metrics) == {"eval_loss", "perplexity", "exact_match"}
+    assert set(evals[-1].metrics) == {"eval_loss", "perplexity", "exact_match", "contains_answer"}
+    assert evals[-1].metrics["contains_answer"] >= evals[-1].metrics["exact_match"]
     assert evals[-1].metrics["eval_loss"] < evals[0].metrics["eval_loss"]
     assert (result.run_dir / "model" / "adapter_model.safetensors").is_file()
 
@@ -144,3 +145,12 @@ def test_cli_run_prints_progress_and_summary(tmp_path, tiny_classifier_dir):
     assert "Traceback" not in proc.stderr
     recorded = load_recipe(tmp_path / "runs" / "recipe" / "recipe.toml")
     assert recorded.train.lr == 1e-2
+
+
+def test_answer_metrics_tell_format_from_knowledge():
+    from pefttool.metrics import contains_answer, exact_match
+
+    predictions = ["This review is negative.", "Positive.", "positive, surely", "I can't tell"]
+    references = ["negative", "positive", "negative", "positive"]
+    assert exact_match(predictions, references) == 0.25
+    assert contains_answer(predictions, references) == 0.5

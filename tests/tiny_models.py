@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 import random
 import shutil
 from pathlib import Path
@@ -225,30 +224,8 @@ def write_tiny_recipe(tmp_path: Path, model_dir: Path, strategy: str = "lora",
     return path
 
 
-# ---------------------------------------------------------------- a minimal TOML writer
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
-    if isinstance(value, Path):
-        return json.dumps(str(value))
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
 def to_toml(data: dict[str, Any]) -> str:
-    """Top-level scalars, then one [table] per dict (nested dicts become inline tables)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    for key, value in data.items():
-        if isinstance(value, dict):
-            lines.append(f"\n[{key}]")
-            lines += [f"{k} = {_toml_value(v)}" for k, v in value.items()]
-    return "\n".join(lines) + "\n"
+    """The recipe dict as TOML (tomli-w, as the engine writes resolved recipes)."""
+    import tomli_w
+
+    return tomli_w.dumps(data)
