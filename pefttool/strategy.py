@@ -54,22 +54,47 @@ class Strategy:
 
     def describe(self, model: torch.nn.Module) -> dict[str, Any]:
         """Parameter counts and memory of the wrapped model, reported at start."""
-        total = trainable = 0
-        nbytes = 0
+        total = trainable = nbytes = 0
+        states: dict[int, Any] = {}
         for p in model.parameters():
-            n = p.numel()
-            # bitsandbytes packs two 4-bit values per byte; count the logical parameters.
-            if getattr(p, "quant_state", None) is not None or p.__class__.__name__ == "Params4bit":
-                n *= 2
+            n = _logical_numel(p)
             total += n
             nbytes += p.numel() * p.element_size()
             if p.requires_grad:
                 trainable += n
-        for b in model.buffers():
-            nbytes += b.numel() * b.element_size()
+            state = getattr(p, "quant_state", None)
+            if state is not None:
+                states[id(state)] = state
+        nbytes += sum(b.numel() * b.element_size() for b in model.buffers())
+        nbytes += sum(_quant_state_bytes(s) for s in states.values())
         return {"params_total": total, "params_trainable": trainable,
                 "model_memory_mb": round(nbytes / 2**20, 1)}
 
     def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: Any) -> None:
         """Write what was trained so stock transformers/PEFT load it. Default: the full model."""
         model.save_pretrained(out_dir, safe_serialization=True)
+
+
+def _logical_numel(p: Any) -> int:
+    """Parameters a tensor stands for: a 4-bit bitsandbytes weight packs two per byte, and its
+    quant_state knows the real shape."""
+    shape = getattr(getattr(p, "quant_state", None), "shape", None)
+    if shape is not None:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        return n
+    return p.numel()
+
+
+def _quant_state_bytes(state: Any) -> int:
+    """Memory of a 4-bit weight's scales (absmax, code, and the nested state of double quant)."""
+    import torch
+
+    total = 0
+    for value in vars(state).values():
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif hasattr(value, "absmax"):
+            total += _quant_state_bytes(value)
+    return total

@@ -62,39 +62,6 @@ class QloraStrategy(LoraStrategy):
         guard_cpu_4bit(model)  # idempotent; covers layers PEFT may have re-created
         return model
 
-    def describe(self, model):
-        from .quant import logical_numel
-
-        total = trainable = nbytes = 0
-        for p in model.parameters():
-            n = logical_numel(p)
-            total += n
-            nbytes += p.numel() * p.element_size()
-            if p.requires_grad:
-                trainable += n
-        for b in model.buffers():
-            nbytes += b.numel() * b.element_size()
-        seen = set()
-        for p in model.parameters():  # 4-bit scales live in quant_state, not in parameters
-            state = getattr(p, "quant_state", None)
-            if state is not None and id(state) not in seen:
-                seen.add(id(state))
-                nbytes += _quant_state_bytes(state)
-        return {"params_total": total, "params_trainable": trainable,
-                "model_memory_mb": round(nbytes / 2**20, 1)}
-
-
-def _quant_state_bytes(state) -> int:
-    import torch
-
-    total = 0
-    for value in vars(state).values():
-        if isinstance(value, torch.Tensor):
-            total += value.numel() * value.element_size()
-        elif hasattr(value, "absmax"):  # the nested state of double quantization
-            total += _quant_state_bytes(value)
-    return total
-
 
 @pefttool.hookimpl
 def pefttool_register_strategies(register):

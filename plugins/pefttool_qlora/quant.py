@@ -60,14 +60,3 @@ def guard_cpu_4bit(model: Any) -> int:
     for layer in layers:
         layer.support_avx512bf16_for_cpu = False
     return len(layers)
-
-
-def logical_numel(p: Any) -> int:
-    """Parameters a tensor stands for: a Params4bit packs several 4-bit values per element."""
-    state = getattr(p, "quant_state", None)
-    if state is not None and getattr(state, "shape", None) is not None:
-        n = 1
-        for d in state.shape:
-            n *= int(d)
-        return n
-    return p.numel()
