@@ -364,8 +364,9 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
         if key == "model.path" and not path.exists() and looks_like_hub_id(loc):
             continue  # a hub id: resolved at load time
         if not path.exists():
-            places = {path.absolute(), (base_dir / path).absolute()}
-            looked = " and ".join(sorted(str(p) for p in places))
+            # The recipe's folder first (where relative paths are meant), then the current one.
+            places = dict.fromkeys(str(p) for p in ((base_dir / path).absolute(), path.absolute()))
+            looked = " and ".join(places)
             problems.append(f"{key}: '{loc}' does not exist (looked at {looked}); fix the path")
         elif key == "model.path" and isinstance(gguf_file, str) and not (path / gguf_file).is_file():
             problems.append(f"model.gguf_file: '{gguf_file}' is not a file in {path}")
