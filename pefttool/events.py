@@ -153,27 +153,39 @@ def read_events(path: Path) -> Iterator[Event]:
     yield from follower.poll()
 
 
+class LineTail:
+    """New complete lines of a growing file; a partly written last line waits for the next
+    poll. Shared by the events follower and the TUI's stderr pane."""
+
+    def __init__(self, path: Path, chunk: int = -1):
+        self.path = Path(path)
+        self.chunk = chunk
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> list[bytes]:
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read(self.chunk)
+        except OSError:
+            return []
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        return lines
+
+
 class EventFollower:
     """Reads new events from a growing `events.jsonl` (for attaching to a live run)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._offset = 0
-        self._partial = b""
+        self._tail = LineTail(self.path)
 
     def poll(self) -> list[Event]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                chunk = fh.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()  # incomplete (or empty) tail waits for the next poll
         out = []
-        for line in lines:
+        for line in self._tail.poll():
             if not line.strip():
                 continue
             try:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..events import EVENTS_FILE
+from .recipe_edit import free_path
 
 STDERR_FILE = "stderr.log"
 
@@ -72,12 +73,7 @@ def new_run_dir(runs_root: Path, name: str, now: float | None = None) -> Path:
     root = Path(runs_root).expanduser().resolve()
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "run"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
-    candidate = root / f"{safe}-{stamp}"
-    n = 2
-    while candidate.exists():
-        candidate = root / f"{safe}-{stamp}-{n}"
-        n += 1
-    return candidate
+    return free_path(root, f"{safe}-{stamp}", suffix="")
 
 
 def tail(path: Path, lines: int = 20, max_bytes: int = 64_000) -> str:

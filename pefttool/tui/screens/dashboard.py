@@ -22,7 +22,7 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
-from ...events import EVENTS_FILE, EndEvent, Event, EventFollower, StartEvent
+from ...events import EVENTS_FILE, EndEvent, Event, EventFollower, LineTail, StartEvent
 from ...runs import pid_alive
 from .. import formatting as fmt
 from ..child import INTERRUPTED_CODES, TrainingChild, describe_exit, find_stderr, tail
@@ -47,22 +47,11 @@ class StderrFollower:
     """New complete lines of a growing stderr.log (progress-bar redraws collapsed)."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self.offset = 0
-        self.partial = b""
+        self._tail = LineTail(path, chunk=256_000)
 
     def poll(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self.offset)
-                chunk = fh.read(256_000)
-        except OSError:
-            return []
-        self.offset += len(chunk)
-        lines = (self.partial + chunk).split(b"\n")
-        self.partial = lines.pop()
         out = []
-        for raw in lines:
+        for raw in self._tail.poll():
             text = raw.decode("utf-8", errors="replace").rsplit("\r", 1)[-1].rstrip()
             if text:
                 out.append(text)
