@@ -26,7 +26,6 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
-import difflib
 import gzip
 import hashlib
 import io
@@ -45,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataError
+from .errors import DataError, did_you_mean
 from .locations import LocationError
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `pefttool validate` must not pay for them
@@ -945,10 +944,7 @@ def _cell_text(value: Any, column: str) -> str:
 
 
 def _missing_column(src: _Source, key: str, col: str, columns: list[str]) -> str:
-    close = difflib.get_close_matches(col, columns, n=1, cutoff=0.6)
-    if not close:  # case-only differences are common ("Text" vs "text")
-        close = [c for c in columns if c.lower() == col.lower()][:1]
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = did_you_mean(col, columns)
     where = "in the header row (line 1)" if src.fmt == "csv" else (
         "in any row" if src.fmt == "json" else "in the file's schema")
     fix = (f"fix the {{{col}}} field of data.prompt_template" if key == "data.prompt_template"

@@ -7,6 +7,8 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
+
 
 class PefttoolError(Exception):
     """A problem the user can fix; the message says what, where, and the fix."""
@@ -53,3 +55,11 @@ class RunInterrupted(PefttoolError):
     """The run was stopped by a signal after a checkpoint; `pefttool resume` continues it."""
 
     exit_code = 130
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """` (did you mean 'X'?)` for the closest choice (a case-only difference counts), or ''."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in choices if c.lower() == word.lower()][:1]
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -8,7 +8,6 @@ Any failure to load is a one-line `PluginError` that names the plugin.
 
 from __future__ import annotations
 
-import difflib
 import importlib.metadata as md
 import inspect
 import os
@@ -18,7 +17,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import PluginError, did_you_mean
 from .strategy import Strategy
 
 GROUP = "pefttool"
@@ -99,7 +98,7 @@ class PluginHost:
             self.pm.unregister(name=name)
             if not unknown:
                 raise PluginError(f"plugin '{name}': {_one_line(exc)}") from exc
-            hint = _did_you_mean(unknown[0], self._hook_names())
+            hint = did_you_mean(unknown[0], self._hook_names())
             raise PluginError(f"plugin '{name}' implements '{unknown[0]}', which is not a pefttool "
                               f"hook{hint}; check the spelling against pefttool/hookspecs.py") from exc
         info = PluginInfo(name=name, module=getattr(plugin, "__name__", type(plugin).__name__),
@@ -179,11 +178,6 @@ def _unmarked_hooks(plugin: Any) -> list[str]:
         if inspect.isfunction(function) and not hasattr(function, f"{GROUP}_impl"):
             names.append(attr)
     return names
-
-
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class _Selector:

@@ -8,7 +8,6 @@ strict as the built-ins'.
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 import types
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator)
 
-from .errors import RecipeError
+from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
 
 if TYPE_CHECKING:
@@ -289,7 +288,7 @@ def validate_recipe(
         strategy = plugins.strategies.get(strategy_name)
         if strategy is None:
             known = sorted(plugins.strategies)
-            hint = _did_you_mean(strategy_name, known)
+            hint = did_you_mean(strategy_name, known)
             problems.append(
                 f"method.strategy: no strategy named '{strategy_name}'{hint}; installed: "
                 f"{', '.join(known) or 'none'} (pefttool plugins lists them)"
@@ -410,7 +409,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel], prefix: str = "",
         siblings = _fields_at(model, err["loc"][:-1])
         if len(err["loc"]) == 1:
             siblings = (also_allowed or []) + siblings
-        hint = _did_you_mean(loc[-1], siblings)
+        hint = did_you_mean(loc[-1], siblings)
         allowed = f"; allowed: {', '.join(siblings)}" if siblings and not hint else ""
         return f"{key}: unknown key{hint}{allowed}"
     if kind == "missing":
@@ -420,7 +419,7 @@ def _describe(err: dict[str, Any], model: type[BaseModel], prefix: str = "",
         msg = msg.removeprefix("Value error, ")
     hint = ""
     if kind == "literal_error" and isinstance(value, str):
-        hint = _did_you_mean(value, re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
+        hint = did_you_mean(value, re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
     return f"{key}: {msg} (got {_shown(value)}){hint}"
 
 
@@ -476,6 +475,3 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(fields)
 
 
-def _did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
