@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 from .errors import (DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError,
-                     RunInterrupted, TrainingError)
+                     TrainingError)
 from .recipe import Recipe, load_recipe, validate_recipe
 from .strategy import Strategy, StrategyOptions
 
@@ -31,6 +31,6 @@ def run(recipe: Recipe, resume: bool = False, **kwargs: Any) -> RunResult:
 
 __all__ = [
     "DataError", "ModelError", "OutputError", "PefttoolError", "PluginError", "Recipe", "RecipeError",
-    "RunInterrupted", "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "load_recipe",
+    "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "load_recipe",
     "run", "validate_recipe", "__version__",
 ]

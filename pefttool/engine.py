@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .checkpoints import TrainState, checkpoint_dir, latest_checkpoint, replace_dir, save_checkpoint
-from .errors import OutputError, PefttoolError, RunInterrupted, TrainingError
+from .errors import OutputError, PefttoolError, TrainingError
 from .events import (EVENTS_FILE, CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent,
                      StartEvent, StepEvent)
 from .plugins import PluginHost, get_plugin_host
@@ -82,8 +82,7 @@ def run_recipe(
             run = _TrainingRun(recipe, strategy, options, run_dir, emitter, stop)
             return run.execute(checkpoint, started)
     except PefttoolError as exc:
-        status = "interrupted" if isinstance(exc, RunInterrupted) else "failed"
-        emitter.end_once(EndEvent(status=status, step=emitter.last_step, duration_s=time.time() - started,
+        emitter.end_once(EndEvent(status="failed", step=emitter.last_step, duration_s=time.time() - started,
                                   message=str(exc), exit_code=exc.exit_code))
         raise
     except KeyboardInterrupt:
@@ -194,7 +193,7 @@ def write_failure(exc: BaseException) -> str | None:
 
 
 def exit_code_for_signal(signum: int | None) -> int:
-    return 128 + signum if signum else RunInterrupted.exit_code
+    return 128 + signum if signum else 130
 
 
 # ----------------------------------------------------------------------------- run directory

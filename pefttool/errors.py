@@ -51,12 +51,6 @@ class TrainingError(PefttoolError):
     exit_code = 3
 
 
-class RunInterrupted(PefttoolError):
-    """The run was stopped by a signal after a checkpoint; `pefttool resume` continues it."""
-
-    exit_code = 130
-
-
 def did_you_mean(word: str, choices: list[str]) -> str:
     """` (did you mean 'X'?)` for the closest choice (a case-only difference counts), or ''."""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
