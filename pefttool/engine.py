@@ -395,8 +395,6 @@ class _TrainingRun:
 
     def _train(self) -> str:
         """The loop. Returns how it ended: completed | early_stopped | interrupted."""
-        import torch
-
         r, state, acc = self.recipe, self.state, self.accelerator
         eval_every = r.eval.every_steps
         window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
@@ -417,9 +415,10 @@ class _TrainingRun:
             for batch in batches:
                 with acc.accumulate(self.model):
                     loss = self.model(**batch).loss
-                    # One host sync per micro-batch: it is what lets a NaN be named by its step.
-                    if not torch.isfinite(loss).item():
-                        self._non_finite_loss(loss.item())
+                    # One host sync per micro-batch: it names a NaN by its step, and feeds the log.
+                    loss_value = loss.item()
+                    if not math.isfinite(loss_value):
+                        self._non_finite_loss(loss_value)
                         self.optimizer.zero_grad(set_to_none=True)
                         state.batches_done += 1
                         continue
@@ -430,7 +429,7 @@ class _TrainingRun:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 state.batches_done += 1
-                window_loss += loss.detach().float().item() / r.train.grad_accum
+                window_loss += loss_value / r.train.grad_accum
                 window_tokens += int(batch["attention_mask"].sum())
                 window_samples += int(batch["attention_mask"].shape[0])
                 if not acc.sync_gradients:
