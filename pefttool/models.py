@@ -17,6 +17,7 @@ transformers' OSError/ValueError are translated, never shown raw.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 from pathlib import Path
@@ -138,6 +139,7 @@ def check_model_source(recipe: Recipe) -> tuple[Path | str, dict[str, Any]]:
             raise ModelError("model.gguf_file: loading GGUF needs the gguf package: "
                              "pip install gguf") from None
         kwargs["gguf_file"] = gguf
+        _check_gguf(path / gguf)
         return path, kwargs
 
     config = path / "config.json"
@@ -158,6 +160,8 @@ def check_model_source(recipe: Recipe) -> tuple[Path | str, dict[str, Any]]:
 
     safe, pickle = _weight_files(path)
     if safe:
+        for name in safe:
+            _check_safetensors(path / name)
         kwargs["use_safetensors"] = True
     elif pickle:
         if not recipe.model.allow_pickle:
@@ -170,6 +174,63 @@ def check_model_source(recipe: Recipe) -> tuple[Path | str, dict[str, Any]]:
         raise ModelError(f"model.path: {path} has a config.json but no weights "
                          f"(model.safetensors); re-download or re-save the model")
     return path, kwargs
+
+
+def _damaged(file: Path, why: str) -> ModelError:
+    return ModelError(f"model.path: the weights file {file} is damaged ({why}); re-download or "
+                      f"re-save the model (a truncated copy or an interrupted download does this)")
+
+
+def _check_safetensors(file: Path) -> None:
+    """Read a safetensors file's header and check the data it promises is all there. Cheap
+    (the header only, plus the file size), and it turns what would be a SafetensorError deep
+    inside from_pretrained into a one-line error naming the file."""
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise _damaged(file, f"{file.stat().st_size} bytes, shorter than a header")
+            n = int.from_bytes(head, "little")
+            size = file.stat().st_size
+            if n > size - 8:
+                raise _damaged(file, f"header claims {n:,} bytes, the file has {size:,}")
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except ModelError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(file, f"unreadable header: {_first_line(exc, 80)}") from None
+    if not isinstance(header, dict):
+        raise _damaged(file, "its header is not a table of tensors")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__" or not isinstance(info, dict):
+            continue
+        offsets = info.get("data_offsets")
+        if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int):
+            end = max(end, offsets[1])
+    if 8 + n + end > size:
+        raise _damaged(file, f"{size:,} bytes, but its tensors need {8 + n + end:,}")
+
+
+def _check_gguf(file: Path) -> None:
+    """A GGUF file's header and tensor table fit in the file (the gguf reader checks both)."""
+    stat = file.stat()
+    _check_gguf_once(str(file), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _check_gguf_once(name: str, size: int, mtime_ns: int) -> None:
+    """Reading the tensor table of a 100 MB file takes seconds: once per file version, not
+    once for the tokenizer and again for the model."""
+    file = Path(name)
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return  # check_model_source already asked for the gguf package
+    try:
+        GGUFReader(str(file))
+    except Exception as exc:  # the reader raises ValueError/struct errors on a short file
+        raise _damaged(file, _first_line(exc, 120)) from None
 
 
 # ---------------------------------------------------------------- loading

@@ -8,6 +8,7 @@ strict as the built-ins'.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 import types
@@ -24,10 +25,15 @@ if TYPE_CHECKING:
     from .plugins import PluginHost
 
 
+# numpy's and torch's seeding accept 0 .. 2**32 - 1 (numpy refuses more).
+MAX_SEED = 2**32 - 1
+
+
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, types are not coerced."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # inf/nan are never a sensible setting (weight_decay = inf trains into a NaN loss).
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -81,7 +87,7 @@ class DataSection(Section):
     unknown_labels: Literal["drop", "error"] = Field(
         "drop", description="classification rows whose label is not in task.labels: drop and count, or stop")
     on_bad_rows: Literal["error", "skip"] = "error"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes the shuffle and the held-out split")
 
 
 class MethodSection(BaseModel):
@@ -101,13 +107,13 @@ class TrainSection(Section):
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-5, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=1, description="decoupled AdamW decay; above 1 it erases the weights")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = Field(1.0, ge=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes initialisation and data order")
     threads: int = Field(0, ge=0, description="torch threads on CPU (0: all cores)")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: epoch ends)")
@@ -329,6 +335,10 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
+    cores = os.cpu_count() or 1
+    if recipe.train.threads > cores:
+        problems.append(f"train.threads: {recipe.train.threads} is more than this machine's {cores} "
+                        f"CPU cores; use at most {cores}, or 0 for all of them")
     if recipe.train.device == "cuda" and not _cuda_available():
         problems.append("train.device: 'cuda' but no GPU is visible; use \"auto\" or \"cpu\"")
     out = recipe.output.dir

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class StrategyOptions(BaseModel):
     """Base for a strategy's options (the recipe's `[method]` keys other than `strategy`)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Strategy:

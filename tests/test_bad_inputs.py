@@ -1,0 +1,74 @@
+"""Bad inputs found after the first bad-input matrix (tests/test_faults.py): damaged weights,
+numbers the libraries refuse, limits the model or the machine sets, non-regular files.
+
+Each gives exit 2 and one line naming the key (or file) and the fix; nothing is left half
+written, and nothing of the user's changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_faults import assert_clean_failure, assert_nothing_half_written, cli, tree
+from tiny_models import write_tiny_recipe
+
+
+def damaged_copy(model_dir: Path, dest: Path, size: int) -> Path:
+    shutil.copytree(model_dir, dest)
+    os.truncate(dest / "model.safetensors", size)
+    return dest
+
+
+@pytest.mark.parametrize("size", [4, 1000, -64], ids=["no-header", "header-cut", "tensors-cut"])
+def test_a_damaged_weights_file_names_model_path_and_the_file(capsys, tmp_path, tiny_classifier_dir,
+                                                              size):
+    full = (tiny_classifier_dir / "model.safetensors").stat().st_size
+    model = damaged_copy(tiny_classifier_dir, tmp_path / "damaged", size if size > 0 else full + size)
+    before = tree(model)
+    recipe = write_tiny_recipe(tmp_path, model, "lora")
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "model.path: the weights file", str(model / "model.safetensors"),
+                         "is damaged", "re-download or re-save")
+    assert tree(model) == before
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+def test_a_truncated_gguf_file_names_the_file(capsys, tmp_path, tiny_classifier_dir):
+    pytest.importorskip("gguf")
+    from gguf import GGUFWriter
+
+    folder = tmp_path / "gguf-model"
+    folder.mkdir()
+    writer = GGUFWriter(str(folder / "m.gguf"), "llama")
+    import numpy as np
+
+    writer.add_tensor("token_embd.weight", np.zeros((64, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.truncate(folder / "m.gguf", (folder / "m.gguf").stat().st_size - 4000)
+    recipe = write_tiny_recipe(tmp_path, folder, "lora", overrides={"model.gguf_file": "m.gguf"})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "model.path: the weights file", "m.gguf", "is damaged")
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("train.seed", 1180591620717411303424, "train.seed: Input should be less than or equal to 4294967295"),
+    ("data.seed", -1, "data.seed: Input should be greater than or equal to 0"),
+    ("train.weight_decay", float("inf"), "train.weight_decay: Input should be a finite number"),
+    ("train.lr", float("nan"), "train.lr: Input should be a finite number"),
+    ("method.alpha", float("inf"), "method.alpha: Input should be a finite number"),
+    ("train.threads", 100000, "train.threads: 100000 is more than this machine's"),
+])
+def test_numbers_the_libraries_or_the_machine_refuse_fail_validation(capsys, tmp_path,
+                                                                      tiny_classifier_dir, key,
+                                                                      value, needle):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={key: value})
+    rc, out, err = cli(capsys, "validate", recipe)
+    assert_clean_failure(rc, out, err, needle)
