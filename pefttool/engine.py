@@ -398,6 +398,7 @@ class _TrainingRun:
         r, state, acc = self.recipe, self.state, self.accelerator
         eval_every = r.eval.every_steps
         window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
+        step_loss, step_micro = 0.0, 0
         window_start, self._paused_s = time.perf_counter(), 0.0
         while state.epoch < r.train.epochs and state.global_step < self.total_steps:
             self.model.train()
@@ -429,11 +430,16 @@ class _TrainingRun:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 state.batches_done += 1
-                window_loss += loss_value / r.train.grad_accum
+                step_loss += loss_value
+                step_micro += 1
                 window_tokens += int(batch["attention_mask"].sum())
                 window_samples += int(batch["attention_mask"].shape[0])
                 if not acc.sync_gradients:
                     continue
+                # The mean over the micro-batches this step really accumulated: at an epoch's
+                # end there can be fewer than grad_accum of them.
+                window_loss += step_loss / step_micro
+                step_loss, step_micro = 0.0, 0
                 state.global_step += 1
                 window_steps += 1
                 last = state.global_step >= self.total_steps

@@ -72,3 +72,21 @@ def test_numbers_the_libraries_or_the_machine_refuse_fail_validation(capsys, tmp
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={key: value})
     rc, out, err = cli(capsys, "validate", recipe)
     assert_clean_failure(rc, out, err, needle)
+
+
+def test_the_logged_loss_is_a_mean_when_grad_accum_exceeds_the_batches_left(tmp_path,
+                                                                              tiny_classifier_dir):
+    """grad_accum 50 with 6 batches an epoch: each step accumulates 6 micro-batches, and the
+    logged loss is their mean (it was their sum / 50: ~0.08 for a loss of ~0.69)."""
+    from pefttool.engine import run_recipe
+    from pefttool.events import EvalEvent, StepEvent, read_events
+    from pefttool.recipe import load_recipe
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "train.grad_accum": 50, "train.epochs": 1, "train.lr": 1e-6}))
+    result = run_recipe(recipe)
+    events = list(read_events(result.run_dir / "events.jsonl"))
+    (step,) = [e for e in events if isinstance(e, StepEvent)]
+    before = next(e for e in events if isinstance(e, EvalEvent)).metrics["eval_loss"]
+    # lr 1e-6: the weights barely move, so the train loss is the untrained model's.
+    assert abs(step.loss - before) < 0.25 * before, (step.loss, before)
