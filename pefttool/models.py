@@ -352,12 +352,23 @@ def load_model(
     except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
         raise _translate(exc, recipe.model.path, what) from exc
 
+    check_length_fits(recipe, model.config)
     if kwargs.get("gguf_file"):
         forget_gguf_quantization(model)
     if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None \
             and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def check_length_fits(recipe: Recipe, config: Any) -> None:
+    """data.max_length must fit the model's position table: longer rows would train a few
+    steps and then fail with a tensor-size error (or index past the table)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and 0 < limit < recipe.data.max_length:
+        raise ModelError(f"data.max_length: {recipe.data.max_length} is more than the "
+                         f"{limit} positions of the model at model.path "
+                         f"(max_position_embeddings); set data.max_length to at most {limit}")
 
 
 def forget_gguf_quantization(model: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 import types
 from pathlib import Path
@@ -237,7 +238,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# A recipe is a few kilobytes; anything past this is not one (and /dev/zero never ends).
+MAX_RECIPE_BYTES = 1 << 20
+
+
 def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise RecipeError(str(path), ["file not found; check the path (pefttool recipes lists them)"])
+    except OSError as exc:
+        raise RecipeError(str(path), [f"cannot read: {exc.strerror}"])
+    if stat.S_ISDIR(info.st_mode):
+        raise RecipeError(str(path), ["is a directory, not a recipe file"])
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO would block the read forever, a device would never end: stat, never open.
+        raise RecipeError(str(path), ["is not a regular file (a pipe, device or socket); "
+                                      "point at a .toml file"])
+    if info.st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(str(path), [f"is {info.st_size:,} bytes, too large for a recipe "
+                                      f"(at most {MAX_RECIPE_BYTES:,}); point at a .toml recipe"])
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:

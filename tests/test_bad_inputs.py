@@ -90,3 +90,45 @@ def test_the_logged_loss_is_a_mean_when_grad_accum_exceeds_the_batches_left(tmp_
     before = next(e for e in events if isinstance(e, EvalEvent)).metrics["eval_loss"]
     # lr 1e-6: the weights barely move, so the train loss is the untrained model's.
     assert abs(step.loss - before) < 0.25 * before, (step.loss, before)
+
+
+def test_a_fifo_named_toml_does_not_hang_the_recipe_list(tmp_path):
+    import subprocess
+    import sys
+
+    from fault_helpers import child_env
+
+    os.mkfifo(tmp_path / "pipe.toml")
+    result = subprocess.run([sys.executable, "-m", "pefttool.cli", "recipes"], cwd=tmp_path,
+                            env=child_env(), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "pipe.toml" in result.stdout and "1 problem(s)" in result.stdout
+    assert "lora.toml" in result.stdout  # the built-ins are still listed
+
+
+@pytest.mark.parametrize("path,needle", [("/dev/zero", "is not a regular file"),
+                                         ("/dev/null", "is not a regular file")])
+def test_a_device_as_a_recipe_is_one_line(capsys, path, needle):
+    rc, out, err = cli(capsys, "validate", path)
+    assert_clean_failure(rc, out, err, needle)
+
+
+def test_a_huge_file_as_a_recipe_is_one_line(capsys, tmp_path):
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"# " + b"x" * (2 << 20) + b"\n")
+    rc, out, err = cli(capsys, "validate", big)
+    assert_clean_failure(rc, out, err, "too large for a recipe")
+
+
+def test_max_length_beyond_the_models_positions_fails_before_training(capsys, tmp_path,
+                                                                       tiny_classifier_dir):
+    import json
+
+    limit = json.loads((tiny_classifier_dir / "config.json").read_text())["max_position_embeddings"]
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"data.max_length": limit * 4})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, f"data.max_length: {limit * 4} is more than the {limit} "
+                         "positions", f"set data.max_length to at most {limit}")
+    assert not (tmp_path / "runs" / "recipe" / "model").exists()
+    assert not list((tmp_path / "runs" / "recipe").glob("checkpoints/*"))
