@@ -729,8 +729,12 @@ class _BadRow(Exception):
 
 
 class _Unknown(Exception):
-    def __init__(self, value: str):
+    def __init__(self, value: str, declared: list[str] | None = None):
         self.value = value
+        # A declared label that differs from the value only in case ("Fresh" vs "fresh"):
+        # dropping such rows silently would leave a one-class training set.
+        low = value.lower()
+        self.case_of = next((d for d in declared or [] if d.lower() == low and d != value), None)
 
 
 def _label(value: Any, declared: list[str] | None, column: str) -> str:
@@ -757,7 +761,7 @@ def _label(value: Any, declared: list[str] | None, column: str) -> str:
     if text in declared:
         return text
     if as_int is None:
-        raise _Unknown(text)
+        raise _Unknown(text, declared)
     if str(as_int) in declared:
         return str(as_int)
     if not any(_INT.fullmatch(x) for x in declared):  # names declared: an int is an id
@@ -861,6 +865,11 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
                     examples.append(f"{where(row_no, bad.column)} {bad.what}")
                 continue
             except _Unknown as unk:
+                if unk.case_of is not None:
+                    raise DataError(f"{src.name}: {where(row_no, d.label_column)} value {unk.value!r} "
+                                    f"differs only in case from {unk.case_of!r} in task.labels; "
+                                    f"write task.labels with the data's spelling "
+                                    f"({unk.value!r})") from None
                 if d.unknown_labels == "error":
                     if recipe.task.type == "classification":
                         column, allowed, key = d.label_column, recipe.task.labels or [], "task.labels"

@@ -43,6 +43,8 @@ class ModelSection(Section):
     dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     trust_remote_code: bool = False
     allow_pickle: bool = Field(False, description="allow pickle-based .bin weights (unsafe)")
+    reset_head: bool = Field(False, description="classification: replace a saved classifier's "
+                             "trained head when task.labels names labels it does not know")
 
 
 class TaskSection(Section):

@@ -132,3 +132,39 @@ def test_max_length_beyond_the_models_positions_fails_before_training(capsys, tm
                          "positions", f"set data.max_length to at most {limit}")
     assert not (tmp_path / "runs" / "recipe" / "model").exists()
     assert not list((tmp_path / "runs" / "recipe").glob("checkpoints/*"))
+
+
+def _before_accuracy(tmp_path: Path, model_dir: Path, labels: list[str], **extra) -> float:
+    from pefttool.engine import run_recipe
+    from pefttool.recipe import load_recipe
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, model_dir, "lora", overrides={
+        "task.labels": labels, "train.max_steps": 1, "train.epochs": 1, **extra}))
+    return run_recipe(recipe).before["accuracy"]
+
+
+def test_labels_in_another_order_keep_the_saved_heads_meaning(tmp_path, tiny_classifier_dir):
+    """The tiny classifier's head was saved for [negative, positive]: listing the labels the
+    other way round must not swap what the head predicts (it gave 1 - accuracy)."""
+    same = _before_accuracy(tmp_path / "a", tiny_classifier_dir, ["negative", "positive"])
+    swapped = _before_accuracy(tmp_path / "b", tiny_classifier_dir, ["positive", "negative"])
+    assert swapped == same
+    assert same != 0.5  # the check can fail: with 16 rows, 1 - accuracy differs
+
+
+def test_new_labels_against_a_saved_head_need_reset_head(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "task.labels": ["negative", "positive", "neutral"]})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "task.labels: the model at model.path has a trained head",
+                         "'neutral' is new to it", "model.reset_head = true")
+    assert _before_accuracy(tmp_path / "reset", tiny_classifier_dir,
+                            ["negative", "positive", "neutral"], **{"model.reset_head": True}) >= 0
+
+
+def test_labels_differing_only_in_case_name_both_spellings(capsys, tmp_path, tiny_classifier_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "task.labels": ["Negative", "positive"], "model.reset_head": True})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "value 'negative' differs only in case from 'Negative' in "
+                         "task.labels", "column 'label'")
