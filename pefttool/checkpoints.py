@@ -13,11 +13,12 @@ import json
 import os
 import re
 import shutil
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-CHECKPOINTS = "checkpoints"
+from .rundir import CHECKPOINTS_DIR as CHECKPOINTS  # noqa: E402
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -39,6 +40,10 @@ class TrainState:
     train_seconds: float = 0.0       # time spent training, summed over resumes
     tokens_seen: int = 0
     best_checkpoint: str | None = None
+    # Every file of the checkpoint: relative path → [size, crc32] ([size, None] above
+    # CRC_LIMIT). Written last, with the rest of this file, so resume can tell a checkpoint
+    # damaged after it was written (a truncated file, a bad disk) from a good one.
+    files: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, path: Path) -> TrainState:
@@ -64,6 +69,64 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+# Checksums cost a read of each file; above this size a file is checked by its size alone.
+CRC_LIMIT = 1 << 30
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def manifest(folder: Path) -> dict[str, list[Any]]:
+    """[size, crc32] of every file under `folder` (the state file itself excluded)."""
+    out: dict[str, list[Any]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != STATE_FILE and not path.name.startswith(".pefttool-"):
+            size = path.stat().st_size
+            out[str(path.relative_to(folder))] = [size, _crc32(path) if size <= CRC_LIMIT else None]
+    return out
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint cannot be trusted (a missing, truncated or changed file), or None.
+    Checkpoints written before manifests existed are checked for their state file only."""
+    return verify_files(path, STATE_FILE, key="files")
+
+
+def verify_files(folder: Path, manifest_name: str, key: str | None = None) -> str | None:
+    """Check `folder` against the manifest in `folder/manifest_name` (under `key` if given):
+    None when every file has its size and checksum; else what is wrong, in words."""
+    try:
+        data = json.loads((folder / manifest_name).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None if key is None else f"{manifest_name} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{manifest_name} is unreadable ({type(exc).__name__})"
+    files = data.get(key) if key and isinstance(data, dict) else data
+    if not isinstance(files, dict):
+        return None
+    for name, entry in files.items():
+        if not (isinstance(entry, list) and len(entry) == 2):
+            return f"{manifest_name} is damaged"
+        size, crc = entry
+        path = folder
+        file = path / name
+        if file.name == manifest_name:
+            continue
+        if not file.is_file():
+            return f"{name} is missing"
+        actual = file.stat().st_size
+        if actual != size:
+            return f"{name} is {actual:,} bytes, {size:,} were written"
+        if crc is not None and _crc32(file) != crc:
+            return f"{name} changed since it was written (checksum differs)"
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     checkpoints = list_checkpoints(run_dir)
     return checkpoints[-1] if checkpoints else None
@@ -84,6 +147,7 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     try:
         save_tensors(tmp)
+        state.files = manifest(tmp)
         _write_json_durably(tmp / STATE_FILE, asdict(state))
         if final.exists():  # the same step saved again (e.g. epoch end right after an interval)
             shutil.rmtree(final)

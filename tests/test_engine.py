@@ -119,7 +119,7 @@ def test_a_non_empty_output_directory_is_never_overwritten(tmp_path, tiny_classi
     out = tmp_path / "runs" / "recipe"
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not empty"):
+    with pytest.raises(OutputError, match="already holds files that are not a pefttool run"):
         run_recipe(load_recipe(path))
     assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
 
