@@ -144,8 +144,12 @@ def cmd_recipes() -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from .errors import OutputError
     from .runs import list_runs
 
+    if args.root.exists() and not args.root.is_dir():
+        raise OutputError(f"{args.root} is a file; pefttool runs takes the folder that holds run "
+                          f"folders (default: ./runs)")
     runs = list_runs(args.root)
     if not runs:
         print(f"no runs under {args.root}")

@@ -150,9 +150,23 @@ class OutputSection(Section):
     overwrite: bool = False
 
 
+NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,99})?$"
+PLACEHOLDERS = ("name", "time")
+
+
 class Recipe(Section):
-    name: str = ""
+    # A name, not a path: it is put into output.dir, and `../..` there must never move the run.
+    name: str = Field("", description="letters, digits, '-', '_' and '.', starting with a letter or digit")
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_name(cls, name: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError("a recipe name holds letters, digits, '-', '_' and '.' only, starts with "
+                             "a letter or digit and has at most 100 characters (it becomes part of "
+                             "output.dir)")
+        return name
     model: ModelSection
     task: TaskSection
     data: DataSection
@@ -287,7 +301,8 @@ def load_recipe(
     """Read, override and validate a recipe; raise `RecipeError` listing every problem."""
     path = Path(path)
     data = apply_overrides(read_toml(path), overrides or [])
-    data.setdefault("name", path.stem)
+    # The file's stem is the default name; characters a name may not hold become '-'.
+    data.setdefault("name", re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip("._-")[:100])
     return validate_recipe(data, source=str(path), base_dir=path.parent.resolve(),
                            plugins=plugins, check_files=check_files)
 
@@ -366,6 +381,10 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.device == "cuda" and not _cuda_available():
         problems.append("train.device: 'cuda' but no GPU is visible; use \"auto\" or \"cpu\"")
     out = recipe.output.dir
+    unknown = [p for p in re.findall(r"\{([^{}]*)\}", out) if p not in PLACEHOLDERS]
+    if unknown:
+        problems.append(f"output.dir: '{{{unknown[0]}}}' is not a placeholder; use {{name}} and "
+                        f"{{time}} only (or write the folder name out)")
     if "\x00" in out:
         problems.append("output.dir: contains a NUL character, which no path can hold; write a "
                         "plain path")
