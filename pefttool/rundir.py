@@ -136,14 +136,6 @@ class RunDir:
         events.jsonl and its recipe.toml."""
         return self.marker.is_file() or (self.events.is_file() and self.recipe.is_file())
 
-    def foreign_files(self) -> list[str]:
-        """Names in the folder that no run writes (the user's own files)."""
-        if not self.path.is_dir():
-            return []
-        return sorted(p.name for p in self.path.iterdir()
-                      if p.name not in RUN_ARTIFACTS and p.name != LOCK_FILE
-                      and not p.name.startswith(".tmp") and not p.name.startswith(f".{RECIPE_FILE}"))
-
     def never_started(self) -> bool:
         """A run that stopped before its first training step: no start event, no checkpoint,
         no model (bad data, a model that would not load, a stop during set-up)."""
