@@ -666,14 +666,17 @@ class _TrainingRun:
         metrics = evaluate(self.model, self.eval_dl, self.data, r, self.tokenizer, self.accelerator)
         value = metrics[r.metric]
         sign = 1 if r.higher_is_better else -1
-        improved = state.best is None or sign * (value - state.best) > r.early_stopping.min_delta
+        # The untrained baseline is "before", never "best": the first trained evaluation is the
+        # first best, so an interrupted run never reports (or saves) the untrained model as best.
+        improved = not before and (state.best is None
+                                   or sign * (value - state.best) > r.early_stopping.min_delta)
         if before:
             state.before = metrics
-        if improved:
+        elif improved:
             state.best, state.best_step, state.best_metrics = value, state.global_step, metrics
             state.bad_evals = 0
             self._save_model()
-        else:
+        if not before and not improved:
             state.bad_evals += 1
         epoch = round(state.epoch + state.batches_done / self.batches_per_epoch, 4)
         state.history.append({"step": state.global_step, "epoch": epoch, **metrics})

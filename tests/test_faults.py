@@ -268,7 +268,7 @@ def boom_plugin():
 def test_a_plugin_raising_in_a_hook_is_named_with_the_hook(capsys, boom_plugin, tmp_path,
                                                            tiny_classifier_dir):
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
-                               overrides={"train.checkpoint_every": 1})
+                               overrides={"train.checkpoint_every": 1, "eval.every_steps": 1})
     rc, out, err = cli(capsys, "run", recipe)
     assert_clean_failure(rc, out, err, "plugin 'boom' raised in pefttool_step_end",
                          "RuntimeError: dashboard unreachable")
@@ -276,7 +276,7 @@ def test_a_plugin_raising_in_a_hook_is_named_with_the_hook(capsys, boom_plugin, 
     end = events_of(run_dir)[-1]
     assert end.type == "end" and end.status == "failed" and "plugin 'boom'" in end.message
     assert [p.name for p in list_checkpoints(run_dir)] == ["step-0000001"]
-    assert_nothing_half_written(run_dir, model_expected=True)  # the step-0 model is complete
+    assert_nothing_half_written(run_dir, model_expected=True)  # the step-1 model is complete
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
 
 
@@ -332,14 +332,14 @@ def test_disk_full_while_writing_a_checkpoint(tmp_path, tiny_classifier_dir):
     # A 1 MB file-size limit: the run's small files and the model (adapter + tokenizer) fit,
     # the first checkpoint (the whole model's tensors, ~4 MB) does not: EFBIG, as on a full disk.
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
-                               overrides={"train.checkpoint_every": 2})
+                               overrides={"train.checkpoint_every": 2, "eval.every_steps": 1})
     run_dir = tmp_path / "runs" / "recipe"
     result = run_pefttool("run", recipe, cwd=tmp_path, preexec_fn=file_size_limit(1_000_000))
     assert_clean_failure(result.returncode, result.stdout, result.stderr,
                          f"cannot write a checkpoint in {run_dir} (File too large)", "free disk space",
                          "then resume")
     assert list_checkpoints(run_dir) == [] and list((run_dir / "checkpoints").iterdir()) == []
-    assert (run_dir / "model" / "adapter_model.safetensors").is_file()  # the step-0 model, whole
+    assert (run_dir / "model" / "adapter_model.safetensors").is_file()  # the step-1 model, whole
     assert_nothing_half_written(run_dir, model_expected=True)
     assert events_of(run_dir)[-1].status == "failed"
 
