@@ -119,7 +119,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import get_plugin_host
 
-    host = get_plugin_host()
+    try:
+        host = get_plugin_host()
+    except PefttoolError as exc:
+        if args.json:  # a machine reading stdout gets JSON, also for an error
+            print(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
+        raise
     rows = host.describe()
     if args.json:
         print(json.dumps(rows, indent=2))

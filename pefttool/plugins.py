@@ -8,9 +8,11 @@ Any failure to load is a one-line `PluginError` that names the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import inspect
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -42,6 +44,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.strategies: dict[str, Strategy] = {}
         self.infos: dict[str, PluginInfo] = {}
+        self.left_out: list[str] = []  # installed plugins PEFTTOOL_PLUGINS did not load
 
     @property
     def hook(self) -> Any:
@@ -54,6 +57,7 @@ class PluginHost:
         seen: dict[str, str] = {}  # plugin name → the distribution that installed it
         for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
             if not selector.allows(ep.name):
+                self.left_out.append(ep.name)
                 continue
             dist = ep.dist.name if ep.dist else ""
             version = ep.dist.version if ep.dist else ""
@@ -64,12 +68,17 @@ class PluginHost:
                                   f"'{seen[ep.name]}' and '{dist}'; uninstall one of them")
             seen[ep.name] = dist
             try:
-                module = ep.load()
-            except Exception as exc:  # any import failure is the plugin's, and named as such
+                # stdout belongs to pefttool's own output (`plugins --json` must stay JSON):
+                # whatever a plugin prints while importing goes to stderr.
+                with contextlib.redirect_stdout(sys.stderr):
+                    module = ep.load()
+            except (Exception, SystemExit) as exc:  # any import failure is the plugin's, and named as such
+                what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
+                detail = "" if isinstance(exc, SystemExit) else f": {_one_line(exc)}"
                 raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: "
-                    f"{_one_line(exc)}; fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
-                ) from exc
+                    f"plugin '{ep.name}' ({ep.value}) failed to import: {what}{detail}; fix or "
+                    f"uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
+                ) from None
             self.register(module, ep.name, distribution=dist, version=version)
         for name in sorted(selector.wanted - seen.keys()):
             raise PluginError(f"{ENV_SELECT} names '{name}', but no plugin of that name is installed "

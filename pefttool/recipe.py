@@ -334,8 +334,12 @@ def validate_recipe(
         if strategy is None:
             known = sorted(plugins.strategies)
             hint = did_you_mean(strategy_name, known)
+            left_out = getattr(plugins, "left_out", [])
+            if left_out:
+                hint += (f"; PEFTTOOL_PLUGINS left out the installed plugin(s) "
+                         f"{', '.join(left_out)}, which may add it: include them to use it")
             problems.append(
-                f"method.strategy: no strategy named '{strategy_name}'{hint}; installed: "
+                f"method.strategy: no strategy named '{strategy_name}'{hint}; loaded: "
                 f"{', '.join(known) or 'none'} (pefttool plugins lists them)"
             )
         else:

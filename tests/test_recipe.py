@@ -297,7 +297,7 @@ def test_an_unknown_strategy_lists_the_installed_ones(project):
 
     problem = problem_for(problems_of(path), "method.strategy")
     assert "no strategy named 'lorra' (did you mean 'lora'?)" in problem
-    assert "installed: full, lora, qlora" in problem
+    assert "loaded: full, lora, qlora" in problem
 
 
 def test_every_problem_is_reported_at_once(project):
