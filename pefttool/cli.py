@@ -96,6 +96,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    # The strategy's own check (a missing library, an impossible option) needs no model.
+    from .plugins import get_plugin_host
+    from .strategy import GuardedStrategy
+
+    GuardedStrategy(get_plugin_host().strategies[recipe.method.strategy]).check(
+        recipe, recipe.strategy_options)
     print(f"{args.recipe}: ok ({recipe.task.type}, strategy {recipe.method.strategy}, "
           f"model {recipe.model.path})")
     return 0

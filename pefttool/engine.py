@@ -23,10 +23,11 @@ from typing import Any, Iterator
 
 from .checkpoints import (TrainState, latest_checkpoint, list_checkpoints, replace_dir,
                           save_checkpoint, verify_checkpoint)
-from .errors import DataError, OutputError, PefttoolError, TrainingError
+from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
 from .events import CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, StartEvent, StepEvent
 from .plugins import PluginHost, get_plugin_host
 from .recipe import Recipe
+from .strategy import GuardedStrategy
 from .rundir import (EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
                      claim_new)
 
@@ -47,6 +48,7 @@ class RunResult:
     duration_s: float = 0.0
     model_dir: Path | None = None
     exit_code: int = 0
+    plugin_errors: list[str] = field(default_factory=list)  # observers failing in run_end
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -62,7 +64,7 @@ def run_recipe(
     """Fine-tune as the recipe says. `observers` are plugin objects (with hookimpls) that see
     this run's events only. Raises `PefttoolError` for bad input or a failed run."""
     host = host or get_plugin_host()
-    strategy = host.strategies[recipe.method.strategy]
+    strategy = GuardedStrategy(host.strategies[recipe.method.strategy])
     options = recipe.strategy_options
     strategy.check(recipe, options)
     checkpoint = None
@@ -84,7 +86,7 @@ def run_recipe(
                 host.unregister(name)
         rundir.release()
         raise
-    emitter = _Emitter(host, log)
+    emitter = _Emitter(host, log, on_error=recipe.plugins.on_error)
     started = time.time()
     flushed_before = _denormals_flushed()
     try:
@@ -92,7 +94,9 @@ def run_recipe(
             emitter.info(note, level="warning" if note.startswith(("skipped", "took over")) else "info")
         with _stop_on_signals() as stop:
             run = _TrainingRun(recipe, strategy, options, run_dir, emitter, stop)
-            return run.execute(checkpoint, started)
+            result = run.execute(checkpoint, started)
+            result.plugin_errors = list(emitter.end_errors)
+            return result
     except SetupStopped as exc:
         emitter.end_once(EndEvent(status=RunStatus.INTERRUPTED, step=0, duration_s=time.time() - started,
                                   message=str(exc), exit_code=exc.exit_code))
@@ -132,17 +136,39 @@ def _denormals_flushed() -> bool:
 
 
 class _Emitter:
-    """Writes each event to events.jsonl, then hands it to the observer hooks."""
+    """Writes each event to events.jsonl, then hands it to the observer hooks.
 
-    def __init__(self, host: PluginHost, log: EventLog):
-        self.host, self.log = host, log
+    An observer that raises: with `plugins.on_error = "warn"`, a warning and the run goes on;
+    otherwise before training it stops the run at once (bad input), and during training it is
+    kept in `failure` for the loop, which checkpoints and then stops (exit 3, resumable).
+    """
+
+    def __init__(self, host: PluginHost, log: EventLog, on_error: str = "stop"):
+        self.host, self.log, self.on_error = host, log, on_error
         self.last_step = 0
         self.ended = False
+        self.training = False
+        self.failure: PluginError | None = None
+        self.end_errors: list[str] = []
+        self._warning = False
 
     def __call__(self, event: Event) -> None:
         self.log.write(event)
         self.last_step = getattr(event, "step", self.last_step)
-        self.host.fire(_HOOK_FOR[event.type], event=event)
+        try:
+            self.host.fire(_HOOK_FOR[event.type], event=event)
+        except PluginError as exc:
+            if self.on_error == "warn":
+                if not self._warning:  # a warning about a failing log hook must not loop
+                    self._warning = True
+                    try:
+                        self.info(f"{exc} (plugins.on_error = \"warn\": the run goes on)", "warning")
+                    finally:
+                        self._warning = False
+            elif self.training:
+                self.failure = self.failure or exc
+            else:
+                raise
 
     def info(self, message: str, level: str = "info") -> None:
         self(LogEvent(level=level, message=message))
@@ -150,12 +176,15 @@ class _Emitter:
     def end_once(self, event: EndEvent) -> None:
         if not self.ended:
             self.ended = True
+            self.training = False
             try:
                 self(event)
-            except (PefttoolError, OSError):
-                # an observer failing at the very end, or a full disk refusing the last line of
-                # events.jsonl, must not hide the run's own error
-                pass
+            except PefttoolError as exc:
+                # an observer failing at the very end must not hide the run's own outcome:
+                # it is reported after it (pefttool run prints it as a warning)
+                self.end_errors.append(str(exc))
+            except OSError:
+                pass  # a full disk refusing the last line of events.jsonl
 
 
 # ----------------------------------------------------------------------------- signals
@@ -213,6 +242,12 @@ def write_failure(exc: BaseException) -> str | None:
 
 def exit_code_for_signal(signum: int | None) -> int:
     return ExitCode.for_signal(signum)
+
+
+class PluginFailedDuringTraining(PluginError):
+    """A plugin failed mid-run: training failed (exit 3), and the run is resumable."""
+
+    exit_code = ExitCode.TRAINING_FAILED
 
 
 class SetupStopped(PefttoolError):
@@ -525,8 +560,21 @@ class _TrainingRun:
                            f"{state.epoch + 1}, batch {state.batches_done})")
         if r.eval.before_training and state.global_step == 0 and not state.history:
             self._evaluate(before=True)
+        self.emit.training = self.strategy.during_training = True
         status = self._train()
+        if self.emit.failure:
+            self._stop_for_plugin()
+        self.emit.training = False
         return self._finish(status, started)
+
+    def _stop_for_plugin(self) -> None:
+        """An observer failed during training (plugins.on_error = "stop"): the checkpoint is
+        written; stop with the plugin named, resumable once it is fixed or removed."""
+        error = self.emit.failure
+        raise PluginFailedDuringTraining(
+            f"{error}; the run is saved at step {self.state.global_step}: fix the plugin, skip it "
+            f"(PEFTTOOL_PLUGINS=-NAME) or set plugins.on_error = \"warn\", then pefttool resume "
+            f"{self.run_dir}")
 
     def _stopped_after_the_end(self) -> bool:
         """A stop asked for during the final evaluation or save: the run is complete (the
@@ -600,8 +648,10 @@ class _TrainingRun:
                     self.model.train()
                 if r.train.checkpoint_every and state.global_step % r.train.checkpoint_every == 0:
                     self._checkpoint("interval")
-                if self.stop.requested:
+                if self.stop.requested or self.emit.failure:
                     self._checkpoint("stop")
+                    if self.emit.failure:
+                        self._stop_for_plugin()
                     return "interrupted"
                 if last:
                     break

@@ -143,6 +143,8 @@ def run_headless(recipe: Any, resume: bool = False, quiet: bool = False, run_dir
 
     reporter = HeadlessReporter(quiet=quiet)
     result = run_recipe(recipe, resume=resume, run_dir=run_dir, observers=(reporter,))
+    for error in result.plugin_errors:  # after the run's own outcome, never instead of it
+        print(f"warning: {error}", file=sys.stderr)
     return result.exit_code
 
 

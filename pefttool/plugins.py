@@ -12,6 +12,7 @@ import contextlib
 import importlib.metadata as md
 import inspect
 import os
+import time
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -151,17 +152,24 @@ class PluginHost:
     # -- firing observer hooks
 
     def fire(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook on every plugin, naming the plugin if one raises."""
+        """Call an observer hook on every plugin through pluggy (so `wrapper=True` /
+        `hookwrapper=True` implementations work), naming the plugin if one raises."""
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            call_hook(impl.plugin_name, hook_name, impl.function,
-                      **{k: v for k, v in kwargs.items() if k in impl.argnames})
+        for impl in caller.get_hookimpls():
+            _name_failures(impl, hook_name)
+        caller(**kwargs)
 
     def describe(self) -> list[dict[str, Any]]:
         return [vars(info) | {"strategies": list(info.strategies)} for info in self.infos.values()]
 
 
+TRACE_ENV = "PEFTTOOL_TRACE_HOOKS"
+
+
 def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call one plugin's hook function; an exception becomes a `PluginError` naming the plugin
+    and the hook. With PEFTTOOL_TRACE_HOOKS=1, each call is traced on stderr with its time."""
+    began = time.perf_counter()
     try:
         return function(**kwargs)
     except PluginError:
@@ -169,6 +177,25 @@ def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **
     except Exception as exc:
         raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
                           f"{type(exc).__name__}: {_one_line(exc)}") from exc
+    finally:
+        if os.environ.get(TRACE_ENV):
+            print(f"[hook] {hook_name} → {plugin_name}: {1000 * (time.perf_counter() - began):.2f} ms",
+                  file=sys.stderr)
+
+
+def _name_failures(impl: Any, hook_name: str) -> None:
+    """Wrap a plain hook implementation once, so a failure names its plugin (pluggy itself
+    re-raises the bare exception). Wrappers are left as they are: they wrap the others."""
+    if getattr(impl.function, "_pefttool_named", False) or impl.hookwrapper or \
+            getattr(impl, "wrapper", False):
+        return
+    function, plugin_name = impl.function, impl.plugin_name
+
+    def named(*args: Any) -> Any:
+        return call_hook(plugin_name, hook_name, lambda: function(*args))
+
+    named._pefttool_named = True  # type: ignore[attr-defined]
+    impl.function = named
 
 
 def _one_line(exc: BaseException) -> str:

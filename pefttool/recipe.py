@@ -154,6 +154,19 @@ NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,99})?$"
 PLACEHOLDERS = ("name", "time")
 
 
+class PluginsSection(BaseModel):
+    """`on_error` plus a `[plugins.NAME]` table per plugin that takes settings, each validated
+    by that plugin's own `PluginOptions` model."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    on_error: Literal["stop", "warn"] = Field(
+        "stop", description="an observer plugin raising: stop the run (checkpointed, exit 3) or warn")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Recipe(Section):
     # A name, not a path: it is put into output.dir, and `../..` there must never move the run.
     name: str = Field("", description="letters, digits, '-', '_' and '.', starting with a letter or digit")
@@ -175,6 +188,7 @@ class Recipe(Section):
     eval: EvalSection = EvalSection()
     early_stopping: EarlyStoppingSection = EarlyStoppingSection()
     output: OutputSection = OutputSection()
+    plugins: PluginsSection = PluginsSection()
 
     # Set by `validate_recipe`, never by the TOML: where relative paths are resolved from,
     # where the recipe came from, and the strategy's validated options.
@@ -350,6 +364,7 @@ def validate_recipe(
                 problems += _describe_all(exc, strategy.Options, opts, prefix="method",
                                           also_allowed=["strategy"])
 
+    problems += _plugin_settings_problems(data.get("plugins"), plugins)
     if recipe is not None:
         problems += _cross_checks(recipe)
     if check_files:
@@ -363,6 +378,35 @@ def validate_recipe(
     recipe._source = source
     recipe._strategy_options = options_model
     return recipe
+
+
+def _plugin_settings_problems(section: Any, plugins: Any) -> list[str]:
+    """Each `[plugins.NAME]` table is checked by plugin NAME's own `PluginOptions` model."""
+    if not isinstance(section, dict):
+        return []
+    problems = []
+    for name, table in section.items():
+        if name == "on_error":
+            continue
+        plugin = plugins.pm.get_plugin(name) if hasattr(plugins, "pm") else None
+        if plugin is None:
+            loaded = sorted(getattr(plugins, "infos", {}))
+            problems.append(f"plugins.{name}: no plugin named '{name}' is loaded"
+                            f"{did_you_mean(name, loaded)}; loaded: {', '.join(loaded) or 'none'}")
+            continue
+        options = getattr(plugin, "PluginOptions", None)
+        if options is None:
+            problems.append(f"plugins.{name}: plugin '{name}' takes no settings (it defines no "
+                            f"PluginOptions); remove the table")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"plugins.{name}: must be a table of settings (got {table!r})")
+            continue
+        try:
+            options.model_validate(table, strict=True)
+        except ValidationError as exc:
+            problems += _describe_all(exc, options, table, prefix=f"plugins.{name}")
+    return problems
 
 
 def _cross_checks(recipe: Recipe) -> list[str]:

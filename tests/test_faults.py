@@ -270,12 +270,15 @@ def test_a_plugin_raising_in_a_hook_is_named_with_the_hook(capsys, boom_plugin, 
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
                                overrides={"train.checkpoint_every": 1, "eval.every_steps": 1})
     rc, out, err = cli(capsys, "run", recipe)
+    # A plugin failing mid-run is a failed training (3), checkpointed first, and resumable.
     assert_clean_failure(rc, out, err, "plugin 'boom' raised in pefttool_step_end",
-                         "RuntimeError: dashboard unreachable")
+                         "RuntimeError: dashboard unreachable", "the run is saved at step 2",
+                         "pefttool resume", code=3)
     run_dir = tmp_path / "runs" / "recipe"
     end = events_of(run_dir)[-1]
     assert end.type == "end" and end.status == "failed" and "plugin 'boom'" in end.message
-    assert [p.name for p in list_checkpoints(run_dir)] == ["step-0000001"]
+    assert end.exit_code == 3
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-0000001", "step-0000002"]
     assert_nothing_half_written(run_dir, model_expected=True)  # the step-1 model is complete
     assert (run_dir / "model" / "adapter_model.safetensors").is_file()
 
