@@ -37,6 +37,7 @@ class TrainState:
     best_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation
     nan_skipped: int = 0
+    processes: int = 1               # the processes that trained it (resume needs as many)
     train_seconds: float = 0.0       # time spent training, summed over resumes
     tokens_seen: int = 0
     best_checkpoint: str | None = None
@@ -137,16 +138,32 @@ def save_checkpoint(
     state: TrainState,
     save_tensors: Callable[[Path], None],
     keep: int,
+    main: bool = True,
+    token: str | None = None,
+    barrier: Callable[[], None] = lambda: None,
 ) -> Path:
-    """Write a checkpoint atomically; prune to the last `keep` plus the best. Returns its path."""
+    """Write a checkpoint atomically; prune to the last `keep` plus the best. Returns its path.
+
+    Several processes: every one calls this (each saves its own state into the same
+    temporary folder, named by `token`); the main one finishes it (manifest, state file,
+    rename, pruning) between barriers.
+    """
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.global_step:07d}"
-    tmp = root / f".tmp-step-{state.global_step:07d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = root / f".tmp-step-{state.global_step:07d}-{token or os.getpid()}"
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    barrier()
+    if not main:
+        save_tensors(tmp)
+        barrier()
+        barrier()
+        return final
     try:
         save_tensors(tmp)
+        barrier()
         state.files = manifest(tmp)
         _write_json_durably(tmp / STATE_FILE, asdict(state))
         if final.exists():  # the same step saved again (e.g. epoch end right after an interval)
@@ -156,11 +173,12 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune(run_dir, keep, protect=state.best_checkpoint)
+    prune(run_dir, keep, protect=state.best_checkpoint, token=token)
+    barrier()
     return final
 
 
-def prune(run_dir: Path, keep: int, protect: str | None = None) -> None:
+def prune(run_dir: Path, keep: int, protect: str | None = None, token: str | None = None) -> None:
     """Delete all but the newest `keep` checkpoints, never the protected (best) one."""
     checkpoints = list_checkpoints(run_dir)
     for path in checkpoints[: max(0, len(checkpoints) - keep)]:
@@ -168,7 +186,7 @@ def prune(run_dir: Path, keep: int, protect: str | None = None) -> None:
             continue
         shutil.rmtree(path, ignore_errors=True)
     for stale in checkpoint_dir(run_dir).glob(".tmp-step-*"):
-        if not stale.name.endswith(f"-{os.getpid()}"):
+        if not stale.name.endswith(f"-{token or os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
 
 

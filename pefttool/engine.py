@@ -26,6 +26,7 @@ from .checkpoints import (TrainState, latest_checkpoint, list_checkpoints, repla
 from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
 from .events import CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, StartEvent, StepEvent
 from .plugins import PluginHost, get_plugin_host
+from . import distributed
 from .recipe import Recipe
 from .strategy import GuardedStrategy
 from .rundir import (EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
@@ -67,26 +68,46 @@ def run_recipe(
     strategy = GuardedStrategy(host.strategies[recipe.method.strategy])
     options = recipe.strategy_options
     strategy.check(recipe, options)
+    distributed.init(cpu=_wants_cpu(recipe))
+    main = distributed.is_main()
     checkpoint = None
-    if resume:
-        rundir, checkpoint, notes = _open_for_resume(recipe, run_dir)
+    # The main process decides the run directory (and the checkpoint to resume), and tells
+    # the others; a refusal there is one error, which every process exits with.
+    decision: tuple[Any, ...]
+    if main:
+        try:
+            if resume:
+                rundir, checkpoint, notes = _open_for_resume(recipe, run_dir)
+            else:
+                rundir, notes = _open_new_run(recipe, run_dir)
+            decision = ("ok", str(rundir.path), str(checkpoint) if checkpoint else None)
+        except PefttoolError as exc:
+            distributed.broadcast(("error", str(exc), exc.exit_code))
+            raise
+        distributed.broadcast(decision)
     else:
-        rundir, notes = _open_new_run(recipe, run_dir)
+        decision = distributed.broadcast(None)
+        if decision[0] == "error":
+            error = PefttoolError(decision[1])
+            error.exit_code = decision[2]
+            raise error
+        rundir, notes = RunDir(decision[1]), []
+        checkpoint = Path(decision[2]) if decision[2] else None
     run_dir = rundir.path
-    names = [f"observer-{id(o)}" for o in observers]
+    names = [f"observer-{id(o)}" for o in observers] if main else []
     try:
-        if not resume:
+        if main and not resume:
             rundir.write_marker(resolved_recipe_dict(recipe, run_dir))
         for name, obs in zip(names, observers):
             host.register(obs, name)
-        log = EventLog(run_dir)
+        log = EventLog(run_dir) if main else None
     except BaseException:
         for name in names:
             if host.pm.has_plugin(name):
                 host.unregister(name)
         rundir.release()
         raise
-    emitter = _Emitter(host, log, on_error=recipe.plugins.on_error)
+    emitter = _Emitter(host, log, on_error=recipe.plugins.on_error)  # log None: a quiet process
     started = time.time()
     flushed_before = _denormals_flushed()
     try:
@@ -117,7 +138,8 @@ def run_recipe(
                                   message=f"{type(exc).__name__}: {exc}", exit_code=ExitCode.INTERNAL))
         raise
     finally:
-        log.close()
+        if log is not None:
+            log.close()
         rundir.release()
         for name in names:
             host.unregister(name)
@@ -125,6 +147,16 @@ def run_recipe(
         # the caller back what it had (numerical code after a run in the same process).
         if "torch" in sys.modules and _denormals_flushed() != flushed_before:
             sys.modules["torch"].set_flush_denormal(flushed_before)
+
+
+def _wants_cpu(recipe: Recipe) -> bool:
+    if recipe.train.device == "cpu":
+        return True
+    if recipe.train.device == "cuda":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _denormals_flushed() -> bool:
@@ -143,7 +175,7 @@ class _Emitter:
     kept in `failure` for the loop, which checkpoints and then stops (exit 3, resumable).
     """
 
-    def __init__(self, host: PluginHost, log: EventLog, on_error: str = "stop"):
+    def __init__(self, host: PluginHost, log: EventLog | None, on_error: str = "stop"):
         self.host, self.log, self.on_error = host, log, on_error
         self.last_step = 0
         self.ended = False
@@ -153,8 +185,10 @@ class _Emitter:
         self._warning = False
 
     def __call__(self, event: Event) -> None:
-        self.log.write(event)
         self.last_step = getattr(event, "step", self.last_step)
+        if self.log is None:  # not the main process: it neither writes events nor fires hooks
+            return
+        self.log.write(event)
         try:
             self.host.fire(_HOOK_FOR[event.type], event=event)
         except PluginError as exc:
@@ -441,12 +475,15 @@ class _TrainingRun:
             gradient_accumulation_steps=r.train.grad_accum,
             cpu=use_cpu,
         )
-        write_resolved_recipe(r, self.run_dir)
+        self.main = self.accelerator.is_main_process
+        if self.main:
+            write_resolved_recipe(r, self.run_dir)
 
         self._stop_if_asked("loading the tokenizer")
         self.tokenizer = load_tokenizer(r)
         self._stop_if_asked("loading the tokenizer")
-        self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
+        with self.accelerator.main_process_first():  # one process fills the data cache
+            self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
         self._warn_about_small_data()
         self._stop_if_asked("preparing the data")
         model = load_model(r, self.strategy, self.options, label_names=self.data.label_names,
@@ -473,7 +510,8 @@ class _TrainingRun:
                                                generator=torch.Generator().manual_seed(r.train.seed))
         eval_dl = torch.utils.data.DataLoader(self.data.eval, batch_size=r.eval.batch_size,
                                               shuffle=False, collate_fn=self.data.collate)
-        self.batches_per_epoch = len(train_dl)
+        # Each process takes every N-th batch (Accelerate shards the batches, evenly).
+        self.batches_per_epoch = math.ceil(len(train_dl) / self.accelerator.num_processes)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / r.train.grad_accum)
         total = self.steps_per_epoch * r.train.epochs
         self.total_steps = min(total, r.train.max_steps) if r.train.max_steps else total
@@ -488,8 +526,26 @@ class _TrainingRun:
         if checkpoint is not None:
             self.accelerator.load_state(str(checkpoint))
             self.state = TrainState.from_file(checkpoint / "trainer_state.json")
+            if self.state.processes != self.accelerator.num_processes:
+                raise OutputError(
+                    f"the run in {self.run_dir} was trained by {self.state.processes} process(es) "
+                    f"and this resume has {self.accelerator.num_processes}; the data order and "
+                    f"the optimizer's sharding depend on it: resume with --processes "
+                    f"{self.state.processes}")
             self._repair_model_dir(checkpoint)
+        # One name for this run's temporary checkpoint folders, the same in every process.
+        self._token = str(distributed.broadcast(os.getpid()))
         self._stop_if_asked("setting up training")
+
+    def _across_processes(self, loss: float, tokens: int, samples: int) -> tuple[float, int, int]:
+        if self.accelerator.num_processes == 1:
+            return loss, tokens, samples
+        import torch
+
+        t = torch.tensor([loss, float(tokens), float(samples)], dtype=torch.float64,
+                         device=self.accelerator.device)
+        t = self.accelerator.reduce(t, reduction="sum")
+        return float(t[0]) / self.accelerator.num_processes, int(t[1]), int(t[2])
 
     def _stop_if_asked(self, phase: str) -> None:
         """A stop signal during set-up ends the run here: before the first step, with nothing
@@ -523,6 +579,8 @@ class _TrainingRun:
         written with it) is rebuilt from the best checkpoint, or moved aside with a warning."""
         from .checkpoints import verify_files
 
+        if not self.main:
+            return
         model_dir = self.run_dir / MODEL_DIR
         damage = verify_files(model_dir, MODEL_MANIFEST) if model_dir.is_dir() else None
         if damage is None:
@@ -554,7 +612,8 @@ class _TrainingRun:
             params_total=self.description["params_total"],
             params_trainable=self.description["params_trainable"],
             model_memory_mb=self.description["model_memory_mb"], device=str(self.accelerator.device),
-            resumed_from_step=state.global_step, data=self.data.stats, safety=self.safety))
+            resumed_from_step=state.global_step, data=self.data.stats, safety=self.safety,
+            processes=self.accelerator.num_processes))
         if checkpoint is not None:
             self.emit.info(f"resumed from {checkpoint.name} (step {state.global_step}, epoch "
                            f"{state.epoch + 1}, batch {state.batches_done})")
@@ -637,6 +696,9 @@ class _TrainingRun:
                     self._paused_s = 0.0
                     state.train_seconds += elapsed
                     state.tokens_seen += window_tokens
+                    # The loss is the mean over processes, tokens and samples their total.
+                    window_loss, window_tokens, window_samples = self._across_processes(
+                        window_loss, window_tokens, window_samples)
                     self._emit_step(window_loss / max(window_steps, 1), window_tokens / elapsed,
                                     window_samples / elapsed, elapsed / max(window_steps, 1))
                     window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
@@ -648,7 +710,8 @@ class _TrainingRun:
                     self.model.train()
                 if r.train.checkpoint_every and state.global_step % r.train.checkpoint_every == 0:
                     self._checkpoint("interval")
-                if self.stop.requested or self.emit.failure:
+                # Every process stops after the same step (a signal may reach one first).
+                if distributed.any_process(self.stop.requested or self.emit.failure is not None):
                     self._checkpoint("stop")
                     if self.emit.failure:
                         self._stop_for_plugin()
@@ -776,8 +839,10 @@ class _TrainingRun:
         if state.best_step == state.global_step:
             state.best_checkpoint = f"step-{state.global_step:07d}"
         try:
+            state.processes = self.accelerator.num_processes
             path = save_checkpoint(self.run_dir, state, lambda d: self.accelerator.save_state(str(d)),
-                                   keep=self.recipe.train.keep_checkpoints)
+                                   keep=self.recipe.train.keep_checkpoints, main=self.main,
+                                   token=self._token, barrier=self.accelerator.wait_for_everyone)
         except Exception as exc:
             reason = write_failure(exc)
             if reason is None:
@@ -804,7 +869,8 @@ class _TrainingRun:
             "tokens_per_s": round(state.tokens_seen / state.train_seconds, 1) if state.train_seconds else None,
             "nan_skipped": state.nan_skipped, "data": self.data.stats, **self.description,
         }
-        (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        if self.main:
+            (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         message = ""
         if status == RunStatus.INTERRUPTED:
             message = (f"stopped by {self.stop.name} after step {state.global_step}; continue with "

@@ -48,6 +48,7 @@ class StartEvent(Event):
     resumed_from_step: int = 0
     data: dict[str, Any] = field(default_factory=dict)   # cleaning counts per split
     safety: dict[str, Any] = field(default_factory=dict)  # allow_pickle, trust_remote_code
+    processes: int = 1                # training processes (DDP/FSDP ranks); 1 = a single process
 
 
 @dataclass

@@ -154,6 +154,18 @@ NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,99})?$"
 PLACEHOLDERS = ("name", "time")
 
 
+class DistributedSection(Section):
+    """Several processes: `pefttool run --processes N` (or `processes` here) launches them."""
+
+    processes: int = Field(1, ge=1, le=1024, description="processes per machine (one per GPU)")
+    config_file: str | None = Field(None, description="an Accelerate config (FSDP, DeepSpeed...); "
+                                    "launched with accelerate launch --config_file")
+    num_machines: int = Field(1, ge=1, description="machines in the run (multi-node)")
+    machine_rank: int = Field(0, ge=0, description="this machine's index, 0 = the main one")
+    main_process_ip: str = Field("127.0.0.1", description="address of machine 0, reachable by all")
+    main_process_port: int = Field(29500, ge=1, le=65535)
+
+
 class PluginsSection(BaseModel):
     """`on_error` plus a `[plugins.NAME]` table per plugin that takes settings, each validated
     by that plugin's own `PluginOptions` model."""
@@ -189,6 +201,7 @@ class Recipe(Section):
     early_stopping: EarlyStoppingSection = EarlyStoppingSection()
     output: OutputSection = OutputSection()
     plugins: PluginsSection = PluginsSection()
+    distributed: DistributedSection = DistributedSection()
 
     # Set by `validate_recipe`, never by the TOML: where relative paths are resolved from,
     # where the recipe came from, and the strategy's validated options.
@@ -422,6 +435,13 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
+    dist = recipe.distributed
+    if dist.machine_rank >= dist.num_machines:
+        problems.append(f"distributed.machine_rank: {dist.machine_rank} but num_machines is "
+                        f"{dist.num_machines}; ranks are 0..{dist.num_machines - 1}")
+    if dist.config_file is not None and not Path(dist.config_file).expanduser().is_file():
+        problems.append(f"distributed.config_file: '{dist.config_file}' is not a file; write an "
+                        f"Accelerate config with `accelerate config --config_file PATH`")
     cores = os.cpu_count() or 1
     if recipe.train.threads > cores:
         problems.append(f"train.threads: {recipe.train.threads} is more than this machine's {cores} "
