@@ -121,3 +121,22 @@ def test_resuming_with_another_process_count_is_refused(tmp_path, no_dropout_mod
     assert refused.returncode == 2
     assert "distributed.processes: 1 → 2" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_an_accelerate_config_and_multi_node_settings_build_the_launch(tmp_path):
+    """FSDP/DeepSpeed and several machines go through accelerate launch / torchrun flags
+    (not run here: no GPUs); the command is what the README says."""
+    from pefttool.distributed import launch_command
+    from pefttool.recipe import DistributedSection
+
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("distributed_type: FSDP\n")
+    fsdp = launch_command(["run", "r.toml"], 4, DistributedSection(config_file=str(config)))
+    assert fsdp[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
+    assert fsdp[-4:] == ["-m", "pefttool.cli", "run", "r.toml"] and "4" in fsdp
+    nodes = launch_command(["run", "r.toml"], 8, DistributedSection(
+        num_machines=2, machine_rank=1, main_process_ip="10.0.0.1"))
+    assert nodes[1:3] == ["-m", "torch.distributed.run"]
+    for flag, value in (("--nproc_per_node", "8"), ("--nnodes", "2"), ("--node_rank", "1"),
+                        ("--master_addr", "10.0.0.1")):
+        assert nodes[nodes.index(flag) + 1] == value
