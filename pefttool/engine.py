@@ -28,6 +28,7 @@ from .events import CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEv
 from .plugins import PluginHost, get_plugin_host
 from . import distributed
 from .recipe import Recipe
+from .sampling import EpochShuffleSampler, LengthGroupedSampler
 from .strategy import GuardedStrategy
 from .rundir import (EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
                      claim_new)
@@ -501,7 +502,11 @@ class _TrainingRun:
         no_decay = [p for p in trainable if p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": r.train.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=r.train.lr)
-        self.sampler = EpochShuffleSampler(len(self.data.train), r.train.seed)
+        if r.data.group_by_length:
+            lengths = [len(ids) for ids in self.data.train["input_ids"]]
+            self.sampler = LengthGroupedSampler(lengths, r.train.batch_size, r.train.seed)
+        else:
+            self.sampler = EpochShuffleSampler(len(self.data.train), r.train.seed)
         # Its own generator: starting a pass over a DataLoader otherwise draws from the global
         # RNG (which dropout uses), and a resumed run starts its pass mid-epoch, after the
         # checkpoint's RNG state was restored, so its dropout masks would differ.
@@ -884,22 +889,3 @@ class _TrainingRun:
             model_dir=str(model_dir) if model_dir.exists() else None, message=message,
             exit_code=result.exit_code))
         return result
-
-
-class EpochShuffleSampler:
-    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        import torch
-
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size

@@ -90,6 +90,8 @@ class DataSection(Section):
     unknown_labels: Literal["drop", "error"] = Field(
         "drop", description="classification rows whose label is not in task.labels: drop and count, or stop")
     on_bad_rows: Literal["error", "skip"] = "error"
+    group_by_length: bool = Field(False, description="batches of similar length (less padding, "
+                                  "faster); shuffled between groups, still seeded")
     strict: bool = Field(False, description="stop, rather than warn, on a tiny eval set or a label "
                          "with no training rows")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes the shuffle and the held-out split")
