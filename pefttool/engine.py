@@ -458,7 +458,8 @@ class _TrainingRun:
         from transformers import get_scheduler
 
         from .data import prepare_data
-        from .models import load_model, load_tokenizer, safety_summary
+        from .models import (enable_gradient_checkpointing, gradient_checkpointing_wanted,
+                             load_model, load_tokenizer, safety_summary)
 
         r = self.recipe
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -491,6 +492,15 @@ class _TrainingRun:
                            tokenizer=self.tokenizer)
         self._stop_if_asked("loading the model")
         model = self.strategy.wrap(model, r, self.options)
+        if gradient_checkpointing_wanted(r):
+            import warnings
+
+            with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+                warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+                on = enable_gradient_checkpointing(model)
+            self.emit.info("gradient checkpointing: on (activations recomputed in backward)" if on
+                           else "gradient checkpointing: this model does not support it; off",
+                           level="info" if on else "warning")
         self.description = self.strategy.describe(model)
         self.safety = safety_summary(r)
 

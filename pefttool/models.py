@@ -335,6 +335,8 @@ def load_model(
     source, kwargs = check_model_source(recipe)
     kwargs.update(strategy.load_kwargs(recipe, options) or {})
     kwargs["dtype"] = _DTYPES[recipe.model.dtype]
+    if recipe.model.attn_implementation:
+        kwargs["attn_implementation"] = recipe.model.attn_implementation
     head: list[str] | None = None
     labels: list[str] = []
     if recipe.task.type == "classification":
@@ -447,6 +449,30 @@ def _reset_head(model: Any) -> None:
             init(linear)
         else:
             linear.reset_parameters()
+
+
+def gradient_checkpointing_wanted(recipe: Recipe) -> bool:
+    """train.gradient_checkpointing, or when unset: on for causal-LM QLoRA (the memory case)."""
+    if recipe.train.gradient_checkpointing is not None:
+        return recipe.train.gradient_checkpointing
+    return recipe.task.type == "causal-lm" and recipe.method.strategy == "qlora"
+
+
+def enable_gradient_checkpointing(model: Any) -> bool:
+    """Recompute activations in backward (non-reentrant, so frozen inputs under LoRA/QLoRA
+    still get gradients where adapters need them). False when the model cannot."""
+    target = model
+    if not hasattr(target, "gradient_checkpointing_enable"):
+        return False
+    if not getattr(getattr(model, "base_model", model), "supports_gradient_checkpointing", True):
+        return False
+    with contextlib.suppress(AttributeError):
+        model.enable_input_require_grads()  # reentrant checkpointing (some models) needs it
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "use_cache"):
+        config.use_cache = False  # a KV cache is useless in training and clashes with recompute
+    return True
 
 
 def check_length_fits(recipe: Recipe, config: Any) -> None:

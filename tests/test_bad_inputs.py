@@ -168,3 +168,33 @@ def test_labels_differing_only_in_case_name_both_spellings(capsys, tmp_path, tin
     rc, out, err = cli(capsys, "run", recipe)
     assert_clean_failure(rc, out, err, "value 'negative' differs only in case from 'Negative' in "
                          "task.labels", "column 'label'")
+
+
+def test_gradient_checkpointing_trains_to_the_same_weights(tmp_path, tiny_causal_dir):
+    """Recomputing activations must not change what is learnt (LoRA on a frozen base: the
+    adapters still get their gradients)."""
+    from fault_helpers import tensors
+    from pefttool.engine import run_recipe
+    from pefttool.events import LogEvent, read_events
+    from pefttool.recipe import load_recipe
+
+    results = {}
+    for on in (False, True):
+        recipe = load_recipe(write_tiny_recipe(tmp_path / str(on), tiny_causal_dir, "lora", "causal-lm",
+                                               overrides={"train.gradient_checkpointing": on,
+                                                          "train.max_steps": 4}))
+        result = run_recipe(recipe)
+        logs = [e.message for e in read_events(result.run_dir / "events.jsonl") if isinstance(e, LogEvent)]
+        assert any(m.startswith("gradient checkpointing: on") for m in logs) == on
+        results[on] = tensors(result.run_dir / "model" / "adapter_model.safetensors")
+    diff = max(float((results[True][k] - results[False][k]).abs().max()) for k in results[True])
+    assert diff < 1e-5
+    assert any(float(v.abs().max()) > 0 for k, v in results[True].items() if "lora_B" in k)
+
+
+def test_flash_attention_without_its_package_or_a_gpu_is_a_recipe_problem(capsys, tmp_path,
+                                                                          tiny_causal_dir):
+    recipe = write_tiny_recipe(tmp_path, tiny_causal_dir, "lora", "causal-lm",
+                               overrides={"model.attn_implementation": "flash_attention_2"})
+    rc, out, err = cli(capsys, "validate", recipe)
+    assert_clean_failure(rc, out, err, "model.attn_implementation: 'flash_attention_2' needs")
