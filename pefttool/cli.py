@@ -45,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", type=Path, help="the run's directory (holds events.jsonl)")
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
+    predict = sub.add_parser("predict", help="label texts with a finished classification run")
+    predict.add_argument("run_dir", type=Path, help="the run's directory")
+    predict.add_argument("texts", nargs="*", help="texts to label (none: read --file or stdin)")
+    predict.add_argument("--file", type=Path, help="a CSV/JSONL file; its data.text_column is labelled")
+    predict.add_argument("--json", action="store_true", help="one JSON object per text")
+    export = sub.add_parser("export", help="write a run's model for use elsewhere")
+    export.add_argument("run_dir", type=Path, help="the run's directory")
+    export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    export.add_argument("--merge", action="store_true",
+                        help="merge the adapter into its base: a plain transformers model, no PEFT")
+    export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="weights' dtype with --merge (default fp32)")
+    export.add_argument("--gguf", action="store_true",
+                        help="also convert the merged model to GGUF (needs llama.cpp's converter)")
     plugins = sub.add_parser("plugins", help="list the loaded plugins and their strategies")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("recipes", help="list built-in and local recipes with strategy and model")
@@ -89,6 +103,10 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_resume(args)
     if command == "plugins":
         return cmd_plugins(args)
+    if command == "predict":
+        return cmd_predict(args)
+    if command == "export":
+        return cmd_export(args)
     if command == "recipes":
         return cmd_recipes()
     if command == "runs":
@@ -147,6 +165,80 @@ def cmd_resume(args: argparse.Namespace) -> int:
         argv = ["resume", str(args.run_dir)] + ["--quiet"] * args.quiet
         return run_launched(argv, recipe.distributed.processes, recipe.distributed)
     return resume_headless(args.run_dir, quiet=args.quiet)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .errors import PefttoolError as Bad
+    from .trained import load_trained, predict
+
+    texts = list(args.texts)
+    if args.file is not None:
+        texts += _texts_from_file(args.file)
+    if not texts and not sys.stdin.isatty():
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise Bad("predict: no texts; give them as arguments, with --file, or on stdin")
+    trained = load_trained(args.run_dir)
+    show = sys.stderr.isatty() and len(texts) > 64
+
+    def progress(done: int, total: int) -> None:
+        if show:
+            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
+
+    results = predict(trained, texts, progress=progress)
+    if show:
+        print(file=sys.stderr)
+    for text, (label, probs) in zip(texts, results):
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "probabilities": probs}))
+        else:
+            print(f"{label}\t{probs[label]:.3f}\t{text}")
+    return 0
+
+
+def _texts_from_file(path: Path) -> list[str]:
+    """The text column of a CSV/JSONL file, read like training data (its column name is the
+    run's data.text_column, default 'text')."""
+    import csv
+
+    from .errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"--file: {path} is not a file")
+    column = "text"
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            if path.suffix in (".jsonl", ".json", ".ndjson"):
+                rows = [json.loads(line) for line in fh if line.strip()]
+            else:
+                rows = list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
+    except (UnicodeDecodeError, ValueError, csv.Error) as exc:
+        raise DataError(f"--file: {path} cannot be read ({type(exc).__name__}: {exc}); give UTF-8 "
+                        f"CSV or JSONL with a '{column}' column") from None
+    if not rows or not all(isinstance(r, dict) and isinstance(r.get(column), str) for r in rows):
+        raise DataError(f"--file: {path} has no '{column}' text in every row")
+    return [r[column] for r in rows]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .errors import PefttoolError as Bad
+    from .trained import export, gguf_converter
+
+    if args.gguf and gguf_converter() is None:
+        raise Bad("--gguf: converting to GGUF needs llama.cpp's convert_hf_to_gguf.py on PATH (from "
+                  "a llama.cpp checkout); export with --merge, then run it on the folder")
+    out = export(args.run_dir, args.out, merge=args.merge or args.gguf, dtype=args.dtype)
+    print(f"exported {'merged model' if args.merge or args.gguf else 'model'} to {out}")
+    if args.gguf:
+        import subprocess
+
+        target = out / "model.gguf"
+        done = subprocess.run([gguf_converter(), str(out), "--outfile", str(target)])
+        if done.returncode != 0:
+            raise Bad(f"--gguf: the converter failed (exit {done.returncode}); the merged model is "
+                      f"in {out}")
+        print(f"GGUF: {target}")
+    return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
