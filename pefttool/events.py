@@ -20,9 +20,11 @@ EVENTS_FILE = "events.jsonl"
 
 @dataclass
 class Event:
-    """Base of all events; `type` names the kind in JSONL."""
+    """Base of all events; `type` names the kind in JSONL, `hook` the observer hook that
+    receives it (see hookspecs.py)."""
 
     type: ClassVar[str] = "event"
+    hook: ClassVar[str] = ""
     time: float = field(default_factory=time.time, kw_only=True)
 
     def to_json(self) -> str:
@@ -34,6 +36,7 @@ class StartEvent(Event):
     """The run is set up and about to train (or resume)."""
 
     type: ClassVar[str] = "start"
+    hook: ClassVar[str] = "pefttool_run_start"
     run_dir: str
     recipe: dict[str, Any]            # the resolved recipe, defaults filled in
     strategy: str
@@ -55,6 +58,7 @@ class StepEvent(Event):
     """An optimizer step finished (emitted every `train.log_every` steps, and the last one)."""
 
     type: ClassVar[str] = "step"
+    hook: ClassVar[str] = "pefttool_step_end"
     step: int
     total_steps: int
     epoch: float                      # fractional: 1.5 = halfway through the second epoch
@@ -70,17 +74,22 @@ class StepEvent(Event):
 
 @dataclass
 class EvalEvent(Event):
-    """An evaluation finished; `metrics` holds every metric, `metric` names the one that rules."""
+    """An evaluation finished; `metrics` holds every metric, `metric` names the one that rules.
+
+    `before` marks the baseline evaluation before training: it is shown as "before", never
+    counts as the best (`is_best` false, `best` None until a training evaluation)."""
 
     type: ClassVar[str] = "eval"
+    hook: ClassVar[str] = "pefttool_eval_end"
     step: int
     epoch: float
     metrics: dict[str, float]
     metric: str
     value: float
-    best: float
+    best: float | None                # the best so far during training (None: only the baseline)
     is_best: bool
     bad_evals: int                    # evaluations in a row without improvement
+    before: bool = False              # the baseline evaluation, before any training step
 
 
 @dataclass
@@ -88,6 +97,7 @@ class CheckpointEvent(Event):
     """A checkpoint was written completely (atomically) and can be resumed from."""
 
     type: ClassVar[str] = "checkpoint"
+    hook: ClassVar[str] = "pefttool_checkpoint"
     step: int
     path: str
     reason: str = "interval"          # interval | epoch | stop | best
@@ -98,8 +108,25 @@ class LogEvent(Event):
     """A human-readable message worth showing (data cleaning counts, warnings, decisions)."""
 
     type: ClassVar[str] = "log"
+    hook: ClassVar[str] = "pefttool_log"
     level: str                        # info | warning | error
     message: str
+
+
+@dataclass
+class PhaseEvent(Event):
+    """What the run is doing between training steps, so a UI need not look frozen: `loading`
+    (model and data), `evaluating` (`done` of `total` eval batches; sent when it begins, then
+    at most about once a second), `checkpointing`, `saving` (the model). The next step or
+    end event means the phase is over. Observers get it through `pefttool_phase`."""
+
+    type: ClassVar[str] = "phase"
+    hook: ClassVar[str] = "pefttool_phase"
+    phase: str                        # loading | evaluating | checkpointing | saving
+    step: int = 0
+    done: int = 0
+    total: int = 0
+    pid: int = field(default_factory=os.getpid)   # a resumed run's new process, before its start
 
 
 @dataclass
@@ -107,6 +134,7 @@ class EndEvent(Event):
     """The run is over; `status` says how, and what to do next if it was not completed."""
 
     type: ClassVar[str] = "end"
+    hook: ClassVar[str] = "pefttool_run_end"
     status: str          # completed | early_stopped | interrupted | failed
     step: int
     duration_s: float
@@ -119,17 +147,33 @@ class EndEvent(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (StartEvent, StepEvent, EvalEvent, CheckpointEvent, LogEvent, EndEvent)
+    cls.type: cls for cls in (StartEvent, StepEvent, EvalEvent, CheckpointEvent, LogEvent, PhaseEvent,
+                              EndEvent)
 }
 
 
-def from_dict(data: dict[str, Any]) -> Event | None:
-    """Rebuild an event from its JSON form; None for an unknown type (a newer writer)."""
-    cls = EVENT_TYPES.get(data.get("type", ""))
+class BadEventLine(ValueError):
+    """A line of events.jsonl that is not an event (not a JSON object, fields missing)."""
+
+
+def from_dict(data: Any) -> Event | None:
+    """Rebuild an event from its JSON form; None for an unknown type (a newer writer).
+
+    Raises BadEventLine for anything that is not an event: not an object, a known type with
+    fields missing, or a time that is not a number."""
+    if not isinstance(data, dict):
+        raise BadEventLine(f"not a JSON object: {type(data).__name__}")
+    cls = EVENT_TYPES.get(str(data.get("type", "")))
     if cls is None:
         return None
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    try:
+        event = cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise BadEventLine(str(exc)) from None
+    if not isinstance(event.time, (int, float)) or isinstance(event.time, bool):
+        raise BadEventLine(f"time is not a number: {event.time!r}")
+    return event
 
 
 class EventLog:
@@ -163,6 +207,11 @@ class LineTail:
         self._offset = 0
         self._partial = b""
 
+    @property
+    def offset(self) -> int:
+        """Bytes of the file read so far."""
+        return self._offset
+
     def poll(self) -> list[bytes]:
         try:
             with open(self.path, "rb") as fh:
@@ -177,11 +226,19 @@ class LineTail:
 
 
 class EventFollower:
-    """Reads new events from a growing `events.jsonl` (for attaching to a live run)."""
+    """Reads new events from a growing `events.jsonl` (for attaching to a live run).
+
+    A line that is not an event is skipped and counted in `skipped`: one bad line never stops
+    the rest of the run (or other runs) from being read."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._tail = LineTail(self.path)
+        self.skipped = 0
+
+    @property
+    def offset(self) -> int:
+        return self._tail.offset
 
     def poll(self) -> list[Event]:
         out = []
@@ -190,7 +247,8 @@ class EventFollower:
                 continue
             try:
                 event = from_dict(json.loads(line))
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, RecursionError):
+                self.skipped += 1
                 continue
             if event is not None:
                 out.append(event)

@@ -118,7 +118,7 @@ def test_long_curves_are_thinned_but_keep_their_last_point():
 
 def test_the_runs_list_rereads_only_runs_that_changed(tmp_path):
     from pefttool.events import EventLog, LogEvent
-    from pefttool.tui.screens.runs import scan_runs
+    from pefttool.runs import list_runs as scan_runs
     from test_tui_support import write_canned_run
 
     done = write_canned_run(tmp_path, "done-1")
