@@ -74,7 +74,6 @@ class DashboardScreen(AppScreen):
 
     BINDINGS = [
         Binding("s", "stop", "Stop run"),
-        Binding("r", "resume", "Resume"),
         Binding("escape", "back", "Back"),
     ]
 
