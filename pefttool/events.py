@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-EVENTS_FILE = "events.jsonl"
+from .rundir import EVENTS_FILE  # noqa: E402  (the run directory's names live in one place)
 
 
 @dataclass
@@ -51,6 +51,7 @@ class StartEvent(Event):
     resumed_from_step: int = 0
     data: dict[str, Any] = field(default_factory=dict)   # cleaning counts per split
     safety: dict[str, Any] = field(default_factory=dict)  # allow_pickle, trust_remote_code
+    processes: int = 1                # training processes (DDP/FSDP ranks); 1 = a single process
 
 
 @dataclass
@@ -152,27 +153,21 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
-class BadEventLine(ValueError):
-    """A line of events.jsonl that is not an event (not a JSON object, fields missing)."""
-
-
 def from_dict(data: Any) -> Event | None:
-    """Rebuild an event from its JSON form; None for an unknown type (a newer writer).
-
-    Raises BadEventLine for anything that is not an event: not an object, a known type with
-    fields missing, or a time that is not a number."""
+    """Rebuild an event from its JSON form; None for anything that is not one (an unknown
+    type from a newer writer, a damaged line: a list, missing fields)."""
     if not isinstance(data, dict):
-        raise BadEventLine(f"not a JSON object: {type(data).__name__}")
-    cls = EVENT_TYPES.get(str(data.get("type", "")))
+        return None
+    cls = EVENT_TYPES.get(data.get("type", "")) if isinstance(data.get("type"), str) else None
     if cls is None:
         return None
     names = {f.name for f in fields(cls)}
     try:
         event = cls(**{k: v for k, v in data.items() if k in names})
-    except TypeError as exc:
-        raise BadEventLine(str(exc)) from None
+    except TypeError:  # a required field missing
+        return None
     if not isinstance(event.time, (int, float)) or isinstance(event.time, bool):
-        raise BadEventLine(f"time is not a number: {event.time!r}")
+        return None   # a time that is not a number would break every reader's arithmetic
     return event
 
 
@@ -234,7 +229,7 @@ class EventFollower:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._tail = LineTail(self.path)
-        self.skipped = 0
+        self.skipped = 0  # lines that were not an event (damaged, or from a newer writer)
 
     @property
     def offset(self) -> int:
@@ -248,8 +243,9 @@ class EventFollower:
             try:
                 event = from_dict(json.loads(line))
             except (ValueError, TypeError, RecursionError):
+                event = None
+            if event is None:
                 self.skipped += 1
-                continue
-            if event is not None:
+            else:
                 out.append(event)
         return out

@@ -55,55 +55,66 @@ class RunState:
     def path(self) -> Path:
         return self.run_dir
 
+    @property
+    def skipped_lines(self) -> int:
+        return self.bad_lines
+
     def apply(self, events: Iterable[Event]) -> None:
+        """Fold events in; one with a field of the wrong type is skipped and counted."""
         for event in events:
-            if isinstance(event, StepEvent):
-                self.last_step = event
-                self.phase = None
-                elapsed = float(event.elapsed_s)
-                window = elapsed - self._prev_elapsed
-                if window > 0:
-                    self._tokens += float(event.tokens_per_s) * window
-                    self._token_s += window
-                self._prev_elapsed = elapsed
-                if self.keep_history:
-                    self.steps.append(event)
-            elif isinstance(event, EvalEvent):
-                self.last_eval = event
-                if event.before:
-                    self.baseline = event
-                elif event.is_best or self.best_eval is None:
-                    self.best_eval = event
-                if self.keep_history:
-                    self.evals.append(event)
-            elif isinstance(event, LogEvent):
-                if self.keep_history:
-                    self.logs.append(event)
-            elif isinstance(event, CheckpointEvent):
-                if self.keep_history:
-                    self.checkpoints.append(event)
-            elif isinstance(event, PhaseEvent):
-                self.phase = event
-                if event.phase == "loading" and self.end is not None:
-                    self.end = None    # a resume is loading: the run continues
-                self._pid = event.pid
-            elif isinstance(event, StartEvent):
-                if self.start is not None and self.end is None:
-                    # the previous process died without an end event: its time runs to its
-                    # last event
-                    self._closed_s += max(0.0, self.last_time - self.start.time)
-                self.start = event
-                self._pid = event.pid
-                self.first_start = self.first_start or event
-                self.segments += 1
-                self.end = None        # a start after an end: the run continues (resumed)
-                self.phase = None
-                self._prev_elapsed = 0.0 if self.last_step is None else float(self.last_step.elapsed_s)
-            elif isinstance(event, EndEvent):
-                self.end = event
-                self.phase = None
-                self._closed_s += max(0.0, float(event.duration_s))
-            self.last_time = max(self.last_time, float(event.time))
+            try:
+                self._apply_one(event)
+            except (TypeError, ValueError, AttributeError):
+                self.bad_lines += 1
+
+    def _apply_one(self, event: Event) -> None:
+        if isinstance(event, StepEvent):
+            self.last_step = event
+            self.phase = None
+            elapsed = float(event.elapsed_s)
+            window = elapsed - self._prev_elapsed
+            if window > 0:
+                self._tokens += float(event.tokens_per_s) * window
+                self._token_s += window
+            self._prev_elapsed = elapsed
+            if self.keep_history:
+                self.steps.append(event)
+        elif isinstance(event, EvalEvent):
+            self.last_eval = event
+            if event.before or event.step == 0:   # step 0: the baseline (older runs lack `before`)
+                self.baseline = event
+            elif event.is_best or self.best_eval is None:
+                self.best_eval = event
+            if self.keep_history:
+                self.evals.append(event)
+        elif isinstance(event, LogEvent):
+            if self.keep_history:
+                self.logs.append(event)
+        elif isinstance(event, CheckpointEvent):
+            if self.keep_history:
+                self.checkpoints.append(event)
+        elif isinstance(event, PhaseEvent):
+            self.phase = event
+            if event.phase == "loading" and self.end is not None:
+                self.end = None    # a resume is loading: the run continues
+            self._pid = event.pid
+        elif isinstance(event, StartEvent):
+            if self.start is not None and self.end is None:
+                # the previous process died without an end event: its time runs to its
+                # last event
+                self._closed_s += max(0.0, self.last_time - self.start.time)
+            self.start = event
+            self._pid = event.pid
+            self.first_start = self.first_start or event
+            self.segments += 1
+            self.end = None        # a start after an end: the run continues (resumed)
+            self.phase = None
+            self._prev_elapsed = 0.0 if self.last_step is None else float(self.last_step.elapsed_s)
+        elif isinstance(event, EndEvent):
+            self.end = event
+            self.phase = None
+            self._closed_s += max(0.0, float(event.duration_s))
+        self.last_time = max(self.last_time, float(event.time))
 
     # -- what screens and commands show
 
@@ -222,8 +233,9 @@ def summarize(run_dir: Path, keep_history: bool = False) -> RunState:
     skipped and counted in `bad_lines`."""
     state = RunState(run_dir=Path(run_dir), keep_history=keep_history)
     follower = EventFollower(state.run_dir / EVENTS_FILE)
-    state.apply(follower.poll())
+    events = follower.poll()
     state.bad_lines = follower.skipped
+    state.apply(events)
     return state
 
 
