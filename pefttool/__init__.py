@@ -11,6 +11,8 @@ import pluggy
 
 from .errors import (DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError,
                      TrainingError)
+from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, LogEvent, PhaseEvent, StartEvent,
+                     StepEvent)
 from .recipe import Recipe, load_recipe, validate_recipe
 from .strategy import Strategy, StrategyOptions
 
@@ -30,6 +32,8 @@ def run(recipe: Recipe, resume: bool = False, **kwargs: Any) -> RunResult:
 
 
 __all__ = [
+    "CheckpointEvent", "EndEvent", "EvalEvent", "Event", "LogEvent", "PhaseEvent", "StartEvent",
+    "StepEvent",
     "DataError", "ModelError", "OutputError", "PefttoolError", "PluginError", "Recipe", "RecipeError",
     "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "load_recipe",
     "run", "validate_recipe", "__version__",

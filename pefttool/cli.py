@@ -275,7 +275,7 @@ def cmd_recipes() -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from .errors import OutputError
-    from .runs import list_runs
+    from .runs import format_duration, list_runs
 
     if args.root.exists() and not args.root.is_dir():
         raise OutputError(f"{args.root} is a file; pefttool runs takes the folder that holds run "
@@ -284,8 +284,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs under {args.root}")
     for run in runs:
+        # the baseline before training is "before", never the best
         best = f"{run.metric}={run.best:.4f}" if run.best is not None else "-"
-        print(f"{run.status:<13} {str(run.path):<40} {best:<22} {run.duration_s:7.0f}s")
+        before = f"before {run.before:.4f}" if run.before is not None else ""
+        print(f"{run.status:<13} {str(run.path):<40} {best:<22} {format_duration(run.duration_s):>7} "
+              f"{before}".rstrip())
+        if run.bad_lines:
+            print(f"warning: {run.path}: {run.bad_lines} line(s) of events.jsonl are not events "
+                  f"and were skipped", file=sys.stderr)
     return 0
 
 
