@@ -348,6 +348,8 @@ class _TrainingRun:
         no_decay = [p for p in trainable if p.ndim < 2]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": r.train.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=r.train.lr)
+        from .data.sampling import EpochShuffleSampler
+
         self.sampler = EpochShuffleSampler(len(self.data.train), r.train.seed)
         # Its own generator: starting a pass over a DataLoader otherwise draws from the global
         # RNG (which dropout uses), and a resumed run starts its pass mid-epoch, after the
@@ -614,21 +616,3 @@ class _TrainingRun:
             exit_code=result.exit_code))
         return result
 
-
-class EpochShuffleSampler:
-    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same order."""
-
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        import torch
-
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.size, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.size
