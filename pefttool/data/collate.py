@@ -11,12 +11,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
-def count_tokens(batch: dict[str, Any]) -> int:
-    """Non-pad tokens in a collated batch (for tokens/s)."""
-    return int(batch["attention_mask"].sum())
-
-
 @dataclass
 class Collator:
     """Pads a list of rows to the longest in the batch (right padding).

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
 from .cleaning import _empty_message, _new_counts, _read_file, _Spec, _summary
-from .collate import Collator, count_tokens
+from .collate import Collator
 from .encoding import _Encoder
 from .reading import _quiet_datasets
 from .sources import _source
@@ -43,10 +43,6 @@ class PreparedData:
     eval_prompts: list[str] | None = None
     eval_answers: list[str] | None = None
     eval_prompt_ids: list[list[int]] | None = None
-
-    @staticmethod
-    def token_count(batch: dict[str, Any]) -> int:
-        return count_tokens(batch)
 
 
 def prepare_data(

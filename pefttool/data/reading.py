@@ -3,7 +3,6 @@ line), a cleaned copy when rows are skipped, and the load through `datasets`."""
 
 from __future__ import annotations
 
-import codecs
 import csv
 import hashlib
 import io
@@ -63,10 +62,10 @@ class _Lines:
     """A binary file's lines as text; bytes that are not UTF-8 are kept (surrogateescape)
     and their places remembered, so the caller can say which line, byte and column."""
 
-    def __init__(self, fh):
+    def __init__(self, fh, offset: int = 0):
         self.fh = fh
         self.line = 0
-        self.offset = 0
+        self.offset = offset
         self.bad: list[tuple[int, int]] = []  # (line, byte offset)
 
     def __iter__(self) -> Iterator[str]:
@@ -74,8 +73,6 @@ class _Lines:
             self.line += 1
             start = self.offset
             self.offset += len(raw)
-            if self.line == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw, start = raw[len(codecs.BOM_UTF8):], start + len(codecs.BOM_UTF8)
             try:
                 yield raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -121,7 +118,7 @@ def _csv_records(src: _Source) -> Iterator[tuple[Any, ...]]:
     """Yield ('header', record) then (row, line, record | None, problem | None) per data row."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     with src.open() as fh:
-        lines = _Lines(fh)
+        lines = _Lines(fh, src.bom)
         reader = csv.reader(lines, delimiter=src.delimiter)
         try:
             header = next(reader)
@@ -207,13 +204,12 @@ def _write_csv_copy(src: _Source, dest: Path) -> None:
 def _json_lines(src: _Source) -> Iterator[tuple[int, int, bytes | None, _Problem | None]]:
     """Yield (row, line, raw line | None, problem | None) per non-blank line of a JSONL file."""
     with src.open() as fh:
-        row = line = offset = 0
+        row = line = 0
+        offset = src.bom
         for raw in fh:
             line += 1
             start = offset
             offset += len(raw)
-            if line == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw, start = raw[len(codecs.BOM_UTF8):], start + len(codecs.BOM_UTF8)
             if not raw.strip():
                 continue
             row += 1
@@ -248,8 +244,6 @@ def _json_lines(src: _Source) -> Iterator[tuple[int, int, bytes | None, _Problem
 def _scan_json(src: _Source, skip: bool) -> _Scan:
     with src.open() as fh:
         head = fh.read(4096)
-    if head.startswith(codecs.BOM_UTF8):
-        head = head[len(codecs.BOM_UTF8):]
     if head.lstrip()[:1] == b"[":
         return _scan_json_array(src)
     scan = _Scan(lines=array("L"))
@@ -273,8 +267,6 @@ def _scan_json(src: _Source, skip: bool) -> _Scan:
 def _scan_json_array(src: _Source) -> _Scan:
     with src.open() as fh:
         data = fh.read()
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

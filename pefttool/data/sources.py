@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,14 +26,27 @@ class _Source:
     fmt: str  # csv | json | parquet
     delimiter: str = ","
     compression: str | None = None
+    bom: int = 0  # bytes of UTF-8 BOM skipped by the last `open()`
 
     @property
     def name(self) -> str:
         return str(self.path)
 
     def open(self):
+        """The file's (decompressed) bytes, past a leading UTF-8 BOM if there is one.
+
+        `bom` is then the number of bytes skipped, so byte offsets can still be counted from
+        the start of the file.
+        """
         opener = COMPRESSIONS.get(self.compression or "", None)
-        return opener(self.path, "rb") if opener else open(self.path, "rb")
+        fh = opener(self.path, "rb") if opener else open(self.path, "rb")
+        head = fh.read(len(codecs.BOM_UTF8))
+        if head == codecs.BOM_UTF8:
+            self.bom = len(head)
+        else:
+            fh.seek(0)
+            self.bom = 0
+        return fh
 
 
 def _source(recipe: Recipe, key: str, location: str) -> _Source:
