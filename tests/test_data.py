@@ -618,28 +618,3 @@ def test_utf8_bom_is_skipped_once_for_every_layout(tmp_path, tok, cache):
     with pytest.raises(DataError) as exc:
         prep(tmp_path, tok, cache, train="b.csv")
     assert "byte offset 17" in bad(exc)  # 3 (BOM) + 11 ("text,label" + newline) + 3 ("caf")
-
-
-def test_cache_is_keyed_on_content_not_mtime(tmp_path, tok, cache):
-    """A file edited in place with its modification time kept is read again (datasets alone
-    keys a local file on path + mtime), for a plain load and for a cleaned copy; the content
-    fingerprint is in the stats (and so in the start event and metrics.json)."""
-    import os
-
-    for skip in (False, True):
-        name = f"edit{int(skip)}.csv"
-        path = tmp_path / name
-        bad_row = [["x", "pos", "extra"]] if skip else []
-        write_csv(path, [[f"old {i}", "pos" if i % 2 else "neg"] for i in range(8)] + bad_row)
-        extra = {"on_bad_rows": "skip"} if skip else {}
-        first = prep(tmp_path, tok, cache, train=name, **extra)
-        st = os.stat(path)
-        write_csv(path, [[f"new {i}", "pos" if i % 2 else "neg"] for i in range(8)] + bad_row)
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        assert os.stat(path).st_mtime_ns == st.st_mtime_ns
-        second = prep(tmp_path, tok, cache, train=name, **extra)
-        assert all(t.startswith("old") for t in texts_of(first.train, tok))
-        assert all(t.startswith("new") for t in texts_of(second.train, tok)), name
-        fp1, fp2 = first.stats["train"]["fingerprint"], second.stats["train"]["fingerprint"]
-        assert fp1 != fp2 and fp1.split("-")[0] == str(st.st_size)
-        assert second.stats["eval"]["fingerprint"] == fp2  # held out of the same file

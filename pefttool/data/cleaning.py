@@ -172,7 +172,6 @@ def _response(value: Any, spec: _Spec, column: str) -> str:
 def _new_counts(src: _Source, source: str | None = None) -> dict[str, Any]:
     return {
         "file": src.name,
-        "fingerprint": src.fingerprint,
         "source": source or src.key,
         "rows_read": 0,
         "dropped_bad": 0,

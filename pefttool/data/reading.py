@@ -311,9 +311,10 @@ def _atomic(dest: Path, mode: str):
 
 
 def _make_copy(src: _Source, cache_root: Path | None) -> Path:
-    """A cleaned copy in the cache, named by the file's content so reruns reuse it (and
-    datasets' Arrow cache for it) and an edited file never does."""
-    ident = f"{_CACHE_VERSION}|{src.fingerprint}|{src.fmt}|{src.delimiter}|{src.compression}"
+    """A cleaned copy in the cache, named by the file's identity so reruns reuse it (and
+    datasets' Arrow cache for it)."""
+    st = src.path.stat()
+    ident = f"{_CACHE_VERSION}|{src.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{src.fmt}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:24]
     name = src.path.name[: -len(src.compression)] if src.compression else src.path.name
     if src.fmt == "json" and not name.endswith((".jsonl", ".json")):
@@ -358,11 +359,8 @@ def _load(src: _Source, scan: _Scan, cache_root: Path | None) -> datasets.Datase
                       features=datasets.Features({c: datasets.Value("string") for c in scan.columns}))
     cache = str(cache_root) if cache_root is not None else None
     try:
-        # `name` keys datasets' Arrow cache on the file's content: by itself datasets keys a
-        # local file on its path and modification time, so an edit that kept the mtime would
-        # load the old rows.
         return datasets.load_dataset(src.fmt, data_files=str(path), split="train",
-                                     cache_dir=cache, name=f"pefttool-{src.fingerprint}", **kwargs)
+                                     cache_dir=cache, **kwargs)
     except DataError:
         raise
     except Exception as exc:  # datasets/pyarrow/pandas errors carry no row: say what we know

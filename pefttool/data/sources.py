@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,23 +31,6 @@ class _Source:
     @property
     def name(self) -> str:
         return str(self.path)
-
-    @cached_property
-    def fingerprint(self) -> str:
-        """The file's content identity: its size and a fast (xxh3, 64-bit) hash of its bytes.
-
-        Caches are keyed on this, not on the modification time, so a file edited in place with
-        its mtime kept is read again; it is also reported in the start event and metrics.json.
-        """
-        import xxhash  # a dependency of datasets
-
-        digest = xxhash.xxh3_64()
-        size = 0
-        with open(self.path, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                digest.update(chunk)
-                size += len(chunk)
-        return f"{size}-{digest.hexdigest()}"
 
     def open(self):
         """The file's (decompressed) bytes, past a leading UTF-8 BOM if there is one.
