@@ -618,3 +618,20 @@ def test_utf8_bom_is_skipped_once_for_every_layout(tmp_path, tok, cache):
     with pytest.raises(DataError) as exc:
         prep(tmp_path, tok, cache, train="b.csv")
     assert "byte offset 17" in bad(exc)  # 3 (BOM) + 11 ("text,label" + newline) + 3 ("caf")
+
+
+def test_a_file_edited_in_place_with_its_mtime_kept_is_read_anew(tmp_path, tok, cache):
+    """datasets keys its cache on path + mtime: an edit that keeps the mtime (rsync -t, a
+    restored backup) trained on the old rows. pefttool keys it on the content."""
+    import os
+
+    path = write_csv(tmp_path / "train.csv", [[f"old text {i}", "neg" if i % 2 else "pos"]
+                                              for i in range(20)])
+    first = prep(tmp_path, tok, cache)
+    stat = path.stat()
+    write_csv(path, [[f"new words {i}", "neg" if i % 2 else "pos"] for i in range(20)])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = prep(tmp_path, tok, cache)
+    assert first.stats["train"]["fingerprint"] != second.stats["train"]["fingerprint"]
+    decoded = tok.decode(second.train[0]["input_ids"], skip_special_tokens=True)
+    assert "new words" in decoded and "old" not in decoded

@@ -21,9 +21,10 @@ The pipeline, for the train file and (if given) the eval file:
 Every count lands in `PreparedData.stats` and one log line per split.
 """
 
+from ..sampling import EpochShuffleSampler, LengthGroupedSampler  # batch order
 from .collate import Collator
 from .common import IGNORE_INDEX
 from .pipeline import PreparedData, prepare_data
-from .sampling import EpochShuffleSampler
 
-__all__ = ["IGNORE_INDEX", "Collator", "EpochShuffleSampler", "PreparedData", "prepare_data"]
+__all__ = ["IGNORE_INDEX", "Collator", "EpochShuffleSampler", "LengthGroupedSampler", "PreparedData",
+           "prepare_data"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, did_you_mean
 from .common import _EXAMPLES, _INT, SKIP_HINT, _one_line
-from .reading import _Problem, _load, _make_copy, _scan
+from .reading import _Problem, _load, _make_copy, _scan, content_digest
 from .sources import _Source
 
 if TYPE_CHECKING:
@@ -109,8 +109,12 @@ class _BadRow(Exception):
 
 
 class _Unknown(Exception):
-    def __init__(self, value: str):
+    def __init__(self, value: str, declared: list[str] | None = None):
         self.value = value
+        # A declared label that differs from the value only in case ("Fresh" vs "fresh"):
+        # dropping such rows silently would leave a one-class training set.
+        low = value.lower()
+        self.case_of = next((d for d in declared or [] if d.lower() == low and d != value), None)
 
 
 def _label(value: Any, declared: list[str] | None, column: str) -> str:
@@ -137,7 +141,7 @@ def _label(value: Any, declared: list[str] | None, column: str) -> str:
     if text in declared:
         return text
     if as_int is None:
-        raise _Unknown(text)
+        raise _Unknown(text, declared)
     if str(as_int) in declared:
         return str(as_int)
     if not any(_INT.fullmatch(x) for x in declared):  # names declared: an int is an id
@@ -198,9 +202,11 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
     if src.fmt != "parquet" and scan.rows == len(scan.skipped):  # datasets can't load 0 rows
         counts["rows_read"] = counts["dropped_bad"] = scan.rows
         raise DataError(_empty_message(src, counts, spec))
+    digest = content_digest(src.path)
+    counts["fingerprint"] = digest
     if scan.needs_copy:
-        scan.copy = _make_copy(src, cache_root)
-    ds = _load(src, scan, cache_root)
+        scan.copy = _make_copy(src, cache_root, digest)
+    ds = _load(src, scan, cache_root, digest)
     counts["rows_read"] = len(ds) + len(scan.skipped)
     counts["dropped_bad"] = len(scan.skipped)
     examples = [f"{p.where()} {p.what}" for p in scan.skipped[:_EXAMPLES]]
@@ -241,6 +247,11 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
                     examples.append(f"{where(row_no, bad.column)} {bad.what}")
                 continue
             except _Unknown as unk:
+                if unk.case_of is not None:
+                    raise DataError(f"{src.name}: {where(row_no, d.label_column)} value {unk.value!r} "
+                                    f"differs only in case from {unk.case_of!r} in task.labels; "
+                                    f"write task.labels with the data's spelling "
+                                    f"({unk.value!r})") from None
                 if d.unknown_labels == "error":
                     if recipe.task.type == "classification":
                         column, allowed, key = d.label_column, recipe.task.labels or [], "task.labels"

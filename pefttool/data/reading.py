@@ -310,11 +310,20 @@ def _atomic(dest: Path, mode: str):
             tmp.unlink()
 
 
-def _make_copy(src: _Source, cache_root: Path | None) -> Path:
-    """A cleaned copy in the cache, named by the file's identity so reruns reuse it (and
+def content_digest(path: Path) -> str:
+    """What the data is, not when it was saved: size + BLAKE2b of the bytes (about 1 GB/s).
+    Keys every cache, so a file edited in place with its mtime kept is never read stale."""
+    h = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 23):
+            h.update(chunk)
+    return f"{path.stat().st_size:x}-{h.hexdigest()}"
+
+
+def _make_copy(src: _Source, cache_root: Path | None, digest: str) -> Path:
+    """A cleaned copy in the cache, named by the file's content so reruns reuse it (and
     datasets' Arrow cache for it)."""
-    st = src.path.stat()
-    ident = f"{_CACHE_VERSION}|{src.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{src.fmt}"
+    ident = f"{_CACHE_VERSION}|{src.path.resolve()}|{digest}|{src.fmt}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:24]
     name = src.path.name[: -len(src.compression)] if src.compression else src.path.name
     if src.fmt == "json" and not name.endswith((".jsonl", ".json")):
@@ -347,7 +356,9 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def _load(src: _Source, scan: _Scan, cache_root: Path | None) -> datasets.Dataset:
+def _load(src: _Source, scan: _Scan, cache_root: Path | None, digest: str) -> datasets.Dataset:
+    """Load through datasets, with its Arrow cache in a folder named by the file's content:
+    datasets keys its own cache on the file's path and modification time only."""
     import datasets
 
     path = scan.copy or src.path
@@ -357,7 +368,7 @@ def _load(src: _Source, scan: _Scan, cache_root: Path | None) -> datasets.Datase
         # guessing that would turn label "01" into 1 or a text "1e5" into 100000.0.
         kwargs = dict(keep_default_na=False, sep=src.delimiter,
                       features=datasets.Features({c: datasets.Value("string") for c in scan.columns}))
-    cache = str(cache_root) if cache_root is not None else None
+    cache = str(_cache_root(cache_root) / "pefttool-by-content" / digest)
     try:
         return datasets.load_dataset(src.fmt, data_files=str(path), split="train",
                                      cache_dir=cache, **kwargs)
