@@ -467,7 +467,8 @@ class _TrainingRun:
         hf_logging.disable_progress_bar()  # "Writing model shards" bars would garble our output
         if r.train.threads:
             torch.set_num_threads(r.train.threads)
-        # Denormal floats make the first CPU steps of a real model 10-25x slower (STACK.md).
+        # Denormal floats make the first CPU steps of a real model 10-25x slower (measured on
+        # SmolLM2-135M on CPU).
         torch.set_flush_denormal(True)
         set_seed(r.train.seed)
         use_cpu = r.train.device == "cpu" or (r.train.device == "auto" and not torch.cuda.is_available())
