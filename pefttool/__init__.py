@@ -7,16 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
 from .errors import (DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError,
                      TrainingError)
+from .hookspecs import hookimpl
 from .recipe import Recipe, load_recipe, validate_recipe
 from .strategy import Strategy, StrategyOptions
 
 __version__ = "0.1.0"
 
-hookimpl = pluggy.HookimplMarker("pefttool")
 
 if TYPE_CHECKING:
     from .engine import RunResult

@@ -60,8 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args)
     except PefttoolError as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
+        if os.environ.get(DEBUG_ENV):  # the traceback too, but the same exit code
+            import traceback
+
+            traceback.print_exc()
+        if getattr(args, "json", False):  # a --json command answers in JSON on stdout, also to fail
+            print(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -93,9 +97,14 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from .plugins import get_plugin_host
     from .recipe import load_recipe
+    from .strategy import call_strategy
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    host = get_plugin_host()
+    recipe = load_recipe(args.recipe, args.overrides, options_for=host.options_for)
+    # the strategy's own checks that need no model (a library this machine lacks, say)
+    call_strategy(host.strategies[recipe.method.strategy], "check", recipe, recipe.strategy_options)
     print(f"{args.recipe}: ok ({recipe.task.type}, strategy {recipe.method.strategy}, "
           f"model {recipe.model.path})")
     return 0
@@ -117,10 +126,14 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    import contextlib
+
     from .plugins import get_plugin_host
 
-    host = get_plugin_host()
-    rows = host.describe()
+    # With --json, whatever a plugin prints while loading goes to stderr: stdout is the JSON.
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+        host = get_plugin_host()
+        rows = host.describe()
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -129,6 +142,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{row['name']:<12} {source:<24} strategies: {', '.join(row['strategies']) or '-'}")
         for name in row["strategies"]:
             print(f"{'':<12}   {name}: {host.strategies[name].description}")
+            for key, spec in row["strategy_options"][name].get("properties", {}).items():
+                default = f" (default {json.dumps(spec['default'])})" if "default" in spec else ""
+                print(f"{'':<12}     {key}{default}: {spec.get('description', '')}".rstrip(": "))
     return 0
 
 

@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .checkpoints import TrainState, checkpoint_dir, latest_checkpoint, replace_dir, save_checkpoint
-from .errors import OutputError, PefttoolError, TrainingError
+from .errors import OutputError, PefttoolError, PluginError, TrainingError
 from .events import (EVENTS_FILE, CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent,
                      StartEvent, StepEvent)
-from .plugins import PluginHost, get_plugin_host
+from .plugins import ObserverError, PluginHost, get_plugin_host
+from .strategy import call_strategy
 from .recipe import Recipe
 
 MODEL_DIR = "model"
@@ -68,13 +69,14 @@ def run_recipe(
     host = host or get_plugin_host()
     strategy = host.strategies[recipe.method.strategy]
     options = recipe.strategy_options
-    strategy.check(recipe, options)
+    call_strategy(strategy, "check", recipe, options)
     run_dir, checkpoint = _prepare_run_dir(recipe, resume, run_dir)
     names = [f"observer-{id(o)}" for o in observers]
     for name, obs in zip(names, observers):
         host.register(obs, name)
     log = EventLog(run_dir)
     emitter = _Emitter(host, log)
+    on_error_before, host.on_error = host.on_error, recipe.plugins.on_error
     started = time.time()
     flushed_before = _denormals_flushed()
     try:
@@ -96,6 +98,7 @@ def run_recipe(
         raise
     finally:
         log.close()
+        host.on_error = on_error_before
         for name in names:
             host.unregister(name)
         # The loop flushes denormals (fast CPU steps); that is process-wide CPU state, so give
@@ -119,11 +122,16 @@ class _Emitter:
         self.host, self.log = host, log
         self.last_step = 0
         self.ended = False
+        self.muted = False  # while saving after an observer failed: write events, raise nothing
 
     def __call__(self, event: Event) -> None:
         self.log.write(event)
         self.last_step = getattr(event, "step", self.last_step)
-        self.host.fire(_HOOK_FOR[event.type], event=event)
+        try:
+            self.host.fire(_HOOK_FOR[event.type], event=event)
+        except PluginError:
+            if not self.muted:
+                raise
 
     def info(self, message: str, level: str = "info") -> None:
         self(LogEvent(level=level, message=message))
@@ -133,9 +141,13 @@ class _Emitter:
             self.ended = True
             try:
                 self(event)
+            except PluginError as exc:
+                # an observer failing at the very end is reported, but must not change the
+                # run's own outcome (its exit code and message)
+                print(f"warning: {exc} (after the run ended {event.status}; its outcome stands)",
+                      file=sys.stderr)
             except (PefttoolError, OSError):
-                # an observer failing at the very end, or a full disk refusing the last line of
-                # events.jsonl, must not hide the run's own error
+                # a full disk refusing the last line of events.jsonl must not hide the run's own error
                 pass
 
 
@@ -336,8 +348,8 @@ class _TrainingRun:
         self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
         model = load_model(r, self.strategy, self.options, label_names=self.data.label_names,
                            tokenizer=self.tokenizer)
-        model = self.strategy.wrap(model, r, self.options)
-        self.description = self.strategy.describe(model)
+        model = call_strategy(self.strategy, "wrap", model, r, self.options)
+        self.description = call_strategy(self.strategy, "describe", model)
         self.safety = safety_summary(r)
 
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -390,8 +402,23 @@ class _TrainingRun:
                            f"{state.epoch + 1}, batch {state.batches_done})")
         if r.eval.before_training and state.global_step == 0 and not state.history:
             self._evaluate(before=True)
-        status = self._train()
+        try:
+            status = self._train()
+        except ObserverError as exc:
+            raise self._observer_failed(exc) from exc
         return self._finish(status, started)
+
+    def _observer_failed(self, exc: ObserverError) -> ObserverError:
+        """An observer raised mid-run: keep the work (a checkpoint), then fail resumably."""
+        self.emit.muted = True
+        try:
+            self._checkpoint("stop")
+        finally:
+            self.emit.muted = False
+        return ObserverError(f"{exc}; the run stopped at step {self.state.global_step} with a "
+                             f"checkpoint: continue with pefttool resume {self.run_dir}, or set "
+                             f"plugins.on_error = \"warn\" to keep training past it",
+                             exc.plugin, exc.hook)
 
     def _train(self) -> str:
         """The loop. Returns how it ended: completed | early_stopped | interrupted."""
@@ -552,7 +579,7 @@ class _TrainingRun:
         try:
             tmp.mkdir()
             model = self.accelerator.unwrap_model(self.model)
-            self.strategy.save(model, tmp, self.recipe, self.options)
+            call_strategy(self.strategy, "save", model, tmp, self.recipe, self.options, training=True)
             self.tokenizer.save_pretrained(tmp)
             if self.data.label_names:
                 (tmp / "labels.json").write_text(json.dumps(

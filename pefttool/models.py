@@ -271,7 +271,9 @@ def load_model(
     import transformers
 
     source, kwargs = check_model_source(recipe)
-    kwargs.update(strategy.load_kwargs(recipe, options) or {})
+    from .strategy import call_strategy
+
+    kwargs.update(call_strategy(strategy, "load_kwargs", recipe, options) or {})
     kwargs["dtype"] = _DTYPES[recipe.model.dtype]
     if recipe.task.type == "classification":
         cls = transformers.AutoModelForSequenceClassification

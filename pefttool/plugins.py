@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import inspect
 import os
+import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,6 +24,19 @@ from .strategy import Strategy
 
 GROUP = "pefttool"
 ENV_SELECT = "PEFTTOOL_PLUGINS"
+#: a plugin whose import takes longer than this (seconds) gets one warning at start-up
+SLOW_IMPORT_S = 0.5
+
+
+class ObserverError(PluginError):
+    """A plugin raised in an observer hook while the run was going: the run is checkpointed
+    first and can be resumed, so it counts as a failed run (exit 3), not bad input."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, plugin: str, hook: str):
+        super().__init__(message)
+        self.plugin, self.hook = plugin, hook
 
 
 @dataclass
@@ -32,6 +47,7 @@ class PluginInfo:
     version: str = ""
     strategies: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
+    import_s: float = 0.0
 
 
 class PluginHost:
@@ -42,6 +58,11 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.strategies: dict[str, Strategy] = {}
         self.infos: dict[str, PluginInfo] = {}
+        #: installed plugins that PEFTTOOL_PLUGINS left out (named in "unknown strategy" errors)
+        self.filtered: list[str] = []
+        #: "stop" | "warn": what an observer's exception during a run does (recipe plugins.on_error)
+        self.on_error = "stop"
+        self._warned: set[tuple[str, str]] = set()
 
     @property
     def hook(self) -> Any:
@@ -54,6 +75,7 @@ class PluginHost:
         seen: dict[str, str] = {}  # plugin name → the distribution that installed it
         for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
             if not selector.allows(ep.name):
+                self.filtered.append(ep.name)
                 continue
             dist = ep.dist.name if ep.dist else ""
             version = ep.dist.version if ep.dist else ""
@@ -63,14 +85,22 @@ class PluginHost:
                 raise PluginError(f"two installed distributions declare a plugin named '{ep.name}': "
                                   f"'{seen[ep.name]}' and '{dist}'; uninstall one of them")
             seen[ep.name] = dist
+            began = time.perf_counter()
             try:
                 module = ep.load()
-            except Exception as exc:  # any import failure is the plugin's, and named as such
+            except (Exception, SystemExit) as exc:  # any import failure is the plugin's, and named as such
+                what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
                 raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: "
+                    f"plugin '{ep.name}' ({ep.value}) failed to import: {what}: "
                     f"{_one_line(exc)}; fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
                 ) from exc
+            took = time.perf_counter() - began
             self.register(module, ep.name, distribution=dist, version=version)
+            self.infos[ep.name].import_s = round(took, 3)
+            if took > SLOW_IMPORT_S:
+                print(f"warning: plugin '{ep.name}' took {took:.1f}s to import, which every "
+                      f"pefttool command pays; import heavy libraries (torch, peft) inside the "
+                      f"strategy's methods instead of at module top", file=sys.stderr)
         for name in sorted(selector.wanted - seen.keys()):
             raise PluginError(f"{ENV_SELECT} names '{name}', but no plugin of that name is installed "
                               f"(pefttool plugins lists them)")
@@ -91,6 +121,14 @@ class PluginHost:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
             raise PluginError(f"plugin '{name}' is invalid: {_one_line(exc)}") from exc
+        wrappers = sorted(c.name for c in self.pm.get_hookcallers(plugin) or []
+                          for i in c.get_hookimpls()
+                          if i.plugin is plugin and (i.hookwrapper or getattr(i, "wrapper", False)))
+        if wrappers:
+            self.pm.unregister(name=name)
+            raise PluginError(f"plugin '{name}' implements {', '.join(wrappers)} as a hook wrapper, "
+                              f"which pefttool's observer hooks do not support; drop "
+                              f"wrapper=True/hookwrapper=True and implement the hook plainly")
         try:
             self.pm.check_pending()  # a misspelled hook name would otherwise never be called
         except pluggy.PluginValidationError as exc:
@@ -142,14 +180,54 @@ class PluginHost:
     # -- firing observer hooks
 
     def fire(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook on every plugin, naming the plugin if one raises."""
+        """Call an observer hook on every plugin, naming the plugin if one raises.
+
+        Each implementation is called on its own (so an error names its plugin); hook wrappers
+        are refused at registration, so nothing pluggy would add around the call is skipped.
+        With `on_error = "warn"` an exception is one warning line per plugin and hook, and the
+        other plugins still see the event; with "stop" it raises `ObserverError`.
+        """
         caller = getattr(self.pm.hook, hook_name)
         for impl in reversed(caller.get_hookimpls()):
-            call_hook(impl.plugin_name, hook_name, impl.function,
-                      **{k: v for k, v in kwargs.items() if k in impl.argnames})
+            try:
+                call_hook(impl.plugin_name, hook_name, impl.function,
+                          **{k: v for k, v in kwargs.items() if k in impl.argnames})
+            except PluginError as exc:
+                if self.on_error == "warn":
+                    if (impl.plugin_name, hook_name) not in self._warned:
+                        self._warned.add((impl.plugin_name, hook_name))
+                        print(f"warning: {exc} (plugins.on_error = \"warn\": the run goes on; "
+                              f"further errors of this hook are not repeated)", file=sys.stderr)
+                    continue
+                raise ObserverError(str(exc), impl.plugin_name, hook_name) from exc
+
+    def strategy_for(self, name: str) -> Strategy:
+        """The strategy a recipe names; `LookupError` with a one-line problem if none."""
+        strategy = self.strategies.get(name)
+        if strategy is not None:
+            return strategy
+        known = sorted(self.strategies)
+        hint = did_you_mean(name, known)
+        filtered = ""
+        if self.filtered:
+            filtered = (f"; {ENV_SELECT} left out plugin(s) {', '.join(self.filtered)}, one of "
+                        f"which may provide it (unset {ENV_SELECT} or add the plugin to it)")
+        raise LookupError(f"no strategy named '{name}'{hint}; installed: "
+                          f"{', '.join(known) or 'none'} (pefttool plugins lists them){filtered}")
+
+    def options_for(self, name: str) -> type:
+        """The options model of the strategy a recipe names (for `validate_recipe`)."""
+        return self.strategy_for(name).Options
 
     def describe(self) -> list[dict[str, Any]]:
-        return [vars(info) | {"strategies": list(info.strategies)} for info in self.infos.values()]
+        """Each plugin with its hooks, strategies and each strategy's options (JSON schema)."""
+        rows = []
+        for info in self.infos.values():
+            row = vars(info) | {"strategies": list(info.strategies)}
+            row["strategy_options"] = {
+                s: self.strategies[s].Options.model_json_schema() for s in info.strategies}
+            rows.append(row)
+        return rows
 
 
 def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:

@@ -12,7 +12,7 @@ import re
 import tomllib
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Callable, Literal, Union, get_args, get_origin
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator)
@@ -139,6 +139,12 @@ class OutputSection(Section):
     overwrite: bool = False
 
 
+class PluginsSection(Section):
+    on_error: Literal["stop", "warn"] = Field(
+        "stop", description="an observer plugin raising during a run: checkpoint and stop (exit 3), "
+                            "or print one warning and go on")
+
+
 class Recipe(Section):
     name: str = ""
     description: str = ""
@@ -150,6 +156,7 @@ class Recipe(Section):
     eval: EvalSection = EvalSection()
     early_stopping: EarlyStoppingSection = EarlyStoppingSection()
     output: OutputSection = OutputSection()
+    plugins: PluginsSection = PluginsSection()
 
     # Set by `validate_recipe`, never by the TOML: where relative paths are resolved from,
     # where the recipe came from, and the strategy's validated options.
@@ -253,13 +260,14 @@ def load_recipe(
     overrides: list[str] | None = None,
     plugins: PluginHost | None = None,
     check_files: bool = True,
+    options_for: Callable[[str], type[BaseModel]] | None = None,
 ) -> Recipe:
     """Read, override and validate a recipe; raise `RecipeError` listing every problem."""
     path = Path(path)
     data = apply_overrides(read_toml(path), overrides or [])
     data.setdefault("name", path.stem)
     return validate_recipe(data, source=str(path), base_dir=path.parent.resolve(),
-                           plugins=plugins, check_files=check_files)
+                           plugins=plugins, check_files=check_files, options_for=options_for)
 
 
 def validate_recipe(
@@ -268,12 +276,20 @@ def validate_recipe(
     base_dir: Path | None = None,
     plugins: PluginHost | None = None,
     check_files: bool = True,
+    options_for: Callable[[str], type[BaseModel]] | None = None,
 ) -> Recipe:
-    """Validate plain data as a recipe; every problem is collected before raising."""
-    if plugins is None:
-        from .plugins import get_plugin_host
+    """Validate plain data as a recipe; every problem is collected before raising.
 
-        plugins = get_plugin_host()
+    `options_for(name)` gives the options model of the strategy named `name`, or raises
+    `LookupError` whose message is the problem to report. Without it (nor `plugins`, a host
+    whose `options_for` is used) the process-wide plugin host is asked.
+    """
+    if options_for is None:
+        if plugins is None:
+            from .plugins import get_plugin_host
+
+            plugins = get_plugin_host()
+        options_for = plugins.options_for
     problems: list[str] = []
     recipe: Recipe | None = None
     try:
@@ -285,20 +301,16 @@ def validate_recipe(
     strategy_name = method.get("strategy", "lora")
     options_model = None
     if isinstance(strategy_name, str):
-        strategy = plugins.strategies.get(strategy_name)
-        if strategy is None:
-            known = sorted(plugins.strategies)
-            hint = did_you_mean(strategy_name, known)
-            problems.append(
-                f"method.strategy: no strategy named '{strategy_name}'{hint}; installed: "
-                f"{', '.join(known) or 'none'} (pefttool plugins lists them)"
-            )
+        try:
+            options_cls = options_for(strategy_name)
+        except LookupError as exc:
+            problems.append(f"method.strategy: {exc.args[0] if exc.args else exc}")
         else:
             opts = {k: v for k, v in method.items() if k != "strategy"}
             try:
-                options_model = strategy.Options.model_validate(opts, strict=True)
+                options_model = options_cls.model_validate(opts, strict=True)
             except ValidationError as exc:
-                problems += _describe_all(exc, strategy.Options, opts, prefix="method",
+                problems += _describe_all(exc, options_cls, opts, prefix="method",
                                           also_allowed=["strategy"])
 
     if recipe is not None:

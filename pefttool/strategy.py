@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
+from .errors import PefttoolError, PluginError
+
 if TYPE_CHECKING:
     import torch
 
@@ -98,3 +100,23 @@ def _quant_state_bytes(state: Any) -> int:
         elif hasattr(value, "absmax"):
             total += _quant_state_bytes(value)
     return total
+
+
+class StrategyError(PluginError):
+    """A strategy's method raised something other than a `PefttoolError`: named by strategy,
+    plugin and method; bad input (exit 2) before training, a failed run (exit 3) during it."""
+
+
+def call_strategy(strategy: Strategy, method: str, *args: Any, training: bool = False) -> Any:
+    """Call `strategy.<method>(*args)`, turning an unexpected exception into a `StrategyError`
+    that names the strategy, its plugin and the method (a `PefttoolError` passes through)."""
+    try:
+        return getattr(strategy, method)(*args)
+    except PefttoolError:
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        error = StrategyError(f"strategy '{strategy.name}' ({strategy.plugin or 'unregistered'}) "
+                              f"failed in {method}: {type(exc).__name__}: {message}")
+        error.exit_code = 3 if training else 2
+        raise error from exc
