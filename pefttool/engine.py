@@ -26,6 +26,7 @@ from .errors import OutputError, PefttoolError, PluginError, TrainingError
 from .events import (EVENTS_FILE, CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent,
                      StartEvent, StepEvent)
 from .plugins import ObserverError, PluginHost, get_plugin_host
+from .optim import build_optimizer
 from .strategy import call_strategy
 from .recipe import Recipe
 
@@ -352,14 +353,10 @@ class _TrainingRun:
         self.description = call_strategy(self.strategy, "describe", model)
         self.safety = safety_summary(r)
 
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
+        if not any(p.requires_grad for p in model.parameters()):
             raise TrainingError(f"strategy '{r.method.strategy}' left no parameter trainable; "
                                 f"check its options")
-        decay = [p for p in trainable if p.ndim >= 2]
-        no_decay = [p for p in trainable if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": r.train.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=r.train.lr)
+        optimizer = build_optimizer(self.strategy, model, r, self.options)  # pefttool/optim.py
         self.sampler = EpochShuffleSampler(len(self.data.train), r.train.seed)
         # Its own generator: starting a pass over a DataLoader otherwise draws from the global
         # RNG (which dropout uses), and a resumed run starts its pass mid-epoch, after the
@@ -441,7 +438,12 @@ class _TrainingRun:
                     batches.set_epoch(state.epoch)
             for batch in batches:
                 with acc.accumulate(self.model):
-                    loss = self.model(**batch).loss
+                    batch = call_strategy(self.strategy, "prepare_batch", batch, r, self.options,
+                                          training=True)
+                    outputs = self.model(**batch)
+                    loss = call_strategy(self.strategy, "compute_loss", outputs, batch, r,
+                                         self.options, training=True)
+                    loss = outputs.loss if loss is None else loss
                     # One host sync per micro-batch: it names a NaN by its step, and feeds the log.
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):
