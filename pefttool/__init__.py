@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .adapters import peft_wrap
 from .errors import (DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError,
                      TrainingError)
 from .hookspecs import hookimpl
@@ -29,6 +30,6 @@ def run(recipe: Recipe, resume: bool = False, **kwargs: Any) -> RunResult:
 
 __all__ = [
     "DataError", "ModelError", "OutputError", "PefttoolError", "PluginError", "Recipe", "RecipeError",
-    "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "load_recipe",
+    "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "peft_wrap", "load_recipe",
     "run", "validate_recipe", "__version__",
 ]

@@ -118,3 +118,18 @@ def test_optimizer_problem_without_a_gpu_lists_the_runnable_ones():
     assert problem.endswith("use one of adamw, adamw_8bit, adafactor")
     assert optimizer_problem("paged_adamw_32bit", "auto", lambda: True) is None
     assert optimizer_problem("adamw", "cpu", lambda: pytest.fail("asked for no reason")) is None
+
+
+def test_peft_wrap_takes_any_peft_config_and_trains_the_head(tmp_path, tiny_classifier_dir, recwarn):
+    from peft import IA3Config
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora"))
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir)
+    wrapped = pefttool.peft_wrap(model, IA3Config(target_modules="all-linear", feedforward_modules=[]),
+                                 recipe)
+
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert any("ia3_l" in n for n in trainable)
+    assert any("modules_to_save" in n for n in trainable)  # the new head trains
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
