@@ -133,3 +133,22 @@ def test_peft_wrap_takes_any_peft_config_and_trains_the_head(tmp_path, tiny_clas
     assert any("ia3_l" in n for n in trainable)
     assert any("modules_to_save" in n for n in trainable)  # the new head trains
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+def test_the_tui_shows_a_default_factory_option_by_its_value():
+    from pydantic import Field
+
+    from pefttool.strategy import StrategyOptions
+    from pefttool.tui.screens.plugins import describe_strategies
+
+    class Opts(StrategyOptions):
+        layers: list[str] = Field(default_factory=lambda: ["query", "value"])
+
+    class WithFactory(Strategy):
+        name = "factory"
+        Options = Opts
+
+    class Host:
+        strategies = {"factory": WithFactory()}
+
+    assert describe_strategies(Host())["factory"]["options"] == [("layers", "['query', 'value']", "")]
