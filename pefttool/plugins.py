@@ -24,6 +24,8 @@ from .strategy import Strategy
 
 GROUP = "pefttool"
 ENV_SELECT = "PEFTTOOL_PLUGINS"
+#: PEFTTOOL_TRACE_HOOKS=1 prints, on stderr, which plugin answered which hook and how long it took
+ENV_TRACE = "PEFTTOOL_TRACE_HOOKS"
 #: a plugin whose import takes longer than this (seconds) gets one warning at start-up
 SLOW_IMPORT_S = 0.5
 
@@ -231,6 +233,8 @@ class PluginHost:
 
 
 def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:
+    trace = os.environ.get(ENV_TRACE, "") not in ("", "0")
+    began = time.perf_counter() if trace else 0.0
     try:
         return function(**kwargs)
     except PluginError:
@@ -238,6 +242,10 @@ def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **
     except Exception as exc:
         raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
                           f"{type(exc).__name__}: {_one_line(exc)}") from exc
+    finally:
+        if trace:
+            print(f"[hook] {hook_name} → {plugin_name}: {(time.perf_counter() - began) * 1000:.2f} ms",
+                  file=sys.stderr)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -220,3 +220,19 @@ def test_fire_still_names_the_plugin_for_plain_observers():
     with pytest.raises(ObserverError) as caught:
         host.fire("pefttool_log", event=LogEvent(level="info", message="x"))
     assert (caught.value.plugin, caught.value.hook) == ("noisy", "pefttool_log")
+
+
+def test_trace_hooks_prints_plugin_hook_and_time(monkeypatch, capsys):
+    class Quiet:
+        @pefttool.hookimpl
+        def pefttool_log(self, event):
+            pass
+
+    monkeypatch.setenv("PEFTTOOL_TRACE_HOOKS", "1")
+    host = PluginHost()
+    host.register(Quiet(), "quiet")
+    host.fire("pefttool_log", event=LogEvent(level="info", message="x"))
+
+    err = capsys.readouterr().err
+    assert "[hook] pefttool_register_strategies" not in err
+    assert err.startswith("[hook] pefttool_log → quiet: ") and err.rstrip().endswith(" ms")
