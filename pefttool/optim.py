@@ -70,13 +70,12 @@ def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float) -> torch.
 def build_optimizer(strategy: Any, model: torch.nn.Module, recipe: Recipe,
                     options: Any) -> torch.optim.Optimizer:
     """The run's optimizer: the strategy's groups (or the default two) and its own optimizer
-    (or the recipe's `train.optimizer`). Strategy errors are named by `call_strategy`."""
-    from .strategy import call_strategy
-
-    groups = call_strategy(strategy, "param_groups", model, recipe, options)
+    (or the recipe's `train.optimizer`). The engine passes a `GuardedStrategy`, so a strategy's
+    exception names the strategy and its plugin."""
+    groups = strategy.param_groups(model, recipe, options)
     if groups is None:
         groups = default_param_groups(model, recipe.train.weight_decay)
-    optimizer = call_strategy(strategy, "make_optimizer", groups, recipe, options)
+    optimizer = strategy.make_optimizer(groups, recipe, options)
     if optimizer is None:
         optimizer = make_optimizer(recipe.train.optimizer, groups, recipe.train.lr)
     return optimizer

@@ -8,11 +8,12 @@ Any failure to load is a one-line `PluginError` that names the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import inspect
 import os
-import sys
 import time
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -24,21 +25,8 @@ from .strategy import Strategy
 
 GROUP = "pefttool"
 ENV_SELECT = "PEFTTOOL_PLUGINS"
-#: PEFTTOOL_TRACE_HOOKS=1 prints, on stderr, which plugin answered which hook and how long it took
-ENV_TRACE = "PEFTTOOL_TRACE_HOOKS"
 #: a plugin whose import takes longer than this (seconds) gets one warning at start-up
 SLOW_IMPORT_S = 0.5
-
-
-class ObserverError(PluginError):
-    """A plugin raised in an observer hook while the run was going: the run is checkpointed
-    first and can be resumed, so it counts as a failed run (exit 3), not bad input."""
-
-    exit_code = 3
-
-    def __init__(self, message: str, plugin: str, hook: str):
-        super().__init__(message)
-        self.plugin, self.hook = plugin, hook
 
 
 @dataclass
@@ -60,11 +48,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.strategies: dict[str, Strategy] = {}
         self.infos: dict[str, PluginInfo] = {}
-        #: installed plugins that PEFTTOOL_PLUGINS left out (named in "unknown strategy" errors)
-        self.filtered: list[str] = []
-        #: "stop" | "warn": what an observer's exception during a run does (recipe plugins.on_error)
-        self.on_error = "stop"
-        self._warned: set[tuple[str, str]] = set()
+        self.left_out: list[str] = []  # installed plugins PEFTTOOL_PLUGINS did not load
 
     @property
     def hook(self) -> Any:
@@ -77,7 +61,7 @@ class PluginHost:
         seen: dict[str, str] = {}  # plugin name → the distribution that installed it
         for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
             if not selector.allows(ep.name):
-                self.filtered.append(ep.name)
+                self.left_out.append(ep.name)
                 continue
             dist = ep.dist.name if ep.dist else ""
             version = ep.dist.version if ep.dist else ""
@@ -89,13 +73,17 @@ class PluginHost:
             seen[ep.name] = dist
             began = time.perf_counter()
             try:
-                module = ep.load()
+                # stdout belongs to pefttool's own output (`plugins --json` must stay JSON):
+                # whatever a plugin prints while importing goes to stderr.
+                with contextlib.redirect_stdout(sys.stderr):
+                    module = ep.load()
             except (Exception, SystemExit) as exc:  # any import failure is the plugin's, and named as such
                 what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
+                detail = "" if isinstance(exc, SystemExit) else f": {_one_line(exc)}"
                 raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to import: {what}: "
-                    f"{_one_line(exc)}; fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
-                ) from exc
+                    f"plugin '{ep.name}' ({ep.value}) failed to import: {what}{detail}; fix or "
+                    f"uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
+                ) from None
             took = time.perf_counter() - began
             self.register(module, ep.name, distribution=dist, version=version)
             self.infos[ep.name].import_s = round(took, 3)
@@ -123,14 +111,6 @@ class PluginHost:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
             raise PluginError(f"plugin '{name}' is invalid: {_one_line(exc)}") from exc
-        wrappers = sorted(c.name for c in self.pm.get_hookcallers(plugin) or []
-                          for i in c.get_hookimpls()
-                          if i.plugin is plugin and (i.hookwrapper or getattr(i, "wrapper", False)))
-        if wrappers:
-            self.pm.unregister(name=name)
-            raise PluginError(f"plugin '{name}' implements {', '.join(wrappers)} as a hook wrapper, "
-                              f"which pefttool's observer hooks do not support; drop "
-                              f"wrapper=True/hookwrapper=True and implement the hook plainly")
         try:
             self.pm.check_pending()  # a misspelled hook name would otherwise never be called
         except pluggy.PluginValidationError as exc:
@@ -182,44 +162,12 @@ class PluginHost:
     # -- firing observer hooks
 
     def fire(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook on every plugin, naming the plugin if one raises.
-
-        Each implementation is called on its own (so an error names its plugin); hook wrappers
-        are refused at registration, so nothing pluggy would add around the call is skipped.
-        With `on_error = "warn"` an exception is one warning line per plugin and hook, and the
-        other plugins still see the event; with "stop" it raises `ObserverError`.
-        """
+        """Call an observer hook on every plugin through pluggy (so `wrapper=True` /
+        `hookwrapper=True` implementations work), naming the plugin if one raises."""
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            try:
-                call_hook(impl.plugin_name, hook_name, impl.function,
-                          **{k: v for k, v in kwargs.items() if k in impl.argnames})
-            except PluginError as exc:
-                if self.on_error == "warn":
-                    if (impl.plugin_name, hook_name) not in self._warned:
-                        self._warned.add((impl.plugin_name, hook_name))
-                        print(f"warning: {exc} (plugins.on_error = \"warn\": the run goes on; "
-                              f"further errors of this hook are not repeated)", file=sys.stderr)
-                    continue
-                raise ObserverError(str(exc), impl.plugin_name, hook_name) from exc
-
-    def strategy_for(self, name: str) -> Strategy:
-        """The strategy a recipe names; `LookupError` with a one-line problem if none."""
-        strategy = self.strategies.get(name)
-        if strategy is not None:
-            return strategy
-        known = sorted(self.strategies)
-        hint = did_you_mean(name, known)
-        filtered = ""
-        if self.filtered:
-            filtered = (f"; {ENV_SELECT} left out plugin(s) {', '.join(self.filtered)}, one of "
-                        f"which may provide it (unset {ENV_SELECT} or add the plugin to it)")
-        raise LookupError(f"no strategy named '{name}'{hint}; installed: "
-                          f"{', '.join(known) or 'none'} (pefttool plugins lists them){filtered}")
-
-    def options_for(self, name: str) -> type:
-        """The options model of the strategy a recipe names (for `validate_recipe`)."""
-        return self.strategy_for(name).Options
+        for impl in caller.get_hookimpls():
+            _name_failures(impl, hook_name)
+        caller(**kwargs)
 
     def describe(self) -> list[dict[str, Any]]:
         """Each plugin with its hooks, strategies and each strategy's options (JSON schema)."""
@@ -232,9 +180,13 @@ class PluginHost:
         return rows
 
 
+TRACE_ENV = "PEFTTOOL_TRACE_HOOKS"
+
+
 def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:
-    trace = os.environ.get(ENV_TRACE, "") not in ("", "0")
-    began = time.perf_counter() if trace else 0.0
+    """Call one plugin's hook function; an exception becomes a `PluginError` naming the plugin
+    and the hook. With PEFTTOOL_TRACE_HOOKS=1, each call is traced on stderr with its time."""
+    began = time.perf_counter()
     try:
         return function(**kwargs)
     except PluginError:
@@ -243,9 +195,24 @@ def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **
         raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
                           f"{type(exc).__name__}: {_one_line(exc)}") from exc
     finally:
-        if trace:
-            print(f"[hook] {hook_name} → {plugin_name}: {(time.perf_counter() - began) * 1000:.2f} ms",
+        if os.environ.get(TRACE_ENV):
+            print(f"[hook] {hook_name} → {plugin_name}: {1000 * (time.perf_counter() - began):.2f} ms",
                   file=sys.stderr)
+
+
+def _name_failures(impl: Any, hook_name: str) -> None:
+    """Wrap a plain hook implementation once, so a failure names its plugin (pluggy itself
+    re-raises the bare exception). Wrappers are left as they are: they wrap the others."""
+    if getattr(impl.function, "_pefttool_named", False) or impl.hookwrapper or \
+            getattr(impl, "wrapper", False):
+        return
+    function, plugin_name = impl.function, impl.plugin_name
+
+    def named(*args: Any) -> Any:
+        return call_hook(plugin_name, hook_name, lambda: function(*args))
+
+    named._pefttool_named = True  # type: ignore[attr-defined]
+    impl.function = named
 
 
 def _one_line(exc: BaseException) -> str:

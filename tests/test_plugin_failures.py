@@ -1,238 +1,196 @@
-"""What a plugin author hits when something goes wrong: observers failing mid-run (checkpoint,
-exit 3, resumable; or a warning), strategy errors named by strategy/plugin/method, hook
-wrappers, `validate` running Strategy.check, and plugins misbehaving at import."""
+"""What a third-party plugin author meets when their plugin fails, and the plumbing they use:
+observer failures mid-run (checkpointed, exit 3, resumable, or only a warning), strategy
+exceptions named with the plugin, strategy checks in `validate`, run_end failures reported,
+wrapper hooks, per-plugin settings, hook tracing."""
 
 from __future__ import annotations
-
-import json
-import sys
 
 import pytest
 
 import pefttool
-from pefttool import PluginError, Strategy, load_recipe
-from pefttool import plugins as plugins_module
-from pefttool.checkpoints import latest_checkpoint
-from pefttool.cli import main
-from pefttool.engine import run_recipe
-from pefttool.errors import PefttoolError
-from pefttool.events import LogEvent
-from pefttool.plugins import ObserverError, PluginHost, get_plugin_host
-from plugin_pkg.sitedir import add_distribution
+from fault_helpers import events_of, metrics_of, of_type
+from pefttool.checkpoints import list_checkpoints
+from pefttool.plugins import get_plugin_host
+from pefttool.strategy import Strategy, StrategyOptions
+from pefttool_lora import LoraStrategy
+from pydantic import BaseModel
+from test_faults import assert_clean_failure, cli
 from tiny_models import write_tiny_recipe
 
 
+@pytest.fixture
+def registered():
+    """registered(obj, name): a plugin for this test only."""
+    host = get_plugin_host()
+    names = []
+
+    def add(obj, name):
+        host.register(obj, name)
+        names.append(name)
+
+    yield add
+    for name in names:
+        host.unregister(name)
+
+
 class FailsAtStep:
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int):
         self.step = step
 
     @pefttool.hookimpl
     def pefttool_step_end(self, event):
-        if event.step >= self.step:
-            raise ValueError("csv column missing")
+        if event.step == self.step:
+            raise RuntimeError("dashboard unreachable")
 
 
-def _recipe(tmp_path, model_dir, **overrides):
-    overrides = {"train.epochs": 2, "train.log_every": 1, "eval.before_training": False, **overrides}
-    return load_recipe(write_tiny_recipe(tmp_path, model_dir, "lora", overrides=overrides))
-
-
-def test_an_observer_failing_mid_run_checkpoints_exits_3_and_resumes(tmp_path, tiny_classifier_dir):
-    recipe = _recipe(tmp_path, tiny_classifier_dir)
-
-    with pytest.raises(ObserverError) as caught:
-        run_recipe(recipe, observers=(FailsAtStep(3),))
-
-    error = caught.value
-    assert error.exit_code == 3
-    message = str(error)
-    assert "raised in pefttool_step_end: ValueError: csv column missing" in message
-    assert "plugin 'observer-" in message and "pefttool resume" in message and "\n" not in message
+def test_an_observer_failing_mid_run_checkpoints_and_the_run_resumes(capsys, registered, tmp_path,
+                                                                      tiny_classifier_dir):
+    registered(FailsAtStep(3), "flaky")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "plugin 'flaky' raised in pefttool_step_end",
+                         "the run is saved at step 3", code=3)
     run_dir = tmp_path / "runs" / "recipe"
-    checkpoint = latest_checkpoint(run_dir)
-    assert checkpoint is not None and checkpoint.name == "step-0000003"
-
-    result = run_recipe(recipe, resume=True, run_dir=run_dir)
-    assert result.status == "completed" and result.steps > 3
-
-
-def test_on_error_warn_keeps_training_and_warns_once(tmp_path, tiny_classifier_dir, capsys):
-    recipe = _recipe(tmp_path, tiny_classifier_dir, **{"plugins.on_error": "warn"})
-
-    result = run_recipe(recipe, observers=(FailsAtStep(1),))
-
-    assert result.status == "completed" and result.exit_code == 0
-    err = capsys.readouterr().err
-    assert err.count("raised in pefttool_step_end") == 1 and 'on_error = "warn"' in err
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-0000003"]
+    get_plugin_host().unregister("flaky")
+    rc, out, err = cli(capsys, "resume", run_dir)
+    assert rc == 0, err
+    assert "resumed from step-0000003" in out and metrics_of(run_dir)["steps"] == 12
 
 
-def test_an_exception_in_run_end_is_reported_without_changing_the_outcome(tmp_path, tiny_classifier_dir,
-                                                                          capsys):
-    class BadEnd:
-        @pefttool.hookimpl
-        def pefttool_run_end(self, event):
-            raise RuntimeError("upload failed")
-
-    result = run_recipe(_recipe(tmp_path, tiny_classifier_dir, **{"train.max_steps": 2}),
-                        observers=(BadEnd(),))
-
-    assert result.status == "completed" and result.exit_code == 0
-    lines = [l for l in capsys.readouterr().err.splitlines() if "upload failed" in l]
-    assert len(lines) == 1 and "pefttool_run_end" in lines[0] and "outcome stands" in lines[0]
+def test_on_error_warn_downgrades_an_observer_failure(capsys, registered, tmp_path, tiny_classifier_dir):
+    registered(FailsAtStep(3), "flaky")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"plugins.on_error": "warn"})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert rc == 0, err
+    assert "warning: plugin 'flaky' raised in pefttool_step_end" in out
+    assert metrics_of(tmp_path / "runs" / "recipe")["status"] == "completed"
 
 
-class BrokenWrap(Strategy):
-    name = "brokenwrap"
-    description = "raises inside wrap, as PEFT does when no module matches"
+def test_debug_mode_keeps_the_exit_code(capsys, monkeypatch, registered, tmp_path, tiny_classifier_dir):
+    from pefttool.engine import PluginFailedDuringTraining
+
+    registered(FailsAtStep(2), "flaky")
+    monkeypatch.setenv("PEFTTOOL_DEBUG", "1")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    with pytest.raises(PluginFailedDuringTraining) as info:
+        cli(capsys, "run", recipe)
+    assert info.value.exit_code == 3
+
+
+class ExplodingStrategy(LoraStrategy):
+    name = "exploding"
 
     def wrap(self, model, recipe, options):
-        raise KeyError("no module matched")
+        raise KeyError("no module named 'q_proj'")
 
 
-class PickyCheck(Strategy):
+def test_an_exception_in_a_strategy_names_the_strategy_and_its_plugin(capsys, registered, tmp_path,
+                                                                      tiny_classifier_dir):
+    class Plugin:
+        @pefttool.hookimpl
+        def pefttool_register_strategies(self, register):
+            register(ExplodingStrategy())
+
+    registered(Plugin(), "pefttool-exploding")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "exploding")
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "strategy 'exploding' (pefttool-exploding) failed in wrap: "
+                         "KeyError")
+
+
+class PickyStrategy(Strategy):
     name = "picky"
-    description = "rejects every recipe in check()"
 
     def check(self, recipe, options):
-        raise PefttoolError("method.strategy: picky needs a GPU; use lora")
+        raise pefttool.PefttoolError("method.strategy: picky needs a GPU; use lora here")
 
 
-class StrategiesPlugin:
-    @pefttool.hookimpl
-    def pefttool_register_strategies(self, register):
-        register(BrokenWrap())
-        register(PickyCheck())
+def test_validate_runs_the_strategys_check(capsys, registered, tmp_path, tiny_classifier_dir):
+    class Plugin:
+        @pefttool.hookimpl
+        def pefttool_register_strategies(self, register):
+            register(PickyStrategy())
+
+    registered(Plugin(), "picky-plugin")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "picky")
+    rc, out, err = cli(capsys, "validate", recipe)
+    assert_clean_failure(rc, out, err, "picky needs a GPU")
 
 
-@pytest.fixture
-def test_strategies():
-    host = get_plugin_host()
-    host.register(StrategiesPlugin(), name="test-strategies")
-    yield host
-    host.unregister("test-strategies")
+def test_a_failure_in_run_end_is_reported_after_the_outcome(capsys, registered, tmp_path,
+                                                            tiny_classifier_dir):
+    class EndBoom:
+        @pefttool.hookimpl
+        def pefttool_run_end(self, event):
+            raise ValueError("upload failed")
+
+    registered(EndBoom(), "uploader")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={"train.max_steps": 2})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert rc == 0  # the run itself completed
+    assert "completed after 2 steps" in out
+    assert err.strip() == "warning: plugin 'uploader' raised in pefttool_run_end: ValueError: upload failed"
 
 
-def test_an_error_inside_a_strategy_names_strategy_plugin_and_method(tmp_path, tiny_classifier_dir,
-                                                                     test_strategies):
-    path = write_tiny_recipe(tmp_path, tiny_classifier_dir, "brokenwrap")
+def test_wrapper_hooks_are_called(registered, tmp_path, tiny_classifier_dir):
+    seen = []
 
-    with pytest.raises(PluginError) as caught:
-        run_recipe(load_recipe(path))
-
-    assert str(caught.value) == ("strategy 'brokenwrap' (test-strategies) failed in wrap: "
-                                 "KeyError: 'no module matched'")
-    assert caught.value.exit_code == 2  # before training: bad input
-
-
-def test_validate_runs_the_strategys_check(tmp_path, tiny_classifier_dir, test_strategies, capsys):
-    path = write_tiny_recipe(tmp_path, tiny_classifier_dir, "picky")
-
-    assert main(["validate", str(path)]) == 2
-    assert "picky needs a GPU" in capsys.readouterr().err
-
-
-def test_hook_wrappers_are_refused_with_one_line():
     class Wrapper:
         @pefttool.hookimpl(wrapper=True)
-        def pefttool_log(self, event):
-            return (yield)
+        def pefttool_eval_end(self, event):
+            seen.append(("before", event.step))
+            result = yield
+            seen.append(("after", event.step))
+            return result
 
-    host = PluginHost()
-    with pytest.raises(PluginError, match="implements pefttool_log as a hook wrapper"):
-        host.register(Wrapper(), "wrapper")
-    assert not host.pm.has_plugin("wrapper")
+    registered(Wrapper(), "wrapper")
+    from pefttool.engine import run_recipe
+    from pefttool.recipe import load_recipe
 
-
-def test_a_strategy_filtered_out_by_the_env_var_says_so(tmp_path):
-    host = PluginHost()
-    host.load_entry_points("lora")
-
-    with pytest.raises(LookupError, match="PEFTTOOL_PLUGINS left out plugin.*qlora"):
-        host.strategy_for("qlora")
+    run_recipe(load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                                             overrides={"train.max_steps": 1})))
+    assert seen[:2] == [("before", 0), ("after", 0)]
 
 
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    folder = tmp_path / "site"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-    monkeypatch.setattr(plugins_module, "_host", None)
-    before = set(sys.modules)
-    yield folder
-    for name in set(sys.modules) - before:
-        if str(folder) in (getattr(sys.modules[name], "__file__", "") or ""):
-            del sys.modules[name]
+class Thresholds(BaseModel):
+    model_config = {"extra": "forbid", "strict": True}
+    min_accuracy: float = 0.5
 
 
-def _install(site, name, source):
-    add_distribution(site, f"pefttool-{name}", "1.0", {name: f"pefttool_{name}_plugin"},
-                     {f"pefttool_{name}_plugin": source})
+def test_plugin_settings_are_validated_by_the_plugins_own_model(capsys, registered, tmp_path,
+                                                                tiny_classifier_dir):
+    class Alerts:
+        PluginOptions = Thresholds
 
-
-def test_sys_exit_at_plugin_import_is_a_named_import_failure(site):
-    _install(site, "quitter", "import sys\nsys.exit(3)\n")
-
-    with pytest.raises(PluginError, match=r"plugin 'quitter' \(pefttool_quitter_plugin\) failed to "
-                                          r"import: SystemExit\(3\)"):
-        PluginHost().load_entry_points()
-
-
-def test_plugins_json_stays_json_when_a_plugin_prints(site, capsys, monkeypatch):
-    _install(site, "chatty", "print('hello from chatty')\n")
-    monkeypatch.setattr(plugins_module, "SLOW_IMPORT_S", 0.0)  # every import is "slow": warned
-
-    assert main(["plugins", "--json"]) == 0
-
-    out, err = capsys.readouterr()
-    rows = json.loads(out)
-    assert "hello from chatty" in err and "hello" not in out
-    assert "plugin 'chatty' took" in err  # the import-time warning names the plugin
-    lora = next(r for r in rows if r["name"] == "lora")
-    assert lora["hooks"] == ["pefttool_register_strategies"]
-    assert lora["strategy_options"]["lora"]["properties"]["r"]["default"] == 8
-
-
-def test_plugins_json_reports_a_bad_selection_as_a_json_error(site, capsys, monkeypatch):
-    monkeypatch.setenv("PEFTTOOL_PLUGINS", "nonexistent")
-
-    assert main(["plugins", "--json"]) == 2
-
-    error = json.loads(capsys.readouterr().out)
-    assert "nonexistent" in error["error"] and error["exit_code"] == 2
-
-
-def test_debug_keeps_the_exit_code(site, capsys, monkeypatch):
-    monkeypatch.setenv("PEFTTOOL_PLUGINS", "nonexistent")
-    monkeypatch.setenv("PEFTTOOL_DEBUG", "1")
-
-    assert main(["plugins"]) == 2
-    assert "Traceback" in capsys.readouterr().err
-
-
-def test_fire_still_names_the_plugin_for_plain_observers():
-    class Noisy:
         @pefttool.hookimpl
         def pefttool_log(self, event):
-            raise OSError("disk full")
+            pass
 
-    host = PluginHost()
-    host.register(Noisy(), "noisy")
-    with pytest.raises(ObserverError) as caught:
-        host.fire("pefttool_log", event=LogEvent(level="info", message="x"))
-    assert (caught.value.plugin, caught.value.hook) == ("noisy", "pefttool_log")
+    registered(Alerts(), "alerts")
+    good = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                             overrides={"plugins.alerts": {"min_accuracy": 0.7}})
+    assert cli(capsys, "validate", good)[0] == 0
+    bad = write_tiny_recipe(tmp_path / "b", tiny_classifier_dir, "lora",
+                            overrides={"plugins.alerts": {"min_acuracy": 0.7},
+                                       "plugins.nobody": {"x": 1}})
+    rc, out, err = cli(capsys, "validate", bad)
+    assert_clean_failure(rc, out, err, "plugins.alerts.min_acuracy: unknown key (did you mean "
+                         "'min_accuracy'?)", "plugins.nobody: no plugin named 'nobody' is loaded",
+                         lines=3)
 
 
-def test_trace_hooks_prints_plugin_hook_and_time(monkeypatch, capsys):
+def test_trace_hooks_prints_each_call_with_its_time(capsys, monkeypatch, registered):
+    from pefttool.events import LogEvent
+
     class Quiet:
         @pefttool.hookimpl
         def pefttool_log(self, event):
             pass
 
+    registered(Quiet(), "quiet")
     monkeypatch.setenv("PEFTTOOL_TRACE_HOOKS", "1")
-    host = PluginHost()
-    host.register(Quiet(), "quiet")
-    host.fire("pefttool_log", event=LogEvent(level="info", message="x"))
-
+    get_plugin_host().fire("pefttool_log", event=LogEvent(level="info", message="x"))
     err = capsys.readouterr().err
-    assert "[hook] pefttool_register_strategies" not in err
-    assert err.startswith("[hook] pefttool_log → quiet: ") and err.rstrip().endswith(" ms")
+    assert "[hook] pefttool_log → quiet:" in err and " ms" in err

@@ -234,9 +234,10 @@ class _TermAtStep2:
 def test_run_resume_takes_the_newest_unfinished_run_and_repairs_a_half_replaced_model(
         capsys, tmp_path, tiny_classifier_dir):
     # Runs get a folder per start time; lr is tiny so no evaluation improves on the first one
-    # and the model saved at step 0 stays the result.
+    # (step 1) and the model saved at step 1 stays the result.
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
-        "train.epochs": 1, "train.lr": 1e-9, "output.dir": str(tmp_path / "runs" / "{name}-{time}")})
+        "train.epochs": 1, "train.lr": 1e-9, "eval.every_steps": 1,
+        "output.dir": str(tmp_path / "runs" / "{name}-{time}")})
     host = get_plugin_host()
     host.register(_TermAtStep2(), "term-at-step-2")
     try:
@@ -289,6 +290,9 @@ VARIANTS = {
     # instruction tuning with LoRA dropout on, greedy-generation metric, tied embeddings
     "causal-lm+dropout": ("causal-lm", "lora", 8, {
         "train.checkpoint_every": 5, "eval.metric": "exact_match", "method.dropout": 0.1}),
+    # batches grouped by length (data.group_by_length): the same groups after a resume
+    "group_by_length": ("classification", "lora", 5, {
+        "data.group_by_length": True, "train.checkpoint_every": 2, "train.batch_size": 4}),
     # full fine-tune with weight decay, cut short by max_steps
     "full+max_steps": ("classification", "full", 17, {
         "train.checkpoint_every": 5, "train.max_steps": 20, "train.weight_decay": 0.01}),
@@ -308,7 +312,8 @@ def test_resume_is_exact_for_other_set_ups(variant, tmp_path, request):
         run_recipe(broken, observers=(_CrashAt(crash_at),))
     run_dir = tmp_path / "b" / "runs" / "recipe"
     resumed_from = TrainState.from_file(list_checkpoints(run_dir)[-1] / "trainer_state.json")
-    assert 0 < resumed_from.global_step < crash_at
+    # A plugin failing mid-run checkpoints first (the step it failed at), so that is the newest.
+    assert 0 < resumed_from.global_step <= crash_at
     got = run_recipe(broken, resume=True, run_dir=run_dir)
 
     assert (got.status, got.steps, got.best, got.best_step) == (want.status, want.steps, want.best,
