@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
     plugins = sub.add_parser("plugins", help="list the loaded plugins and their strategies")
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    new = sub.add_parser("new-plugin", help="scaffold a strategy plugin package that passes its own test")
+    new.add_argument("name", help="plugin and strategy name, e.g. bitfit")
+    new.add_argument("--dir", type=Path, default=Path("."), help="where to create pefttool-NAME/")
     sub.add_parser("recipes", help="list built-in and local recipes with strategy and model")
     runs = sub.add_parser("runs", help="list runs under an output root")
     runs.add_argument("root", type=Path, nargs="?", default=Path("runs"))
@@ -89,6 +92,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_resume(args)
     if command == "plugins":
         return cmd_plugins(args)
+    if command == "new-plugin":
+        from .scaffold import new_plugin
+
+        root = new_plugin(args.name, args.dir)
+        print(f"created {root}: pip install -e '{root}[test]', then pytest {root}")
+        return 0
     if command == "recipes":
         return cmd_recipes()
     if command == "runs":

@@ -41,3 +41,21 @@ def test_an_example_plugin_installs_and_passes_its_own_tests(example, tmp_path):
                             env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert " passed" in result.stdout
+
+
+def test_new_plugin_scaffolds_a_package_that_passes_its_own_test(tmp_path):
+    from pefttool.cli import main
+
+    assert main(["new-plugin", "bitfit", "--dir", str(tmp_path)]) == 0
+    project = tmp_path / "pefttool-bitfit"
+    assert main(["new-plugin", "bitfit", "--dir", str(tmp_path)]) == 2  # never overwrites
+    assert main(["new-plugin", "Bad-Name", "--dir", str(tmp_path)]) == 2
+
+    site = install_example(project, tmp_path / "site")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--rootdir", str(project), str(project / "tests")],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "1 passed" in result.stdout
