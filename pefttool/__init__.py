@@ -7,18 +7,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import pluggy
-
+from .adapters import peft_wrap
 from .errors import (DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError,
                      TrainingError)
 from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, LogEvent, PhaseEvent, StartEvent,
                      StepEvent)
+from .hookspecs import hookimpl
 from .recipe import Recipe, load_recipe, validate_recipe
 from .strategy import Strategy, StrategyOptions
 
 __version__ = "0.1.0"
 
-hookimpl = pluggy.HookimplMarker("pefttool")
 
 if TYPE_CHECKING:
     from .engine import RunResult
@@ -35,6 +34,6 @@ __all__ = [
     "CheckpointEvent", "EndEvent", "EvalEvent", "Event", "LogEvent", "PhaseEvent", "StartEvent",
     "StepEvent",
     "DataError", "ModelError", "OutputError", "PefttoolError", "PluginError", "Recipe", "RecipeError",
-    "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "load_recipe",
+    "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "peft_wrap", "load_recipe",
     "run", "validate_recipe", "__version__",
 ]

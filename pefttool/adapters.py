@@ -37,7 +37,7 @@ def quiet_bitsandbytes_import() -> Iterator[None]:
 def add_lora(model: Any, recipe: Any, options: Any) -> Any:
     """Wrap `model` with PEFT LoRA adapters as `options` (LoraOptions) say."""
     with quiet_bitsandbytes_import():
-        from peft import LoraConfig, TaskType, get_peft_model
+        from peft import LoraConfig, TaskType
 
     classification = recipe.task.type == "classification"
     target = options.target_modules
@@ -55,15 +55,33 @@ def add_lora(model: Any, recipe: Any, options: Any) -> Any:
         modules_to_save=list(options.modules_to_save) if options.modules_to_save else None,
     )
     try:
-        with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
-            peft_model = get_peft_model(model, config)
+        return peft_wrap(model, config, recipe)
     except ValueError as exc:
         text = str(exc)
         if "not found in the base model" in text or "Target module" in text:
             raise _target_error(model, recipe, options.target_modules,
                                 "matches no linear layer of this model") from exc
         raise
+
+
+def peft_wrap(model: Any, peft_config: Any, recipe: Any) -> Any:
+    """Wrap `model` with any PEFT config (LoRA, IA³, prefix tuning...) the way the built-ins do.
+
+    Sets the config's `task_type` from the recipe when it is unset (SEQ_CLS for classification,
+    so PEFT trains and saves the new head; CAUSAL_LM otherwise), silences the known harmless
+    warnings (bitsandbytes' CPU kernel notice, transformers' gradient-checkpointing
+    FutureWarning), and raises a one-line `RecipeError` if a classifier's head would stay
+    frozen. Returns the `PeftModel`. Public as `pefttool.peft_wrap` for strategy plugins.
+    """
+    with quiet_bitsandbytes_import():
+        from peft import TaskType, get_peft_model
+
+    classification = recipe.task.type == "classification"
+    if getattr(peft_config, "task_type", None) is None:
+        peft_config.task_type = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM
+    with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+        peft_model = get_peft_model(model, peft_config)
     if classification and not any(p.requires_grad for n, p in peft_model.named_parameters()
                                   if "modules_to_save" in n):
         # a head named other than classifier/score would stay frozen and random

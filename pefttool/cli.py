@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also convert the merged model to GGUF (needs llama.cpp's converter)")
     plugins = sub.add_parser("plugins", help="list the loaded plugins and their strategies")
     plugins.add_argument("--json", action="store_true", help="print JSON")
+    new = sub.add_parser("new-plugin", help="scaffold a strategy plugin package that passes its own test")
+    new.add_argument("name", help="plugin and strategy name, e.g. bitfit")
+    new.add_argument("--dir", type=Path, default=Path("."), help="where to create pefttool-NAME/")
     sub.add_parser("recipes", help="list built-in and local recipes with strategy and model")
     runs = sub.add_parser("runs", help="list runs under an output root")
     runs.add_argument("root", type=Path, nargs="?", default=Path("runs"))
@@ -107,6 +110,12 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_predict(args)
     if command == "export":
         return cmd_export(args)
+    if command == "new-plugin":
+        from .scaffold import new_plugin
+
+        root = new_plugin(args.name, args.dir)
+        print(f"created {root}: pip install -e '{root}[test]', then pytest {root}")
+        return 0
     if command == "recipes":
         return cmd_recipes()
     if command == "runs":
@@ -259,6 +268,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{row['name']:<12} {source:<24} strategies: {', '.join(row['strategies']) or '-'}")
         for name in row["strategies"]:
             print(f"{'':<12}   {name}: {host.strategies[name].description}")
+            for key, spec in row["strategy_options"][name].get("properties", {}).items():
+                default = f" (default {json.dumps(spec['default'])})" if "default" in spec else ""
+                print(f"{'':<12}     {key}{default}: {spec.get('description', '')}".rstrip(": "))
     return 0
 
 

@@ -26,6 +26,7 @@ from .checkpoints import (TrainState, latest_checkpoint, list_checkpoints, repla
 from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
 from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent,
                      StartEvent, StepEvent)
+from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
 from . import distributed
 from .recipe import Recipe
@@ -504,14 +505,10 @@ class _TrainingRun:
         self.description = self.strategy.describe(model)
         self.safety = safety_summary(r)
 
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        if not trainable:
+        if not any(p.requires_grad for p in model.parameters()):
             raise TrainingError(f"strategy '{r.method.strategy}' left no parameter trainable; "
                                 f"check its options")
-        decay = [p for p in trainable if p.ndim >= 2]
-        no_decay = [p for p in trainable if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": r.train.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=r.train.lr)
+        optimizer = build_optimizer(self.strategy, model, r, self.options)  # pefttool/optim.py
         if r.data.group_by_length:
             lengths = [len(ids) for ids in self.data.train["input_ids"]]
             self.sampler = LengthGroupedSampler(lengths, r.train.batch_size, r.train.seed)
@@ -678,7 +675,10 @@ class _TrainingRun:
                     batches.set_epoch(state.epoch)
             for batch in batches:
                 with acc.accumulate(self.model):
-                    loss = self.model(**batch).loss
+                    batch = self.strategy.prepare_batch(batch, r, self.options)
+                    outputs = self.model(**batch)
+                    loss = self.strategy.compute_loss(outputs, batch, r, self.options)
+                    loss = outputs.loss if loss is None else loss
                     # One host sync per micro-batch: it names a NaN by its step, and feeds the log.
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):

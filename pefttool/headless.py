@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import hookimpl
+from .hookspecs import hookimpl
 from .errors import OutputError
 from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, PhaseEvent, StartEvent, StepEvent
 from .runs import format_duration
@@ -73,7 +73,11 @@ class HeadlessReporter:
             self._line(f"safety: weights {safety.get('weights_format', '?')}, allow_pickle="
                        f"{str(safety.get('allow_pickle', False)).lower()}, trust_remote_code="
                        f"{str(safety.get('trust_remote_code', False)).lower()}")
-        self._line(f"{event.total_steps} steps ({event.steps_per_epoch}/epoch × {event.epochs}){resumed}")
+        if event.total_steps < event.steps_per_epoch * event.epochs:  # train.max_steps cut the run
+            plan = f"max_steps; {event.steps_per_epoch}/epoch"
+        else:
+            plan = f"{event.steps_per_epoch}/epoch × {event.epochs}"
+        self._line(f"{event.total_steps} steps ({plan}){resumed}")
 
     @hookimpl
     def pefttool_step_end(self, event: StepEvent) -> None:

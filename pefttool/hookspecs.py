@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from .strategy import Strategy
 
 hookspec = pluggy.HookspecMarker("pefttool")
+#: the marker for implementations (also exported as `pefttool.hookimpl`)
+hookimpl = pluggy.HookimplMarker("pefttool")
 
 
 # ------------------------------------------------------------------ start-up
@@ -34,8 +36,9 @@ def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
 
 # ------------------------------------------------------------------ observers (the run)
 # Fired by the engine in the training process, in this order. Every event is also written to
-# RUN_DIR/events.jsonl. Return values are ignored; an exception in an observer stops the run
-# with an error naming the plugin and the hook.
+# RUN_DIR/events.jsonl. Return values are ignored. An exception in an observer during training
+# writes a checkpoint, then stops the run with exit 3 and a line naming the plugin and the hook
+# (`pefttool resume` continues it); with `plugins.on_error = "warn"` it is a warning instead.
 
 
 @hookspec
@@ -51,8 +54,9 @@ def pefttool_run_start(event: StartEvent) -> None:
 def pefttool_step_end(event: StepEvent) -> None:
     """An optimizer step finished (every `train.log_every` steps and the last one).
 
-    `event` holds step, loss, learning rate, throughput, ETA and memory. Keep it quick: it runs
-    on the training process between steps. Return nothing.
+    `event` (a `StepEvent`) holds `step`, `total_steps`, `epoch`, `loss` (mean since the last
+    event), `lr`, `tokens_per_s`, `samples_per_s`, `elapsed_s`, `eta_s`, `rss_mb` and
+    `gpu_mem_mb`. Keep it quick: it runs on the training process between steps. Return nothing.
     """
 
 
@@ -96,5 +100,6 @@ def pefttool_phase(event: PhaseEvent) -> None:
 def pefttool_run_end(event: EndEvent) -> None:
     """The run is over: completed, early-stopped, interrupted or failed (see `event.status`).
 
-    Called once, also when the run fails, after the model is saved. Return nothing.
+    Called once, also when the run fails, after the model is saved. Return nothing. An
+    exception here is reported on one line naming the plugin; the run keeps its own outcome.
     """

@@ -25,6 +25,8 @@ from .strategy import Strategy
 
 GROUP = "pefttool"
 ENV_SELECT = "PEFTTOOL_PLUGINS"
+#: a plugin whose import takes longer than this (seconds) gets one warning at start-up
+SLOW_IMPORT_S = 0.5
 
 
 @dataclass
@@ -35,6 +37,7 @@ class PluginInfo:
     version: str = ""
     strategies: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
+    import_s: float = 0.0
 
 
 class PluginHost:
@@ -68,6 +71,7 @@ class PluginHost:
                 raise PluginError(f"two installed distributions declare a plugin named '{ep.name}': "
                                   f"'{seen[ep.name]}' and '{dist}'; uninstall one of them")
             seen[ep.name] = dist
+            began = time.perf_counter()
             try:
                 # stdout belongs to pefttool's own output (`plugins --json` must stay JSON):
                 # whatever a plugin prints while importing goes to stderr.
@@ -80,7 +84,13 @@ class PluginHost:
                     f"plugin '{ep.name}' ({ep.value}) failed to import: {what}{detail}; fix or "
                     f"uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
                 ) from None
+            took = time.perf_counter() - began
             self.register(module, ep.name, distribution=dist, version=version)
+            self.infos[ep.name].import_s = round(took, 3)
+            if took > SLOW_IMPORT_S:
+                print(f"warning: plugin '{ep.name}' took {took:.1f}s to import, which every "
+                      f"pefttool command pays; import heavy libraries (torch, peft) inside the "
+                      f"strategy's methods instead of at module top", file=sys.stderr)
         for name in sorted(selector.wanted - seen.keys()):
             raise PluginError(f"{ENV_SELECT} names '{name}', but no plugin of that name is installed "
                               f"(pefttool plugins lists them)")
@@ -160,7 +170,14 @@ class PluginHost:
         caller(**kwargs)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [vars(info) | {"strategies": list(info.strategies)} for info in self.infos.values()]
+        """Each plugin with its hooks, strategies and each strategy's options (JSON schema)."""
+        rows = []
+        for info in self.infos.values():
+            row = vars(info) | {"strategies": list(info.strategies)}
+            row["strategy_options"] = {
+                s: self.strategies[s].Options.model_json_schema() for s in info.strategies}
+            rows.append(row)
+        return rows
 
 
 TRACE_ENV = "PEFTTOOL_TRACE_HOOKS"

@@ -128,6 +128,9 @@ class TrainSection(Section):
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: epoch ends)")
     keep_checkpoints: int = Field(2, ge=1)
     on_nan: Literal["stop", "skip"] = "stop"
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor"] = Field(
+        "adamw", description="adamw_8bit: 8-bit state (bitsandbytes, ~1/4 the memory); paged_*: "
+                             "GPU only; adafactor: factored second moments")
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations in backward: far less memory, ~20-40 % slower; "
         "unset: on for causal-lm qlora")
@@ -462,6 +465,11 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.threads > cores:
         problems.append(f"train.threads: {recipe.train.threads} is more than this machine's {cores} "
                         f"CPU cores; use at most {cores}, or 0 for all of them")
+    from .optim import optimizer_problem
+
+    optimizer = optimizer_problem(recipe.train.optimizer, recipe.train.device, _cuda_available)
+    if optimizer:
+        problems.append(optimizer)
     if recipe.train.device == "cuda" and not _cuda_available():
         problems.append("train.device: 'cuda' but no GPU is visible; use \"auto\" or \"cpu\"")
     out = recipe.output.dir

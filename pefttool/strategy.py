@@ -4,7 +4,13 @@ A plugin registers a `Strategy` through the `pefttool_register_strategies` hook.
 calls its methods in this order, each documented below:
 
     Options.model_validate(...)  →  check()  →  load_kwargs()  →  from_pretrained(**kwargs)
-    →  wrap()  →  describe()  →  (train)  →  save()
+    →  wrap()  →  describe()  →  param_groups()  →  make_optimizer()
+    →  (each micro-batch: prepare_batch()  →  model(**batch)  →  compute_loss())  →  save()
+
+Every method has a default, so a strategy overrides only what its method needs: BitFit only
+`wrap`; LoRA+ `wrap` and `param_groups`; GaLore `make_optimizer`; a distillation or
+label-smoothing method `compute_loss`; an augmentation `prepare_batch`. Methods only gain
+(keyword) arguments over time, never lose them.
 
 Strategy behaviour lives on the registered object, not in first-answer-wins hooks, so two
 plugins can never silently fight over the same model: each strategy name has exactly one
@@ -70,6 +76,34 @@ class Strategy:
         return {"params_total": total, "params_trainable": trainable,
                 "model_memory_mb": round(nbytes / 2**20, 1)}
 
+    def param_groups(self, model: torch.nn.Module, recipe: Recipe,
+                     options: Any) -> list[dict[str, Any]] | None:
+        """Called once after `wrap`, before the optimizer is built. Return torch optimizer
+        parameter groups (`{"params": [...], "lr": ..., "weight_decay": ...}`; a group without
+        `lr` gets `train.lr`) covering the parameters to train, or None for the default: the
+        trainable matrices with `train.weight_decay`, biases and norms without."""
+        return None
+
+    def make_optimizer(self, param_groups: list[dict[str, Any]], recipe: Recipe,
+                       options: Any) -> torch.optim.Optimizer | None:
+        """Called once, with the groups from `param_groups`. Return your own optimizer over
+        them, or None for the recipe's `train.optimizer` (the default). The learning-rate
+        schedule (`train.scheduler`) is applied to whatever you return."""
+        return None
+
+    def prepare_batch(self, batch: dict[str, Any], recipe: Recipe, options: Any) -> dict[str, Any]:
+        """Called on every training micro-batch (already on the device) before the forward
+        pass. Return the batch to use (change it, or add keys your `compute_loss` reads, but
+        keep the keys the model needs). Default: the batch unchanged."""
+        return batch
+
+    def compute_loss(self, outputs: Any, batch: dict[str, Any], recipe: Recipe,
+                     options: Any) -> torch.Tensor | None:
+        """Called on every training micro-batch with the model's outputs (`outputs.logits`,
+        `outputs.loss`) and the batch. Return a scalar loss tensor to backpropagate, or None
+        for the model's own loss (the default). Evaluation always uses the model's loss."""
+        return None
+
     def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: Any) -> None:
         """Write what was trained so stock transformers/PEFT load it. Default: the full model."""
         model.save_pretrained(out_dir, safe_serialization=True)
@@ -101,7 +135,8 @@ def _quant_state_bytes(state: Any) -> int:
 
 
 # The methods the engine calls; an exception from one of them is the strategy's, and named so.
-GUARDED_METHODS = ("check", "load_kwargs", "wrap", "describe", "save")
+GUARDED_METHODS = ("check", "load_kwargs", "wrap", "describe", "param_groups", "make_optimizer",
+                   "prepare_batch", "compute_loss", "save")
 
 
 class GuardedStrategy:

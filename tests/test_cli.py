@@ -163,9 +163,12 @@ def test_plugins_json_describes_each_plugin():
 
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert sorted(rows) == ["full", "lora", "qlora"]
-    assert rows["lora"] == {"name": "lora", "module": "pefttool_lora", "distribution": "pefttool",
-                            "version": "0.1.0", "strategies": ["lora"],
-                            "hooks": ["pefttool_register_strategies"]}
+    lora = rows["lora"]
+    assert {k: lora[k] for k in ("name", "module", "distribution", "version", "strategies", "hooks")} == {
+        "name": "lora", "module": "pefttool_lora", "distribution": "pefttool", "version": "0.1.0",
+        "strategies": ["lora"], "hooks": ["pefttool_register_strategies"]}
+    assert lora["import_s"] >= 0
+    assert lora["strategy_options"]["lora"]["properties"]["target_modules"]["default"] == "all-linear"
 
 
 def test_an_installed_plugin_is_listed_and_usable(tmp_path, project):

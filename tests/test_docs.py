@@ -87,7 +87,8 @@ def test_the_strategy_class_names_what_a_subclass_sets():
 
 
 def test_strategy_methods_are_the_expected_contract():
-    assert STRATEGY_METHODS == ["check", "describe", "load_kwargs", "save", "wrap"]
+    assert STRATEGY_METHODS == ["check", "compute_loss", "describe", "load_kwargs", "make_optimizer",
+                                "param_groups", "prepare_batch", "save", "wrap"]
 
 
 def test_the_call_order_in_strategy_py_names_every_method():
@@ -113,3 +114,36 @@ def test_every_value_in_a_built_in_recipe_says_what_it_trades(recipe):
                    and "#" not in line.split("=", 1)[1]
                    and line.split("=", 1)[0].strip() not in ("name", "description", "prompt_template")]
     assert uncommented == []
+
+
+# ------------------------------------------------------------------ docs/plugins.md (the guide)
+
+GUIDE = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("name", HOOKS)
+def test_the_plugin_guide_shows_each_hook_with_its_docstring(name):
+    function = getattr(hookspecs, name)
+    heading = f"### `{name}({', '.join(inspect.signature(function).parameters)})`"
+    assert heading in GUIDE, f"docs/plugins.md lacks '{heading}'"
+    section = GUIDE.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    assert _flat(inspect.getdoc(function)) == _flat(section), (
+        f"docs/plugins.md: {name}'s text differs from its hookspec docstring; copy it over")
+
+
+@pytest.mark.parametrize("method", STRATEGY_METHODS)
+def test_the_plugin_guide_covers_each_strategy_method(method):
+    assert f"`{method}(" in GUIDE, f"docs/plugins.md: the contract table lacks {method}"
+
+
+def test_the_plugin_guide_lists_every_event_field():
+    import dataclasses
+
+    for cls in EVENT_TYPES.values():
+        section = GUIDE.split(f"### `{cls.__name__}`", 1)[1].split("\n### ", 1)[0]
+        for f in dataclasses.fields(cls):
+            assert f"- `{f.name}`" in section, f"docs/plugins.md: {cls.__name__}.{f.name} undocumented"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pefttool
+from pefttool.hookspecs import hookimpl
 from pefttool.strategy import Strategy, StrategyOptions
 
 
@@ -32,6 +32,6 @@ class FullFineTune(Strategy):
         model.save_pretrained(out_dir, safe_serialization=True)
 
 
-@pefttool.hookimpl
+@hookimpl
 def pefttool_register_strategies(register):
     register(FullFineTune())

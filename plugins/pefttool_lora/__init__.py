@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-import pefttool
+from pefttool.hookspecs import hookimpl
 from pefttool.strategy import Strategy, StrategyOptions
 
 
@@ -40,6 +40,6 @@ class LoraStrategy(Strategy):
         model.save_pretrained(out_dir, safe_serialization=True)
 
 
-@pefttool.hookimpl
+@hookimpl
 def pefttool_register_strategies(register):
     register(LoraStrategy())

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-import pefttool
+from pefttool.hookspecs import hookimpl
 from pefttool_lora import LoraOptions, LoraStrategy
 
 
@@ -63,6 +63,6 @@ class QloraStrategy(LoraStrategy):
         return model
 
 
-@pefttool.hookimpl
+@hookimpl
 def pefttool_register_strategies(register):
     register(QloraStrategy())

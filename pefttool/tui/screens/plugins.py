@@ -24,7 +24,7 @@ def describe_strategies(host: Any) -> dict[str, dict[str, Any]]:
     for name, strategy in host.strategies.items():
         options = []
         for field_name, info in strategy.Options.model_fields.items():
-            default = "required" if info.is_required() else repr(info.default)
+            default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
             options.append((field_name, default, info.description or ""))
         out[name] = {"description": strategy.description, "plugin": strategy.plugin,
                      "options": options}

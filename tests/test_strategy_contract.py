@@ -1,0 +1,154 @@
+"""The deeper strategy contract: parameter groups (LoRA+-style per-group lr), an own optimizer,
+an own loss, a batch hook, and the recipe's `train.optimizer` choices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pefttool
+from pefttool import Strategy, load_recipe
+from pefttool.engine import run_recipe
+from pefttool.optim import build_optimizer, optimizer_problem, state_bytes
+from pefttool.plugins import get_plugin_host
+from tiny_models import write_tiny_recipe
+
+
+class Contract(Strategy):
+    """Trains everything; records what the engine called, with which arguments."""
+
+    name = "contract"
+    description = "exercises every optional strategy method"
+
+    def __init__(self) -> None:
+        self.calls: dict[str, int] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def _count(self, name: str) -> None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def param_groups(self, model, recipe, options):
+        self._count("param_groups")
+        params = [p for p in model.parameters() if p.requires_grad]
+        head = [p for n, p in model.named_parameters() if p.requires_grad and "classifier" in n]
+        rest = [p for p in params if all(p is not h for h in head)]
+        return [{"params": rest}, {"params": head, "lr": recipe.train.lr * 16}]
+
+    def make_optimizer(self, param_groups, recipe, options):
+        self._count("make_optimizer")
+        self.optimizer = torch.optim.SGD(param_groups, lr=recipe.train.lr)
+        return self.optimizer
+
+    def prepare_batch(self, batch, recipe, options):
+        self._count("prepare_batch")
+        return {**batch, "seen": torch.ones(())}
+
+    def compute_loss(self, outputs, batch, recipe, options):
+        self._count("compute_loss")
+        assert "seen" in batch
+        batch.pop("seen")
+        return outputs.loss * 2.0
+
+
+class ContractPlugin:
+    def __init__(self) -> None:
+        self.strategy = Contract()
+
+    @pefttool.hookimpl
+    def pefttool_register_strategies(self, register):
+        register(self.strategy)
+
+
+@pytest.fixture
+def contract():
+    host = get_plugin_host()
+    plugin = ContractPlugin()
+    host.register(plugin, name="contract-plugin")
+    yield plugin.strategy
+    host.unregister("contract-plugin")
+
+
+def test_every_optional_strategy_method_is_called_by_the_engine(tmp_path, tiny_classifier_dir, contract):
+    path = write_tiny_recipe(tmp_path, tiny_classifier_dir, "contract",
+                             overrides={"train.epochs": 1, "train.lr": 1e-3, "train.scheduler": "constant"})
+
+    result = run_recipe(load_recipe(path))
+
+    assert result.status == "completed"
+    assert contract.calls["param_groups"] == 1 and contract.calls["make_optimizer"] == 1
+    batches = contract.calls["prepare_batch"]
+    assert batches >= result.steps and contract.calls["compute_loss"] == batches
+    lrs = [g["lr"] for g in contract.optimizer.param_groups]
+    assert isinstance(contract.optimizer, torch.optim.SGD)
+    assert lrs[1] == pytest.approx(16 * lrs[0])  # the group's own lr survives the scheduler
+
+
+def _optimizer_for(tmp_path, model_dir, name):
+    recipe = load_recipe(write_tiny_recipe(tmp_path, model_dir, "full", overrides={"train.optimizer": name}))
+    model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.LayerNorm(128))
+    optimizer = build_optimizer(get_plugin_host().strategies["full"], model, recipe, recipe.strategy_options)
+    model(torch.randn(4, 128)).pow(2).mean().backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_adamw_8bit_keeps_a_quarter_of_the_state(tmp_path, tiny_classifier_dir):
+    fp32 = state_bytes(_optimizer_for(tmp_path / "a", tiny_classifier_dir, "adamw"))
+    eight = _optimizer_for(tmp_path / "b", tiny_classifier_dir, "adamw_8bit")
+    assert type(eight).__name__ == "AdamW8bit"
+    assert state_bytes(eight) <= 0.3 * fp32
+
+
+def test_adafactor_comes_from_transformers(tmp_path, tiny_classifier_dir):
+    assert type(_optimizer_for(tmp_path, tiny_classifier_dir, "adafactor")).__name__ == "Adafactor"
+
+
+def test_a_paged_optimizer_on_cpu_is_one_recipe_problem_naming_what_runs(tmp_path, tiny_classifier_dir):
+    path = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                             overrides={"train.optimizer": "paged_adamw_8bit", "train.device": "cpu"})
+    with pytest.raises(pefttool.RecipeError) as caught:
+        load_recipe(path)
+    message = str(caught.value)
+    assert "train.optimizer: 'paged_adamw_8bit'" in message and "adamw_8bit" in message
+    assert "\n" not in message
+
+
+def test_optimizer_problem_without_a_gpu_lists_the_runnable_ones():
+    problem = optimizer_problem("paged_adamw_32bit", "auto", lambda: False)
+    assert problem.endswith("use one of adamw, adamw_8bit, adafactor")
+    assert optimizer_problem("paged_adamw_32bit", "auto", lambda: True) is None
+    assert optimizer_problem("adamw", "cpu", lambda: pytest.fail("asked for no reason")) is None
+
+
+def test_peft_wrap_takes_any_peft_config_and_trains_the_head(tmp_path, tiny_classifier_dir, recwarn):
+    from peft import IA3Config
+    from transformers import AutoModelForSequenceClassification
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora"))
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier_dir)
+    wrapped = pefttool.peft_wrap(model, IA3Config(target_modules="all-linear", feedforward_modules=[]),
+                                 recipe)
+
+    trainable = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert any("ia3_l" in n for n in trainable)
+    assert any("modules_to_save" in n for n in trainable)  # the new head trains
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+def test_the_tui_shows_a_default_factory_option_by_its_value():
+    from pydantic import Field
+
+    from pefttool.strategy import StrategyOptions
+    from pefttool.tui.screens.plugins import describe_strategies
+
+    class Opts(StrategyOptions):
+        layers: list[str] = Field(default_factory=lambda: ["query", "value"])
+
+    class WithFactory(Strategy):
+        name = "factory"
+        Options = Opts
+
+    class Host:
+        strategies = {"factory": WithFactory()}
+
+    assert describe_strategies(Host())["factory"]["options"] == [("layers", "['query', 'value']", "")]
