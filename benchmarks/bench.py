@@ -14,7 +14,8 @@ come from the run's metrics.json (`tokens_per_s` counts non-pad tokens over trai
 evaluations excluded). The baselines count non-pad tokens the same way.
 
   trainer  Hugging Face Trainer + PEFT as its docs show it (DataCollatorWithPadding, default
-           sampler), and Trainer with group_by_length=True, vs pefttool (and pefttool with
+           sampler), and Trainer with length grouping (transformers 5:
+           train_sampling_strategy="group_by_length"), vs pefttool (and pefttool with
            data.group_by_length=true when this build accepts it): MiniLM LoRA and full on
            Rotten Tomatoes, SmolLM2-135M LoRA on the SFT recipe. Real tok/s + accuracy/eval loss.
   loop     a minimal hand-written Accelerate + PEFT loop vs pefttool on identical batches
@@ -339,7 +340,7 @@ def worker_trainer(c: dict) -> dict:
         output_dir=c["out"], per_device_train_batch_size=c["batch"], per_device_eval_batch_size=c["eval_batch"],
         num_train_epochs=c["epochs"], learning_rate=c["lr"], weight_decay=c["weight_decay"],
         warmup_steps=c["warmup_ratio"], lr_scheduler_type=c["scheduler"], max_grad_norm=1.0,
-        group_by_length=c["group_by_length"], use_cpu=True, report_to="none", save_strategy="no",
+        train_sampling_strategy="group_by_length" if c["group_by_length"] else "random", use_cpu=True, report_to="none", save_strategy="no",
         eval_strategy="no", logging_strategy="no", seed=42, disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=args, train_dataset=ds["train"], eval_dataset=ds["eval"],
                       data_collator=collator, processing_class=tok,
@@ -453,12 +454,12 @@ WORKERS = {"trainer": worker_trainer, "loop": worker_loop, "peak": worker_peak, 
 
 def bench_trainer(a, work: Path) -> list[str]:
     q = a.quick
-    n_train, n_eval, epochs = (256, 128, 1) if q else (2000, 500, 1)
+    n_train, n_eval, epochs = (32, 16, 1) if a.smoke else (256, 128, 1) if q else (2000, 500, 1)
     train, eval_ = rotten_tomatoes(work, n_train, n_eval)
     gbl = validates(RECIPES / "lora.toml", "data.group_by_length=true")
     print(f"pefttool data.group_by_length: {'accepted' if gbl else 'not supported by this build'}", flush=True)
     out = []
-    cases = [("MiniLM LoRA", "lora.toml", "lora", 1e-3), ("MiniLM full", "full.toml", "full", 5e-5)]
+    cases = [("MiniLM LoRA", "lora.toml", "lora", 1e-3), ("MiniLM full", "full.toml", "full", 5e-5)][:1 if a.smoke else 2]
     for label, recipe, strategy, lr in cases:
         sets = {"data.train": str(train), "data.eval": str(eval_), "data.max_train_rows": n_train,
                 "data.max_eval_rows": n_eval, "train.epochs": epochs, "eval.before_training": False,
@@ -468,7 +469,7 @@ def bench_trainer(a, work: Path) -> list[str]:
                    r=16, alpha=32, dropout=0.1, target_modules="all-linear", threads=a.threads,
                    out=str(work / "trainer-out"), group_by_length=False)
         out += compare_with_trainer(a, work, label, RECIPES / recipe, sets, cfg, gbl, "accuracy")
-    if not q or a.sft:
+    if (not q or a.sft) and not a.smoke:
         n_train, n_eval = (64, 32) if q else (400, 100)
         train, eval_ = rotten_tomatoes(work, n_train, n_eval)
         sets = {"data.train": str(train), "data.eval": str(eval_), "data.max_train_rows": n_train,
@@ -495,11 +496,11 @@ def _quality(m: dict, key: str):
 
 def compare_with_trainer(a, work, label, recipe, sets, cfg, gbl, quality) -> list[str]:
     variants = [("Trainer (docs: dynamic padding, random sampler)", False, False),
-                ("Trainer group_by_length=True", True, False)]
+                ('Trainer train_sampling_strategy="group_by_length"', True, False)]
     if gbl:
         variants.append(("Trainer (docs), pefttool data.group_by_length=true", False, True))
     rows = []
-    for name, trainer_gbl, tool_gbl in variants:
+    for name, trainer_gbl, tool_gbl in variants[:1] if a.smoke else variants:
         s = dict(sets, **({"data.group_by_length": True} if tool_gbl else {}))
         pairs = pairs_run(a.pairs, lambda: pefttool_run(recipe, s, work, a.threads),
                           lambda: worker("trainer", dict(cfg, group_by_length=trainer_gbl), a.threads))
@@ -515,7 +516,7 @@ def compare_with_trainer(a, work, label, recipe, sets, cfg, gbl, quality) -> lis
 
 
 def _llama_setup(a, work: Path):
-    n = 48 if a.quick else 192
+    n = 8 if a.smoke else 48 if a.quick else 192
     train, eval_ = long_texts(work, n, 8)
     model = build_llama(work / "llama17", train)
     return model, train, eval_, n
@@ -550,7 +551,7 @@ def bench_loop(a, work: Path, mfu: bool = False) -> list[str]:
         out.append(table("matmul peaks measured in this run", ["dtype", "GFLOP/s"],
                          [[k, f"{peaks[k]:.1f}"] for k in ("float32", "bfloat16")]))
         prof = worker("loop", dict(model=str(model), train=str(train), strategy="lora", seq=seq, batch=batch,
-                                   epochs=1, rows=min(n, 32), lr=1e-3, threads=a.threads, profile=3), a.threads)
+                                   epochs=1, rows=min(n, 32), lr=1e-3, threads=a.threads, profile=1 if a.smoke else 3), a.threads)
         profile = table("torch.profiler, hand-written LoRA loop, 3 steps (self CPU time)", ["op", "% of self CPU"],
                         prof["profile"])
     out.insert(0, table(f"~{N / 1e6:.1f} M Llama (config-built; N = {N / 1e6:.1f} M matmul params incl. tied "
@@ -582,7 +583,7 @@ def bench_memory(a, work: Path) -> list[str]:
 
 
 def bench_startup(a, work: Path) -> list[str]:
-    reps = 3 if a.quick else 7
+    reps = 1 if a.smoke else 3 if a.quick else 7
     rows = []
     for label, args in (("pefttool --help", ["--help"]),
                         ("pefttool validate recipes/lora.toml", ["validate", str(RECIPES / "lora.toml")])):
@@ -599,7 +600,9 @@ def bench_startup(a, work: Path) -> list[str]:
         t0 = time.perf_counter()
         proc = subprocess.Popen([*pefttool_cmd(), "run", str(RECIPES / "lora.toml"), "--quiet",
                                  "--set", f"output.dir={out}", "--set", "train.log_every=1",
-                                 "--set", f"train.threads={a.threads}"], env=env,
+                                 "--set", f"train.threads={a.threads}",
+                                 *(["--set", "data.max_eval_rows=16", "--set", "data.max_train_rows=64"] if a.smoke else [])],
+                                env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         first = None
         while first is None and proc.poll() is None and time.perf_counter() - t0 < 900:
@@ -618,10 +621,10 @@ def bench_startup(a, work: Path) -> list[str]:
 
 
 def bench_bf16(a, work: Path) -> list[str]:
-    n_train, n_eval = (256, 128) if a.quick else (1000, 300)
+    n_train, n_eval = (32, 16) if a.smoke else (256, 128) if a.quick else (1000, 300)
     train, eval_ = rotten_tomatoes(work, n_train, n_eval)
     rows = []
-    recipes = ["lora.toml", "full.toml", "qlora.toml"] + (["sft-lora.toml"] if (a.sft or not a.quick) else [])
+    recipes = ["lora.toml"] if a.smoke else ["lora.toml", "full.toml", "qlora.toml"] + (["sft-lora.toml"] if (a.sft or not a.quick) else [])
     for name in recipes:
         rows_n = (64, 32) if name == "sft-lora.toml" else (n_train, n_eval)
         sets = {"data.train": str(train), "data.eval": str(eval_), "data.max_train_rows": rows_n[0],
@@ -657,9 +660,11 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 pair: checks that it runs (seconds to minutes)")
     p.add_argument("--pairs", type=int, default=None, help="A B pairs per comparison (default 3, --quick 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads for every side (default 1)")
+    p.add_argument("--smoke", action="store_true", help="the test suite's size: each table from a few steps (figures meaningless)")
     p.add_argument("--sft", action="store_true", help="with --quick: include the SmolLM2 SFT rows (slow)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     a = p.parse_args(argv)
+    a.quick = a.quick or a.smoke
     a.pairs = a.pairs or (1 if a.quick else 3)
     with tempfile.TemporaryDirectory(prefix="pefttool-bench-") as tmp:
         work = a.work or Path(tmp)
