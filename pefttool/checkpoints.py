@@ -13,11 +13,12 @@ import json
 import os
 import re
 import shutil
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-CHECKPOINTS = "checkpoints"
+from .rundir import CHECKPOINTS_DIR as CHECKPOINTS  # noqa: E402
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -36,9 +37,14 @@ class TrainState:
     best_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # every evaluation
     nan_skipped: int = 0
+    processes: int = 1               # the processes that trained it (resume needs as many)
     train_seconds: float = 0.0       # time spent training, summed over resumes
     tokens_seen: int = 0
     best_checkpoint: str | None = None
+    # Every file of the checkpoint: relative path → [size, crc32] ([size, None] above
+    # CRC_LIMIT). Written last, with the rest of this file, so resume can tell a checkpoint
+    # damaged after it was written (a truncated file, a bad disk) from a good one.
+    files: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def from_file(cls, path: Path) -> TrainState:
@@ -64,6 +70,64 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+# Checksums cost a read of each file; above this size a file is checked by its size alone.
+CRC_LIMIT = 1 << 30
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def manifest(folder: Path) -> dict[str, list[Any]]:
+    """[size, crc32] of every file under `folder` (the state file itself excluded)."""
+    out: dict[str, list[Any]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != STATE_FILE and not path.name.startswith(".pefttool-"):
+            size = path.stat().st_size
+            out[str(path.relative_to(folder))] = [size, _crc32(path) if size <= CRC_LIMIT else None]
+    return out
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """Why the checkpoint cannot be trusted (a missing, truncated or changed file), or None.
+    Checkpoints written before manifests existed are checked for their state file only."""
+    return verify_files(path, STATE_FILE, key="files")
+
+
+def verify_files(folder: Path, manifest_name: str, key: str | None = None) -> str | None:
+    """Check `folder` against the manifest in `folder/manifest_name` (under `key` if given):
+    None when every file has its size and checksum; else what is wrong, in words."""
+    try:
+        data = json.loads((folder / manifest_name).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None if key is None else f"{manifest_name} is missing"
+    except (OSError, ValueError) as exc:
+        return f"{manifest_name} is unreadable ({type(exc).__name__})"
+    files = data.get(key) if key and isinstance(data, dict) else data
+    if not isinstance(files, dict):
+        return None
+    for name, entry in files.items():
+        if not (isinstance(entry, list) and len(entry) == 2):
+            return f"{manifest_name} is damaged"
+        size, crc = entry
+        path = folder
+        file = path / name
+        if file.name == manifest_name:
+            continue
+        if not file.is_file():
+            return f"{name} is missing"
+        actual = file.stat().st_size
+        if actual != size:
+            return f"{name} is {actual:,} bytes, {size:,} were written"
+        if crc is not None and _crc32(file) != crc:
+            return f"{name} changed since it was written (checksum differs)"
+    return None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     checkpoints = list_checkpoints(run_dir)
     return checkpoints[-1] if checkpoints else None
@@ -74,16 +138,33 @@ def save_checkpoint(
     state: TrainState,
     save_tensors: Callable[[Path], None],
     keep: int,
+    main: bool = True,
+    token: str | None = None,
+    barrier: Callable[[], None] = lambda: None,
 ) -> Path:
-    """Write a checkpoint atomically; prune to the last `keep` plus the best. Returns its path."""
+    """Write a checkpoint atomically; prune to the last `keep` plus the best. Returns its path.
+
+    Several processes: every one calls this (each saves its own state into the same
+    temporary folder, named by `token`); the main one finishes it (manifest, state file,
+    rename, pruning) between barriers.
+    """
     root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.global_step:07d}"
-    tmp = root / f".tmp-step-{state.global_step:07d}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = root / f".tmp-step-{state.global_step:07d}-{token or os.getpid()}"
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    barrier()
+    if not main:
+        save_tensors(tmp)
+        barrier()
+        barrier()
+        return final
     try:
         save_tensors(tmp)
+        barrier()
+        state.files = manifest(tmp)
         _write_json_durably(tmp / STATE_FILE, asdict(state))
         if final.exists():  # the same step saved again (e.g. epoch end right after an interval)
             shutil.rmtree(final)
@@ -92,11 +173,12 @@ def save_checkpoint(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune(run_dir, keep, protect=state.best_checkpoint)
+    prune(run_dir, keep, protect=state.best_checkpoint, token=token)
+    barrier()
     return final
 
 
-def prune(run_dir: Path, keep: int, protect: str | None = None) -> None:
+def prune(run_dir: Path, keep: int, protect: str | None = None, token: str | None = None) -> None:
     """Delete all but the newest `keep` checkpoints, never the protected (best) one."""
     checkpoints = list_checkpoints(run_dir)
     for path in checkpoints[: max(0, len(checkpoints) - keep)]:
@@ -104,7 +186,7 @@ def prune(run_dir: Path, keep: int, protect: str | None = None) -> None:
             continue
         shutil.rmtree(path, ignore_errors=True)
     for stale in checkpoint_dir(run_dir).glob(".tmp-step-*"):
-        if not stale.name.endswith(f"-{os.getpid()}"):
+        if not stale.name.endswith(f"-{token or os.getpid()}"):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
 
 

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true",
                      help="continue the newest unfinished run of this recipe from its last checkpoint")
     run.add_argument("--quiet", action="store_true", help="print only the summary")
+    run.add_argument("--processes", type=int, metavar="N",
+                     help="train in N processes (one per GPU; gloo on CPU), through Accelerate "
+                          "(sets distributed.processes)")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", type=Path, help="the run's directory (holds events.jsonl)")
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except PefttoolError as exc:
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") in ("0", ""):  # several processes: the main one says it
+            print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -96,6 +100,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
+    # The strategy's own check (a missing library, an impossible option) needs no model.
+    from .plugins import get_plugin_host
+    from .strategy import GuardedStrategy
+
+    GuardedStrategy(get_plugin_host().strategies[recipe.method.strategy]).check(
+        recipe, recipe.strategy_options)
     print(f"{args.recipe}: ok ({recipe.task.type}, strategy {recipe.method.strategy}, "
           f"model {recipe.model.path})")
     return 0
@@ -104,22 +114,50 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe fails before torch loads
+    overrides = list(args.overrides)
+    if args.processes is not None:
+        overrides.append(f"distributed.processes={args.processes}")
+    recipe = load_recipe(args.recipe, overrides)  # a bad recipe fails before torch loads
+    if _needs_launch(recipe):
+        from .distributed import run_launched
+
+        argv = ["run", str(args.recipe), *[f"--set={o}" for o in overrides]]
+        argv += ["--resume"] * args.resume + ["--quiet"] * args.quiet
+        return run_launched(argv, recipe.distributed.processes, recipe.distributed)
     from .headless import run_headless
 
     return run_headless(recipe, resume=args.resume, quiet=args.quiet)
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    from .headless import resume_headless
+def _needs_launch(recipe) -> bool:
+    """A recipe for several processes, started as one: re-run it under the launcher."""
+    from .distributed import world_size
 
+    d = recipe.distributed
+    return world_size() == 1 and (d.processes > 1 or d.num_machines > 1 or d.config_file is not None)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .headless import resume_headless, saved_recipe
+
+    recipe = saved_recipe(args.run_dir)
+    if _needs_launch(recipe):  # a multi-process run resumes with as many processes
+        from .distributed import run_launched
+
+        argv = ["resume", str(args.run_dir)] + ["--quiet"] * args.quiet
+        return run_launched(argv, recipe.distributed.processes, recipe.distributed)
     return resume_headless(args.run_dir, quiet=args.quiet)
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import get_plugin_host
 
-    host = get_plugin_host()
+    try:
+        host = get_plugin_host()
+    except PefttoolError as exc:
+        if args.json:  # a machine reading stdout gets JSON, also for an error
+            print(json.dumps({"error": str(exc), "exit_code": exc.exit_code}))
+        raise
     rows = host.describe()
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -144,8 +182,12 @@ def cmd_recipes() -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from .errors import OutputError
     from .runs import list_runs
 
+    if args.root.exists() and not args.root.is_dir():
+        raise OutputError(f"{args.root} is a file; pefttool runs takes the folder that holds run "
+                          f"folders (default: ./runs)")
     runs = list_runs(args.root)
     if not runs:
         print(f"no runs under {args.root}")

@@ -581,11 +581,20 @@ def _atomic(dest: Path, mode: str):
             tmp.unlink()
 
 
-def _make_copy(src: _Source, cache_root: Path | None) -> Path:
-    """A cleaned copy in the cache, named by the file's identity so reruns reuse it (and
+def content_digest(path: Path) -> str:
+    """What the data is, not when it was saved: size + BLAKE2b of the bytes (about 1 GB/s).
+    Keys every cache, so a file edited in place with its mtime kept is never read stale."""
+    h = hashlib.blake2b(digest_size=12)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 23):
+            h.update(chunk)
+    return f"{path.stat().st_size:x}-{h.hexdigest()}"
+
+
+def _make_copy(src: _Source, cache_root: Path | None, digest: str) -> Path:
+    """A cleaned copy in the cache, named by the file's content so reruns reuse it (and
     datasets' Arrow cache for it)."""
-    st = src.path.stat()
-    ident = f"{_CACHE_VERSION}|{src.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{src.fmt}"
+    ident = f"{_CACHE_VERSION}|{src.path.resolve()}|{digest}|{src.fmt}"
     digest = hashlib.sha256(ident.encode()).hexdigest()[:24]
     name = src.path.name[: -len(src.compression)] if src.compression else src.path.name
     if src.fmt == "json" and not name.endswith((".jsonl", ".json")):
@@ -618,7 +627,9 @@ def _quiet_datasets():
             datasets.enable_progress_bars()
 
 
-def _load(src: _Source, scan: _Scan, cache_root: Path | None) -> datasets.Dataset:
+def _load(src: _Source, scan: _Scan, cache_root: Path | None, digest: str) -> datasets.Dataset:
+    """Load through datasets, with its Arrow cache in a folder named by the file's content:
+    datasets keys its own cache on the file's path and modification time only."""
     import datasets
 
     path = scan.copy or src.path
@@ -628,7 +639,7 @@ def _load(src: _Source, scan: _Scan, cache_root: Path | None) -> datasets.Datase
         # guessing that would turn label "01" into 1 or a text "1e5" into 100000.0.
         kwargs = dict(keep_default_na=False, sep=src.delimiter,
                       features=datasets.Features({c: datasets.Value("string") for c in scan.columns}))
-    cache = str(cache_root) if cache_root is not None else None
+    cache = str(_cache_root(cache_root) / "pefttool-by-content" / digest)
     try:
         return datasets.load_dataset(src.fmt, data_files=str(path), split="train",
                                      cache_dir=cache, **kwargs)
@@ -729,8 +740,12 @@ class _BadRow(Exception):
 
 
 class _Unknown(Exception):
-    def __init__(self, value: str):
+    def __init__(self, value: str, declared: list[str] | None = None):
         self.value = value
+        # A declared label that differs from the value only in case ("Fresh" vs "fresh"):
+        # dropping such rows silently would leave a one-class training set.
+        low = value.lower()
+        self.case_of = next((d for d in declared or [] if d.lower() == low and d != value), None)
 
 
 def _label(value: Any, declared: list[str] | None, column: str) -> str:
@@ -757,7 +772,7 @@ def _label(value: Any, declared: list[str] | None, column: str) -> str:
     if text in declared:
         return text
     if as_int is None:
-        raise _Unknown(text)
+        raise _Unknown(text, declared)
     if str(as_int) in declared:
         return str(as_int)
     if not any(_INT.fullmatch(x) for x in declared):  # names declared: an int is an id
@@ -818,9 +833,11 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
     if src.fmt != "parquet" and scan.rows == len(scan.skipped):  # datasets can't load 0 rows
         counts["rows_read"] = counts["dropped_bad"] = scan.rows
         raise DataError(_empty_message(src, counts, spec))
+    digest = content_digest(src.path)
+    counts["fingerprint"] = digest
     if scan.needs_copy:
-        scan.copy = _make_copy(src, cache_root)
-    ds = _load(src, scan, cache_root)
+        scan.copy = _make_copy(src, cache_root, digest)
+    ds = _load(src, scan, cache_root, digest)
     counts["rows_read"] = len(ds) + len(scan.skipped)
     counts["dropped_bad"] = len(scan.skipped)
     examples = [f"{p.where()} {p.what}" for p in scan.skipped[:_EXAMPLES]]
@@ -861,6 +878,11 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
                     examples.append(f"{where(row_no, bad.column)} {bad.what}")
                 continue
             except _Unknown as unk:
+                if unk.case_of is not None:
+                    raise DataError(f"{src.name}: {where(row_no, d.label_column)} value {unk.value!r} "
+                                    f"differs only in case from {unk.case_of!r} in task.labels; "
+                                    f"write task.labels with the data's spelling "
+                                    f"({unk.value!r})") from None
                 if d.unknown_labels == "error":
                     if recipe.task.type == "classification":
                         column, allowed, key = d.label_column, recipe.task.labels or [], "task.labels"

@@ -21,18 +21,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checkpoints import TrainState, checkpoint_dir, latest_checkpoint, replace_dir, save_checkpoint
-from .errors import OutputError, PefttoolError, TrainingError
-from .events import (EVENTS_FILE, CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent,
-                     StartEvent, StepEvent)
+from .checkpoints import (TrainState, latest_checkpoint, list_checkpoints, replace_dir,
+                          save_checkpoint, verify_checkpoint)
+from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
+from .events import CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, StartEvent, StepEvent
 from .plugins import PluginHost, get_plugin_host
+from . import distributed
 from .recipe import Recipe
-
-MODEL_DIR = "model"
-RECIPE_FILE = "recipe.toml"
-METRICS_FILE = "metrics.json"
-# Files a run writes; `output.overwrite = true` removes only these, never anything else.
-RUN_ARTIFACTS = (MODEL_DIR, "checkpoints", EVENTS_FILE, RECIPE_FILE, METRICS_FILE, "stderr.log")
+from .strategy import GuardedStrategy
+from .rundir import (EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
+                     claim_new)
 
 _HOOK_FOR = {"start": "pefttool_run_start", "step": "pefttool_step_end", "eval": "pefttool_eval_end",
              "checkpoint": "pefttool_checkpoint", "log": "pefttool_log", "end": "pefttool_run_end"}
@@ -51,6 +49,7 @@ class RunResult:
     duration_s: float = 0.0
     model_dir: Path | None = None
     exit_code: int = 0
+    plugin_errors: list[str] = field(default_factory=list)  # observers failing in run_end
 
 
 # ----------------------------------------------------------------------------- public entry
@@ -66,42 +65,98 @@ def run_recipe(
     """Fine-tune as the recipe says. `observers` are plugin objects (with hookimpls) that see
     this run's events only. Raises `PefttoolError` for bad input or a failed run."""
     host = host or get_plugin_host()
-    strategy = host.strategies[recipe.method.strategy]
+    strategy = GuardedStrategy(host.strategies[recipe.method.strategy])
     options = recipe.strategy_options
     strategy.check(recipe, options)
-    run_dir, checkpoint = _prepare_run_dir(recipe, resume, run_dir)
-    names = [f"observer-{id(o)}" for o in observers]
-    for name, obs in zip(names, observers):
-        host.register(obs, name)
-    log = EventLog(run_dir)
-    emitter = _Emitter(host, log)
+    distributed.init(cpu=_wants_cpu(recipe))
+    main = distributed.is_main()
+    checkpoint = None
+    # The main process decides the run directory (and the checkpoint to resume), and tells
+    # the others; a refusal there is one error, which every process exits with.
+    decision: tuple[Any, ...]
+    if main:
+        try:
+            if resume:
+                rundir, checkpoint, notes = _open_for_resume(recipe, run_dir)
+            else:
+                rundir, notes = _open_new_run(recipe, run_dir)
+            decision = ("ok", str(rundir.path), str(checkpoint) if checkpoint else None)
+        except PefttoolError as exc:
+            distributed.broadcast(("error", str(exc), exc.exit_code))
+            raise
+        distributed.broadcast(decision)
+    else:
+        decision = distributed.broadcast(None)
+        if decision[0] == "error":
+            error = PefttoolError(decision[1])
+            error.exit_code = decision[2]
+            raise error
+        rundir, notes = RunDir(decision[1]), []
+        checkpoint = Path(decision[2]) if decision[2] else None
+    run_dir = rundir.path
+    names = [f"observer-{id(o)}" for o in observers] if main else []
+    try:
+        if main and not resume:
+            rundir.write_marker(resolved_recipe_dict(recipe, run_dir))
+        for name, obs in zip(names, observers):
+            host.register(obs, name)
+        log = EventLog(run_dir) if main else None
+    except BaseException:
+        for name in names:
+            if host.pm.has_plugin(name):
+                host.unregister(name)
+        rundir.release()
+        raise
+    emitter = _Emitter(host, log, on_error=recipe.plugins.on_error)  # log None: a quiet process
     started = time.time()
     flushed_before = _denormals_flushed()
     try:
+        for note in notes:
+            emitter.info(note, level="warning" if note.startswith(("skipped", "took over")) else "info")
         with _stop_on_signals() as stop:
             run = _TrainingRun(recipe, strategy, options, run_dir, emitter, stop)
-            return run.execute(checkpoint, started)
-    except PefttoolError as exc:
-        emitter.end_once(EndEvent(status="failed", step=emitter.last_step, duration_s=time.time() - started,
+            result = run.execute(checkpoint, started)
+            result.plugin_errors = list(emitter.end_errors)
+            return result
+    except SetupStopped as exc:
+        emitter.end_once(EndEvent(status=RunStatus.INTERRUPTED, step=0, duration_s=time.time() - started,
                                   message=str(exc), exit_code=exc.exit_code))
         raise
+    except PefttoolError as exc:
+        emitter.end_once(EndEvent(status=RunStatus.FAILED, step=emitter.last_step,
+                                  duration_s=time.time() - started, message=str(exc),
+                                  exit_code=exc.exit_code))
+        raise
     except KeyboardInterrupt:
-        emitter.end_once(EndEvent(status="interrupted", step=emitter.last_step,
-                                  duration_s=time.time() - started, exit_code=130,
+        emitter.end_once(EndEvent(status=RunStatus.INTERRUPTED, step=emitter.last_step,
+                                  duration_s=time.time() - started, exit_code=ExitCode.for_signal(2),
                                   message="aborted by a second interrupt; resume from the last checkpoint"))
         raise
     except BaseException as exc:
-        emitter.end_once(EndEvent(status="failed", step=emitter.last_step, duration_s=time.time() - started,
-                                  message=f"{type(exc).__name__}: {exc}", exit_code=1))
+        emitter.end_once(EndEvent(status=RunStatus.FAILED, step=emitter.last_step,
+                                  duration_s=time.time() - started,
+                                  message=f"{type(exc).__name__}: {exc}", exit_code=ExitCode.INTERNAL))
         raise
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+        rundir.release()
         for name in names:
             host.unregister(name)
         # The loop flushes denormals (fast CPU steps); that is process-wide CPU state, so give
         # the caller back what it had (numerical code after a run in the same process).
         if "torch" in sys.modules and _denormals_flushed() != flushed_before:
             sys.modules["torch"].set_flush_denormal(flushed_before)
+
+
+def _wants_cpu(recipe: Recipe) -> bool:
+    if recipe.train.device == "cpu":
+        return True
+    if recipe.train.device == "cuda":
+        return False
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _denormals_flushed() -> bool:
@@ -113,17 +168,41 @@ def _denormals_flushed() -> bool:
 
 
 class _Emitter:
-    """Writes each event to events.jsonl, then hands it to the observer hooks."""
+    """Writes each event to events.jsonl, then hands it to the observer hooks.
 
-    def __init__(self, host: PluginHost, log: EventLog):
-        self.host, self.log = host, log
+    An observer that raises: with `plugins.on_error = "warn"`, a warning and the run goes on;
+    otherwise before training it stops the run at once (bad input), and during training it is
+    kept in `failure` for the loop, which checkpoints and then stops (exit 3, resumable).
+    """
+
+    def __init__(self, host: PluginHost, log: EventLog | None, on_error: str = "stop"):
+        self.host, self.log, self.on_error = host, log, on_error
         self.last_step = 0
         self.ended = False
+        self.training = False
+        self.failure: PluginError | None = None
+        self.end_errors: list[str] = []
+        self._warning = False
 
     def __call__(self, event: Event) -> None:
-        self.log.write(event)
         self.last_step = getattr(event, "step", self.last_step)
-        self.host.fire(_HOOK_FOR[event.type], event=event)
+        if self.log is None:  # not the main process: it neither writes events nor fires hooks
+            return
+        self.log.write(event)
+        try:
+            self.host.fire(_HOOK_FOR[event.type], event=event)
+        except PluginError as exc:
+            if self.on_error == "warn":
+                if not self._warning:  # a warning about a failing log hook must not loop
+                    self._warning = True
+                    try:
+                        self.info(f"{exc} (plugins.on_error = \"warn\": the run goes on)", "warning")
+                    finally:
+                        self._warning = False
+            elif self.training:
+                self.failure = self.failure or exc
+            else:
+                raise
 
     def info(self, message: str, level: str = "info") -> None:
         self(LogEvent(level=level, message=message))
@@ -131,12 +210,15 @@ class _Emitter:
     def end_once(self, event: EndEvent) -> None:
         if not self.ended:
             self.ended = True
+            self.training = False
             try:
                 self(event)
-            except (PefttoolError, OSError):
-                # an observer failing at the very end, or a full disk refusing the last line of
-                # events.jsonl, must not hide the run's own error
-                pass
+            except PefttoolError as exc:
+                # an observer failing at the very end must not hide the run's own outcome:
+                # it is reported after it (pefttool run prints it as a warning)
+                self.end_errors.append(str(exc))
+            except OSError:
+                pass  # a full disk refusing the last line of events.jsonl
 
 
 # ----------------------------------------------------------------------------- signals
@@ -193,68 +275,125 @@ def write_failure(exc: BaseException) -> str | None:
 
 
 def exit_code_for_signal(signum: int | None) -> int:
-    return 128 + signum if signum else 130
+    return ExitCode.for_signal(signum)
+
+
+class PluginFailedDuringTraining(PluginError):
+    """A plugin failed mid-run: training failed (exit 3), and the run is resumable."""
+
+    exit_code = ExitCode.TRAINING_FAILED
+
+
+class SetupStopped(PefttoolError):
+    """A stop signal arrived while the run was being set up: nothing was trained."""
+
+    def __init__(self, signame: str, signum: int, phase: str):
+        super().__init__(f"stopped by {signame} while {phase}, before the first training step; "
+                         f"nothing was trained or saved: run the same command again to start")
+        self.exit_code = ExitCode.for_signal(signum)
 
 
 # ----------------------------------------------------------------------------- run directory
 
+# Below this many eval rows a warning says the metrics are noise (an error with data.strict).
+SMALL_EVAL_ROWS = 50
+# Written into model/ with it: sizes and checksums, so a damaged model/ is found on resume.
+MODEL_MANIFEST = ".pefttool-files.json"
 
-def _prepare_run_dir(recipe: Recipe, resume: bool, run_dir: Path | None) -> tuple[Path, Path | None]:
-    """Pick the run directory; refuse to clobber anything. Returns (dir, checkpoint to resume)."""
-    if resume:
-        run_dir = run_dir or _newest_run(recipe)
-        if not (run_dir / EVENTS_FILE).exists():
-            raise OutputError(f"{run_dir} holds no run to resume (no {EVENTS_FILE}); start it with "
-                              f"pefttool run")
-        from .runs import summarize
+# Keys a resumed run may change: they do not change what is trained or in what order.
+HARMLESS_ON_RESUME = ("description", "train.log_every", "train.threads", "train.keep_checkpoints",
+                      "train.checkpoint_every", "eval.batch_size", "output.dir", "output.overwrite")
 
-        status = summarize(run_dir).status
-        if status in ("completed", "early_stopped"):
-            raise OutputError(f"the run in {run_dir} already finished ({status}); its model is in "
-                              f"{run_dir / MODEL_DIR}")
-        if status == "running":
-            raise OutputError(f"the run in {run_dir} is still running (pid alive); stop it first")
-        _recover_after_kill(run_dir)
-        return run_dir, latest_checkpoint(run_dir)
 
-    run_dir = run_dir or recipe.output_dir(datetime.now().strftime("%Y%m%d-%H%M%S"))
-    if run_dir.exists() and not run_dir.is_dir():
-        raise OutputError(f"output.dir: {run_dir} is a file, not a folder; choose another output.dir")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not recipe.output.overwrite:
-            raise OutputError(
-                f"output.dir: {run_dir} is not empty; resume it (pefttool resume {run_dir}), choose "
-                f"another output.dir, or set output.overwrite = true to replace the previous run")
-        for name in RUN_ARTIFACTS:
-            target = run_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+def _open_new_run(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, list[str]]:
+    """The folder of a new run, created and locked; refuses to clobber anything."""
+    templated = run_dir is None and "{time}" in recipe.output.dir
+    path = run_dir or recipe.output_dir(datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run, note = claim_new(Path(path), recipe.output.overwrite, templated)
+    return run, [note] if note else []
+
+
+def _open_for_resume(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, Path, list[str]]:
+    """The run to continue, locked, and the newest checkpoint that verifies."""
+    from .runs import summarize
+
+    run = RunDir(run_dir or _newest_run(recipe))
+    if not run.events.exists():
+        raise OutputError(f"{run.path} holds no run to resume (no {EVENTS_FILE}); start it with "
+                          f"pefttool run")
+    notes = [n for n in [run.acquire()] if n]
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OutputError(f"output.dir: cannot write to {run_dir} ({exc.strerror}); choose a "
-                          f"writable output.dir") from exc
-    return run_dir, None
+        status = summarize(run.path).status
+        if status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED):
+            raise OutputError(f"the run in {run.path} already finished ({status}); its model is in "
+                              f"{run.model}")
+        if status == RunStatus.RUNNING and summarize(run.path).pid != os.getpid():
+            raise OutputError(f"the run in {run.path} is still running (pid alive); stop it first")
+        _refuse_changed_recipe(recipe, run)
+        run.recover_after_kill()
+        checkpoint = None
+        for candidate in reversed(list_checkpoints(run.path)):
+            damage = verify_checkpoint(candidate)
+            if damage is None:
+                checkpoint = candidate
+                break
+            notes.append(f"skipped checkpoint {candidate.name}: {damage}")
+        if checkpoint is None:
+            why = "every checkpoint failed its check" if notes else "checkpoints/ is empty or gone"
+            raise OutputError(
+                f"the run in {run.path} has no checkpoint left to resume from ({why}); start it "
+                f"again with pefttool run RECIPE --set output.dir={run.path} --set "
+                f"output.overwrite=true, or choose a fresh output.dir")
+    except BaseException:
+        run.release()
+        raise
+    return run, checkpoint, notes
 
 
-def _recover_after_kill(run_dir: Path) -> None:
-    """Undo what a kill in the middle of a write left behind, before resuming: a model/ moved
-    aside while being replaced (put it back), and temporary folders (remove them)."""
-    model, old = run_dir / MODEL_DIR, run_dir / f".{MODEL_DIR}-old"
-    if old.is_dir() and not model.exists():
-        os.replace(old, model)
-    for stale in (old, run_dir / f".{MODEL_DIR}-tmp", *checkpoint_dir(run_dir).glob(".tmp-step-*")):
-        shutil.rmtree(stale, ignore_errors=True)
+def _refuse_changed_recipe(recipe: Recipe, run: RunDir) -> None:
+    """Resume continues the run it was: a recipe that would change what is trained, or in
+    which order (model, data, method, batch, schedule, steps, seed...), is refused with every
+    difference listed. Compared with the recipe saved when the run was created."""
+    saved = run.read_marker().get("recipe")
+    if not isinstance(saved, dict):  # a run from before markers: its recipe.toml
+        from .recipe import read_toml
+
+        try:
+            saved = read_toml(run.recipe)
+        except PefttoolError:
+            return
+    from .recipe import validate_recipe
+
+    try:  # defaults filled in, as `given` has them
+        saved = validate_recipe(saved, check_files=False, base_dir=run.path).to_dict()
+    except PefttoolError:
+        pass
+    given = resolved_recipe_dict(recipe, run.path)
+    old, new = _flatten(saved), _flatten(given)
+    changed = [k for k in sorted(old.keys() | new.keys())
+               if old.get(k) != new.get(k) and not k.startswith(HARMLESS_ON_RESUME)]
+    if changed:
+        lines = [f"{k}: {old.get(k, '(unset)')!r} → {new.get(k, '(unset)')!r}" for k in changed]
+        raise OutputError(f"the run in {run.path} started with another recipe; resume continues it "
+                          f"as it began, so these must match: {'; '.join(lines)} (start a new run "
+                          f"to train with them)")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _newest_run(recipe: Recipe) -> Path:
     pattern = recipe.output_dir("")  # {time} → '*'
-    candidates = sorted((p for p in pattern.parent.glob(pattern.name) if (p / EVENTS_FILE).exists()),
+    names = [pattern.name] + ([pattern.name + "-[0-9]*"] if "{time}" in recipe.output.dir else [])
+    candidates = sorted((p for name in names for p in pattern.parent.glob(name)
+                         if (p / EVENTS_FILE).exists()),
                         key=lambda p: (p / EVENTS_FILE).stat().st_mtime)
     if not candidates:
         raise OutputError(f"no earlier run of '{recipe.name}' to resume under {pattern.parent}; "
@@ -262,17 +401,16 @@ def _newest_run(recipe: Recipe) -> Path:
     from .runs import summarize
 
     # The newest *unfinished* run: a finished run started later must not hide an interrupted one.
-    unfinished = [p for p in candidates if summarize(p).status not in ("completed", "early_stopped")]
+    unfinished = [p for p in candidates
+                  if summarize(p).status not in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED)]
     if not unfinished:
         raise OutputError(f"every run of '{recipe.name}' under {pattern.parent} already finished "
                           f"(newest: {candidates[-1]}); run it without --resume to start a new one")
     return unfinished[-1]
 
 
-def write_resolved_recipe(recipe: Recipe, run_dir: Path) -> None:
-    """Save the recipe as it ran: defaults filled in, local paths absolute, output.dir = run_dir."""
-    import tomli_w
-
+def resolved_recipe_dict(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """The recipe as it runs: defaults filled in, local paths absolute, output.dir = run_dir."""
     data = recipe.to_dict()
     for section, key in (("model", "path"), ("data", "train"), ("data", "eval")):
         loc = data.get(section, {}).get(key)
@@ -281,8 +419,15 @@ def write_resolved_recipe(recipe: Recipe, run_dir: Path) -> None:
             if path.exists():
                 data[section][key] = str(path.resolve())
     data["output"]["dir"] = str(run_dir)
+    return data
+
+
+def write_resolved_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """Save the recipe as it runs into RUN_DIR/recipe.toml (atomically)."""
+    import tomli_w
+
     tmp = run_dir / f".{RECIPE_FILE}.tmp"
-    tmp.write_text(tomli_w.dumps(data), encoding="utf-8")
+    tmp.write_text(tomli_w.dumps(resolved_recipe_dict(recipe, run_dir)), encoding="utf-8")
     os.replace(tmp, run_dir / RECIPE_FILE)
 
 
@@ -330,12 +475,20 @@ class _TrainingRun:
             gradient_accumulation_steps=r.train.grad_accum,
             cpu=use_cpu,
         )
-        write_resolved_recipe(r, self.run_dir)
+        self.main = self.accelerator.is_main_process
+        if self.main:
+            write_resolved_recipe(r, self.run_dir)
 
+        self._stop_if_asked("loading the tokenizer")
         self.tokenizer = load_tokenizer(r)
-        self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
+        self._stop_if_asked("loading the tokenizer")
+        with self.accelerator.main_process_first():  # one process fills the data cache
+            self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
+        self._warn_about_small_data()
+        self._stop_if_asked("preparing the data")
         model = load_model(r, self.strategy, self.options, label_names=self.data.label_names,
                            tokenizer=self.tokenizer)
+        self._stop_if_asked("loading the model")
         model = self.strategy.wrap(model, r, self.options)
         self.description = self.strategy.describe(model)
         self.safety = safety_summary(r)
@@ -357,7 +510,8 @@ class _TrainingRun:
                                                generator=torch.Generator().manual_seed(r.train.seed))
         eval_dl = torch.utils.data.DataLoader(self.data.eval, batch_size=r.eval.batch_size,
                                               shuffle=False, collate_fn=self.data.collate)
-        self.batches_per_epoch = len(train_dl)
+        # Each process takes every N-th batch (Accelerate shards the batches, evenly).
+        self.batches_per_epoch = math.ceil(len(train_dl) / self.accelerator.num_processes)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / r.train.grad_accum)
         total = self.steps_per_epoch * r.train.epochs
         self.total_steps = min(total, r.train.max_steps) if r.train.max_steps else total
@@ -372,6 +526,80 @@ class _TrainingRun:
         if checkpoint is not None:
             self.accelerator.load_state(str(checkpoint))
             self.state = TrainState.from_file(checkpoint / "trainer_state.json")
+            if self.state.processes != self.accelerator.num_processes:
+                raise OutputError(
+                    f"the run in {self.run_dir} was trained by {self.state.processes} process(es) "
+                    f"and this resume has {self.accelerator.num_processes}; the data order and "
+                    f"the optimizer's sharding depend on it: resume with --processes "
+                    f"{self.state.processes}")
+            self._repair_model_dir(checkpoint)
+        # One name for this run's temporary checkpoint folders, the same in every process.
+        self._token = str(distributed.broadcast(os.getpid()))
+        self._stop_if_asked("setting up training")
+
+    def _across_processes(self, loss: float, tokens: int, samples: int) -> tuple[float, int, int]:
+        if self.accelerator.num_processes == 1:
+            return loss, tokens, samples
+        import torch
+
+        t = torch.tensor([loss, float(tokens), float(samples)], dtype=torch.float64,
+                         device=self.accelerator.device)
+        t = self.accelerator.reduce(t, reduction="sum")
+        return float(t[0]) / self.accelerator.num_processes, int(t[1]), int(t[2])
+
+    def _stop_if_asked(self, phase: str) -> None:
+        """A stop signal during set-up ends the run here: before the first step, with nothing
+        half-written (the loop's own checks only start with the first step)."""
+        if self.stop.requested:
+            raise SetupStopped(self.stop.name, self.stop.signal, phase)
+
+    def _warn_about_small_data(self) -> None:
+        """Tiny or one-sided data trains without complaint and reports meaningless metrics;
+        say so (and stop, with data.strict = true)."""
+        r, stats = self.recipe, self.data.stats
+        problems = []
+        n_eval = len(self.data.eval)
+        if n_eval < SMALL_EVAL_ROWS:
+            problems.append(f"the eval set has only {n_eval} row(s), so its metrics move in steps of "
+                            f"{1 / max(n_eval, 1):.2f} and early stopping follows noise; add rows, or "
+                            f"raise data.eval_fraction")
+        counts = stats.get("train", {}).get("label_counts") or {}
+        empty = [name for name, n in counts.items() if n == 0]
+        if empty:
+            problems.append(f"label(s) {', '.join(map(repr, empty))} in task.labels have no training "
+                            f"rows, so the model cannot learn them; check data.label_column and "
+                            f"task.labels")
+        for problem in problems:
+            if r.data.strict:
+                raise DataError(f"data.strict: {problem}")
+            self.emit.info(problem, level="warning")
+
+    def _repair_model_dir(self, checkpoint: Path) -> None:
+        """model/ holds the best model so far; a damaged one (checked against the manifest
+        written with it) is rebuilt from the best checkpoint, or moved aside with a warning."""
+        from .checkpoints import verify_files
+
+        if not self.main:
+            return
+        model_dir = self.run_dir / MODEL_DIR
+        damage = verify_files(model_dir, MODEL_MANIFEST) if model_dir.is_dir() else None
+        if damage is None:
+            return
+        best = self.state.best_checkpoint
+        best_dir = self.run_dir / "checkpoints" / best if best else None
+        if best_dir is not None and best_dir.is_dir() and verify_checkpoint(best_dir) is None:
+            self.accelerator.load_state(str(best_dir))
+            self._save_model()
+            self.accelerator.load_state(str(checkpoint))
+            self.emit.info(f"model/ was damaged ({damage}); rebuilt it from the best checkpoint "
+                           f"{best_dir.name}", level="warning")
+            return
+        aside = self.run_dir / f"model.damaged-{int(time.time())}"
+        os.replace(model_dir, aside)
+        self.state.best = self.state.best_step = None
+        self.emit.info(f"model/ was damaged ({damage}) and no intact best checkpoint is left; moved "
+                       f"it to {aside.name}, and the next evaluation saves a new best model",
+                       level="warning")
 
     # -- the run, start to end
 
@@ -384,20 +612,40 @@ class _TrainingRun:
             params_total=self.description["params_total"],
             params_trainable=self.description["params_trainable"],
             model_memory_mb=self.description["model_memory_mb"], device=str(self.accelerator.device),
-            resumed_from_step=state.global_step, data=self.data.stats, safety=self.safety))
+            resumed_from_step=state.global_step, data=self.data.stats, safety=self.safety,
+            processes=self.accelerator.num_processes))
         if checkpoint is not None:
             self.emit.info(f"resumed from {checkpoint.name} (step {state.global_step}, epoch "
                            f"{state.epoch + 1}, batch {state.batches_done})")
         if r.eval.before_training and state.global_step == 0 and not state.history:
             self._evaluate(before=True)
+        self.emit.training = self.strategy.during_training = True
         status = self._train()
+        if self.emit.failure:
+            self._stop_for_plugin()
+        self.emit.training = False
         return self._finish(status, started)
+
+    def _stop_for_plugin(self) -> None:
+        """An observer failed during training (plugins.on_error = "stop"): the checkpoint is
+        written; stop with the plugin named, resumable once it is fixed or removed."""
+        error = self.emit.failure
+        raise PluginFailedDuringTraining(
+            f"{error}; the run is saved at step {self.state.global_step}: fix the plugin, skip it "
+            f"(PEFTTOOL_PLUGINS=-NAME) or set plugins.on_error = \"warn\", then pefttool resume "
+            f"{self.run_dir}")
+
+    def _stopped_after_the_end(self) -> bool:
+        """A stop asked for during the final evaluation or save: the run is complete (the
+        evaluation finished and the model is saved), and the exit code reports the signal."""
+        return self.stop.requested
 
     def _train(self) -> str:
         """The loop. Returns how it ended: completed | early_stopped | interrupted."""
         r, state, acc = self.recipe, self.state, self.accelerator
         eval_every = r.eval.every_steps
         window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
+        step_loss, step_micro = 0.0, 0
         window_start, self._paused_s = time.perf_counter(), 0.0
         while state.epoch < r.train.epochs and state.global_step < self.total_steps:
             self.model.train()
@@ -429,11 +677,16 @@ class _TrainingRun:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 state.batches_done += 1
-                window_loss += loss_value / r.train.grad_accum
+                step_loss += loss_value
+                step_micro += 1
                 window_tokens += int(batch["attention_mask"].sum())
                 window_samples += int(batch["attention_mask"].shape[0])
                 if not acc.sync_gradients:
                     continue
+                # The mean over the micro-batches this step really accumulated: at an epoch's
+                # end there can be fewer than grad_accum of them.
+                window_loss += step_loss / step_micro
+                step_loss, step_micro = 0.0, 0
                 state.global_step += 1
                 window_steps += 1
                 last = state.global_step >= self.total_steps
@@ -443,6 +696,9 @@ class _TrainingRun:
                     self._paused_s = 0.0
                     state.train_seconds += elapsed
                     state.tokens_seen += window_tokens
+                    # The loss is the mean over processes, tokens and samples their total.
+                    window_loss, window_tokens, window_samples = self._across_processes(
+                        window_loss, window_tokens, window_samples)
                     self._emit_step(window_loss / max(window_steps, 1), window_tokens / elapsed,
                                     window_samples / elapsed, elapsed / max(window_steps, 1))
                     window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
@@ -454,8 +710,11 @@ class _TrainingRun:
                     self.model.train()
                 if r.train.checkpoint_every and state.global_step % r.train.checkpoint_every == 0:
                     self._checkpoint("interval")
-                if self.stop.requested:
+                # Every process stops after the same step (a signal may reach one first).
+                if distributed.any_process(self.stop.requested or self.emit.failure is not None):
                     self._checkpoint("stop")
+                    if self.emit.failure:
+                        self._stop_for_plugin()
                     return "interrupted"
                 if last:
                     break
@@ -520,14 +779,17 @@ class _TrainingRun:
         metrics = evaluate(self.model, self.eval_dl, self.data, r, self.tokenizer, self.accelerator)
         value = metrics[r.metric]
         sign = 1 if r.higher_is_better else -1
-        improved = state.best is None or sign * (value - state.best) > r.early_stopping.min_delta
+        # The untrained baseline is "before", never "best": the first trained evaluation is the
+        # first best, so an interrupted run never reports (or saves) the untrained model as best.
+        improved = not before and (state.best is None
+                                   or sign * (value - state.best) > r.early_stopping.min_delta)
         if before:
             state.before = metrics
-        if improved:
+        elif improved:
             state.best, state.best_step, state.best_metrics = value, state.global_step, metrics
             state.bad_evals = 0
             self._save_model()
-        else:
+        if not before and not improved:
             state.bad_evals += 1
         epoch = round(state.epoch + state.batches_done / self.batches_per_epoch, 4)
         state.history.append({"step": state.global_step, "epoch": epoch, **metrics})
@@ -557,6 +819,9 @@ class _TrainingRun:
             if self.data.label_names:
                 (tmp / "labels.json").write_text(json.dumps(
                     {"id2label": dict(enumerate(self.data.label_names))}, indent=1))
+            from .checkpoints import manifest
+
+            (tmp / MODEL_MANIFEST).write_text(json.dumps(manifest(tmp), indent=1))
             replace_dir(tmp, target)
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -574,8 +839,10 @@ class _TrainingRun:
         if state.best_step == state.global_step:
             state.best_checkpoint = f"step-{state.global_step:07d}"
         try:
+            state.processes = self.accelerator.num_processes
             path = save_checkpoint(self.run_dir, state, lambda d: self.accelerator.save_state(str(d)),
-                                   keep=self.recipe.train.keep_checkpoints)
+                                   keep=self.recipe.train.keep_checkpoints, main=self.main,
+                                   token=self._token, barrier=self.accelerator.wait_for_everyone)
         except Exception as exc:
             reason = write_failure(exc)
             if reason is None:
@@ -593,7 +860,7 @@ class _TrainingRun:
             run_dir=self.run_dir, status=status, metric=r.metric, before=state.before, best=state.best,
             best_metrics=state.best_metrics, best_step=state.best_step, steps=state.global_step,
             duration_s=duration, model_dir=model_dir if model_dir.exists() else None,
-            exit_code=exit_code_for_signal(self.stop.signal) if status == "interrupted" else 0)
+            exit_code=exit_code_for_signal(self.stop.signal) if self._stopped_after_the_end() else 0)
         metrics = {
             "status": status, "metric": r.metric, "before": state.before, "best": state.best,
             "best_step": state.best_step, "best_metrics": state.best_metrics, "history": state.history,
@@ -602,11 +869,15 @@ class _TrainingRun:
             "tokens_per_s": round(state.tokens_seen / state.train_seconds, 1) if state.train_seconds else None,
             "nan_skipped": state.nan_skipped, "data": self.data.stats, **self.description,
         }
-        (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+        if self.main:
+            (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
         message = ""
-        if status == "interrupted":
+        if status == RunStatus.INTERRUPTED:
             message = (f"stopped by {self.stop.name} after step {state.global_step}; continue with "
                        f"pefttool resume {self.run_dir}")
+        elif self._stopped_after_the_end():
+            message = (f"{self.stop.name} arrived during the final evaluation: it finished and the "
+                       f"model is saved; the run is {status.replace('_', ' ')}")
         self.emit.end_once(EndEvent(
             status=status, step=state.global_step, duration_s=round(duration, 2), metric=r.metric,
             best=state.best, best_step=state.best_step,

@@ -30,18 +30,23 @@ def evaluate(model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any, a
 
 
 def _classification(model: Any, eval_dl: Any, num_classes: int, accelerator: Any) -> dict[str, float]:
+    import torch
+
     preds: list[int] = []
     labels: list[int] = []
-    total_loss, batches = 0.0, 0
+    # Summed over processes, so every process computes the same metrics (and so takes the
+    # same early-stopping decision).
+    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
     for batch in eval_dl:
         out = model(**batch)
-        total_loss += out.loss.float().item()
-        batches += 1
+        sums[0] += out.loss.double()
+        sums[1] += 1
         p, t = accelerator.gather_for_metrics((out.logits.argmax(-1), batch["labels"]))
         preds += p.tolist()
         labels += t.tolist()
+    sums = accelerator.reduce(sums, reduction="sum")
     return {"accuracy": accuracy(preds, labels), "macro_f1": macro_f1(preds, labels, num_classes),
-            "eval_loss": total_loss / max(batches, 1)}
+            "eval_loss": float(sums[0] / sums[1].clamp(min=1))}
 
 
 def _causal_lm(model: Any, eval_dl: Any, accelerator: Any) -> dict[str, float]:

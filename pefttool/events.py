@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-EVENTS_FILE = "events.jsonl"
+from .rundir import EVENTS_FILE  # noqa: E402  (the run directory's names live in one place)
 
 
 @dataclass
@@ -48,6 +48,7 @@ class StartEvent(Event):
     resumed_from_step: int = 0
     data: dict[str, Any] = field(default_factory=dict)   # cleaning counts per split
     safety: dict[str, Any] = field(default_factory=dict)  # allow_pickle, trust_remote_code
+    processes: int = 1                # training processes (DDP/FSDP ranks); 1 = a single process
 
 
 @dataclass
@@ -123,13 +124,19 @@ EVENT_TYPES: dict[str, type[Event]] = {
 }
 
 
-def from_dict(data: dict[str, Any]) -> Event | None:
-    """Rebuild an event from its JSON form; None for an unknown type (a newer writer)."""
-    cls = EVENT_TYPES.get(data.get("type", ""))
+def from_dict(data: Any) -> Event | None:
+    """Rebuild an event from its JSON form; None for anything that is not one (an unknown
+    type from a newer writer, a damaged line: a list, missing fields)."""
+    if not isinstance(data, dict):
+        return None
+    cls = EVENT_TYPES.get(data.get("type", "")) if isinstance(data.get("type"), str) else None
     if cls is None:
         return None
     names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in data.items() if k in names})
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError:  # a required field missing
+        return None
 
 
 class EventLog:
@@ -182,6 +189,7 @@ class EventFollower:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._tail = LineTail(self.path)
+        self.skipped = 0  # lines that were not an event (damaged, or from a newer writer)
 
     def poll(self) -> list[Event]:
         out = []
@@ -190,8 +198,10 @@ class EventFollower:
                 continue
             try:
                 event = from_dict(json.loads(line))
-            except (ValueError, TypeError):
-                continue
-            if event is not None:
+            except (ValueError, TypeError, RecursionError):
+                event = None
+            if event is None:
+                self.skipped += 1
+            else:
                 out.append(event)
         return out

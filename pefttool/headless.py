@@ -74,7 +74,8 @@ class HeadlessReporter:
         self._line(f"run {event.run_dir}")
         self._line(f"strategy {event.strategy}: {event.params_trainable:,} of {event.params_total:,} "
                    f"parameters train ({100 * event.params_trainable / max(event.params_total, 1):.2f} %), "
-                   f"model {event.model_memory_mb:.1f} MiB on {event.device}")
+                   f"model {event.model_memory_mb:.1f} MiB on {event.device}"
+                   + (f" × {event.processes} processes" if event.processes > 1 else ""))
         safety = event.safety
         if safety:
             self._line(f"safety: weights {safety.get('weights_format', '?')}, allow_pickle="
@@ -143,18 +144,25 @@ def run_headless(recipe: Any, resume: bool = False, quiet: bool = False, run_dir
 
     reporter = HeadlessReporter(quiet=quiet)
     result = run_recipe(recipe, resume=resume, run_dir=run_dir, observers=(reporter,))
+    for error in result.plugin_errors:  # after the run's own outcome, never instead of it
+        print(f"warning: {error}", file=sys.stderr)
     return result.exit_code
 
 
-def resume_headless(run_dir: Path, quiet: bool = False) -> int:
-    """Continue the run in `run_dir` from its last checkpoint, with the recipe it ran with."""
-    from .engine import RECIPE_FILE
+def saved_recipe(run_dir: Path) -> Any:
+    """The recipe a run directory was run with (its recipe.toml)."""
     from .recipe import load_recipe
+    from .rundir import RECIPE_FILE
 
     run_dir = Path(run_dir).resolve()
     recipe_path = run_dir / RECIPE_FILE
     if not recipe_path.is_file():
         raise OutputError(f"{run_dir} is not a pefttool run (no {RECIPE_FILE}); pass the folder "
                           f"that `pefttool run` printed")
-    recipe = load_recipe(recipe_path)
-    return run_headless(recipe, resume=True, quiet=quiet, run_dir=run_dir)
+    return load_recipe(recipe_path)
+
+
+def resume_headless(run_dir: Path, quiet: bool = False) -> int:
+    """Continue the run in `run_dir` from its last checkpoint, with the recipe it ran with."""
+    recipe = saved_recipe(run_dir)
+    return run_headless(recipe, resume=True, quiet=quiet, run_dir=Path(run_dir).resolve())

@@ -17,8 +17,10 @@ transformers' OSError/ValueError are translated, never shown raw.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -138,6 +140,7 @@ def check_model_source(recipe: Recipe) -> tuple[Path | str, dict[str, Any]]:
             raise ModelError("model.gguf_file: loading GGUF needs the gguf package: "
                              "pip install gguf") from None
         kwargs["gguf_file"] = gguf
+        _check_gguf(path / gguf)
         return path, kwargs
 
     config = path / "config.json"
@@ -158,6 +161,8 @@ def check_model_source(recipe: Recipe) -> tuple[Path | str, dict[str, Any]]:
 
     safe, pickle = _weight_files(path)
     if safe:
+        for name in safe:
+            _check_safetensors(path / name)
         kwargs["use_safetensors"] = True
     elif pickle:
         if not recipe.model.allow_pickle:
@@ -170,6 +175,63 @@ def check_model_source(recipe: Recipe) -> tuple[Path | str, dict[str, Any]]:
         raise ModelError(f"model.path: {path} has a config.json but no weights "
                          f"(model.safetensors); re-download or re-save the model")
     return path, kwargs
+
+
+def _damaged(file: Path, why: str) -> ModelError:
+    return ModelError(f"model.path: the weights file {file} is damaged ({why}); re-download or "
+                      f"re-save the model (a truncated copy or an interrupted download does this)")
+
+
+def _check_safetensors(file: Path) -> None:
+    """Read a safetensors file's header and check the data it promises is all there. Cheap
+    (the header only, plus the file size), and it turns what would be a SafetensorError deep
+    inside from_pretrained into a one-line error naming the file."""
+    try:
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise _damaged(file, f"{file.stat().st_size} bytes, shorter than a header")
+            n = int.from_bytes(head, "little")
+            size = file.stat().st_size
+            if n > size - 8:
+                raise _damaged(file, f"header claims {n:,} bytes, the file has {size:,}")
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except ModelError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(file, f"unreadable header: {_first_line(exc, 80)}") from None
+    if not isinstance(header, dict):
+        raise _damaged(file, "its header is not a table of tensors")
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__" or not isinstance(info, dict):
+            continue
+        offsets = info.get("data_offsets")
+        if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int):
+            end = max(end, offsets[1])
+    if 8 + n + end > size:
+        raise _damaged(file, f"{size:,} bytes, but its tensors need {8 + n + end:,}")
+
+
+def _check_gguf(file: Path) -> None:
+    """A GGUF file's header and tensor table fit in the file (the gguf reader checks both)."""
+    stat = file.stat()
+    _check_gguf_once(str(file), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _check_gguf_once(name: str, size: int, mtime_ns: int) -> None:
+    """Reading the tensor table of a 100 MB file takes seconds: once per file version, not
+    once for the tokenizer and again for the model."""
+    file = Path(name)
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        return  # check_model_source already asked for the gguf package
+    try:
+        GGUFReader(str(file))
+    except Exception as exc:  # the reader raises ValueError/struct errors on a short file
+        raise _damaged(file, _first_line(exc, 120)) from None
 
 
 # ---------------------------------------------------------------- loading
@@ -273,12 +335,28 @@ def load_model(
     source, kwargs = check_model_source(recipe)
     kwargs.update(strategy.load_kwargs(recipe, options) or {})
     kwargs["dtype"] = _DTYPES[recipe.model.dtype]
+    head: list[str] | None = None
+    labels: list[str] = []
     if recipe.task.type == "classification":
         cls = transformers.AutoModelForSequenceClassification
         labels = list(label_names or recipe.task.labels or [])
-        if labels:
-            kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
-                          label2id={name: i for i, name in enumerate(labels)})
+        head = _trained_head_labels(source) if isinstance(source, Path) else None
+        reorder = head is not None and head != labels and sorted(head) == sorted(labels)
+        if head is not None and labels and sorted(head) != sorted(labels) \
+                and not recipe.model.reset_head:
+            new = [n for n in labels if n not in head]
+            raise ModelError(
+                f"task.labels: the model at model.path has a trained head for {head}, and "
+                f"{', '.join(map(repr, new)) or 'fewer labels'} {'are' if len(new) != 1 else 'is'} "
+                f"new to it; set model.reset_head = true to train a new head (its training is "
+                f"lost), or use the model's labels")
+        if reorder:
+            labels_to_load = head  # load the head as trained, then reorder its rows
+        else:
+            labels_to_load = labels
+        if labels_to_load:
+            kwargs.update(num_labels=len(labels_to_load), id2label=dict(enumerate(labels_to_load)),
+                          label2id={name: i for i, name in enumerate(labels_to_load)})
         # a checkpoint whose head has another number of labels gets a new head (not an error)
         kwargs.setdefault("ignore_mismatched_sizes", True)
         what = "a classifier"
@@ -291,12 +369,94 @@ def load_model(
     except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
         raise _translate(exc, recipe.model.path, what) from exc
 
+    check_length_fits(recipe, model.config)
+    if recipe.task.type == "classification" and head is not None and labels:
+        if reorder:
+            _reorder_head(model, [head.index(name) for name in labels])
+        elif head != labels:  # reset_head = true: same size, other labels → a fresh head
+            _reset_head(model)
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {name: i for i, name in enumerate(labels)}
     if kwargs.get("gguf_file"):
         forget_gguf_quantization(model)
     if tokenizer is not None and getattr(model.config, "pad_token_id", None) is None \
             and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _trained_head_labels(folder: Path) -> list[str] | None:
+    """The label names of a saved sequence classifier's head, in id order; None when the
+    folder holds no trained head (a base model, or transformers' LABEL_0.. placeholders)."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    architectures = config.get("architectures") or []
+    id2label = config.get("id2label")
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures) \
+            or not isinstance(id2label, dict):
+        return None
+    try:
+        names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except (ValueError, TypeError):
+        return None
+    if all(re.fullmatch(r"LABEL_\d+", n) for n in names):
+        return None
+    return names
+
+
+def _head_linear(model: Any) -> Any:
+    """The output Linear of a sequence classifier's head (BERT `classifier`, Llama `score`,
+    RoBERTa `classifier.out_proj`)."""
+    import torch
+
+    n = model.config.num_labels
+    for name in ("classifier", "score"):
+        module = getattr(model, name, None)
+        if module is None:
+            continue
+        linears = [m for m in module.modules() if isinstance(m, torch.nn.Linear) and m.out_features == n]
+        if linears:
+            return linears[-1]
+    return None
+
+
+def _reorder_head(model: Any, order: list[int]) -> None:
+    """Row i of the head becomes the saved row `order[i]`: the recipe lists the model's labels
+    in another order, and each label keeps what it learnt."""
+    import torch
+
+    linear = _head_linear(model)
+    if linear is None:
+        raise ModelError("task.labels: the labels are in another order than the model's head, and "
+                         "pefttool cannot find the head to reorder it; list task.labels in the "
+                         "model's order (config.json id2label)")
+    index = torch.as_tensor(order)
+    with torch.no_grad():
+        linear.weight.copy_(linear.weight[index].clone())
+        if linear.bias is not None:
+            linear.bias.copy_(linear.bias[index].clone())
+
+
+def _reset_head(model: Any) -> None:
+    linear = _head_linear(model)
+    if linear is not None:
+        init = getattr(model, "_init_weights", None)
+        if callable(init):
+            init(linear)
+        else:
+            linear.reset_parameters()
+
+
+def check_length_fits(recipe: Recipe, config: Any) -> None:
+    """data.max_length must fit the model's position table: longer rows would train a few
+    steps and then fail with a tensor-size error (or index past the table)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if isinstance(limit, int) and 0 < limit < recipe.data.max_length:
+        raise ModelError(f"data.max_length: {recipe.data.max_length} is more than the "
+                         f"{limit} positions of the model at model.path "
+                         f"(max_position_embeddings); set data.max_length to at most {limit}")
 
 
 def forget_gguf_quantization(model: Any) -> None:

@@ -8,9 +8,12 @@ Any failure to load is a one-line `PluginError` that names the plugin.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as md
 import inspect
 import os
+import time
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -42,6 +45,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self.strategies: dict[str, Strategy] = {}
         self.infos: dict[str, PluginInfo] = {}
+        self.left_out: list[str] = []  # installed plugins PEFTTOOL_PLUGINS did not load
 
     @property
     def hook(self) -> Any:
@@ -54,6 +58,7 @@ class PluginHost:
         seen: dict[str, str] = {}  # plugin name → the distribution that installed it
         for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
             if not selector.allows(ep.name):
+                self.left_out.append(ep.name)
                 continue
             dist = ep.dist.name if ep.dist else ""
             version = ep.dist.version if ep.dist else ""
@@ -64,12 +69,17 @@ class PluginHost:
                                   f"'{seen[ep.name]}' and '{dist}'; uninstall one of them")
             seen[ep.name] = dist
             try:
-                module = ep.load()
-            except Exception as exc:  # any import failure is the plugin's, and named as such
+                # stdout belongs to pefttool's own output (`plugins --json` must stay JSON):
+                # whatever a plugin prints while importing goes to stderr.
+                with contextlib.redirect_stdout(sys.stderr):
+                    module = ep.load()
+            except (Exception, SystemExit) as exc:  # any import failure is the plugin's, and named as such
+                what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
+                detail = "" if isinstance(exc, SystemExit) else f": {_one_line(exc)}"
                 raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: "
-                    f"{_one_line(exc)}; fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
-                ) from exc
+                    f"plugin '{ep.name}' ({ep.value}) failed to import: {what}{detail}; fix or "
+                    f"uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
+                ) from None
             self.register(module, ep.name, distribution=dist, version=version)
         for name in sorted(selector.wanted - seen.keys()):
             raise PluginError(f"{ENV_SELECT} names '{name}', but no plugin of that name is installed "
@@ -142,17 +152,24 @@ class PluginHost:
     # -- firing observer hooks
 
     def fire(self, hook_name: str, **kwargs: Any) -> None:
-        """Call an observer hook on every plugin, naming the plugin if one raises."""
+        """Call an observer hook on every plugin through pluggy (so `wrapper=True` /
+        `hookwrapper=True` implementations work), naming the plugin if one raises."""
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):
-            call_hook(impl.plugin_name, hook_name, impl.function,
-                      **{k: v for k, v in kwargs.items() if k in impl.argnames})
+        for impl in caller.get_hookimpls():
+            _name_failures(impl, hook_name)
+        caller(**kwargs)
 
     def describe(self) -> list[dict[str, Any]]:
         return [vars(info) | {"strategies": list(info.strategies)} for info in self.infos.values()]
 
 
+TRACE_ENV = "PEFTTOOL_TRACE_HOOKS"
+
+
 def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call one plugin's hook function; an exception becomes a `PluginError` naming the plugin
+    and the hook. With PEFTTOOL_TRACE_HOOKS=1, each call is traced on stderr with its time."""
+    began = time.perf_counter()
     try:
         return function(**kwargs)
     except PluginError:
@@ -160,6 +177,25 @@ def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **
     except Exception as exc:
         raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
                           f"{type(exc).__name__}: {_one_line(exc)}") from exc
+    finally:
+        if os.environ.get(TRACE_ENV):
+            print(f"[hook] {hook_name} → {plugin_name}: {1000 * (time.perf_counter() - began):.2f} ms",
+                  file=sys.stderr)
+
+
+def _name_failures(impl: Any, hook_name: str) -> None:
+    """Wrap a plain hook implementation once, so a failure names its plugin (pluggy itself
+    re-raises the bare exception). Wrappers are left as they are: they wrap the others."""
+    if getattr(impl.function, "_pefttool_named", False) or impl.hookwrapper or \
+            getattr(impl, "wrapper", False):
+        return
+    function, plugin_name = impl.function, impl.plugin_name
+
+    def named(*args: Any) -> Any:
+        return call_hook(plugin_name, hook_name, lambda: function(*args))
+
+    named._pefttool_named = True  # type: ignore[attr-defined]
+    impl.function = named
 
 
 def _one_line(exc: BaseException) -> str:

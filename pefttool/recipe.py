@@ -8,7 +8,9 @@ strict as the built-ins'.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 import types
 from pathlib import Path
@@ -24,10 +26,15 @@ if TYPE_CHECKING:
     from .plugins import PluginHost
 
 
+# numpy's and torch's seeding accept 0 .. 2**32 - 1 (numpy refuses more).
+MAX_SEED = 2**32 - 1
+
+
 class Section(BaseModel):
     """Base of every recipe section: unknown keys are errors, types are not coerced."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    # inf/nan are never a sensible setting (weight_decay = inf trains into a NaN loss).
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 class ModelSection(Section):
@@ -36,6 +43,8 @@ class ModelSection(Section):
     dtype: Literal["float32", "bfloat16", "auto"] = "float32"
     trust_remote_code: bool = False
     allow_pickle: bool = Field(False, description="allow pickle-based .bin weights (unsafe)")
+    reset_head: bool = Field(False, description="classification: replace a saved classifier's "
+                             "trained head when task.labels names labels it does not know")
 
 
 class TaskSection(Section):
@@ -81,7 +90,9 @@ class DataSection(Section):
     unknown_labels: Literal["drop", "error"] = Field(
         "drop", description="classification rows whose label is not in task.labels: drop and count, or stop")
     on_bad_rows: Literal["error", "skip"] = "error"
-    seed: int = 42
+    strict: bool = Field(False, description="stop, rather than warn, on a tiny eval set or a label "
+                         "with no training rows")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes the shuffle and the held-out split")
 
 
 class MethodSection(BaseModel):
@@ -101,13 +112,13 @@ class TrainSection(Section):
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     lr: float = Field(5e-5, gt=0, le=1)
-    weight_decay: float = Field(0.0, ge=0)
+    weight_decay: float = Field(0.0, ge=0, le=1, description="decoupled AdamW decay; above 1 it erases the weights")
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = Field(1.0, ge=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes initialisation and data order")
     threads: int = Field(0, ge=0, description="torch threads on CPU (0: all cores)")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: epoch ends)")
@@ -139,9 +150,48 @@ class OutputSection(Section):
     overwrite: bool = False
 
 
+NAME_PATTERN = r"^([A-Za-z0-9][A-Za-z0-9._-]{0,99})?$"
+PLACEHOLDERS = ("name", "time")
+
+
+class DistributedSection(Section):
+    """Several processes: `pefttool run --processes N` (or `processes` here) launches them."""
+
+    processes: int = Field(1, ge=1, le=1024, description="processes per machine (one per GPU)")
+    config_file: str | None = Field(None, description="an Accelerate config (FSDP, DeepSpeed...); "
+                                    "launched with accelerate launch --config_file")
+    num_machines: int = Field(1, ge=1, description="machines in the run (multi-node)")
+    machine_rank: int = Field(0, ge=0, description="this machine's index, 0 = the main one")
+    main_process_ip: str = Field("127.0.0.1", description="address of machine 0, reachable by all")
+    main_process_port: int = Field(29500, ge=1, le=65535)
+
+
+class PluginsSection(BaseModel):
+    """`on_error` plus a `[plugins.NAME]` table per plugin that takes settings, each validated
+    by that plugin's own `PluginOptions` model."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    on_error: Literal["stop", "warn"] = Field(
+        "stop", description="an observer plugin raising: stop the run (checkpointed, exit 3) or warn")
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
 class Recipe(Section):
-    name: str = ""
+    # A name, not a path: it is put into output.dir, and `../..` there must never move the run.
+    name: str = Field("", description="letters, digits, '-', '_' and '.', starting with a letter or digit")
     description: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_a_name(cls, name: str) -> str:
+        if not re.fullmatch(NAME_PATTERN, name):
+            raise ValueError("a recipe name holds letters, digits, '-', '_' and '.' only, starts with "
+                             "a letter or digit and has at most 100 characters (it becomes part of "
+                             "output.dir)")
+        return name
     model: ModelSection
     task: TaskSection
     data: DataSection
@@ -150,6 +200,8 @@ class Recipe(Section):
     eval: EvalSection = EvalSection()
     early_stopping: EarlyStoppingSection = EarlyStoppingSection()
     output: OutputSection = OutputSection()
+    plugins: PluginsSection = PluginsSection()
+    distributed: DistributedSection = DistributedSection()
 
     # Set by `validate_recipe`, never by the TOML: where relative paths are resolved from,
     # where the recipe came from, and the strategy's validated options.
@@ -231,7 +283,26 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+# A recipe is a few kilobytes; anything past this is not one (and /dev/zero never ends).
+MAX_RECIPE_BYTES = 1 << 20
+
+
 def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise RecipeError(str(path), ["file not found; check the path (pefttool recipes lists them)"])
+    except OSError as exc:
+        raise RecipeError(str(path), [f"cannot read: {exc.strerror}"])
+    if stat.S_ISDIR(info.st_mode):
+        raise RecipeError(str(path), ["is a directory, not a recipe file"])
+    if not stat.S_ISREG(info.st_mode):
+        # A FIFO would block the read forever, a device would never end: stat, never open.
+        raise RecipeError(str(path), ["is not a regular file (a pipe, device or socket); "
+                                      "point at a .toml file"])
+    if info.st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(str(path), [f"is {info.st_size:,} bytes, too large for a recipe "
+                                      f"(at most {MAX_RECIPE_BYTES:,}); point at a .toml recipe"])
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -257,7 +328,8 @@ def load_recipe(
     """Read, override and validate a recipe; raise `RecipeError` listing every problem."""
     path = Path(path)
     data = apply_overrides(read_toml(path), overrides or [])
-    data.setdefault("name", path.stem)
+    # The file's stem is the default name; characters a name may not hold become '-'.
+    data.setdefault("name", re.sub(r"[^A-Za-z0-9._-]", "-", path.stem).lstrip("._-")[:100])
     return validate_recipe(data, source=str(path), base_dir=path.parent.resolve(),
                            plugins=plugins, check_files=check_files)
 
@@ -289,8 +361,12 @@ def validate_recipe(
         if strategy is None:
             known = sorted(plugins.strategies)
             hint = did_you_mean(strategy_name, known)
+            left_out = getattr(plugins, "left_out", [])
+            if left_out:
+                hint += (f"; PEFTTOOL_PLUGINS left out the installed plugin(s) "
+                         f"{', '.join(left_out)}, which may add it: include them to use it")
             problems.append(
-                f"method.strategy: no strategy named '{strategy_name}'{hint}; installed: "
+                f"method.strategy: no strategy named '{strategy_name}'{hint}; loaded: "
                 f"{', '.join(known) or 'none'} (pefttool plugins lists them)"
             )
         else:
@@ -301,6 +377,7 @@ def validate_recipe(
                 problems += _describe_all(exc, strategy.Options, opts, prefix="method",
                                           also_allowed=["strategy"])
 
+    problems += _plugin_settings_problems(data.get("plugins"), plugins)
     if recipe is not None:
         problems += _cross_checks(recipe)
     if check_files:
@@ -316,6 +393,35 @@ def validate_recipe(
     return recipe
 
 
+def _plugin_settings_problems(section: Any, plugins: Any) -> list[str]:
+    """Each `[plugins.NAME]` table is checked by plugin NAME's own `PluginOptions` model."""
+    if not isinstance(section, dict):
+        return []
+    problems = []
+    for name, table in section.items():
+        if name == "on_error":
+            continue
+        plugin = plugins.pm.get_plugin(name) if hasattr(plugins, "pm") else None
+        if plugin is None:
+            loaded = sorted(getattr(plugins, "infos", {}))
+            problems.append(f"plugins.{name}: no plugin named '{name}' is loaded"
+                            f"{did_you_mean(name, loaded)}; loaded: {', '.join(loaded) or 'none'}")
+            continue
+        options = getattr(plugin, "PluginOptions", None)
+        if options is None:
+            problems.append(f"plugins.{name}: plugin '{name}' takes no settings (it defines no "
+                            f"PluginOptions); remove the table")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"plugins.{name}: must be a table of settings (got {table!r})")
+            continue
+        try:
+            options.model_validate(table, strict=True)
+        except ValidationError as exc:
+            problems += _describe_all(exc, options, table, prefix=f"plugins.{name}")
+    return problems
+
+
 def _cross_checks(recipe: Recipe) -> list[str]:
     """Problems that involve more than one key, or this machine."""
     problems = []
@@ -329,9 +435,24 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
+    dist = recipe.distributed
+    if dist.machine_rank >= dist.num_machines:
+        problems.append(f"distributed.machine_rank: {dist.machine_rank} but num_machines is "
+                        f"{dist.num_machines}; ranks are 0..{dist.num_machines - 1}")
+    if dist.config_file is not None and not Path(dist.config_file).expanduser().is_file():
+        problems.append(f"distributed.config_file: '{dist.config_file}' is not a file; write an "
+                        f"Accelerate config with `accelerate config --config_file PATH`")
+    cores = os.cpu_count() or 1
+    if recipe.train.threads > cores:
+        problems.append(f"train.threads: {recipe.train.threads} is more than this machine's {cores} "
+                        f"CPU cores; use at most {cores}, or 0 for all of them")
     if recipe.train.device == "cuda" and not _cuda_available():
         problems.append("train.device: 'cuda' but no GPU is visible; use \"auto\" or \"cpu\"")
     out = recipe.output.dir
+    unknown = [p for p in re.findall(r"\{([^{}]*)\}", out) if p not in PLACEHOLDERS]
+    if unknown:
+        problems.append(f"output.dir: '{{{unknown[0]}}}' is not a placeholder; use {{name}} and "
+                        f"{{time}} only (or write the folder name out)")
     if "\x00" in out:
         problems.append("output.dir: contains a NUL character, which no path can hold; write a "
                         "plain path")

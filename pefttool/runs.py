@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .events import EVENTS_FILE, EndEvent, EvalEvent, Event, StartEvent, StepEvent, read_events
+from .events import EVENTS_FILE, EndEvent, EvalEvent, Event, EventFollower, StartEvent, StepEvent
 
 
 @dataclass
@@ -26,35 +26,50 @@ class RunSummary:
     started: float = 0.0
     duration_s: float = 0.0
     pid: int | None = None
+    skipped_lines: int = 0           # lines of events.jsonl that were not events (damaged)
     events: list[Event] = field(default_factory=list, repr=False)
 
 
 def summarize(run_dir: Path) -> RunSummary:
+    """A run's state from its events; a damaged line is skipped and counted, never fatal."""
     run = RunSummary(path=Path(run_dir))
-    run.events = list(read_events(run.path / EVENTS_FILE))
+    follower = EventFollower(run.path / EVENTS_FILE)
+    events = follower.poll()
+    run.skipped_lines = follower.skipped
     last_time = 0.0
-    for event in run.events:
-        last_time = max(last_time, event.time)
-        if isinstance(event, StartEvent):
-            run.name = str(event.recipe.get("name", ""))
-            run.strategy = event.strategy
-            run.total_steps = event.total_steps
-            run.pid = event.pid
-            run.started = run.started or event.time
-            run.status = "running"
-        elif isinstance(event, StepEvent):
-            run.step = event.step
-        elif isinstance(event, EvalEvent):
-            run.metric, run.best = event.metric, event.best
-        elif isinstance(event, EndEvent):
-            run.status = event.status
-            run.step = event.step
-            if event.best is not None:
-                run.metric, run.best = event.metric, event.best
+    for event in events:
+        try:
+            last_time = _fold(run, event, last_time)
+        except (TypeError, AttributeError, ValueError):  # a field of the wrong type
+            run.skipped_lines += 1
+            continue
+        run.events.append(event)
     if run.status == "running" and not pid_alive(run.pid):
         run.status = "crashed"
     run.duration_s = max(0.0, last_time - run.started) if run.started else 0.0
     return run
+
+
+def _fold(run: RunSummary, event: Event, last_time: float) -> float:
+    """Fold one event into the summary; returns the latest event time."""
+    last_time = max(last_time, float(event.time))
+    if isinstance(event, StartEvent):
+        run.name = str(event.recipe.get("name", ""))
+        run.strategy = event.strategy
+        run.total_steps = event.total_steps
+        run.pid = event.pid
+        run.started = run.started or event.time
+        run.status = "running"
+    elif isinstance(event, StepEvent):
+        run.step = event.step
+    elif isinstance(event, EvalEvent) and event.step > 0:  # step 0: the baseline, not a best
+        run.metric, run.best = event.metric, event.best
+    elif isinstance(event, EndEvent):
+        run.status = event.status
+        run.step = event.step
+        if event.best is not None:
+            run.metric, run.best = event.metric, event.best
+    return last_time
 
 
 def list_runs(root: Path) -> list[RunSummary]:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 class StrategyOptions(BaseModel):
     """Base for a strategy's options (the recipe's `[method]` keys other than `strategy`)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class Strategy:
@@ -98,3 +98,38 @@ def _quant_state_bytes(state: Any) -> int:
         elif hasattr(value, "absmax"):
             total += _quant_state_bytes(value)
     return total
+
+
+# The methods the engine calls; an exception from one of them is the strategy's, and named so.
+GUARDED_METHODS = ("check", "load_kwargs", "wrap", "describe", "save")
+
+
+class GuardedStrategy:
+    """A strategy as the engine calls it: an exception that is not a `PefttoolError` becomes
+    `strategy 'NAME' (PLUGIN) failed in METHOD: ...`, exit 2 before training and 3 during it
+    (a bug in a plugin is not pefttool's 'internal error', and the message says whose it is)."""
+
+    def __init__(self, strategy: Strategy):
+        self.strategy = strategy
+        self.during_training = False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.strategy, name)
+        if name not in GUARDED_METHODS or not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from .errors import PefttoolError, PluginError
+
+            try:
+                return attr(*args, **kwargs)
+            except PefttoolError:
+                raise
+            except Exception as exc:
+                text = " ".join(str(exc).split())
+                error = PluginError(f"strategy '{self.strategy.name}' ({self.strategy.plugin or 'unknown plugin'}) "
+                                    f"failed in {name}: {type(exc).__name__}: {text[:300]}")
+                error.exit_code = 3 if self.during_training else 2
+                raise error from exc
+
+        return call

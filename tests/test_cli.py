@@ -231,3 +231,29 @@ def test_recipes_lists_local_recipes_with_their_problem_count(project):
     assert len(local) == 2
     assert "broken.toml" in local[0] and local[0].endswith("[3 problem(s)]")
     assert "recipe.toml" in local[1] and local[1].endswith("[ok]")
+
+
+def test_a_plugin_exiting_or_printing_at_import_is_contained(tmp_path):
+    exits = add_distribution(tmp_path / "a", "pefttool-exits", "0.1", {"exits": "exits_plugin"},
+                             {"exits_plugin": "import sys\nsys.exit(3)\n"})
+    lines = assert_known_error(pefttool("plugins", pythonpath=exits))
+    assert lines[0].startswith("error: plugin 'exits' (exits_plugin) failed to import: SystemExit(3)")
+
+    chatty = add_distribution(tmp_path / "b", "pefttool-chatty", "0.1", {"chatty": "chatty_plugin"},
+                              {"chatty_plugin": "print('hello from a plugin')\n"})
+    listed = pefttool("plugins", "--json", pythonpath=chatty)
+    assert listed.returncode == 0
+    assert "chatty" in {row["name"] for row in json.loads(listed.stdout)}  # stdout stays JSON
+    assert "hello from a plugin" in listed.stderr
+
+
+def test_plugins_json_reports_an_error_as_json():
+    result = pefttool("plugins", "--json", PEFTTOOL_PLUGINS="nonexistent")
+    assert result.returncode == 2
+    error = json.loads(result.stdout)
+    assert "PEFTTOOL_PLUGINS names 'nonexistent'" in error["error"] and error["exit_code"] == 2
+
+
+def test_a_strategy_left_out_by_the_plugin_selection_says_so():
+    validated = pefttool("validate", str(REPO / "recipes" / "qlora.toml"), PEFTTOOL_PLUGINS="-qlora")
+    assert "PEFTTOOL_PLUGINS left out the installed plugin(s) qlora" in assert_known_error(validated)[0]

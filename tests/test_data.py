@@ -600,3 +600,20 @@ def test_mixed_type_json_labels_and_blank_lines_load(tmp_path, tok, cache):
     data = prep(tmp_path, tok, cache, train="m.jsonl", eval_fraction=0.25)
     by_text = {t: lab for ds in (data.train, data.eval) for t, lab in zip(texts_of(ds, tok), ds["labels"])}
     assert by_text == {"a": 1, "b": 1, "c": 0, "d": 0}
+
+
+def test_a_file_edited_in_place_with_its_mtime_kept_is_read_anew(tmp_path, tok, cache):
+    """datasets keys its cache on path + mtime: an edit that keeps the mtime (rsync -t, a
+    restored backup) trained on the old rows. pefttool keys it on the content."""
+    import os
+
+    path = write_csv(tmp_path / "train.csv", [[f"old text {i}", "neg" if i % 2 else "pos"]
+                                              for i in range(20)])
+    first = prep(tmp_path, tok, cache)
+    stat = path.stat()
+    write_csv(path, [[f"new words {i}", "neg" if i % 2 else "pos"] for i in range(20)])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = prep(tmp_path, tok, cache)
+    assert first.stats["train"]["fingerprint"] != second.stats["train"]["fingerprint"]
+    decoded = tok.decode(second.train[0]["input_ids"], skip_special_tokens=True)
+    assert "new words" in decoded and "old" not in decoded

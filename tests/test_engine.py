@@ -88,7 +88,9 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, t
     result = run_recipe(recipe)
     assert result.status == "early_stopped"
     evals = [e for e in events_of(result.run_dir) if isinstance(e, EvalEvent)]
-    assert len(evals) == 3  # before training, then two evaluations without improvement
+    # before training (a baseline, never "best"), the first trained evaluation (the first
+    # best), then two evaluations without improvement
+    assert len(evals) == 4 and not evals[0].is_best and evals[1].is_best
     assert evals[-1].bad_evals == 2
     assert result.steps < 6 * (48 // 8)
     end = events_of(result.run_dir)[-1]
@@ -119,7 +121,7 @@ def test_a_non_empty_output_directory_is_never_overwritten(tmp_path, tiny_classi
     out = tmp_path / "runs" / "recipe"
     out.mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(OutputError, match="not empty"):
+    with pytest.raises(OutputError, match="already holds files that are not a pefttool run"):
         run_recipe(load_recipe(path))
     assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
 

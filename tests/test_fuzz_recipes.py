@@ -260,3 +260,50 @@ def test_the_fuzzer_reaches_both_outcomes():
     apply_edit(broken, ("set", "train", ("epochs", math.nan)))
     with pytest.raises(PefttoolError):
         validate_recipe(broken, base_dir=_FOLDER)
+
+
+def _numeric_keys() -> list[tuple[str, str]]:
+    """Every int/float key of every section, the strategy options included."""
+    models = {"model": ModelSection, "task": TaskSection, "data": DataSection, "train": TrainSection,
+              "eval": EvalSection, "early_stopping": EarlyStoppingSection, "output": OutputSection,
+              "method": QloraOptions}
+    keys = []
+    for section, model in models.items():
+        for name, info in model.model_fields.items():
+            if set(getattr(info.annotation, "__args__", (info.annotation,))) & {int, float}:
+                keys.append((section, name))
+    return keys
+
+
+NUMERIC_KEYS = _numeric_keys()
+# Out of range for anything: past 64 bits, past 32 bits, negative, and the float extremes.
+out_of_range = st.one_of(st.integers(min_value=2**31, max_value=2**80),
+                         st.integers(min_value=-(2**80), max_value=-1),
+                         st.sampled_from([2**32, 2**63, 2**64, -(2**63), math.inf, -math.inf,
+                                          math.nan, 1e308]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(key=st.sampled_from(NUMERIC_KEYS), value=out_of_range)
+def test_out_of_range_numbers_are_refused_or_accepted_by_the_libraries(key, value):
+    """A value that validates must also be one the libraries take at run time: a seed that
+    passed validation once crashed numpy after the data had loaded."""
+    import numpy as np
+    import torch
+
+    section, name = key
+    data = copy.deepcopy(BASE)
+    table = data.setdefault(section, {})
+    table[name] = value
+    result = _acceptable(lambda: validate_recipe(data, base_dir=_FOLDER))
+    if isinstance(result, Recipe):
+        for seed in (result.train.seed, result.data.seed):
+            np.random.seed(seed)
+            torch.Generator().manual_seed(seed)
+        assert math.isfinite(result.train.lr) and math.isfinite(result.train.weight_decay)
+        assert result.train.threads <= (__import__("os").cpu_count() or 1)
+
+
+def test_numeric_keys_cover_the_seeds_and_threads():
+    assert {("train", "seed"), ("data", "seed"), ("train", "threads"),
+            ("train", "weight_decay")} <= set(NUMERIC_KEYS)

@@ -50,7 +50,9 @@ def _one_line_error(fn, match):
 
 
 def test_loads_tiny_classifier_with_labels(host, make_recipe, tiny_classifier_dir):
-    recipe = make_recipe(tiny_classifier_dir)
+    # The tiny classifier has a trained [negative, positive] head: new labels replace it only
+    # when the recipe says so (tests/test_bad_inputs.py covers the refusal).
+    recipe = make_recipe(tiny_classifier_dir, reset_head=True)
     model = _load(host, recipe, label_names=["bad", "meh", "good"])
     assert type(model).__name__ == "BertForSequenceClassification"
     assert model.config.id2label == {0: "bad", 1: "meh", 2: "good"}
@@ -89,7 +91,7 @@ def test_causal_tokenizer_without_pad_uses_eos(make_recipe, tiny_causal_dir, mon
 
 def test_load_is_quiet(host, make_recipe, tiny_classifier_dir, capfd):
     # A new head prints a "newly initialized" load report at warning level; not here.
-    _load(host, make_recipe(tiny_classifier_dir), label_names=["a", "b", "c"])
+    _load(host, make_recipe(tiny_classifier_dir, reset_head=True), label_names=["a", "b", "c"])
     out, err = capfd.readouterr()
     assert "MISSING" not in out + err and "newly initialized" not in out + err
 
@@ -182,7 +184,9 @@ def test_remote_code_needs_consent(host, make_recipe, tmp_path):
         "model_type": "my_custom",
         "auto_map": {"AutoConfig": "configuration_my.MyConfig",
                      "AutoModelForSequenceClassification": "modeling_my.MyModel"}}))
-    (remote / "model.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, remote / "model.safetensors")  # intact, so consent is the issue
     msg = _one_line_error(lambda: _load(host, make_recipe(remote)), "^model.trust_remote_code:")
     assert "ships its own Python code" in msg
 

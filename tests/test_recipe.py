@@ -297,7 +297,7 @@ def test_an_unknown_strategy_lists_the_installed_ones(project):
 
     problem = problem_for(problems_of(path), "method.strategy")
     assert "no strategy named 'lorra' (did you mean 'lora'?)" in problem
-    assert "installed: full, lora, qlora" in problem
+    assert "loaded: full, lora, qlora" in problem
 
 
 def test_every_problem_is_reported_at_once(project):
@@ -338,12 +338,12 @@ def test_overrides_change_values_with_toml_types(project):
     path = write_recipe(project, MINIMAL)
 
     recipe = load_recipe(path, ["train.lr=2e-4", "train.epochs=5", "method.r=32",
-                                "method.target_modules=[\"query\", \"value\"]", "name=quick run"])
+                                "method.target_modules=[\"query\", \"value\"]", "description=quick run"])
 
     assert recipe.train.lr == 2e-4 and recipe.train.epochs == 5
     assert recipe.strategy_options.r == 32
     assert recipe.strategy_options.target_modules == ["query", "value"]
-    assert recipe.name == "quick run"                   # not TOML: taken as a string
+    assert recipe.description == "quick run"                # not TOML: taken as a string
 
 
 def test_an_override_can_switch_strategy_and_add_a_table(project):

@@ -234,9 +234,10 @@ class _TermAtStep2:
 def test_run_resume_takes_the_newest_unfinished_run_and_repairs_a_half_replaced_model(
         capsys, tmp_path, tiny_classifier_dir):
     # Runs get a folder per start time; lr is tiny so no evaluation improves on the first one
-    # and the model saved at step 0 stays the result.
+    # (step 1) and the model saved at step 1 stays the result.
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
-        "train.epochs": 1, "train.lr": 1e-9, "output.dir": str(tmp_path / "runs" / "{name}-{time}")})
+        "train.epochs": 1, "train.lr": 1e-9, "eval.every_steps": 1,
+        "output.dir": str(tmp_path / "runs" / "{name}-{time}")})
     host = get_plugin_host()
     host.register(_TermAtStep2(), "term-at-step-2")
     try:

@@ -1,0 +1,150 @@
+"""Several processes (GPUs, or CPU processes with gloo) on Accelerate, never a home-made engine.
+
+`pefttool run RECIPE --processes N` re-runs the same command under PyTorch's launcher
+(`torch.distributed.run`, the launcher `torchrun` and `accelerate launch` use), or under
+`accelerate launch --config_file F` when the recipe's `[distributed]` section names an
+Accelerate config (FSDP, DeepSpeed). Each process then sees RANK/WORLD_SIZE; Accelerate's
+`Accelerator` sets up DDP (NCCL on GPUs, gloo on CPU).
+
+In a multi-process run, the main process alone writes the run directory (events.jsonl, the
+marker and lock, checkpoints' shared files, model/, metrics.json) and the terminal progress;
+every process saves its own RNG state into the same checkpoint folder (Accelerate's
+save_state). Decisions that must agree (the run directory, the checkpoint to resume, stopping
+on a signal or a failing plugin) are made by the main process and broadcast.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from typing import Any
+
+from .errors import PefttoolError
+
+
+def world_size() -> int:
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def rank() -> int:
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def broadcast(value: Any) -> Any:
+    """The main process's `value`, on every process (a no-op in a single process)."""
+    if world_size() == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when it is true on any (a stop signal seen by one process)."""
+    if world_size() == 1:
+        return flag
+    import torch
+    from accelerate.state import PartialState
+
+    state = PartialState()
+    t = torch.tensor([1.0 if flag else 0.0], device=state.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        from accelerate.state import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def init(cpu: bool) -> None:
+    """Set up the process group before anything is decided (the run directory)."""
+    if world_size() > 1:
+        from accelerate.state import PartialState
+
+        PartialState(cpu=cpu)
+
+
+def launch_command(argv: list[str], processes: int, section: Any) -> list[str]:
+    """The launcher command that runs `pefttool ARGV` in `processes` processes per machine."""
+    if section is not None and section.config_file:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               section.config_file, "--num_processes", str(processes * section.num_machines)]
+        if section.num_machines > 1:
+            cmd += ["--num_machines", str(section.num_machines), "--machine_rank",
+                    str(section.machine_rank), "--main_process_ip", section.main_process_ip,
+                    "--main_process_port", str(section.main_process_port)]
+        return cmd + ["-m", "pefttool.cli", *argv]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes)]
+    if section is not None and section.num_machines > 1:
+        cmd += ["--nnodes", str(section.num_machines), "--node_rank", str(section.machine_rank),
+                "--master_addr", section.main_process_ip, "--master_port",
+                str(section.main_process_port)]
+    else:
+        cmd += ["--standalone"]
+    return cmd + ["-m", "pefttool.cli", *argv]
+
+
+def run_launched(argv: list[str], processes: int, section: Any) -> int:
+    """Run the launcher; pass the main process's output through, and reduce the launcher's
+    own multi-line failure report to one line (each process prints its own error once)."""
+    if processes < 1:
+        raise PefttoolError(f"--processes: {processes} is not a process count; use 1 or more")
+    cmd = launch_command(argv, processes, section)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
+    env["PEFTTOOL_LAUNCHED"] = "1"
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    shown_error = False
+    assert proc.stderr is not None
+    captured: list[str] = []
+    for line in proc.stderr:
+        text = line.rstrip("\n")
+        captured.append(text)
+        # pefttool's own lines (from the main process, or a failing process) pass through;
+        # the launcher's banners and its ChildFailedError report do not.
+        if text.startswith(("error: ", "warning: ", "internal error: ", "interrupted")):
+            if text.startswith(("error", "internal")):
+                if shown_error:
+                    continue
+                shown_error = True
+            print(text, file=sys.stderr, flush=True)
+        elif os.environ.get("PEFTTOOL_DEBUG"):
+            print(text, file=sys.stderr, flush=True)
+    code = proc.wait()
+    worker = _worker_exit_code(captured)
+    if code != 0 and worker is not None:
+        code = worker  # the failing process's own code (2 bad input, 3 training failed...)
+    if code != 0 and not shown_error:
+        print(f"error: a training process failed (launcher exit {code}); rerun with "
+              f"PEFTTOOL_DEBUG=1 to see every process's output: {shlex.join(cmd)}",
+              file=sys.stderr)
+    return code
+
+
+def _worker_exit_code(lines: list[str]) -> int | None:
+    """The exit code of the first failed process, from the launcher's report."""
+    import re
+
+    for line in lines:
+        match = re.search(r"exitcode\s*:\s*(-?\d+)", line)
+        if match:
+            code = int(match.group(1))
+            return 128 - code if code < 0 else code  # -15 (killed by SIGTERM) → 143
+    return None

@@ -1,0 +1,292 @@
+"""A run directory: the one home of a run's files, its statuses and exit codes.
+
+```
+RUN_DIR/
+  .pefttool-run      the run marker (JSON: format, created, the resolved recipe): written first
+  .lock              held (flock) by the one process writing this run; holds its pid and host
+  recipe.toml        the recipe as it ran (defaults filled in, local paths absolute)
+  events.jsonl       one JSON event per line
+  checkpoints/       step-NNNNNNN/ (see checkpoints.py)
+  model/             the best model so far
+  metrics.json       before/best metrics, data counts, timings
+  stderr.log         (runs launched from the TUI) the child's stderr
+```
+
+Rules that keep a user's files safe:
+  * only a folder that holds a pefttool run (its marker, or the events.jsonl + recipe.toml of
+    a run from before markers) is ever cleared by `output.overwrite`, and then only the files
+    a run writes;
+  * a run directory has one writer: the lock is taken before anything is written, and a second
+    writer is refused with the live pid;
+  * a run that failed before it started training (bad data, a model that does not load)
+    leaves nothing that blocks running the same command again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import socket
+import time
+from enum import IntEnum, StrEnum
+from pathlib import Path
+from typing import Any
+
+from .errors import OutputError
+
+
+class RunStatus(StrEnum):
+    """How a run stands; the strings are what events.jsonl and metrics.json hold."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    EARLY_STOPPED = "early_stopped"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+    CRASHED = "crashed"      # running by its events, but its process is gone (killed)
+    UNKNOWN = "unknown"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED)
+
+
+class ExitCode(IntEnum):
+    """The process exit codes of `pefttool`."""
+
+    OK = 0
+    INTERNAL = 1            # a bug: please report it
+    BAD_INPUT = 2           # recipe, data, model, plugin, output folder
+    TRAINING_FAILED = 3     # a NaN loss, a plugin failing mid-run...
+
+    @staticmethod
+    def for_signal(signum: int | None) -> int:
+        """128 + the signal that stopped the run (130 SIGINT, 143 SIGTERM, 129 SIGHUP)."""
+        return 128 + signum if signum else 130
+
+
+MARKER_FILE = ".pefttool-run"
+LOCK_FILE = ".lock"
+RECIPE_FILE = "recipe.toml"
+EVENTS_FILE = "events.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+METRICS_FILE = "metrics.json"
+STDERR_FILE = "stderr.log"
+PLOT_FILE = "curves.png"
+# What a run writes; `output.overwrite = true` removes only these, never anything else.
+RUN_ARTIFACTS = (MODEL_DIR, CHECKPOINTS_DIR, EVENTS_FILE, RECIPE_FILE, METRICS_FILE, STDERR_FILE,
+                 MARKER_FILE, PLOT_FILE, "samples.jsonl", ".model-tmp", ".model-old")
+MARKER_FORMAT = 1
+
+
+class RunDir:
+    """The files of one run, and the rules for creating, reusing and locking its folder."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # -- names
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER_FILE
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / RECIPE_FILE
+
+    @property
+    def events(self) -> Path:
+        return self.path / EVENTS_FILE
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    @property
+    def model(self) -> Path:
+        return self.path / MODEL_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def stderr(self) -> Path:
+        return self.path / STDERR_FILE
+
+    # -- what the folder holds
+
+    def is_run(self) -> bool:
+        """A folder a pefttool run wrote: its marker, or (runs from before markers) both its
+        events.jsonl and its recipe.toml."""
+        return self.marker.is_file() or (self.events.is_file() and self.recipe.is_file())
+
+    def never_started(self) -> bool:
+        """A run that stopped before its first training step: no start event, no checkpoint,
+        no model (bad data, a model that would not load, a stop during set-up)."""
+        if not self.is_run() or self.model.exists() or any(self.checkpoints.glob("step-*")):
+            return False
+        try:
+            text = self.events.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return True
+        return '"type": "start"' not in text
+
+    def read_marker(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def write_marker(self, resolved_recipe: dict[str, Any]) -> None:
+        """Written once, when the run is created: what it is, and the recipe it started with
+        (resume compares against this, whatever happens to recipe.toml later)."""
+        data = {"format": MARKER_FORMAT, "created": time.time(), "recipe": resolved_recipe}
+        tmp = self.path / f".{MARKER_FILE}.tmp"
+        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+        os.replace(tmp, self.marker)
+
+    # -- one writer
+
+    def acquire(self) -> str | None:
+        """Take the run's lock (flock on `.lock`, released by the OS when the process dies).
+        Returns a line to log when a stale lock of a dead process was taken over. Raises
+        `OutputError` naming the live writer when another process holds it."""
+        import fcntl
+
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                raise
+            holder = self.lock_holder()
+            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+            raise OutputError(f"the run in {self.path} is being written by another pefttool "
+                              f"({who}); wait for it to end, or stop it (kill -INT "
+                              f"{holder.get('pid', 'PID')}) and resume") from None
+        previous = self.lock_holder()
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.time()}).encode())
+        os.fsync(fd)
+        self._lock_fd = fd
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            return (f"took over the lock of pid {previous['pid']} on {previous.get('host', '?')}, "
+                    f"which is no longer running (it was killed, or its machine restarted)")
+        return None
+
+    def lock_holder(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.lock_file.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def release(self) -> None:
+        if self._lock_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.lock_file.unlink()
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+        self._lock_fd = None
+
+    # -- preparing
+
+    def clear_artifacts(self) -> None:
+        """Remove what a run wrote (never anything else in the folder)."""
+        for name in RUN_ARTIFACTS:
+            target = self.path / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            elif target.exists() or target.is_symlink():
+                target.unlink()
+
+    def recover_after_kill(self) -> None:
+        """Undo what a kill in the middle of a write left behind, before resuming: a model/
+        moved aside while being replaced (put it back), and temporary folders (remove them)."""
+        old = self.path / f".{MODEL_DIR}-old"
+        if old.is_dir() and not self.model.exists():
+            os.replace(old, self.model)
+        for stale in (old, self.path / f".{MODEL_DIR}-tmp", *self.checkpoints.glob(".tmp-step-*")):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def check_writable(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as exc:
+            raise OutputError(f"output.dir: cannot write to {self.path} ({exc.strerror}); choose a "
+                              f"writable output.dir") from exc
+
+
+def claim_new(path: Path, overwrite: bool, templated_time: bool) -> tuple[RunDir, str | None]:
+    """The folder for a new run, locked. Returns (run dir, a line to log or None).
+
+    `templated_time`: the path came from an `output.dir` with `{time}`, so a taken name gets a
+    `-2`, `-3`... suffix (two runs started in the same second) instead of an error.
+    """
+    if templated_time:
+        for i in range(1, 1000):
+            candidate = path if i == 1 else path.with_name(f"{path.name}-{i}")
+            try:
+                candidate.mkdir(parents=True)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise OutputError(f"output.dir: cannot create {candidate} ({exc.strerror}); choose a "
+                                  f"writable output.dir") from exc
+            run = RunDir(candidate)
+            run.check_writable()
+            return run, run.acquire()
+        raise OutputError(f"output.dir: {path} and 998 numbered variants exist; clean up {path.parent}")
+
+    run = RunDir(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"output.dir: {path} is a file, not a folder; choose another output.dir")
+    note = None
+    if path.is_dir() and any(path.iterdir()):
+        if not run.is_run():
+            names = sorted(p.name for p in path.iterdir())
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            raise OutputError(f"output.dir: {path} already holds files that are not a pefttool run "
+                              f"({shown}); choose another output.dir (pefttool never deletes what it "
+                              f"did not write)")
+        run.check_writable()
+        stale = run.acquire()  # before anything is removed: a live run there refuses us here
+        try:
+            if run.never_started():
+                note = f"replacing the run in {path}, which stopped before it began training"
+            elif not overwrite:
+                raise OutputError(f"output.dir: {path} holds a previous run; resume it (pefttool "
+                                  f"resume {path}), choose another output.dir, or set "
+                                  f"output.overwrite = true to replace it")
+            else:
+                note = f"output.overwrite: replaced the previous run in {path}"
+            run.clear_artifacts()
+        except BaseException:
+            run.release()
+            raise
+        return run, "; ".join(x for x in (stale, note) if x) or None
+    run.check_writable()
+    return run, run.acquire()

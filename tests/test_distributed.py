@@ -1,0 +1,142 @@
+"""Several processes on CPU (gloo), through the same launcher as on GPUs: the results match a
+single process with the same global batch, one process writes the run, and a killed
+multi-process run resumes to the same result. Few and small: each run starts 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fault_helpers import child_env, events_of, of_type, tensors
+from pefttool.checkpoints import list_checkpoints
+from tiny_models import write_tiny_recipe
+
+pytestmark = pytest.mark.multiprocess
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model(tmp_path_factory, tiny_classifier_dir):
+    """The tiny classifier without dropout: runs with other batch splits can then agree."""
+    folder = tmp_path_factory.mktemp("no-dropout") / "model"
+    shutil.copytree(tiny_classifier_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, classifier_dropout=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def pefttool(*args, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pefttool.cli", *map(str, args)], cwd=cwd,
+                          env=child_env(), capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def recipe_for(folder: Path, model: Path, batch: int) -> Path:
+    return write_tiny_recipe(folder, model, "lora", overrides={
+        "train.batch_size": batch, "train.epochs": 2, "train.log_every": 1,
+        "train.checkpoint_every": 4, "train.lr": 0.02})
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout_model):
+    one = recipe_for(tmp_path / "one", no_dropout_model, batch=8)
+    two = recipe_for(tmp_path / "two", no_dropout_model, batch=4)
+    r1 = pefttool("run", one, cwd=tmp_path)
+    r2 = pefttool("run", two, "--processes", 2, cwd=tmp_path)
+    assert r1.returncode == 0, r1.stderr
+    assert r2.returncode == 0, r2.stderr
+    run1, run2 = tmp_path / "one" / "runs" / "recipe", tmp_path / "two" / "runs" / "recipe"
+
+    events2 = events_of(run2)
+    (start,) = of_type(events2, "start")  # one writer: one start event, one end event
+    assert start.processes == 2 and len(of_type(events2, "end")) == 1
+    assert "× 2 processes" in r2.stdout
+    losses1 = [e.loss for e in of_type(events_of(run1), "step")]
+    losses2 = [e.loss for e in of_type(events2, "step")]
+    assert len(losses1) == len(losses2) == 12
+    assert max(abs(a - b) for a, b in zip(losses1, losses2)) < 1e-4, (losses1, losses2)
+    w1 = tensors(run1 / "model" / "adapter_model.safetensors")
+    w2 = tensors(run2 / "model" / "adapter_model.safetensors")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < 1e-4
+    last = list_checkpoints(run2)[-1]
+    assert sorted(p.name for p in last.glob("random_states_*")) == ["random_states_0.pkl",
+                                                                   "random_states_1.pkl"]
+    evals1 = [e.metrics["accuracy"] for e in of_type(events_of(run1), "eval")]
+    evals2 = [e.metrics["accuracy"] for e in of_type(events2, "eval")]
+    assert evals1 == evals2  # every eval row counted once, over both processes
+
+
+def test_a_killed_multi_process_run_resumes_to_the_same_result(tmp_path, no_dropout_model):
+    reference = recipe_for(tmp_path / "ref", no_dropout_model, batch=4)
+    assert pefttool("run", reference, "--processes", 2, cwd=tmp_path).returncode == 0
+    ref_weights = tensors(tmp_path / "ref" / "runs" / "recipe" / "model" / "adapter_model.safetensors")
+
+    killed = recipe_for(tmp_path / "killed", no_dropout_model, batch=4)
+    run_dir = tmp_path / "killed" / "runs" / "recipe"
+    proc = subprocess.Popen([sys.executable, "-m", "pefttool.cli", "run", str(killed),
+                             "--processes", "2"], cwd=tmp_path, env=child_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not list_checkpoints(run_dir):
+        time.sleep(0.05)
+    import psutil
+
+    # The launcher and every training process at once (the launcher starts its workers in
+    # sessions of their own, so a process-group kill would miss them).
+    family = [psutil.Process(proc.pid)] + psutil.Process(proc.pid).children(recursive=True)
+    for member in family:
+        try:
+            member.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    gone, alive = psutil.wait_procs(family[1:], timeout=20)
+    assert not alive, alive
+    assert list_checkpoints(run_dir), "no checkpoint before the kill"
+    assert not (run_dir / "metrics.json").exists(), "the run finished before the kill"
+
+    resumed = pefttool("resume", run_dir, cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step-" in resumed.stdout
+    weights = tensors(run_dir / "model" / "adapter_model.safetensors")
+    assert max(float((weights[k] - ref_weights[k]).abs().max()) for k in weights) < 1e-6
+
+
+def test_resuming_with_another_process_count_is_refused(tmp_path, no_dropout_model):
+    recipe = recipe_for(tmp_path, no_dropout_model, batch=4)
+    from pefttool.engine import run_recipe  # a one-process run, stopped after its first checkpoint
+    from pefttool.recipe import load_recipe
+    from test_run_integrity import StopAfter
+
+    result = run_recipe(load_recipe(recipe), observers=(StopAfter(4),))
+    assert result.status == "interrupted"
+    refused = pefttool("run", recipe, "--resume", "--processes", 2, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert "distributed.processes: 1 → 2" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_an_accelerate_config_and_multi_node_settings_build_the_launch(tmp_path):
+    """FSDP/DeepSpeed and several machines go through accelerate launch / torchrun flags
+    (not run here: no GPUs); the command is what the README says."""
+    from pefttool.distributed import launch_command
+    from pefttool.recipe import DistributedSection
+
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("distributed_type: FSDP\n")
+    fsdp = launch_command(["run", "r.toml"], 4, DistributedSection(config_file=str(config)))
+    assert fsdp[1:4] == ["-m", "accelerate.commands.launch", "--config_file"]
+    assert fsdp[-4:] == ["-m", "pefttool.cli", "run", "r.toml"] and "4" in fsdp
+    nodes = launch_command(["run", "r.toml"], 8, DistributedSection(
+        num_machines=2, machine_rank=1, main_process_ip="10.0.0.1"))
+    assert nodes[1:3] == ["-m", "torch.distributed.run"]
+    for flag, value in (("--nproc_per_node", "8"), ("--nnodes", "2"), ("--node_rank", "1"),
+                        ("--master_addr", "10.0.0.1")):
+        assert nodes[nodes.index(flag) + 1] == value
