@@ -6,12 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup tools clean
+.PHONY: demo test bench setup tools clean
 demo: $(STAMP)
 	$(BIN)/pefttool run recipes/lora.toml
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
+
+# Side-by-side benchmarks (pefttool vs Trainer + PEFT, a hand-written loop, MFU, memory, start-up,
+# bf16): tens of minutes; `make bench BENCH_ARGS=--quick` runs them small. Results: benchmarks/RESULTS.md.
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py all $(BENCH_ARGS)
 
 setup: $(STAMP)
 

@@ -1,0 +1,72 @@
+"""Smoke tests of benchmarks/: each benchmark runs at its smallest size and prints its table.
+No figure is asserted (speed targets live in the benchmarks, not in tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+
+def _run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+@pytest.mark.bench
+@pytest.mark.real
+@pytest.mark.skipif(os.environ.get("PEFTTOOL_BENCH_SMOKE") != "1",
+                    reason="set PEFTTOOL_BENCH_SMOKE=1: each runs real models for 1-3 minutes, too long for every CI run")
+@pytest.mark.parametrize("which", ["trainer", "mfu", "memory", "startup", "bf16"])
+def test_benchmark_runs_and_prints_its_table(which, tmp_path):
+    p = _run(str(BENCH / "bench.py"), which, "--smoke", "--work", str(tmp_path))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "FAILED" not in p.stdout
+    tables = [line for line in p.stdout.splitlines() if line.startswith("### ")]
+    assert tables, p.stdout
+    assert any(line.startswith("|--") or line.startswith("|-") for line in p.stdout.splitlines())
+
+
+def test_gpu_check_skips_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present: the skip path is not taken here")
+    p = _run(str(BENCH / "gpu_check.py"), timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1].startswith("gpu_check: skipped: CUDA is not available")
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora", "qlora"])
+def test_gpu_check_recipes_validate(strategy, tiny_causal_dir, tmp_path):
+    import gpu_check
+
+    import bench
+
+    train, eval_ = bench.long_texts(tmp_path, 4, 2)
+    path, unsupported = gpu_check.build_recipe(tmp_path, f"g-{strategy}", str(tiny_causal_dir), None, train,
+                                               eval_, strategy, seq=64, batch=2, steps=2)
+    ok, message = gpu_check.validate(path)
+    assert ok, message
+    text = path.read_text()
+    expected = gpu_check.COMMON_KEYS + (gpu_check.QLORA_KEYS if strategy == "qlora" else [])
+    for key, value in expected:   # every optional key is either in the recipe or reported unsupported
+        name = key.split(".", 1)[1]
+        assert (f"{name} = {value}" in text) != (key in unsupported), key
+    assert f'strategy = "{strategy}"' in text
+
+
+def test_set_key_replaces_or_adds():
+    import gpu_check
+
+    text = "[model]\ndtype = \"float32\"\n[train]\nepochs = 1\n"
+    out = gpu_check.set_key(text, "model.dtype", '"bfloat16"')
+    assert 'dtype = "bfloat16"' in out and "float32" not in out
+    out = gpu_check.set_key(out, "train.optimizer", '"paged_adamw_8bit"')
+    assert out.index('optimizer = "paged_adamw_8bit"') > out.index("[train]")
