@@ -121,3 +121,20 @@ def head_candidates(model: Any) -> list[str]:
     """Top-level child modules after the backbone (where a classification head would be)."""
     children = [name for name, _ in model.named_children()]
     return children[1:] if len(children) > 1 else children
+
+
+def save_adapter(model: Any, out_dir: Any, recipe: Any) -> None:
+    """Save a PEFT adapter whose `base_model_name_or_path` is the recipe's own location
+    (`package:NAME/inner`, a hub id, or the path as written), not this machine's absolute
+    path into site-packages: the adapter then means the same on another machine. pefttool's
+    own commands load the base from the run's recipe; stock PEFT users pass the base model
+    themselves (`PeftModel.from_pretrained(AutoModel...from_pretrained(BASE), ADAPTER)`)."""
+    import json
+    from pathlib import Path
+
+    model.save_pretrained(out_dir, safe_serialization=True)
+    config = Path(out_dir) / "adapter_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = recipe.model.path
+        config.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")

@@ -89,3 +89,11 @@ def test_bad_inputs_to_predict_and_export_are_one_line(capsys, runs, tmp_path, t
     rc, out, err = cli(capsys, "export", runs["lora"], "--out", tmp_path / "g", "--gguf")
     assert_clean_failure(rc, out, err, "--gguf: converting to GGUF needs llama.cpp's")
     assert not (tmp_path / "g").exists()
+
+
+def test_an_adapter_names_its_base_as_the_recipe_does_not_as_a_local_path(runs):
+    from pefttool.recipe import load_recipe as load
+
+    config = json.loads((runs["lora"] / "model" / "adapter_config.json").read_text())
+    saved = load(runs["lora"] / "recipe.toml", check_files=False)
+    assert config["base_model_name_or_path"] == saved.model.path

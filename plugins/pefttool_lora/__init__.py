@@ -37,7 +37,9 @@ class LoraStrategy(Strategy):
         return add_lora(model, recipe, options)
 
     def save(self, model, out_dir, recipe, options):
-        model.save_pretrained(out_dir, safe_serialization=True)
+        from pefttool.adapters import save_adapter
+
+        save_adapter(model, out_dir, recipe)  # base_model_name_or_path: the recipe's location
 
 
 @hookimpl
