@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 from .adapters import peft_wrap
 from .errors import (DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError,
                      TrainingError)
-from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, StartEvent, StepEvent
+from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, LogEvent, PhaseEvent, StartEvent,
+                     StepEvent)
 from .hookspecs import hookimpl
 from .recipe import Recipe, load_recipe, validate_recipe
 from .strategy import Strategy, StrategyOptions
@@ -30,7 +31,8 @@ def run(recipe: Recipe, resume: bool = False, **kwargs: Any) -> RunResult:
 
 
 __all__ = [
-    "CheckpointEvent", "EndEvent", "EvalEvent", "LogEvent", "StartEvent", "StepEvent",
+    "CheckpointEvent", "EndEvent", "EvalEvent", "Event", "LogEvent", "PhaseEvent", "StartEvent",
+    "StepEvent",
     "DataError", "ModelError", "OutputError", "PefttoolError", "PluginError", "Recipe", "RecipeError",
     "Strategy", "StrategyOptions", "TrainingError", "hookimpl", "peft_wrap", "load_recipe",
     "run", "validate_recipe", "__version__",

@@ -121,18 +121,3 @@ def head_candidates(model: Any) -> list[str]:
     """Top-level child modules after the backbone (where a classification head would be)."""
     children = [name for name, _ in model.named_children()]
     return children[1:] if len(children) > 1 else children
-
-
-def trainable_summary(model: Any) -> dict[str, int]:
-    """Trainable parameter counts split into adapter / head (modules_to_save) / other."""
-    out = {"adapter": 0, "head": 0, "other": 0}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if "lora_" in name:
-            out["adapter"] += p.numel()
-        elif "modules_to_save" in name:
-            out["head"] += p.numel()
-        else:
-            out["other"] += p.numel()
-    return out

@@ -45,6 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", type=Path, help="the run's directory (holds events.jsonl)")
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
+    predict = sub.add_parser("predict", help="label texts with a finished classification run")
+    predict.add_argument("run_dir", type=Path, help="the run's directory")
+    predict.add_argument("texts", nargs="*", help="texts to label (none: read --file or stdin)")
+    predict.add_argument("--file", type=Path, help="a CSV/JSONL file; its data.text_column is labelled")
+    predict.add_argument("--json", action="store_true", help="one JSON object per text")
+    export = sub.add_parser("export", help="write a run's model for use elsewhere")
+    export.add_argument("run_dir", type=Path, help="the run's directory")
+    export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    export.add_argument("--merge", action="store_true",
+                        help="merge the adapter into its base: a plain transformers model, no PEFT")
+    export.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                        help="weights' dtype with --merge (default fp32)")
+    export.add_argument("--gguf", action="store_true",
+                        help="also convert the merged model to GGUF (needs llama.cpp's converter)")
     plugins = sub.add_parser("plugins", help="list the loaded plugins and their strategies")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     new = sub.add_parser("new-plugin", help="scaffold a strategy plugin package that passes its own test")
@@ -98,6 +112,10 @@ def dispatch(args: argparse.Namespace) -> int:
         root = new_plugin(args.name, args.dir)
         print(f"created {root}: pip install -e '{root}[test]', then pytest {root}")
         return 0
+    if command == "predict":
+        return cmd_predict(args)
+    if command == "export":
+        return cmd_export(args)
     if command == "recipes":
         return cmd_recipes()
     if command == "runs":
@@ -158,6 +176,80 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return resume_headless(args.run_dir, quiet=args.quiet)
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .errors import PefttoolError as Bad
+    from .trained import load_trained, predict
+
+    texts = list(args.texts)
+    if args.file is not None:
+        texts += _texts_from_file(args.file)
+    if not texts and not sys.stdin.isatty():
+        texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    if not texts:
+        raise Bad("predict: no texts; give them as arguments, with --file, or on stdin")
+    trained = load_trained(args.run_dir)
+    show = sys.stderr.isatty() and len(texts) > 64
+
+    def progress(done: int, total: int) -> None:
+        if show:
+            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
+
+    results = predict(trained, texts, progress=progress)
+    if show:
+        print(file=sys.stderr)
+    for text, (label, probs) in zip(texts, results):
+        if args.json:
+            print(json.dumps({"text": text, "label": label, "probabilities": probs}))
+        else:
+            print(f"{label}\t{probs[label]:.3f}\t{text}")
+    return 0
+
+
+def _texts_from_file(path: Path) -> list[str]:
+    """The text column of a CSV/JSONL file, read like training data (its column name is the
+    run's data.text_column, default 'text')."""
+    import csv
+
+    from .errors import DataError
+
+    if not path.is_file():
+        raise DataError(f"--file: {path} is not a file")
+    column = "text"
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            if path.suffix in (".jsonl", ".json", ".ndjson"):
+                rows = [json.loads(line) for line in fh if line.strip()]
+            else:
+                rows = list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
+    except (UnicodeDecodeError, ValueError, csv.Error) as exc:
+        raise DataError(f"--file: {path} cannot be read ({type(exc).__name__}: {exc}); give UTF-8 "
+                        f"CSV or JSONL with a '{column}' column") from None
+    if not rows or not all(isinstance(r, dict) and isinstance(r.get(column), str) for r in rows):
+        raise DataError(f"--file: {path} has no '{column}' text in every row")
+    return [r[column] for r in rows]
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .errors import PefttoolError as Bad
+    from .trained import export, gguf_converter
+
+    if args.gguf and gguf_converter() is None:
+        raise Bad("--gguf: converting to GGUF needs llama.cpp's convert_hf_to_gguf.py on PATH (from "
+                  "a llama.cpp checkout); export with --merge, then run it on the folder")
+    out = export(args.run_dir, args.out, merge=args.merge or args.gguf, dtype=args.dtype)
+    print(f"exported {'merged model' if args.merge or args.gguf else 'model'} to {out}")
+    if args.gguf:
+        import subprocess
+
+        target = out / "model.gguf"
+        done = subprocess.run([gguf_converter(), str(out), "--outfile", str(target)])
+        if done.returncode != 0:
+            raise Bad(f"--gguf: the converter failed (exit {done.returncode}); the merged model is "
+                      f"in {out}")
+        print(f"GGUF: {target}")
+    return 0
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from .plugins import get_plugin_host
 
@@ -195,7 +287,7 @@ def cmd_recipes() -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from .errors import OutputError
-    from .runs import list_runs
+    from .runs import format_duration, list_runs
 
     if args.root.exists() and not args.root.is_dir():
         raise OutputError(f"{args.root} is a file; pefttool runs takes the folder that holds run "
@@ -204,8 +296,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not runs:
         print(f"no runs under {args.root}")
     for run in runs:
+        # the baseline before training is "before", never the best
         best = f"{run.metric}={run.best:.4f}" if run.best is not None else "-"
-        print(f"{run.status:<13} {str(run.path):<40} {best:<22} {run.duration_s:7.0f}s")
+        before = f"before {run.before:.4f}" if run.before is not None else ""
+        print(f"{run.status:<13} {str(run.path):<40} {best:<22} {format_duration(run.duration_s):>7} "
+              f"{before}".rstrip())
+        if run.bad_lines:
+            print(f"warning: {run.path}: {run.bad_lines} line(s) of events.jsonl are not events "
+                  f"and were skipped", file=sys.stderr)
     return 0
 
 

@@ -24,7 +24,8 @@ from typing import Any, Iterator
 from .checkpoints import (TrainState, latest_checkpoint, list_checkpoints, replace_dir,
                           save_checkpoint, verify_checkpoint)
 from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
-from .events import CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, StartEvent, StepEvent
+from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent,
+                     StartEvent, StepEvent)
 from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
 from . import distributed
@@ -33,9 +34,6 @@ from .sampling import EpochShuffleSampler, LengthGroupedSampler
 from .strategy import GuardedStrategy
 from .rundir import (EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
                      claim_new)
-
-_HOOK_FOR = {"start": "pefttool_run_start", "step": "pefttool_step_end", "eval": "pefttool_eval_end",
-             "checkpoint": "pefttool_checkpoint", "log": "pefttool_log", "end": "pefttool_run_end"}
 
 
 @dataclass
@@ -192,7 +190,7 @@ class _Emitter:
             return
         self.log.write(event)
         try:
-            self.host.fire(_HOOK_FOR[event.type], event=event)
+            self.host.fire(event.hook, event=event)
         except PluginError as exc:
             if self.on_error == "warn":
                 if not self._warning:  # a warning about a failing log hook must not loop
@@ -443,6 +441,7 @@ class _TrainingRun:
         self.run_dir, self.emit, self.stop = run_dir, emit, stop
         self.state = TrainState()
         self._paused_s = 0.0  # seconds spent evaluating/checkpointing since the last step event
+        self._eval_s = 0.0    # how long the last evaluation took (the ETA counts evaluations)
 
     # -- set-up: everything before the first step
 
@@ -469,7 +468,8 @@ class _TrainingRun:
         hf_logging.disable_progress_bar()  # "Writing model shards" bars would garble our output
         if r.train.threads:
             torch.set_num_threads(r.train.threads)
-        # Denormal floats make the first CPU steps of a real model 10-25x slower (STACK.md).
+        # Denormal floats make the first CPU steps of a real model 10-25x slower (measured on
+        # SmolLM2-135M on CPU).
         torch.set_flush_denormal(True)
         set_seed(r.train.seed)
         use_cpu = r.train.device == "cpu" or (r.train.device == "auto" and not torch.cuda.is_available())
@@ -616,6 +616,7 @@ class _TrainingRun:
     # -- the run, start to end
 
     def execute(self, checkpoint: Path | None, started: float) -> RunResult:
+        self.emit(PhaseEvent(phase="loading"))
         self._setup(checkpoint)
         r, state = self.recipe, self.state
         self.emit(StartEvent(
@@ -780,8 +781,20 @@ class _TrainingRun:
             epoch=round(state.epoch + state.batches_done / self.batches_per_epoch, 4),
             loss=round(loss, 6), lr=self.scheduler.get_last_lr()[0],
             tokens_per_s=round(tokens_per_s, 1), samples_per_s=round(samples_per_s, 2),
-            elapsed_s=round(state.train_seconds, 2), eta_s=round(remaining * self._sec_per_step, 1),
+            elapsed_s=round(state.train_seconds, 2),
+            eta_s=round(remaining * self._sec_per_step + self._evals_left() * self._eval_s, 1),
             rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1), gpu_mem_mb=gpu))
+
+    def _evals_left(self) -> int:
+        """Evaluations still to come (for the ETA): every `eval.every_steps`, or each epoch's
+        end, and the final one."""
+        step, total = self.state.global_step, self.total_steps
+        if step >= total:
+            return 0
+        every = self.recipe.eval.every_steps
+        if every:
+            return (total - 1) // every - step // every + 1
+        return -(-(total - step) // max(self.steps_per_epoch, 1))
 
     # -- evaluation and early stopping
 
@@ -791,7 +804,8 @@ class _TrainingRun:
 
         r, state = self.recipe, self.state
         began = time.perf_counter()
-        metrics = evaluate(self.model, self.eval_dl, self.data, r, self.tokenizer, self.accelerator)
+        loader = _PhaseProgress(self.eval_dl, self.emit, "evaluating", state.global_step)
+        metrics = evaluate(self.model, loader, self.data, r, self.tokenizer, self.accelerator)
         value = metrics[r.metric]
         sign = 1 if r.higher_is_better else -1
         # The untrained baseline is "before", never "best": the first trained evaluation is the
@@ -809,8 +823,10 @@ class _TrainingRun:
         epoch = round(state.epoch + state.batches_done / self.batches_per_epoch, 4)
         state.history.append({"step": state.global_step, "epoch": epoch, **metrics})
         self.emit(EvalEvent(step=state.global_step, epoch=epoch, metrics=metrics, metric=r.metric,
-                            value=value, best=state.best, is_best=improved, bad_evals=state.bad_evals))
-        self._paused_s += time.perf_counter() - began
+                            value=value, best=state.best, is_best=improved, bad_evals=state.bad_evals,
+                            before=before))
+        self._eval_s = time.perf_counter() - began
+        self._paused_s += self._eval_s
         stop = (r.early_stopping.enabled and not before
                 and state.bad_evals >= r.early_stopping.patience)
         if stop:
@@ -823,6 +839,7 @@ class _TrainingRun:
         """Write the current model as the run's result, atomically (old or new, never half)."""
         if not self.accelerator.is_main_process:
             return
+        self.emit(PhaseEvent(phase="saving", step=self.state.global_step))
         target = self.run_dir / MODEL_DIR
         tmp = self.run_dir / f".{MODEL_DIR}-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -853,6 +870,7 @@ class _TrainingRun:
         began = time.perf_counter()
         if state.best_step == state.global_step:
             state.best_checkpoint = f"step-{state.global_step:07d}"
+        self.emit(PhaseEvent(phase="checkpointing", step=state.global_step))
         try:
             state.processes = self.accelerator.num_processes
             path = save_checkpoint(self.run_dir, state, lambda d: self.accelerator.save_state(str(d)),
@@ -899,3 +917,30 @@ class _TrainingRun:
             model_dir=str(model_dir) if model_dir.exists() else None, message=message,
             exit_code=result.exit_code))
         return result
+
+
+class _PhaseProgress:
+    """An eval loader that reports its progress as PhaseEvents: when it begins, then at most
+    about once a second (a UI shows "evaluating 12/40" instead of looking frozen)."""
+
+    def __init__(self, loader: Any, emit: _Emitter, phase: str, step: int, every_s: float = 1.0):
+        self.loader, self.emit, self.phase, self.step, self.every_s = loader, emit, phase, step, every_s
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            total = len(self.loader)
+        except TypeError:
+            total = 0
+        self.emit(PhaseEvent(phase=self.phase, step=self.step, done=0, total=total))
+        shown = time.monotonic()
+        for done, batch in enumerate(self.loader, 1):
+            yield batch
+            if time.monotonic() - shown >= self.every_s:
+                shown = time.monotonic()
+                self.emit(PhaseEvent(phase=self.phase, step=self.step, done=done, total=total))

@@ -20,9 +20,11 @@ from .rundir import EVENTS_FILE  # noqa: E402  (the run directory's names live i
 
 @dataclass
 class Event:
-    """Base of all events; `type` names the kind in JSONL."""
+    """Base of all events; `type` names the kind in JSONL, `hook` the observer hook that
+    receives it (see hookspecs.py)."""
 
     type: ClassVar[str] = "event"
+    hook: ClassVar[str] = ""
     time: float = field(default_factory=time.time, kw_only=True)
 
     def to_json(self) -> str:
@@ -34,6 +36,7 @@ class StartEvent(Event):
     """The run is set up and about to train (or resume)."""
 
     type: ClassVar[str] = "start"
+    hook: ClassVar[str] = "pefttool_run_start"
     run_dir: str
     recipe: dict[str, Any]            # the resolved recipe, defaults filled in
     strategy: str
@@ -56,6 +59,7 @@ class StepEvent(Event):
     """An optimizer step finished (emitted every `train.log_every` steps, and the last one)."""
 
     type: ClassVar[str] = "step"
+    hook: ClassVar[str] = "pefttool_step_end"
     step: int
     total_steps: int
     epoch: float                      # fractional: 1.5 = halfway through the second epoch
@@ -71,17 +75,22 @@ class StepEvent(Event):
 
 @dataclass
 class EvalEvent(Event):
-    """An evaluation finished; `metrics` holds every metric, `metric` names the one that rules."""
+    """An evaluation finished; `metrics` holds every metric, `metric` names the one that rules.
+
+    `before` marks the baseline evaluation before training: it is shown as "before", never
+    counts as the best (`is_best` false, `best` None until a training evaluation)."""
 
     type: ClassVar[str] = "eval"
+    hook: ClassVar[str] = "pefttool_eval_end"
     step: int
     epoch: float
     metrics: dict[str, float]
     metric: str
     value: float
-    best: float
+    best: float | None                # the best so far during training (None: only the baseline)
     is_best: bool
     bad_evals: int                    # evaluations in a row without improvement
+    before: bool = False              # the baseline evaluation, before any training step
 
 
 @dataclass
@@ -89,6 +98,7 @@ class CheckpointEvent(Event):
     """A checkpoint was written completely (atomically) and can be resumed from."""
 
     type: ClassVar[str] = "checkpoint"
+    hook: ClassVar[str] = "pefttool_checkpoint"
     step: int
     path: str
     reason: str = "interval"          # interval | epoch | stop | best
@@ -99,8 +109,25 @@ class LogEvent(Event):
     """A human-readable message worth showing (data cleaning counts, warnings, decisions)."""
 
     type: ClassVar[str] = "log"
+    hook: ClassVar[str] = "pefttool_log"
     level: str                        # info | warning | error
     message: str
+
+
+@dataclass
+class PhaseEvent(Event):
+    """What the run is doing between training steps, so a UI need not look frozen: `loading`
+    (model and data), `evaluating` (`done` of `total` eval batches; sent when it begins, then
+    at most about once a second), `checkpointing`, `saving` (the model). The next step or
+    end event means the phase is over. Observers get it through `pefttool_phase`."""
+
+    type: ClassVar[str] = "phase"
+    hook: ClassVar[str] = "pefttool_phase"
+    phase: str                        # loading | evaluating | checkpointing | saving
+    step: int = 0
+    done: int = 0
+    total: int = 0
+    pid: int = field(default_factory=os.getpid)   # a resumed run's new process, before its start
 
 
 @dataclass
@@ -108,6 +135,7 @@ class EndEvent(Event):
     """The run is over; `status` says how, and what to do next if it was not completed."""
 
     type: ClassVar[str] = "end"
+    hook: ClassVar[str] = "pefttool_run_end"
     status: str          # completed | early_stopped | interrupted | failed
     step: int
     duration_s: float
@@ -120,7 +148,8 @@ class EndEvent(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (StartEvent, StepEvent, EvalEvent, CheckpointEvent, LogEvent, EndEvent)
+    cls.type: cls for cls in (StartEvent, StepEvent, EvalEvent, CheckpointEvent, LogEvent, PhaseEvent,
+                              EndEvent)
 }
 
 
@@ -134,9 +163,12 @@ def from_dict(data: Any) -> Event | None:
         return None
     names = {f.name for f in fields(cls)}
     try:
-        return cls(**{k: v for k, v in data.items() if k in names})
+        event = cls(**{k: v for k, v in data.items() if k in names})
     except TypeError:  # a required field missing
         return None
+    if not isinstance(event.time, (int, float)) or isinstance(event.time, bool):
+        return None   # a time that is not a number would break every reader's arithmetic
+    return event
 
 
 class EventLog:
@@ -170,6 +202,11 @@ class LineTail:
         self._offset = 0
         self._partial = b""
 
+    @property
+    def offset(self) -> int:
+        """Bytes of the file read so far."""
+        return self._offset
+
     def poll(self) -> list[bytes]:
         try:
             with open(self.path, "rb") as fh:
@@ -184,12 +221,19 @@ class LineTail:
 
 
 class EventFollower:
-    """Reads new events from a growing `events.jsonl` (for attaching to a live run)."""
+    """Reads new events from a growing `events.jsonl` (for attaching to a live run).
+
+    A line that is not an event is skipped and counted in `skipped`: one bad line never stops
+    the rest of the run (or other runs) from being read."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._tail = LineTail(self.path)
         self.skipped = 0  # lines that were not an event (damaged, or from a newer writer)
+
+    @property
+    def offset(self) -> int:
+        return self._tail.offset
 
     def poll(self) -> list[Event]:
         out = []

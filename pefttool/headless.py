@@ -16,18 +16,10 @@ from typing import Any, TextIO
 
 from .hookspecs import hookimpl
 from .errors import OutputError
-from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, StartEvent, StepEvent
+from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, PhaseEvent, StartEvent, StepEvent
+from .runs import format_duration
 
 PLAIN_INTERVAL_ENV = "PEFTTOOL_PROGRESS_SECONDS"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "--:--"
-    seconds = int(seconds + 0.5)
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m:02d}:{s:02d}"
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -110,8 +102,17 @@ class HeadlessReporter:
             self.first_eval = event
         if self.quiet:
             return
-        mark = " (best)" if event.is_best else ""
+        mark = " (before training)" if event.before else " (best)" if event.is_best else ""
         self._line(f"eval at step {event.step}: {format_metrics(event.metrics)}{mark}")
+
+    @hookimpl
+    def pefttool_phase(self, event: PhaseEvent) -> None:
+        # Only the live line shows phases ("evaluating 12/40"): a log file gets the results.
+        if self.quiet or not self.live:
+            return
+        count = f" {event.done}/{event.total}" if event.total else ""
+        self._write(f"\r\033[K{event.phase}{count} (step {event.step})")
+        self._line_open = True
 
     @hookimpl
     def pefttool_checkpoint(self, event: CheckpointEvent) -> None:
@@ -129,11 +130,13 @@ class HeadlessReporter:
             return  # the CLI prints the error itself, once
         lines = [f"{event.status.replace('_', ' ')} after {event.step} steps in "
                  f"{format_duration(event.duration_s)}"]
+        baseline = self.first_eval if self.first_eval is not None and self.first_eval.before else None
         if event.best is not None:
-            before = ""
-            if self.first_eval is not None and self.first_eval.step == 0:
-                before = f" (before training {self.first_eval.value:.4f})"
+            before = f" (before training {baseline.value:.4f})" if baseline else ""
             lines.append(f"best {event.metric} {event.best:.4f} at step {event.best_step}{before}")
+        elif baseline is not None:
+            lines.append(f"before training {event.metric or baseline.metric} {baseline.value:.4f}; "
+                         f"no evaluation after training yet")
         if event.model_dir:
             lines.append(f"model: {event.model_dir}")
         if event.message:

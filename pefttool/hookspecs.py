@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, StartEvent, StepEvent
+    from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, PhaseEvent, StartEvent, StepEvent
     from .strategy import Strategy
 
 hookspec = pluggy.HookspecMarker("pefttool")
@@ -83,6 +83,16 @@ def pefttool_log(event: LogEvent) -> None:
     """The engine has a message for people (data cleaning counts, a warning, a resume).
 
     `event` holds the level (info, warning, error) and the one-line message. Return nothing.
+    """
+
+
+@hookspec
+def pefttool_phase(event: PhaseEvent) -> None:
+    """The run moved to work that is not a training step: loading, evaluating, checkpointing.
+
+    `event.phase` is loading, evaluating (with `event.done` of `event.total` batches, about
+    once a second), checkpointing or saving (the model); the next step or end event closes
+    it. For progress displays. Return nothing.
     """
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pefttool.data import IGNORE_INDEX, PreparedData, count_tokens, prepare_data
+from pefttool.data import IGNORE_INDEX, PreparedData, prepare_data
 from pefttool.errors import DataError
 from pefttool.recipe import validate_recipe
 
@@ -418,7 +418,7 @@ def test_collate_pads_dynamically(tmp_path, tok, chat_tok, cache):
     longest = max(len(r["input_ids"]) for r in rows)
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (len(rows), longest)
     assert batch["labels"].shape == (len(rows),) and batch["labels"].dtype == torch.long
-    assert count_tokens(batch) == data.token_count(batch) == sum(len(r["input_ids"]) for r in rows)
+    assert int(batch["attention_mask"].sum()) == sum(len(r["input_ids"]) for r in rows)
     assert (batch["input_ids"][batch["attention_mask"] == 0] == tok.pad_token_id).all()
     assert pickle.loads(pickle.dumps(data.collate))(rows)["input_ids"].equal(batch["input_ids"])
 
@@ -600,6 +600,24 @@ def test_mixed_type_json_labels_and_blank_lines_load(tmp_path, tok, cache):
     data = prep(tmp_path, tok, cache, train="m.jsonl", eval_fraction=0.25)
     by_text = {t: lab for ds in (data.train, data.eval) for t, lab in zip(texts_of(ds, tok), ds["labels"])}
     assert by_text == {"a": 1, "b": 1, "c": 0, "d": 0}
+
+
+def test_utf8_bom_is_skipped_once_for_every_layout(tmp_path, tok, cache):
+    """A leading UTF-8 BOM (Excel, Notepad) is not part of the first column name or row, and
+    byte offsets in messages still count from the start of the file."""
+    bom = b"\xef\xbb\xbf"
+    rows = [{"text": f"t{i}", "label": "pos" if i % 2 else "neg"} for i in range(6)]
+    csv_body = "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in rows)
+    (tmp_path / "a.csv").write_bytes(bom + csv_body.encode())
+    (tmp_path / "a.jsonl").write_bytes(bom + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    (tmp_path / "a.json").write_bytes(bom + json.dumps(rows).encode())
+    for name in ("a.csv", "a.jsonl", "a.json"):
+        data = prep(tmp_path, tok, cache, train=name, eval_fraction=0.34)
+        assert len(data.train) + len(data.eval) == 6, name
+    (tmp_path / "b.csv").write_bytes(bom + b"text,label\ncaf\xe9,pos\n")
+    with pytest.raises(DataError) as exc:
+        prep(tmp_path, tok, cache, train="b.csv")
+    assert "byte offset 17" in bad(exc)  # 3 (BOM) + 11 ("text,label" + newline) + 3 ("caf")
 
 
 def test_a_file_edited_in_place_with_its_mtime_kept_is_read_anew(tmp_path, tok, cache):

@@ -37,7 +37,7 @@ def test_lora_run_trains_evaluates_and_saves_an_adapter_stock_peft_loads(tmp_pat
     assert result.status == "completed"
     events = events_of(result.run_dir)
     kinds = [e.type for e in events]
-    assert kinds[0] == "log" or kinds[0] == "start"
+    assert kinds[0] == "phase" and events[0].phase == "loading"
     assert kinds[-1] == "end" and "start" in kinds and "checkpoint" in kinds
     steps = [e for e in events if isinstance(e, StepEvent)]
     assert steps[-1].step == steps[-1].total_steps
@@ -91,6 +91,7 @@ def test_early_stopping_ends_the_run_when_the_metric_stops_improving(tmp_path, t
     # before training (a baseline, never "best"), the first trained evaluation (the first
     # best), then two evaluations without improvement
     assert len(evals) == 4 and not evals[0].is_best and evals[1].is_best
+    assert evals[0].before
     assert evals[-1].bad_evals == 2
     assert result.steps < 6 * (48 // 8)
     end = events_of(result.run_dir)[-1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import copy
 import signal
 import tomllib
@@ -118,7 +120,7 @@ def test_long_curves_are_thinned_but_keep_their_last_point():
 
 def test_the_runs_list_rereads_only_runs_that_changed(tmp_path):
     from pefttool.events import EventLog, LogEvent
-    from pefttool.tui.screens.runs import scan_runs
+    from pefttool.runs import list_runs as scan_runs
     from test_tui_support import write_canned_run
 
     done = write_canned_run(tmp_path, "done-1")
@@ -131,3 +133,40 @@ def test_the_runs_list_rereads_only_runs_that_changed(tmp_path):
     log.close()
     assert scan_runs(tmp_path, cache)[0] is not first[0]      # changed: reread
     assert scan_runs(tmp_path / "missing", {}) == []
+
+
+def test_a_line_that_is_not_an_event_is_skipped_and_counted_and_hides_no_run(tmp_path):
+    from pefttool.runs import list_runs
+    from test_tui_support import write_canned_run
+
+    bad = write_canned_run(tmp_path, "bad-1")
+    write_canned_run(tmp_path, "good-1", t0=1_735_800_000.0)
+    with open(bad / "events.jsonl", "a") as fh:
+        fh.write("[1, 2]\n{\"type\": \"step\"}\nnot json\n")
+    runs = {r.path.name: r for r in list_runs(tmp_path)}
+    assert runs["bad-1"].status == "completed" and runs["bad-1"].bad_lines == 3
+    assert runs["good-1"].status == "completed" and runs["good-1"].bad_lines == 0
+
+
+def test_the_baseline_is_before_never_best_and_a_resume_continues_the_run(tmp_path):
+    from pefttool.events import EndEvent, StartEvent, StepEvent
+    from pefttool.runs import RunState
+    from test_tui_support import canned_events
+
+    events = canned_events(tmp_path, upto=10, pid=999_999_999)
+    state = RunState(tmp_path)
+    state.apply(events)
+    assert state.before == 0.49 and state.best is None        # only the baseline so far
+    state.apply([EndEvent(status="interrupted", step=10, duration_s=20.0, time=events[-1].time + 1)])
+    assert state.status == "interrupted"
+    start = events[0]
+    resumed = StartEvent(**{**vars(start), "resumed_from_step": 10, "pid": os.getpid(),
+                            "time": start.time + 1000})
+    state.apply([resumed])
+    assert state.status == "running" and state.end is None      # a start after an end: continues
+    state.apply([StepEvent(step=12, total_steps=60, epoch=0.6, loss=0.5, lr=1e-3, tokens_per_s=1000.0,
+                           samples_per_s=1.0, elapsed_s=18.0, eta_s=1.0, rss_mb=1.0,
+                           time=start.time + 1010),
+                 EndEvent(status="completed", step=12, duration_s=7.0, time=start.time + 1011)])
+    assert state.duration_s == 27.0            # both segments, not the gap, not the last only
+    assert state.step == 12 and state.segments == 2

@@ -297,6 +297,21 @@ async def test_a_flood_of_step_events_is_coalesced_but_every_point_kept(fake_app
         assert dash.query_one(ProgressBar).percentage == 1.0
 
 
+def log_text(screen) -> str:
+    return "\n".join(strip.text for strip in screen.query_one("#log-pane").lines)
+
+
+async def test_stderr_lines_written_after_the_file_moved_into_the_run_still_show(fake_app):
+    app = fake_app()
+    async with app.run_test(size=SIZE) as pilot:
+        dash = await launch_fake(pilot)
+        await wait_for(pilot, lambda: dash.process_ended, what="the run to end")
+        await pilot.pause(0.2)
+        assert (dash.run_dir / "stderr.log").is_file()           # it moved into the run
+        assert "fake trainer starting" in log_text(dash)         # written before the move
+        assert "fake trainer finished" in log_text(dash)         # written after it
+
+
 async def test_a_crash_shows_the_stderr_tail_and_the_app_lives_on(fake_app, monkeypatch):
     monkeypatch.setenv("FAKE_TRAINER_MODE", "crash")
     app = fake_app()
@@ -400,7 +415,7 @@ async def test_an_unreadable_runs_folder_is_said_in_place(fake_app, monkeypatch)
     def unreadable(root, cache):
         raise PermissionError(13, "Permission denied", str(root))
 
-    monkeypatch.setattr(runs_screen, "scan_runs", unreadable)
+    monkeypatch.setattr(runs_screen, "list_runs", unreadable)
     app = fake_app()
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("2")

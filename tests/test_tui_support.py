@@ -34,9 +34,10 @@ def canned_events(run_dir: Path, name: str = "demo", status: str = "completed",
         LogEvent(level="info", message="data: 3000 train rows, 1000 eval rows (12 duplicates dropped)",
                  time=t0 + 1),
         EvalEvent(step=0, epoch=0.0, metrics={"accuracy": 0.49, "eval_loss": 0.6931},
-                  metric="accuracy", value=0.49, best=0.49, is_best=True, bad_evals=0, time=t0 + 2),
+                  metric="accuracy", value=0.49, best=None, is_best=False, bad_evals=0, before=True,
+                  time=t0 + 2),
     ]
-    best = 0.49
+    best = None   # the baseline before training is never the best
     for step in range(log_every, last + 1, log_every):
         t = t0 + 2 + step * 1.5
         loss = 0.69 * math.exp(-step / 25) + 0.12 + 0.03 * math.sin(step / 2)
@@ -46,8 +47,8 @@ def canned_events(run_dir: Path, name: str = "demo", status: str = "completed",
                                 eta_s=(total - step) * 1.5, rss_mb=812.0, time=t))
         if step % steps_per_epoch == 0:
             value = round(0.49 + 0.33 * (1 - math.exp(-step / 20)), 4)
-            is_best = value > best
-            best = max(best, value)
+            is_best = best is None or value > best
+            best = value if is_best else best
             events.append(EvalEvent(step=step, epoch=step / steps_per_epoch,
                                     metrics={"accuracy": value, "eval_loss": round(loss + 0.05, 4)},
                                     metric="accuracy", value=value, best=best, is_best=is_best,
@@ -133,6 +134,7 @@ FAKE_TRAINER = textwrap.dedent('''
             log.write(EvalEvent(step=step, epoch=step / (steps // 2), metrics={"accuracy": 0.9},
                                 metric="accuracy", value=0.9, best=0.9, is_best=True,
                                 bad_evals=0))
+    print("fake trainer finished", file=sys.stderr, flush=True)   # after stderr.log moved
     log.write(EndEvent(status="completed", step=steps, duration_s=time.time() - t0,
                        metric="accuracy", best=0.9, best_step=steps))
     sys.exit(0)

@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from ..runs import format_duration as duration  # one duration format for every output
+
+__all__ = ["display_path", "duration", "learning_rate", "megabytes", "number", "rate", "timestamp"]
+
 
 def display_path(path: Path, cwd: Path) -> str:
     """`path` relative to `cwd` when it is inside it (shorter, and the same on every machine)."""
@@ -14,18 +18,6 @@ def display_path(path: Path, cwd: Path) -> str:
         return str(path)
 
 
-def duration(seconds: float | None) -> str:
-    """62 → '1m 02s'; 3700 → '1h 01m'; None → '-'."""
-    if seconds is None or seconds < 0:
-        return "-"
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
 
 
 def number(value: float | None, digits: int = 4) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 from textual.message import Message
 
 from ..catalog import RecipeEntry
-from ..runs import RunSummary
+from ..runs import RunState
 
 
 @dataclass
@@ -46,7 +46,7 @@ class PluginsLoaded(Message):
 class RunsListed(Message):
     """The runs under the output root were summarized (newest first), or could not be read."""
 
-    runs: list[RunSummary]
+    runs: list[RunState]
     error: str | None = None
 
 

@@ -22,12 +22,11 @@ from textual.containers import Horizontal
 from textual.widgets import Footer, Header, Static
 from textual.worker import get_current_worker
 
-from ...events import EVENTS_FILE, EndEvent, Event, EventFollower, LineTail, StartEvent
-from ...runs import pid_alive
+from ...events import EVENTS_FILE, EndEvent, Event, EventFollower, LineTail, PhaseEvent, StartEvent
+from ...runs import RunState, pid_alive
 from .. import formatting as fmt
 from ..child import INTERRUPTED_CODES, TrainingChild, describe_exit, find_stderr, tail
 from ..messages import RunEventsPending, RunProcessEnded
-from ..run_state import RunState
 from ..widgets.error_panel import ErrorPanel
 from ..widgets.eval_table import EvalTable
 from ..widgets.log_pane import LogPane
@@ -44,10 +43,22 @@ STATUS_CLASSES = {"running": "-running", "completed": "-completed", "early stopp
 
 
 class StderrFollower:
-    """New complete lines of a growing stderr.log (progress-bar redraws collapsed)."""
+    """New complete lines of a growing stderr.log (progress-bar redraws collapsed).
+
+    `path` may be pointed at the file's new place when it moves (the child's stderr moves into
+    the run folder once the run starts): reading carries on where it was, in the moved file.
+    """
 
     def __init__(self, path: Path):
         self._tail = LineTail(path, chunk=256_000)
+
+    @property
+    def path(self) -> Path:
+        return self._tail.path
+
+    @path.setter
+    def path(self, value: Path) -> None:
+        self._tail.path = Path(value)
 
     def poll(self) -> list[str]:
         out = []
@@ -102,7 +113,12 @@ class DashboardScreen(AppScreen):
         if self.child is not None:
             self.query_one(LogPane).add_line(
                 "started: " + " ".join(self.child.command[1:]), "note")
+        self._events_file = EventFollower(self.run_dir / EVENTS_FILE)
+        self._stderr_file = StderrFollower(self.child.stderr_file if self.child
+                                           else find_stderr(self.run_dir))
         self.follow_run()
+        if self.child is None:
+            self.set_interval(max(self.poll_interval, 1.0), self._watch_for_resume)
 
     # ------------------------------------------------------------------ following
 
@@ -129,17 +145,20 @@ class DashboardScreen(AppScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="follow",
           name="following the run")
     def follow_run(self) -> None:
+        """Tail the run while it can change. Once it has ended (or its process is gone) the
+        worker stops, and `_watch_for_resume` restarts it if the run's events.jsonl grows:
+        `pefttool resume` appends a new start to it, and the run continues here."""
         worker = get_current_worker()
-        events_file = EventFollower(self.run_dir / EVENTS_FILE)
-        stderr_file = StderrFollower(self.child.stderr_file if self.child else find_stderr(self.run_dir))
+        events_file, stderr_file = self._events_file, self._stderr_file
         pid = None
         ended_at = None
         while not worker.is_cancelled:
             events = events_file.poll()
             self._queue(events, stderr_file.poll())
             for event in events:
-                if isinstance(event, StartEvent):
-                    pid = event.pid
+                if isinstance(event, StartEvent) or (isinstance(event, PhaseEvent)
+                                                    and event.phase == "loading"):
+                    pid, ended_at = event.pid, None
                 elif isinstance(event, EndEvent):
                     ended_at = time.monotonic()
             if self.child is not None:
@@ -162,6 +181,19 @@ class DashboardScreen(AppScreen):
                 return
             time.sleep(self.poll_interval)
 
+    def _watch_for_resume(self) -> None:
+        """An ended attached run is followed again as soon as its events.jsonl grows."""
+        if self.child is not None or any(w.group == "follow" and not w.is_finished
+                                         for w in self.workers):
+            return
+        try:
+            size = (self.run_dir / EVENTS_FILE).stat().st_size
+        except OSError:
+            return
+        if size > self._events_file.offset:
+            self._stderr_file.path = find_stderr(self.run_dir)
+            self.follow_run()
+
     def on_run_events_pending(self, message: RunEventsPending) -> None:
         with self._lock:
             events, self._pending_events = self._pending_events, []
@@ -173,6 +205,12 @@ class DashboardScreen(AppScreen):
             log.add_line(line, "stderr")
         if not events:
             return
+        if any(isinstance(e, StartEvent) or (isinstance(e, PhaseEvent) and e.phase == "loading")
+               for e in events) and (self.state.end is not None or self.process_ended):
+            # a new process took the run up (`pefttool resume`): it is live again
+            self.process_ended = self.stop_sent = False
+            self.query_one(ErrorPanel).display = False
+            log.add_line("the run continues (resumed)", "note")
         self.state.apply(events)
         if self.state.start is not None and self.live:
             self.app.note_live_run(self.run_dir, self.pid)

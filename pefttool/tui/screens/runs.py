@@ -9,8 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Footer, Header, Static
 
-from ...events import EVENTS_FILE
-from ...runs import RunSummary, summarize
+from ...runs import RunState, list_runs
 from .. import formatting as fmt
 from ..messages import RunsListed
 from .base import AppScreen
@@ -18,33 +17,13 @@ from .base import AppScreen
 REFRESH_S = 2.0
 
 
-def scan_runs(root: Path, cache: dict[Path, tuple[tuple[int, int], RunSummary]]) -> list[RunSummary]:
-    """`pefttool.runs.list_runs`, rereading only the runs whose events.jsonl changed.
-
-    The screen refreshes every few seconds, maybe while a run trains on the same cores, so a
-    finished run is summarized once; a running one is reread (its pid may have died).
-    """
-    if not root.is_dir():
-        return []
-    runs = []
-    for path in root.iterdir():
-        events = path / EVENTS_FILE
-        try:
-            stat = events.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        key = (stat.st_mtime_ns, stat.st_size)
-        cached = cache.get(path)
-        if cached is None or cached[0] != key or cached[1].status == "running":
-            summary = summarize(path)
-            summary.events = []   # the table needs the summary only; dashboards reread the file
-            cache[path] = (key, summary)
-        runs.append(cache[path][1])
-    return sorted(runs, key=lambda r: r.started, reverse=True)
-
-
-def best_text(run: RunSummary) -> str:
-    return f"{run.metric} {run.best:.4f}" if run.best is not None and run.metric else "-"
+def best_text(run: RunState) -> str:
+    """The best evaluation during training; only a baseline is shown as "before"."""
+    if run.best is not None and run.metric:
+        return f"{run.metric} {run.best:.4f}"
+    if run.before is not None and run.metric:
+        return f"before {run.before:.4f}"
+    return "-"
 
 
 class RunTable(DataTable):
@@ -62,8 +41,8 @@ class RunsScreen(AppScreen):
         super().__init__()
         self.runs_root = runs_root
         self.shown_as = shown_as or str(runs_root)
-        self.runs: list[RunSummary] = []
-        self._cache: dict[Path, tuple[tuple[int, int], RunSummary]] = {}
+        self.runs: list[RunState] = []
+        self._cache: dict[Path, tuple[tuple[int, int], RunState]] = {}
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -89,7 +68,7 @@ class RunsScreen(AppScreen):
           name="listing the runs")
     def load_runs(self) -> None:
         try:
-            runs = scan_runs(self.runs_root, self._cache)
+            runs = list_runs(self.runs_root, self._cache)
         except OSError as exc:   # shown in place: a modal every refresh would trap the user
             self.post_message(RunsListed([], error=f"cannot read {self.shown_as}: {exc}"))
             return
@@ -118,7 +97,7 @@ class RunsScreen(AppScreen):
             header.update(f"runs under {self.shown_as}")
 
     @property
-    def current(self) -> RunSummary | None:
+    def current(self) -> RunState | None:
         if not self.runs:
             return None
         table = self.query_one(DataTable)

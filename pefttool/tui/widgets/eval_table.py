@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from ..run_state import RunState
+from ...runs import RunState
 
 
 class EvalTable(DataTable):

@@ -7,7 +7,7 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import ProgressBar, Static
 
 from .. import formatting as fmt
-from ..run_state import RunState
+from ...runs import RunState
 
 
 def progress_line(state: RunState) -> str:

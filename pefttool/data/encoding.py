@@ -1,0 +1,131 @@
+"""Rendering (prompt template / chat template) and tokenizing rows into `datasets.Dataset`s."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from ..errors import DataError
+from .cleaning import _Row, _Spec
+from .common import IGNORE_INDEX, _one_line
+
+if TYPE_CHECKING:
+    import datasets
+
+    from ..recipe import Recipe
+
+
+# ---------------------------------------------------------------------------- tokenize
+
+
+class _Encoder:
+    """Rows → tokenized `datasets.Dataset`s, the same way for train and eval."""
+
+    def __init__(self, tokenizer: Any, recipe: Recipe, label_names: list[str] | None):
+        self.tok = tokenizer
+        self.recipe = recipe
+        self.kind = _Spec.from_recipe(recipe).kind
+        self.max_length = recipe.data.max_length
+        self.label_ids = {n: i for i, n in enumerate(label_names or [])}
+        pad = getattr(tokenizer, "pad_token_id", None)
+        eos = getattr(tokenizer, "eos_token_id", None)
+        self.pad_id = pad if pad is not None else (eos if eos is not None else 0)
+        self.eos = [eos] if eos is not None else []
+        self.use_chat = bool(recipe.data.chat_template and getattr(tokenizer, "chat_template", None))
+        bos = getattr(tokenizer, "bos_token_id", None)
+        self.bos: list[int] = []
+        if bos is not None and not self.use_chat:
+            # Only where the tokenizer itself would add it (Llama does, GPT-2 does not).
+            if tokenizer("a", add_special_tokens=True)["input_ids"][:1] == [bos]:
+                self.bos = [bos]
+        self.eval_prompts: list[str] | None = None
+        self.eval_answers: list[str] | None = None
+        self.eval_prompt_ids: list[list[int]] | None = None
+        self.fingerprint = hashlib.sha256(
+            json.dumps(recipe.data.model_dump(mode="json"), sort_keys=True).encode()
+            + str(getattr(tokenizer, "name_or_path", "")).encode()).hexdigest()[:16]
+
+    def render(self, prompt: str) -> str:
+        if self.use_chat:
+            try:
+                out = self.tok.apply_chat_template([{"role": "user", "content": prompt}],
+                                                   add_generation_prompt=True, tokenize=False)
+            except Exception as exc:
+                raise DataError(f"the tokenizer's chat template failed ({type(exc).__name__}: "
+                                f"{_one_line(exc)}); set data.chat_template = false") from None
+            return out if isinstance(out, str) else str(out)
+        return prompt + "\n"
+
+    def encode(self, rows: list[_Row], counts: dict[str, Any], split: str) -> datasets.Dataset:
+        import datasets
+
+        if self.kind == "classification":
+            data = {"text": [r.text for r in rows], "label": [self.label_ids[r.label] for r in rows]}
+            fn = self._classification
+        elif self.kind == "text":
+            data = {"text": [r.text for r in rows]}
+            fn = self._plain
+        else:
+            data = {"prompt": [r.text for r in rows], "response": [r.label for r in rows]}
+            fn = self._instruction
+        ds = datasets.Dataset.from_dict(data)
+        ds = ds.map(fn, batched=True, batch_size=1000, remove_columns=list(data),
+                    new_fingerprint=f"pefttool-{self.fingerprint}-{split}")
+        if self.kind == "classification":
+            return ds
+        counts["truncated"] = sum(list(ds["_truncated"]))
+        if self.kind == "instruction":
+            drop = list(ds["_drop"])
+            counts["dropped_truncated"] = sum(drop)
+            if split == "eval":
+                kept = [i for i, dropped in enumerate(drop) if not dropped]
+                prompt_lens = list(ds["_prompt_len"])
+                all_ids = list(ds["input_ids"])
+                self.eval_answers = [rows[i].label for i in kept]
+                # With the BOS written out, tokenizing a prompt with add_special_tokens=False
+                # gives exactly the ids training saw (`eval_prompt_ids`).
+                bos_text = self.tok.bos_token if self.bos else ""
+                self.eval_prompts = [bos_text + self.render(rows[i].text) for i in kept]
+                self.eval_prompt_ids = [list(all_ids[i][: prompt_lens[i]]) for i in kept]
+            if counts["dropped_truncated"]:
+                ds = ds.filter(lambda batch: [not x for x in batch["_drop"]], batched=True,
+                               new_fingerprint=f"pefttool-{self.fingerprint}-{split}-kept")
+            ds = ds.remove_columns(["_drop", "_prompt_len"])
+        return ds.remove_columns(["_truncated"])
+
+    def _classification(self, batch: dict[str, list]) -> dict[str, list]:
+        enc = self.tok(batch["text"], truncation=True, max_length=self.max_length)
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                "labels": batch["label"]}
+
+    def _plain(self, batch: dict[str, list]) -> dict[str, list]:
+        ids_list, truncated = [], []
+        for ids in self.tok(batch["text"], add_special_tokens=False)["input_ids"]:
+            ids = self.bos + ids + self.eos
+            truncated.append(len(ids) > self.max_length)
+            ids_list.append(ids[: self.max_length])
+        return {"input_ids": ids_list, "attention_mask": [[1] * len(x) for x in ids_list],
+                "labels": [list(x) for x in ids_list], "_truncated": truncated}
+
+    def _instruction(self, batch: dict[str, list]) -> dict[str, list]:
+        rendered = [self.render(p) for p in batch["prompt"]]
+        prompts = self.tok(rendered, add_special_tokens=False)["input_ids"]
+        responses = self.tok(batch["response"], add_special_tokens=False)["input_ids"]
+        out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [],
+                                "_drop": [], "_truncated": [], "_prompt_len": []}
+        limit = self.max_length
+        for p, r in zip(prompts, responses):
+            p = self.bos + p
+            r = r + self.eos
+            drop = len(p) >= limit  # no room for a single response token
+            room = max(0, limit - len(p))
+            ids = [] if drop else p + r[:room]
+            labels = [] if drop else [IGNORE_INDEX] * len(p) + r[:room]
+            out["input_ids"].append(ids)
+            out["attention_mask"].append([1] * len(ids))
+            out["labels"].append(labels)
+            out["_drop"].append(drop)
+            out["_truncated"].append(not drop and len(r) > room)
+            out["_prompt_len"].append(len(p))
+        return out

@@ -1,0 +1,178 @@
+"""A finished run's model, for use: load it, predict with it, export it.
+
+Works on what every strategy saves in RUN_DIR/model: a PEFT adapter (lora, qlora, a plugin's
+PEFT method; the base model comes from the run's recipe) or a full `save_pretrained` model.
+
+    load_trained(run_dir)             -> Trained (model in eval mode, tokenizer, recipe, labels)
+    predict(trained, texts)           -> [(label, {label: probability})]
+    export(run_dir, out, merge, dtype)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError, OutputError
+from .rundir import RunDir
+
+
+@dataclass
+class Trained:
+    model: Any
+    tokenizer: Any
+    recipe: Any
+    labels: list[str] | None
+    adapter: bool          # model/ held a PEFT adapter (the model is base + adapter)
+
+
+def _run(run_dir: Path) -> tuple[RunDir, Any]:
+    from .checkpoints import verify_files
+    from .engine import MODEL_MANIFEST
+    from .recipe import load_recipe
+
+    run = RunDir(Path(run_dir).resolve())
+    if not run.recipe.is_file():
+        raise OutputError(f"{run.path} is not a pefttool run (no recipe.toml); pass the folder "
+                          f"that pefttool run printed")
+    if not run.model.is_dir():
+        raise OutputError(f"the run in {run.path} has no model/ yet (it saves one at its first "
+                          f"evaluation after training); resume it, or pick a finished run")
+    damage = verify_files(run.model, MODEL_MANIFEST)
+    if damage:
+        raise OutputError(f"{run.model} is damaged ({damage}); resume the run to rebuild it from "
+                          f"its best checkpoint")
+    return run, load_recipe(run.recipe, check_files=False)
+
+
+def load_trained(run_dir: Path, dequantize: bool = False) -> Trained:
+    """The run's best model, ready for inference. `dequantize`: a 4-bit (QLoRA) base is
+    turned into plain float weights, exactly the values it trained against, as merging needs."""
+    import torch
+
+    from .models import load_model, load_tokenizer
+    from .plugins import get_plugin_host
+
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars in a command's output
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+    run, recipe = _run(run_dir)
+    labels = None
+    if (run.model / "labels.json").is_file():
+        id2label = json.loads((run.model / "labels.json").read_text())["id2label"]
+        labels = [id2label[k] for k in sorted(id2label, key=int)]
+    tokenizer = load_tokenizer(recipe)
+    adapter = (run.model / "adapter_config.json").is_file()
+    if adapter:
+        from peft import PeftModel
+
+        host = get_plugin_host()
+        strategy = host.strategies.get(recipe.method.strategy)
+        if strategy is None:
+            raise ModelError(f"the run used strategy '{recipe.method.strategy}', whose plugin is not "
+                             f"loaded; install it (pefttool plugins lists what is)")
+        base = load_model(recipe, strategy, recipe.strategy_options, label_names=labels,
+                          tokenizer=tokenizer)
+        if getattr(base, "hf_quantizer", None) is not None:
+            if dequantize:
+                base = base.dequantize()
+            else:
+                from pefttool_qlora.quant import guard_cpu_4bit
+
+                guard_cpu_4bit(base)  # the CPU 4-bit inference repack (see pefttool_qlora.quant)
+        model = PeftModel.from_pretrained(base, str(run.model))
+    else:
+        import transformers
+
+        cls = (transformers.AutoModelForSequenceClassification if recipe.task.type == "classification"
+               else transformers.AutoModelForCausalLM)
+        model = cls.from_pretrained(str(run.model), dtype=torch.float32)
+    model.eval()
+    return Trained(model=model, tokenizer=tokenizer, recipe=recipe, labels=labels, adapter=adapter)
+
+
+def predict(trained: Trained, texts: list[str], batch_size: int = 32,
+            progress: Any = None) -> list[tuple[str, dict[str, float]]]:
+    """Label and class probabilities for each text (classification runs)."""
+    import torch
+
+    if trained.recipe.task.type != "classification":
+        raise OutputError("pefttool predict is for classification runs; this run is a causal LM "
+                          "(use pefttool generate)")
+    labels = trained.labels or [str(i) for i in range(trained.model.config.num_labels)]
+    out: list[tuple[str, dict[str, float]]] = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start:start + batch_size]
+            enc = trained.tokenizer(chunk, truncation=True, max_length=trained.recipe.data.max_length,
+                                    padding=True, return_tensors="pt")
+            probs = torch.softmax(trained.model(**enc).logits.float(), dim=-1)
+            for row in probs.tolist():
+                best = max(range(len(row)), key=row.__getitem__)
+                out.append((labels[best], {labels[i]: round(p, 6) for i, p in enumerate(row)}))
+            if progress is not None:
+                progress(min(start + batch_size, len(texts)), len(texts))
+    return out
+
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -> Path:
+    """Write the run's model to `out` (which must not exist, or be empty): the adapter as is,
+    or (`merge`) merged into its base as a plain transformers model (no PEFT needed to load
+    it; a QLoRA base is dequantized first). Written into a temporary folder, then renamed."""
+    import torch
+
+    out = Path(out).resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"--out: {out} exists and is not empty; choose a new folder (export "
+                          f"never overwrites)")
+    run, recipe = _run(run_dir)
+    adapter = (run.model / "adapter_config.json").is_file()
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if not merge:
+            shutil.copytree(run.model, tmp)
+            (tmp / ".pefttool-files.json").unlink(missing_ok=True)
+        elif not adapter:  # a full model is "merged" already; only the dtype may change
+            trained = load_trained(run.path)
+            trained.model.to(getattr(torch, DTYPES[dtype])).save_pretrained(tmp, safe_serialization=True)
+            trained.tokenizer.save_pretrained(tmp)
+            if (run.model / "labels.json").is_file():
+                shutil.copy2(run.model / "labels.json", tmp / "labels.json")
+        else:
+            trained = load_trained(run.path, dequantize=True)
+            merged = trained.model.merge_and_unload()
+            merged.to(getattr(torch, DTYPES[dtype]))
+            if getattr(merged.config, "quantization_config", None) is not None:
+                del merged.config.quantization_config
+            merged.save_pretrained(tmp, safe_serialization=True)
+            trained.tokenizer.save_pretrained(tmp)
+            if (run.model / "labels.json").is_file():
+                shutil.copy2(run.model / "labels.json", tmp / "labels.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def gguf_converter() -> str | None:
+    """llama.cpp's converter script, if it is on PATH."""
+    for name in ("convert_hf_to_gguf.py", "convert-hf-to-gguf.py", "convert_hf_to_gguf"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None

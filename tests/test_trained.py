@@ -1,0 +1,91 @@
+"""After training: predict with a run, export it (adapter as is, or merged into its base so
+plain transformers loads it), for every built-in strategy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fault_helpers import child_env
+from pefttool.engine import run_recipe
+from pefttool.recipe import load_recipe
+from pefttool.trained import export, load_trained, predict
+from test_faults import assert_clean_failure, cli
+from tiny_models import write_tiny_recipe
+
+TEXTS = ["a lovely, moving film", "dull and far too long", "fine"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_classifier_dir):
+    """A short finished run of each built-in strategy."""
+    out = {}
+    for strategy in ("lora", "full", "qlora"):
+        folder = tmp_path_factory.mktemp(strategy)
+        recipe = load_recipe(write_tiny_recipe(folder, tiny_classifier_dir, strategy, overrides={
+            "train.max_steps": 3, "eval.before_training": False, "train.lr": 0.02}))
+        out[strategy] = run_recipe(recipe).run_dir
+    return out
+
+
+def logits(model, tokenizer, texts=TEXTS):
+    with torch.no_grad():
+        return model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.float()
+
+
+@pytest.mark.parametrize("strategy", ["lora", "full", "qlora"])
+def test_a_merged_export_loads_in_plain_transformers_and_agrees(strategy, runs, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir = runs[strategy]
+    trained = load_trained(run_dir, dequantize=True)
+    expected = logits(trained.model, trained.tokenizer)
+    out = export(run_dir, tmp_path / "merged", merge=True)
+    assert not (out / "adapter_config.json").exists()
+    merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert (logits(merged, AutoTokenizer.from_pretrained(out)) - expected).abs().max() < 1e-4
+    assert json.loads((out / "labels.json").read_text())["id2label"]["0"] == "negative"
+    # ...and with PEFT not importable at all
+    probe = (f"import sys; sys.modules['peft'] = None\n"
+             f"from transformers import AutoModelForSequenceClassification as A\n"
+             f"A.from_pretrained({str(out)!r}); print('ok')")
+    done = subprocess.run([sys.executable, "-c", probe], env=child_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_an_unmerged_export_is_the_adapter_and_never_overwrites(capsys, runs, tmp_path):
+    out = export(runs["lora"], tmp_path / "adapter")
+    assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    rc, o, err = cli(capsys, "export", runs["lora"], "--out", out)
+    assert_clean_failure(rc, o, err, "exists and is not empty", "export never overwrites")
+
+
+def test_predict_labels_texts_with_probabilities(capsys, runs):
+    trained = load_trained(runs["lora"])
+    results = predict(trained, TEXTS)
+    assert [label for label, _ in results] == [
+        trained.labels[int(i)] for i in logits(trained.model, trained.tokenizer).argmax(-1)]
+    for _, probs in results:
+        assert set(probs) == {"negative", "positive"} and abs(sum(probs.values()) - 1) < 1e-4
+    rc, out, err = cli(capsys, "predict", "--json", runs["lora"], *TEXTS)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["text"] for r in rows] == TEXTS and [r["label"] for r in rows] == [l for l, _ in results]
+
+
+def test_bad_inputs_to_predict_and_export_are_one_line(capsys, runs, tmp_path, tiny_classifier_dir):
+    rc, out, err = cli(capsys, "predict", tmp_path, "x")
+    assert_clean_failure(rc, out, err, "is not a pefttool run")
+    recipe = write_tiny_recipe(tmp_path / "r", tiny_classifier_dir, "lora", overrides={
+        "data.text_column": "nope"})
+    cli(capsys, "run", recipe)  # fails at set-up: a run folder with no model/
+    rc, out, err = cli(capsys, "export", tmp_path / "r" / "runs" / "recipe", "--out", tmp_path / "o")
+    assert_clean_failure(rc, out, err, "has no model/ yet")
+    rc, out, err = cli(capsys, "export", runs["lora"], "--out", tmp_path / "g", "--gguf")
+    assert_clean_failure(rc, out, err, "--gguf: converting to GGUF needs llama.cpp's")
+    assert not (tmp_path / "g").exists()
