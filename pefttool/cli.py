@@ -81,7 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         return dispatch(args)
     except PefttoolError as exc:
         if os.environ.get(DEBUG_ENV):
-            raise
+            # The traceback for whoever asked, and still the exit code scripts rely on
+            # (2 bad input, 3 training failed...), not Python's 1.
+            import traceback
+
+            traceback.print_exc()
+            return exc.exit_code
         if os.environ.get("RANK", "0") in ("0", ""):  # several processes: the main one says it
             print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
