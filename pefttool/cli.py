@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
             return exc.exit_code
-        if os.environ.get("RANK", "0") in ("0", ""):  # several processes: the main one says it
-            print(f"error: {exc}", file=sys.stderr)
+        # (several processes: each says it; the launcher's wrapper shows the first one)
+        print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -15,8 +15,10 @@ on a signal or a failing plugin) are made by the main process and broadcast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -110,7 +112,20 @@ def run_launched(argv: list[str], processes: int, section: Any) -> int:
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
     env["PEFTTOOL_LAUNCHED"] = "1"
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace")
+    # The launcher gets a session of its own, so a Ctrl-C in the terminal reaches the training
+    # processes once, forwarded by this process through the launcher (a second SIGINT would
+    # abort them without a checkpoint).
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, errors="replace",
+                            start_new_session=True)
+    forwarded: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        forwarded.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     shown_error = False
     assert proc.stderr is not None
     captured: list[str] = []
@@ -128,6 +143,10 @@ def run_launched(argv: list[str], processes: int, section: Any) -> int:
         elif os.environ.get("PEFTTOOL_DEBUG"):
             print(text, file=sys.stderr, flush=True)
     code = proc.wait()
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    if forwarded and not shown_error:
+        return 128 + forwarded[0]  # every process stopped after the same step, checkpointed
     worker = _worker_exit_code(captured)
     if code != 0 and worker is not None:
         code = worker  # the failing process's own code (2 bad input, 3 training failed...)

@@ -140,3 +140,67 @@ def test_an_accelerate_config_and_multi_node_settings_build_the_launch(tmp_path)
     for flag, value in (("--nproc_per_node", "8"), ("--nnodes", "2"), ("--node_rank", "1"),
                         ("--master_addr", "10.0.0.1")):
         assert nodes[nodes.index(flag) + 1] == value
+
+
+CRASHING_PLUGIN = '''
+import os
+import pefttool
+from pefttool_lora import LoraStrategy
+
+
+class CrashOnRank1(LoraStrategy):
+    name = "crash-rank1"
+
+    def prepare_batch(self, batch, recipe, options):
+        if os.environ.get("RANK") == "1" and not hasattr(self, "seen"):
+            self.seen = 0
+        if os.environ.get("RANK") == "1":
+            self.seen += 1
+            if self.seen == 3:
+                raise RuntimeError("GPU 1 fell off the bus")
+        return batch
+
+
+@pefttool.hookimpl
+def pefttool_register_strategies(register):
+    register(CrashOnRank1())
+'''
+
+
+def test_a_crash_in_one_process_ends_the_run_with_one_line_not_a_hang(tmp_path, no_dropout_model):
+    from plugin_pkg.sitedir import add_distribution
+
+    site = add_distribution(tmp_path / "site", "pefttool-crash", "0.1", {"crash": "crash_plugin"},
+                            {"crash_plugin": CRASHING_PLUGIN})
+    recipe = write_tiny_recipe(tmp_path, no_dropout_model, "lora", overrides={"train.batch_size": 4})
+    text = recipe.read_text().replace('strategy = "lora"', 'strategy = "crash-rank1"')
+    recipe.write_text(text)
+    env = child_env(PYTHONPATH=f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    done = subprocess.run([sys.executable, "-m", "pefttool.cli", "run", str(recipe), "--processes", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 3, done.stderr
+    assert len(lines) == 1 and "GPU 1 fell off the bus" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_signal_to_the_launcher_stops_every_process_after_the_same_step(tmp_path, no_dropout_model):
+    recipe = write_tiny_recipe(tmp_path, no_dropout_model, "lora", overrides={
+        "train.batch_size": 4, "train.epochs": 20, "train.log_every": 1})
+    run_dir = tmp_path / "runs" / "recipe"
+    proc = subprocess.Popen([sys.executable, "-m", "pefttool.cli", "run", str(recipe), "--processes", "2"],
+                            cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (
+            (run_dir / "events.jsonl").exists() and of_type(events_of(run_dir), "step")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)  # what kill -INT, or Ctrl-C on the launcher, does
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert err.strip() == "" and "stopped by SIGINT after step" in out
+    (end,) = of_type(events_of(run_dir), "end")
+    stops = [e for e in of_type(events_of(run_dir), "checkpoint") if e.reason == "stop"]
+    assert end.status == "interrupted" and len(stops) == 1 and stops[0].step == end.step < 120
+    last = list_checkpoints(run_dir)[-1]
+    assert len(list(last.glob("random_states_*.pkl"))) == 2  # both processes saved their state
