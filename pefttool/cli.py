@@ -304,8 +304,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
         # the baseline before training is "before", never the best
         best = f"{run.metric}={run.best:.4f}" if run.best is not None else "-"
         before = f"before {run.before:.4f}" if run.before is not None else ""
+        procs = getattr(run.start, "processes", 1) if run.start is not None else 1
+        procs_text = f"{procs} processes" if procs > 1 else ""
         print(f"{run.status:<13} {str(run.path):<40} {best:<22} {format_duration(run.duration_s):>7} "
-              f"{before}".rstrip())
+              f"{before} {procs_text}".rstrip())
         if run.bad_lines:
             print(f"warning: {run.path}: {run.bad_lines} line(s) of events.jsonl are not events "
                   f"and were skipped", file=sys.stderr)

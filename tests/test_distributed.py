@@ -57,6 +57,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout
     (start,) = of_type(events2, "start")  # one writer: one start event, one end event
     assert start.processes == 2 and len(of_type(events2, "end")) == 1
     assert "× 2 processes" in r2.stdout
+    listed = pefttool("runs", tmp_path / "two" / "runs", cwd=tmp_path)
+    assert "2 processes" in listed.stdout  # a multi-process run is listed like any other
     losses1 = [e.loss for e in of_type(events_of(run1), "step")]
     losses2 = [e.loss for e in of_type(events2, "step")]
     assert len(losses1) == len(losses2) == 12

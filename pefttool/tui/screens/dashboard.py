@@ -264,7 +264,8 @@ class DashboardScreen(AppScreen):
             parts.append(f"best {state.metric} {state.best:.4f}")
         if state.start is not None:
             s = state.start
-            parts += [s.strategy, s.device,
+            device = f"{s.device} ×{s.processes}" if getattr(s, "processes", 1) > 1 else s.device
+            parts += [s.strategy, device,
                       f"{s.params_trainable:,}/{s.params_total:,} params trained",
                       f"model {fmt.megabytes(s.model_memory_mb)}"]
         status = self._status()
