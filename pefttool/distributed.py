@@ -146,7 +146,9 @@ def run_launched(argv: list[str], processes: int, section: Any) -> int:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
     if forwarded and not shown_error:
-        return 128 + forwarded[0]  # every process stopped after the same step, checkpointed
+        from .rundir import ExitCode
+
+        return ExitCode.for_signal(forwarded[0])  # every process stopped after the same step
     worker = _worker_exit_code(captured)
     if code != 0 and worker is not None:
         code = worker  # the failing process's own code (2 bad input, 3 training failed...)

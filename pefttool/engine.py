@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
@@ -272,10 +272,6 @@ def write_failure(exc: BaseException) -> str | None:
 
     match = re.search(r"os error (\d+)", str(exc))
     return os.strerror(int(match.group(1))) if match else None
-
-
-def exit_code_for_signal(signum: int | None) -> int:
-    return ExitCode.for_signal(signum)
 
 
 class PluginFailedDuringTraining(PluginError):
@@ -893,7 +889,7 @@ class _TrainingRun:
             run_dir=self.run_dir, status=status, metric=r.metric, before=state.before, best=state.best,
             best_metrics=state.best_metrics, best_step=state.best_step, steps=state.global_step,
             duration_s=duration, model_dir=model_dir if model_dir.exists() else None,
-            exit_code=exit_code_for_signal(self.stop.signal) if self._stopped_after_the_end() else 0)
+            exit_code=ExitCode.for_signal(self.stop.signal) if self._stopped_after_the_end() else 0)
         metrics = {
             "status": status, "metric": r.metric, "before": state.before, "best": state.best,
             "best_step": state.best_step, "best_metrics": state.best_metrics, "history": state.history,
