@@ -21,6 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, did_you_mean
+from .recipe import PluginSchemas
 from .strategy import Strategy
 
 GROUP = "pefttool"
@@ -168,6 +169,15 @@ class PluginHost:
         for impl in caller.get_hookimpls():
             _name_failures(impl, hook_name)
         caller(**kwargs)
+
+    def schemas(self) -> PluginSchemas:
+        """What validating a recipe needs from these plugins: each strategy's options model,
+        each plugin's settings model (`PluginOptions`, or None) and the plugins left out."""
+        return PluginSchemas(
+            strategies={name: s.Options for name, s in self.strategies.items()},
+            settings={name: getattr(plugin, "PluginOptions", None)
+                      for name, plugin in self.pm.list_name_plugin() if name is not None},
+            left_out=tuple(self.left_out))
 
     def describe(self) -> list[dict[str, Any]]:
         """Each plugin with its hooks, strategies and each strategy's options (JSON schema)."""
