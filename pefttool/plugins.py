@@ -23,6 +23,7 @@ from . import hookspecs
 from .errors import PluginError, did_you_mean
 from .recipe import PluginSchemas
 from .strategy import Strategy
+from .tracing import trace, tracing
 
 GROUP = "pefttool"
 ENV_SELECT = "PEFTTOOL_PLUGINS"
@@ -190,9 +191,6 @@ class PluginHost:
         return rows
 
 
-TRACE_ENV = "PEFTTOOL_TRACE_HOOKS"
-
-
 def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:
     """Call one plugin's hook function; an exception becomes a `PluginError` naming the plugin
     and the hook. With PEFTTOOL_TRACE_HOOKS=1, each call is traced on stderr with its time."""
@@ -205,9 +203,8 @@ def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **
         raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
                           f"{type(exc).__name__}: {_one_line(exc)}") from exc
     finally:
-        if os.environ.get(TRACE_ENV):
-            print(f"[hook] {hook_name} → {plugin_name}: {1000 * (time.perf_counter() - began):.2f} ms",
-                  file=sys.stderr)
+        if tracing():
+            trace(hook_name, plugin_name, began)
 
 
 def _name_failures(impl: Any, hook_name: str) -> None:

@@ -96,3 +96,26 @@ def test_every_built_in_strategy_option_is_described_in_plugins_json(capsys):
                    for field, spec in schema.get("properties", {}).items() if not spec.get("description")]
     assert undescribed == []
     assert schemas["qlora"]["properties"]["quant_type"]["description"].startswith("4-bit format")
+
+
+def test_trace_hooks_also_traces_the_strategy_methods_a_plugin_overrides(capsys, monkeypatch):
+    from pefttool.strategy import GuardedStrategy, Strategy
+
+    class Bitfit(Strategy):
+        name = "bitfit"
+
+        def wrap(self, model, recipe, options):
+            return model
+
+    strategy = Bitfit()
+    strategy.plugin = "pefttool-bitfit"
+    guarded = GuardedStrategy(strategy)
+    monkeypatch.setenv("PEFTTOOL_TRACE_HOOKS", "1")
+    guarded.wrap("model", None, None)
+    guarded.param_groups("model", None, None)  # the default answers: not the plugin's call
+    monkeypatch.delenv("PEFTTOOL_TRACE_HOOKS")
+    guarded.wrap("model", None, None)
+
+    err = capsys.readouterr().err
+    assert err.count("[hook] bitfit.wrap → pefttool-bitfit:") == 1 and " ms" in err
+    assert "param_groups" not in err
