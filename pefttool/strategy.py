@@ -107,7 +107,8 @@ class Strategy:
 
     def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: Any) -> None:
         """Write what was trained so stock transformers/PEFT load it. Default: the full model."""
-        model.save_pretrained(out_dir, safe_serialization=True)
+        # a transformers/PEFT model; torch types it as a Module
+        model.save_pretrained(out_dir, safe_serialization=True)  # type: ignore[operator]
 
 
 def _logical_numel(p: Any) -> int:
