@@ -33,6 +33,7 @@ GRID: list[tuple[str, str, float, dict[str, str]]] = [  # the most telling runs 
     ("LoRA+", "loraplus", 2e-4, {"method.lr_ratio": "16"}),
     ("IA³", "ia3", 1e-2, {}),
     ("IA³", "ia3", 3e-2, {}),
+    ("LoRA", "lora", 2e-3, {}),
     ("LoRA+", "loraplus", 2e-4, {"method.lr_ratio": "4"}),
     ("LoRA+", "loraplus", 5e-4, {"method.lr_ratio": "16"}),
     ("LoRA", "lora", 5e-4, {}),
@@ -58,7 +59,11 @@ def make_site(folder: Path) -> Path:
 
 def run_one(strategy: str, lr: float, extra: dict[str, str], args: argparse.Namespace,
             out: Path, env: dict[str, str]) -> tuple[float, int, float]:
-    """Train one configuration; return (final held-out accuracy, steps, wall seconds)."""
+    """Train one configuration; return (final held-out accuracy, steps, wall seconds). A run
+    that already completed in `out` (an earlier, interrupted grid) is read, not repeated."""
+    done = _result(out)
+    if done is not None:
+        return done
     method: list[str] = [f"method.strategy={strategy}"]
     if strategy == "loraplus":  # LoRA+ takes LoRA's rank options: keep the demo's
         method += ["method.r=16", "method.alpha=32", "method.dropout=0.1"]
@@ -77,9 +82,23 @@ def run_one(strategy: str, lr: float, extra: dict[str, str], args: argparse.Name
     if result.returncode != 0:
         raise SystemExit(f"{strategy} lr {lr}: exit {result.returncode}: "
                          f"{result.stderr.strip().splitlines()[-1:]}")
-    evals = [e for e in map(json.loads, (out / "events.jsonl").read_text().splitlines())
-             if e.get("type") == "eval" and not e.get("before")]
-    return evals[-1]["metrics"]["accuracy"], evals[-1]["step"], took
+    result = _result(out)
+    if result is None:
+        raise SystemExit(f"{strategy} lr {lr}: the run in {out} did not complete")
+    return result[0], result[1], took
+
+
+def _result(out: Path) -> tuple[float, int, float] | None:
+    """(last held-out accuracy, its step, the run's duration) of a completed run in `out`."""
+    path = out / "events.jsonl"
+    if not path.is_file():
+        return None
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    end = [e for e in events if e.get("type") == "end"]
+    evals = [e for e in events if e.get("type") == "eval" and not e.get("before")]
+    if not end or end[-1]["status"] != "completed" or not evals:
+        return None
+    return evals[-1]["metrics"]["accuracy"], evals[-1]["step"], end[-1]["duration_s"]
 
 
 def _recipe_for(strategy: str, folder: Path) -> Path:
