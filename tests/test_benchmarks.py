@@ -70,3 +70,18 @@ def test_set_key_replaces_or_adds():
     assert 'dtype = "bfloat16"' in out and "float32" not in out
     out = gpu_check.set_key(out, "train.optimizer", '"paged_adamw_8bit"')
     assert out.index('optimizer = "paged_adamw_8bit"') > out.index("[train]")
+
+
+def test_rounds_alternate_order_and_ratios_report_median_and_range():
+    import bench
+
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name) or {"name": name}) for name in "ABC"}
+    rounds = bench.rounds_run(4, runs)
+    assert calls == list("ABC" "CBA" "ABC" "CBA")   # A B / B A: no side always runs first
+    assert [sorted(r) for r in rounds] == [list("ABC")] * 4
+    assert bench.median_spread([1.1, 1.5, 1.2]) == "1.20× (range 1.10–1.50, 3 pairs)"
+    assert bench.median_spread([0.9]) == "0.90× (1 pair)"
+    # each comparison of the Trainer table is a distinct (pefttool, Trainer) pairing with a goal
+    assert [(t, g) for _, t, g, _ in bench.TRAINER_ROWS] == [("random", "random"), ("grouped", "random"),
+                                                            ("grouped", "grouped")]
