@@ -77,6 +77,22 @@ def median_spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}× (range {min(values):.2f}–{max(values):.2f}, {len(values)} pairs)"
 
 
+def cpu_description() -> str:
+    """CPU model, core count and whether it has native bf16 matmul (avx512_bf16 / AMX): without
+    them bf16 autocast is emulated and slower than fp32 here. Linux /proc/cpuinfo; else platform."""
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "?")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{model}, {os.cpu_count()} cores, native bf16: {'yes (' + ', '.join(bf16) + ')' if bf16 else 'no'}, "
+            f"load average {os.getloadavg()[0]:.1f}")
+
+
 def table(title: str, header: list[str], rows: list[list]) -> str:
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -741,6 +757,7 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         print(f"# pefttool benchmarks, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
               f"{' '.join(['benchmarks/bench.py', *argv])}", flush=True)
+        print(f"# machine: {cpu_description()}", flush=True)
         for name in (BENCHES if a.which == "all" else [a.which]):
             if a.which == "all" and name == "loop":
                 continue  # mfu runs the same comparison and adds the MFU columns
@@ -750,6 +767,8 @@ def main(argv=None) -> int:
                 print(f"\n### {name}: FAILED: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}", flush=True)
                 if a.which != "all":
                     return 1
+        print(f"\n# done {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f} "
+              f"(about the thread count when nothing else runs)", flush=True)
     return 0
 
 
