@@ -408,11 +408,12 @@ def worker_loop(c: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss, int(mask.sum())
 
-    for idx in batches[:c.get("warmup", 0)]:  # untimed (compilation, first-touch allocations)
+    warmup = max(0, min(c.get("warmup", 0), len(batches) - 1))  # at least one timed step
+    for idx in batches[:warmup]:  # untimed (compilation, first-touch allocations)
         step(idx)
     tokens, t0, c0 = 0, time.perf_counter(), time.process_time()
     losses = []
-    for idx in batches[c.get("warmup", 0):]:
+    for idx in batches[warmup:]:
         loss, n = step(idx)
         tokens += n
         losses.append(loss.item())
