@@ -50,6 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts to label (none: read --file or stdin)")
     predict.add_argument("--file", type=Path, help="a CSV/JSONL file; its data.text_column is labelled")
     predict.add_argument("--json", action="store_true", help="one JSON object per text")
+    gen = sub.add_parser("generate", help="replies from a finished causal-LM run (prompts, a file, or a chat)",
+                         description="Replies from a finished causal-LM run: --prompt, --file, prompts "
+                                     "on stdin, or (on a terminal, with neither) an interactive chat.")
+    gen.add_argument("run_dir", type=Path, help="the run's directory")
+    gen.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                     help="a prompt (repeatable)")
+    gen.add_argument("--file", type=Path, help="prompts: one per line, or JSONL with the run's prompt column")
+    gen.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                     help="longest reply in tokens (default 128)")
+    gen.add_argument("--temperature", type=float, default=0.7,
+                     help="sampling temperature; lower is more predictable (default 0.7)")
+    gen.add_argument("--top-p", type=float, default=0.9,
+                     help="sample from the likeliest tokens covering this probability (default 0.9)")
+    gen.add_argument("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
+    gen.add_argument("--seed", type=int, help="fix the sampling, so a prompt gives the same reply again")
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
     export = sub.add_parser("export", help="write a run's model for use elsewhere")
     export.add_argument("run_dir", type=Path, help="the run's directory")
     export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
@@ -115,6 +131,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_predict(args)
     if command == "export":
         return cmd_export(args)
+    if command == "generate":
+        return cmd_generate(args)
     if command == "new-plugin":
         from .scaffold import new_plugin
 
@@ -232,6 +250,41 @@ def _texts_from_file(path: Path) -> list[str]:
     if not rows or not all(isinstance(r, dict) and isinstance(r.get(column), str) for r in rows):
         raise DataError(f"--file: {path} has no '{column}' text in every row")
     return [r[column] for r in rows]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .errors import OutputError
+    from .generate import GenerationOptions, chat, check_causal, generate, prompts_from_file
+    from .trained import load_trained, saved_run
+
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p, greedy=args.greedy, seed=args.seed)
+    options.check()
+    _, recipe = saved_run(args.run_dir)  # a bad run dir or a classification run: before any model loads
+    check_causal(recipe)
+    prompts: list = list(args.prompt)
+    if args.file is not None:
+        prompts += prompts_from_file(args.file, recipe)
+    interactive = not prompts and sys.stdin.isatty()
+    if not prompts and not interactive:
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not prompts:
+            raise OutputError("generate: no prompts; give --prompt TEXT, --file F, prompts on stdin, "
+                              "or run it on a terminal for a chat")
+    if interactive and args.json:
+        raise OutputError("--json: give the prompts with --prompt or --file (the chat is for people)")
+    loaded = load_trained(args.run_dir)
+    if interactive:
+        chat(loaded, options)
+        return 0
+    for prompt in prompts:
+        reply = generate(loaded, prompt, options=options)
+        if args.json:
+            print(json.dumps({"prompt": prompt, "reply": reply}), flush=True)
+        else:
+            shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            print(f"> {shown}\n{reply}\n", flush=True)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
