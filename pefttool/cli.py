@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--processes", type=int, metavar="N",
                      help="train in N processes (one per GPU; gloo on CPU), through Accelerate "
                           "(sets distributed.processes)")
+    inspect = recipe_command("inspect", "show the cleaned, tokenized rows a recipe trains on (no model loads)")
+    inspect.add_argument("--rows", type=int, default=3, metavar="N", help="train rows to show (default 3)")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", type=Path, help="the run's directory (holds events.jsonl)")
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -131,6 +134,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_predict(args)
     if command == "export":
         return cmd_export(args)
+    if command == "inspect":
+        return cmd_inspect(args)
     if command == "generate":
         return cmd_generate(args)
     if command == "new-plugin":
@@ -250,6 +255,23 @@ def _texts_from_file(path: Path) -> list[str]:
     if not rows or not all(isinstance(r, dict) and isinstance(r.get(column), str) for r in rows):
         raise DataError(f"--file: {path} has no '{column}' text in every row")
     return [r[column] for r in rows]
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .errors import RecipeError
+    from .recipe import load_recipe
+
+    if args.rows < 0:
+        raise RecipeError(f"--rows: {args.rows} is negative; give how many rows to show, e.g. 3")
+    recipe = load_recipe(args.recipe, args.overrides)
+    from .inspection import format_text, inspect_recipe
+
+    preview = inspect_recipe(recipe, rows=args.rows)
+    if args.json:
+        print(json.dumps(preview.to_dict(), ensure_ascii=False))
+    else:
+        print(format_text(preview, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
