@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights' dtype with --merge (default fp32)")
     export.add_argument("--gguf", action="store_true",
                         help="also convert the merged model to GGUF (needs llama.cpp's converter)")
+    plot = sub.add_parser("plot", help="draw runs' loss, learning-rate and eval curves into one PNG")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="one or more runs")
+    plot.add_argument("--out", type=Path,
+                      help="the PNG to write (default: RUN_DIR/plots.png for one run, ./plots.png for several)")
     plugins = sub.add_parser("plugins", help="list the loaded plugins and their strategies")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     new = sub.add_parser("new-plugin", help="scaffold a strategy plugin package that passes its own test")
@@ -134,6 +138,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_predict(args)
     if command == "export":
         return cmd_export(args)
+    if command == "plot":
+        return cmd_plot(args)
     if command == "inspect":
         return cmd_inspect(args)
     if command == "generate":
@@ -255,6 +261,26 @@ def _texts_from_file(path: Path) -> list[str]:
     if not rows or not all(isinstance(r, dict) and isinstance(r.get(column), str) for r in rows):
         raise DataError(f"--file: {path} has no '{column}' text in every row")
     return [r[column] for r in rows]
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .errors import OutputError
+    from .plots import plot_runs
+    from .rundir import PLOT_FILE
+
+    own = len(args.run_dirs) == 1 and args.out is None
+    out = args.run_dirs[0] / PLOT_FILE if own else (args.out or Path(PLOT_FILE))
+    if out.suffix.lower() != ".png":
+        raise OutputError(f"--out: {out} does not end in .png; give a PNG file name, e.g. curves.png")
+    if out.is_dir():
+        raise OutputError(f"--out: {out} is a folder; give a PNG file name inside it")
+    if out.exists() and not own:
+        raise OutputError(f"--out: {out} exists; choose a new file name or remove it (plot "
+                          f"never overwrites a file)")
+    if not out.parent.is_dir():
+        raise OutputError(f"--out: the folder {out.parent} does not exist")
+    print(f"plot: {plot_runs(args.run_dirs, out)}")
+    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
