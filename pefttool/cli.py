@@ -284,11 +284,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from .errors import RecipeError
     from .recipe import load_recipe
 
     if args.rows < 0:
-        raise RecipeError(f"--rows: {args.rows} is negative; give how many rows to show, e.g. 3")
+        raise PefttoolError(f"--rows: {args.rows} is negative; give how many rows to show, e.g. 3")
     recipe = load_recipe(args.recipe, args.overrides)
     from .inspection import format_text, inspect_recipe
 
