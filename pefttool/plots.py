@@ -27,6 +27,10 @@ from .rundir import PLOT_FILE, TENSORBOARD_DIR
 Points = list[tuple[int, float]]
 
 
+class MatplotlibMissing(OutputError):
+    """Drawing needs matplotlib, which is not installed."""
+
+
 @dataclass
 class RunCurves:
     """One run's curves, by optimizer step (a resumed run's repeated steps: the latest wins)."""
@@ -73,7 +77,8 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise OutputError("plotting needs matplotlib: pip install matplotlib") from None
+        raise MatplotlibMissing("plotting needs matplotlib, which is not installed: "
+                                "pip install matplotlib") from None
     names = _unique_names([c.name for c in curves], run_dirs)
     fig = Figure(figsize=(15, 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
@@ -126,12 +131,6 @@ def _unique_names(names: list[str], run_dirs: list[Path]) -> list[str]:
     return [str(p) for p in run_dirs]  # the same folder twice
 
 
-def matplotlib_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("matplotlib") is not None
-
-
 class PlotWriter:
     """Observer: draws RUN_DIR/plots.png when a run ends (also when it stopped early or was
     interrupted: the curves so far). Never fails the run: a problem is one line on stderr."""
@@ -159,11 +158,10 @@ class PlotWriter:
     def pefttool_run_end(self, event: Any) -> None:
         if self.run_dir is None or not self.steps:
             return   # nothing trained in this process (a failure at set-up): no curves to draw
-        if not matplotlib_available():
-            self._say(f"note: {PLOT_FILE} skipped: matplotlib is not installed (pip install matplotlib)")
-            return
         try:
             plot_runs([self.run_dir], self.run_dir / PLOT_FILE)
+        except MatplotlibMissing:
+            self._say(f"note: {PLOT_FILE} skipped: matplotlib is not installed (pip install matplotlib)")
         except Exception as exc:  # a picture is never worth a failed run
             self._say(f"warning: {PLOT_FILE} not written ({type(exc).__name__}: {exc})")
 
