@@ -193,3 +193,47 @@ def test_bad_inputs_to_generate_are_one_line(causal_runs, capsys, tmp_path, tiny
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     rc, out, err = cli(capsys, "generate", run)
     assert_clean_failure(rc, out, err, "no prompts")
+
+
+def _read_until(fd: int, needle: bytes, seen: bytearray, limit_s: float = 180) -> None:
+    """Read the terminal until `needle` has appeared once more (a guard, not a timing check)."""
+    import os
+    import select
+    import time
+
+    want = seen.count(needle) + 1
+    deadline = time.monotonic() + limit_s
+    while seen.count(needle) < want:
+        assert time.monotonic() < deadline, f"no {needle!r} on the terminal:\n{seen.decode(errors='replace')}"
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:   # the child closed the terminal
+                break
+
+
+def test_on_a_terminal_generate_opens_a_chat(causal_runs):
+    import os
+    import pty
+    import subprocess
+
+    from fault_helpers import child_env, pefttool_cmd
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(pefttool_cmd("generate", causal_runs["lora"], "--greedy", "--max-new-tokens", "3"),
+                            stdin=slave, stdout=slave, stderr=slave, env=child_env(), close_fds=True)
+    os.close(slave)
+    seen = bytearray()
+    try:
+        _read_until(master, b"you> ", seen)
+        os.write(master, b"hello\n")
+        _read_until(master, b"you> ", seen)
+        os.write(master, b"/exit\n")
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = seen.decode(errors="replace")
+    assert "chat (" in text and "model> " in text and "Traceback" not in text
