@@ -113,9 +113,20 @@ def generate(loaded: Any, messages_or_prompt: str | Messages, *,
     options.check()
     tok, model = loaded.tokenizer, loaded.model
     ids = prompt_ids(loaded, messages_or_prompt)
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and not isinstance(messages_or_prompt, str):
+        # a long conversation forgets its oldest turns rather than overflow the model
+        messages = list(messages_or_prompt)
+        while len(ids) >= limit and len(messages) > 2:
+            messages = messages[2:]
+            ids = prompt_ids(loaded, messages)
+    if isinstance(limit, int) and len(ids) >= limit:
+        raise OutputError(f"the prompt is {len(ids)} tokens; this model reads at most {limit} "
+                          f"(with the reply); shorten it")
+    room = limit - len(ids) if isinstance(limit, int) else options.max_new_tokens
     eos = tok.eos_token_id
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    kwargs: dict[str, Any] = {"max_new_tokens": options.max_new_tokens, "pad_token_id": pad,
+    kwargs: dict[str, Any] = {"max_new_tokens": min(options.max_new_tokens, room), "pad_token_id": pad,
                               "eos_token_id": eos}
     if options.greedy or options.temperature == 0:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

@@ -237,3 +237,18 @@ def test_on_a_terminal_generate_opens_a_chat(causal_runs):
         os.close(master)
     text = seen.decode(errors="replace")
     assert "chat (" in text and "model> " in text and "Traceback" not in text
+
+
+def test_a_conversation_longer_than_the_model_forgets_its_oldest_turns(loaded_lora):
+    limit = loaded_lora.model.config.max_position_embeddings   # 256 for the tiny model
+    long_turn = " ".join(["word"] * (limit // 3))
+    talk = []
+    for _ in range(3):
+        talk += [{"role": "user", "content": long_turn}, {"role": "assistant", "content": long_turn}]
+    talk.append({"role": "user", "content": "last question"})
+    assert len(prompt_ids(loaded_lora, talk)) > limit
+    assert isinstance(generate(loaded_lora, talk, greedy=True, max_new_tokens=200), str)
+    from pefttool.errors import OutputError
+
+    with pytest.raises(OutputError, match="shorten it"):
+        generate(loaded_lora, " ".join(["word"] * (limit + 5)), greedy=True)
