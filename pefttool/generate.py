@@ -171,6 +171,8 @@ def prompts_from_file(path: Any, recipe: Any) -> list[str | Messages]:
         raise OutputError(f"--file: {path} cannot be read ({type(exc).__name__}); give UTF-8 text, "
                           f"one prompt per line, or JSONL") from None
     lines = [line for line in lines if line.strip()]
+    if not lines:
+        raise OutputError(f"--file: {path} holds no prompts (it is empty)")
     jsonl = path.suffix in (".jsonl", ".ndjson", ".json") or (lines and lines[0].lstrip().startswith("{"))
     if not jsonl:
         return lines

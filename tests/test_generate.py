@@ -186,6 +186,10 @@ def test_bad_inputs_to_generate_are_one_line(causal_runs, capsys, tmp_path, tiny
     bad.write_text(json.dumps({"question": "no prompt column"}) + "\n")
     rc, out, err = cli(capsys, "generate", run, "--file", bad)
     assert_clean_failure(rc, out, err, "line 1 has no 'prompt' text")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    rc, out, err = cli(capsys, "generate", run, "--file", empty)
+    assert_clean_failure(rc, out, err, "holds no prompts")
     rc, out, err = cli(capsys, "generate", run, "--prompt", "x", "--top-p", "1.5")
     assert_clean_failure(rc, out, err, "--top-p: 1.5")
     rc, out, err = cli(capsys, "generate", run, "--prompt", "x", "--max-new-tokens", "0")
