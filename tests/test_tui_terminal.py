@@ -78,7 +78,7 @@ def test_pefttool_in_a_terminal_shows_recipes_then_runs_and_dashboards(tmp_path,
         term.keys("Enter")
         term.wait_for("COMPLETED", "step 60/60", "evaluations", "train loss")
 
-        term.keys("Escape", "1", *["Down"] * tiny_row, "l")    # launch the tiny recipe, live
+        term.keys("Escape", "1", *["Down"] * tiny_row, "l", "y")    # launch the tiny recipe, live
         shown = term.wait_for("COMPLETED", "tiny", "100%", "evaluations", "exited with status 0",
                               timeout=120)
         assert "RUNNING" not in shown and "training stopped" not in shown

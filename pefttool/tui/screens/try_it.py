@@ -120,7 +120,7 @@ class TryScreen(AppScreen):
         yield Header()
         yield Static("", id="try-status", markup=False)
         yield Input(placeholder="loading the model…", id="try-input")
-        yield RichLog(id="try-output", wrap=True, markup=False, highlight=False)
+        yield RichLog(id="try-output", wrap=True, markup=False, highlight=False, min_width=20)
         yield AppFooter()
 
     def on_mount(self) -> None:
