@@ -151,6 +151,8 @@ def resumed_run(root: Path, name: str = "res-20250101-000000") -> Path:
     log.write(EndEvent(status="interrupted", step=20, duration_s=40.0, exit_code=130,
                        message="stopped by SIGINT after a checkpoint; continue with pefttool resume",
                        time=t + 1))
+    # `pefttool resume` says it is loading before its start event (a pid to stop, a phase)
+    log.write(PhaseEvent(phase="loading", pid=999_999, time=t + 60))
     start = first[0]
     log.write(StartEvent(run_dir=str(run_dir), recipe=start.recipe, strategy="lora", total_steps=60,
                          steps_per_epoch=20, epochs=3, params_total=start.params_total,
@@ -171,6 +173,14 @@ def test_the_progress_line_shows_the_phase_and_the_whole_runs_duration(tmp_path)
     state = summarize(run)
     assert state.segments == 2
     assert "completed in 1m 45s" in progress_line(state)        # 40 s + 65 s, not the 65 s part
+    events = canned_events(run, upto=20)
+    loading = RunState(run)
+    loading.apply(events + [EndEvent(status="interrupted", step=20, duration_s=40.0,
+                                     time=events[-1].time + 1),
+                            PhaseEvent(phase="loading", time=events[-1].time + 60)])
+    assert loading.duration_s == 40.0 and loading.end is None      # the gap is not counted
+    assert progress_line(loading).startswith("loading the model and data · step 20/60")
+    assert "ETA" not in progress_line(loading)                     # the old segment's ETA
     live = RunState(tmp_path / "x")
     live.apply(canned_events(tmp_path / "x", upto=10))
     live.apply([PhaseEvent(phase="evaluating", step=10, done=3, total=10, time=live.last_time + 1)])

@@ -42,7 +42,8 @@ def progress_line(state: RunState) -> str:
     if state.end is not None:
         parts.append(f"{state.end.status.replace('_', ' ')} in {fmt.duration(state.duration_s)}")
     elif last is not None:
-        parts.append(f"ETA {fmt.duration(last.eta_s)}")
+        if state.phase is None or state.phase.phase != "loading":   # (a resume's is stale)
+            parts.append(f"ETA {fmt.duration(last.eta_s)}")
         parts.append(f"elapsed {fmt.duration(state.duration_s)}")
     return " · ".join(parts)
 
