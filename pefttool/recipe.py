@@ -154,6 +154,9 @@ class EvalSection(Section):
     batch_size: int = Field(64, ge=1)
     before_training: bool = True
     max_new_tokens: int = Field(8, ge=1, le=512)
+    samples: int = Field(0, ge=0, le=64, description="causal-lm instruction/chat: replies to this "
+                         "many held-out prompts written to samples.jsonl (before training and at "
+                         "the best evaluation); 0: none")
 
 
 class EarlyStoppingSection(Section):
@@ -450,6 +453,9 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.eval.metric == "exact_match" and recipe.task.format not in ("instruction", "chat"):
         problems.append("eval.metric: exact_match needs task.format = \"instruction\" or \"chat\"")
     problems += _chat_checks(recipe)
+    if recipe.eval.samples and (task != "causal-lm" or recipe.task.format == "text"):
+        problems.append(f"eval.samples: {recipe.eval.samples} needs held-out prompts: task.type = "
+                        f"\"causal-lm\" with task.format = \"instruction\" or \"chat\"; set it to 0")
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")

@@ -51,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pefttool.models import forget_gguf_quantization
+    from pefttool.models import forget_gguf_quantization, quiet_transformers
 
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=args.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=args.gguf_file, dtype=torch.float32)
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=args.gguf_file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=args.gguf_file,
+                                                     dtype=torch.float32)
     forget_gguf_quantization(model)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -268,3 +268,31 @@ def test_chatterbot_corpus_becomes_messages_jsonl(tmp_path):
     assert max(len(r["messages"]) for r in rows) > 4  # real multi-turn conversations
     before = out.read_bytes()
     assert chatterbot.main([str(out)]) == 0 and out.read_bytes() == before  # deterministic
+
+
+# ---------------------------------------------------------------------------- a whole run
+
+
+def test_a_chat_run_reports_eval_loss_before_and_after_and_writes_samples(tmp_path, tiny_causal_dir):
+    from pefttool.engine import run_recipe
+    from pefttool.events import EvalEvent, read_events
+    from pefttool.recipe import load_recipe
+    from tiny_models import write_tiny_recipe
+
+    convs = [[{"role": "user", "content": f"is {w} good or bad"},
+              {"role": "assistant", "content": "good" if i % 2 else "bad"},
+              {"role": "user", "content": "sure"}, {"role": "assistant", "content": "yes sure"}]
+             for i, w in enumerate(f"thing{i}" for i in range(40))]
+    write_jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in convs])
+    path = write_tiny_recipe(tmp_path, tiny_causal_dir, "lora", task="causal-lm", overrides={
+        "task.format": "chat", "data.train": str(tmp_path / "chat.jsonl"), "data.prompt_column": None,
+        "data.response_column": None, "train.epochs": 1, "eval.samples": 2, "eval.max_new_tokens": 3})
+    result = run_recipe(load_recipe(path))
+    evals = [e for e in read_events(result.run_dir / "events.jsonl") if isinstance(e, EvalEvent)]
+    assert set(evals[0].metrics) == {"eval_loss", "perplexity"} and evals[0].before
+    assert evals[-1].metrics["eval_loss"] < evals[0].metrics["eval_loss"]
+    samples = [json.loads(line) for line in (result.run_dir / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2
+    for s in samples:
+        assert s["prompt"].endswith("assistant: ") and s["reference"] == "yes sure"
+        assert {"before", "after", "after_step"} <= set(s) and s["after_step"] == result.best_step
