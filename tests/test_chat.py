@@ -282,7 +282,7 @@ def test_a_chat_run_reports_eval_loss_before_and_after_and_writes_samples(tmp_pa
     convs = [[{"role": "user", "content": f"is {w} good or bad"},
               {"role": "assistant", "content": "good" if i % 2 else "bad"},
               {"role": "user", "content": "sure"}, {"role": "assistant", "content": "yes sure"}]
-             for i, w in enumerate(f"thing{i}" for i in range(40))]
+             for i, w in enumerate(f"thing{i}" for i in range(24))]
     write_jsonl(tmp_path / "chat.jsonl", [{"messages": c} for c in convs])
     path = write_tiny_recipe(tmp_path, tiny_causal_dir, "lora", task="causal-lm", overrides={
         "task.format": "chat", "data.train": str(tmp_path / "chat.jsonl"), "data.prompt_column": None,
