@@ -500,12 +500,14 @@ class _TrainingRun:
         """The tokenizer, then the encoded train and eval sets (warned about when too small)."""
         from .data import prepare_data
         from .models import load_tokenizer
+        from .tasks import get_task
 
         r = self.recipe
         self.tokenizer = load_tokenizer(r)
         self._stop_if_asked("loading the tokenizer")
         with self.accelerator.main_process_first():  # one process fills the data cache
             self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
+        get_task(r).check_data(r, self.data)  # e.g. AUROC needs both labels in the eval set
         self._warn_about_small_data()
 
     def _setup_model(self) -> Any:

@@ -21,6 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
+from .tasks import all_metric_names, get_task
 
 if TYPE_CHECKING:
     from .plugins import PluginHost
@@ -136,9 +137,8 @@ class TrainSection(Section):
         "unset: on for causal-lm qlora")
 
 
-Metric = Literal["accuracy", "macro_f1", "eval_loss", "perplexity", "exact_match"]
-CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
-CAUSAL_LM_METRICS = ("eval_loss", "perplexity", "exact_match")
+# Every metric some task's table lets a recipe choose (pefttool/tasks/).
+Metric = Literal[all_metric_names()]  # type: ignore[valid-type]
 
 
 class EvalSection(Section):
@@ -236,11 +236,11 @@ class Recipe(Section):
     def metric(self) -> str:
         if self.eval.metric:
             return self.eval.metric
-        return "accuracy" if self.task.type == "classification" else "eval_loss"
+        return get_task(self).default_metric
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric in ("accuracy", "macro_f1", "exact_match")
+        return get_task(self).higher_is_better(self.metric)
 
     def output_dir(self, time_tag: str = "") -> Path:
         """The run directory: `output.dir` with {name} and {time} filled in, made absolute.
@@ -435,11 +435,7 @@ def _plugin_settings_problems(section: Any, plugins: Any) -> list[str]:
 def _cross_checks(recipe: Recipe) -> list[str]:
     """Problems that involve more than one key, or this machine."""
     problems = []
-    task = recipe.task.type
-    allowed = CLASSIFICATION_METRICS if task == "classification" else CAUSAL_LM_METRICS
-    if recipe.eval.metric and recipe.eval.metric not in allowed:
-        problems.append(f"eval.metric: '{recipe.eval.metric}' does not fit task '{task}'; "
-                        f"use one of {', '.join(allowed)}")
+    problems += get_task(recipe).check_recipe(recipe)
     if recipe.eval.metric == "exact_match" and recipe.task.format != "instruction":
         problems.append("eval.metric: exact_match needs task.format = \"instruction\"")
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
