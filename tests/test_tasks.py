@@ -110,3 +110,15 @@ def test_a_binary_classifier_run_reports_and_early_stops_on_auroc(tmp_path, tiny
     assert all(e.metric == "auroc" and e.value == e.metrics["auroc"] for e in evals)
     assert all(0.0 <= e.metrics["auroc"] <= 1.0 for e in evals)
     assert result.best == max(e.metrics["auroc"] for e in evals if not e.before)
+
+
+@pytest.mark.parametrize("task, fmt", [("classification", None), ("causal-lm", "instruction"),
+                                       ("causal-lm", "text")])
+def test_the_task_tells_the_data_package_which_rows_it_reads(tmp_path, request, task, fmt):
+    from pefttool.data.cleaning import _Spec
+
+    model = request.getfixturevalue("tiny_classifier_dir" if task == "classification"
+                                    else "tiny_causal_dir")
+    overrides = {"task.format": fmt} if fmt else {}
+    recipe = load_recipe(write_tiny_recipe(tmp_path, model, "lora", task, overrides=overrides))
+    assert get_task(recipe).data_kind(recipe) == _Spec.from_recipe(recipe).kind
