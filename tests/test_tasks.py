@@ -3,6 +3,7 @@ its metric table. A new metric (AUROC here) is one table entry, and a recipe can
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from typing import get_args
@@ -48,8 +49,7 @@ def test_a_metrics_direction_comes_from_its_task_table(tmp_path, tiny_classifier
                                            overrides={"eval.metric": "auroc"}))
     assert recipe.metric == "auroc" and recipe.higher_is_better
 
-    flipped = CLASSIFICATION.metrics["auroc"].__class__(
-        "auroc", CLASSIFICATION.metrics["auroc"].compute, higher_is_better=False)
+    flipped = dataclasses.replace(CLASSIFICATION.metrics["auroc"], higher_is_better=False)
     monkeypatch.setitem(CLASSIFICATION.metrics, "auroc", flipped)
     assert not recipe.higher_is_better
 
