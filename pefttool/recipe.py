@@ -57,8 +57,9 @@ class ModelSection(Section):
 class TaskSection(Section):
     type: Literal["classification", "causal-lm"]
     labels: list[str] | None = Field(None, description="classification: the label set, in id order")
-    format: Literal["instruction", "text"] = Field(
-        "instruction", description="causal-lm: prompt/response pairs, or plain text"
+    format: Literal["instruction", "text", "chat"] = Field(
+        "instruction", description="causal-lm: prompt/response pairs, plain text, or chat "
+        "conversations (messages / ShareGPT rows through the chat template)"
     )
 
     # A field validator (not a model validator) so the problem is reported at `task.labels`,
@@ -90,6 +91,12 @@ class DataSection(Section):
         None, description="causal-lm: map raw response values to the target text"
     )
     chat_template: bool = Field(True, description="causal-lm: render through the model's chat template")
+    messages_column: str | None = Field(
+        None, description="chat: the column holding each conversation; unset: 'messages', else "
+        "'conversations'")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="chat: which tokens carry the loss: every assistant turn, the "
+        "last one only, or the whole conversation")
     max_length: int = Field(128, ge=8, le=32768)
     max_train_rows: int | None = Field(None, ge=1)
     max_eval_rows: int | None = Field(None, ge=1)
@@ -151,6 +158,9 @@ class EvalSection(Section):
     batch_size: int = Field(64, ge=1)
     before_training: bool = True
     max_new_tokens: int = Field(8, ge=1, le=512)
+    samples: int = Field(0, ge=0, le=64, description="causal-lm instruction/chat: replies to this "
+                         "many held-out prompts written to samples.jsonl (before training and at "
+                         "the best evaluation); 0: none")
 
 
 class EarlyStoppingSection(Section):
@@ -476,8 +486,12 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     """Problems that involve more than one key, or this machine."""
     problems = []
     problems += get_task(recipe).check_recipe(recipe)
-    if recipe.eval.metric == "exact_match" and recipe.task.format != "instruction":
-        problems.append("eval.metric: exact_match needs task.format = \"instruction\"")
+    if recipe.eval.metric == "exact_match" and recipe.task.format not in ("instruction", "chat"):
+        problems.append("eval.metric: exact_match needs task.format = \"instruction\" or \"chat\"")
+    problems += _chat_checks(recipe)
+    if recipe.eval.samples and get_task(recipe).data_kind(recipe) not in ("instruction", "chat"):
+        problems.append(f"eval.samples: {recipe.eval.samples} needs held-out prompts: task.type = "
+                        f"\"causal-lm\" with task.format = \"instruction\" or \"chat\"; set it to 0")
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
@@ -522,6 +536,33 @@ def _cross_checks(recipe: Recipe) -> list[str]:
         except RuntimeError:
             problems.append(f"output.dir: cannot expand '~' in '{out}' (no such user, or no home "
                             f"directory); write the full path")
+    return problems
+
+
+def _chat_checks(recipe: Recipe) -> list[str]:
+    """task.format = "chat" and the keys that only it reads."""
+    task, d = recipe.task, recipe.data
+    problems = []
+    if task.format == "chat":
+        if task.type != "causal-lm":
+            problems.append(f"task.format: 'chat' needs task.type = \"causal-lm\" (got "
+                            f"{task.type!r}); set task.type = \"causal-lm\" or remove task.format")
+        if not d.chat_template:
+            problems.append("data.chat_template: false, but task.format = \"chat\" renders "
+                            "conversations with the model's chat template; set it to true")
+        if d.prompt_template is not None:
+            problems.append(f"data.prompt_template: {d.prompt_template!r} does not apply to "
+                            f"task.format = \"chat\" (turns are rendered by the chat template); "
+                            f"remove it")
+        if d.response_map is not None:
+            problems.append("data.response_map: does not apply to task.format = \"chat\"; "
+                            "remove it")
+    else:
+        for key in ("messages_column", "train_on"):
+            if key in d.model_fields_set:
+                problems.append(f"data.{key}: {getattr(d, key)!r} applies to task.format = "
+                                f"\"chat\" only (task.format is {task.format!r}); remove it "
+                                f"or set task.format = \"chat\"")
     return problems
 
 
