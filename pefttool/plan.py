@@ -59,6 +59,8 @@ DOUBLE_QUANT_BLOCK = 256    # blocks per second-level absmax with double quant
 OPT8_BLOCK = 256            # bitsandbytes 8-bit optimizer block size
 OPT8_MIN_SIZE = 4096        # smaller tensors keep fp32 state (bitsandbytes' min_8bit_size)
 CUDA_CONTEXT = 512 * MiB    # assumed, not measured on this machine (no GPU here)
+GLIBC_MMAP_MAX = 32 * MiB   # glibc's largest dynamic mmap threshold (64-bit): bigger blocks are
+                            # mmapped and returned on free; smaller ones stay in the heap    # assumed, not measured on this machine (no GPU here)
 BASELINE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pefttool" / "runtime-baseline.json"
 
 
@@ -340,14 +342,37 @@ def _decoder_layers(model: Any) -> list[Any]:
 
 @dataclass
 class _Saved:
-    total: int          # bytes autograd saved in one training forward (no checkpointing)
-    outside: int        # of which outside the repeated layers
-    per_layer: list[int]
+    """One training forward at REF_BATCH: every tensor it allocated, as (bytes, saved for
+    backward, index of the repeated layer it was made in or -1)."""
+
+    allocs: list[tuple[int, bool, int]]
+    layers: int
     layer_input: int    # bytes of one layer's input (what checkpointing keeps per layer)
-    largest: int        # the largest single saved tensor
-    allocated: int      # bytes of every tensor the forward created (saved or not)
-    allocated_outside: int
-    allocated_per_layer: list[int]
+
+    def figures(self, scale: float, checkpointing: bool) -> tuple[int, int, int]:
+        """(GPU activations, CPU activations, largest saved tensor) at `scale` × REF_BATCH.
+
+        GPU: what autograd saves (the caching allocator reuses every freed block). CPU: what
+        autograd saves plus every freed temporary under glibc's mmap threshold, because those
+        stay in the heap (RSS) once freed; bigger ones are mmapped and go back to the system."""
+        saved = [0] * (self.layers + 1)
+        heap = [0] * (self.layers + 1)
+        largest = 0
+        for nbytes, is_saved, layer in self.allocs:
+            size = nbytes * scale
+            if is_saved:
+                saved[layer] += size
+                largest = max(largest, size)
+            elif size < GLIBC_MMAP_MAX:
+                heap[layer] += size
+        outside_gpu, outside_cpu = saved[-1], saved[-1] + heap[-1]
+        inside_gpu = saved[:-1]
+        inside_cpu = [x + y for x, y in zip(saved[:-1], heap[:-1])]
+        if checkpointing and self.layers:
+            keep = self.layers * self.layer_input * scale
+            return (round(outside_gpu + keep + max(inside_gpu)),
+                    round(outside_cpu + keep + max(inside_cpu)), round(largest))
+        return round(outside_gpu + sum(inside_gpu)), round(outside_cpu + sum(inside_cpu)), round(largest)
 
 
 # Ops whose output shares its input's storage (no new memory).
@@ -371,42 +396,42 @@ def _alloc_counter(on_alloc: Any) -> Any:
                 return out
             for t in tree_flatten(out)[0]:
                 if isinstance(t, torch.Tensor):
-                    on_alloc(t.numel() * t.element_size())
+                    on_alloc(t)
             return out
 
     return _Count()
 
 
 def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _Saved:
-    """Run one training forward on the meta device; sum what autograd saves for backward, and
-    everything the forward allocates (saved or freed again)."""
+    """Run one training forward on the meta device; record every tensor it allocates and
+    which of them autograd saves for backward (parameters excluded, shared storage once)."""
     import torch
 
     params = {_storage_key(p) for p in model.parameters()}
     params |= {_storage_key(b) for b in model.buffers()}
     layers = _decoder_layers(model)
-    seen: set[int] = set()
-    current: list[int | None] = [None]
-    per_layer = [0] * len(layers)
-    alloc_layer = [0] * len(layers)
-    totals = {"all": 0, "largest": 0, "layer_input": 0, "alloc": 0}
+    current = [-1]
+    alive: list[Any] = []           # keeps storages alive, so their keys stay unique
+    made: dict[int, list[Any]] = {}  # storage key -> [bytes, saved, layer]
+    first_input = [0]
 
     def pack(t: Any) -> Any:
         key = _storage_key(t)
-        if key in params or key in seen:
+        if key in params:
             return t
-        seen.add(key)
-        nbytes = t.numel() * t.element_size()
-        totals["all"] += nbytes
-        totals["largest"] = max(totals["largest"], nbytes)
-        if current[0] is not None:
-            per_layer[current[0]] += nbytes
+        entry = made.get(key)
+        if entry is None:  # saved but not allocated by an op we saw (an input): count it
+            entry = made[key] = [t.untyped_storage().nbytes() if t.device.type != "meta"
+                                 else t.numel() * t.element_size(), True, current[0]]
+            alive.append(t)
+        entry[1] = True
         return t
 
-    def on_alloc(nbytes: int) -> None:
-        totals["alloc"] += nbytes
-        if current[0] is not None:
-            alloc_layer[current[0]] += nbytes
+    def on_alloc(t: Any) -> None:
+        key = _storage_key(t)
+        if key not in made:
+            made[key] = [t.numel() * t.element_size(), False, current[0]]
+            alive.append(t)
 
     handles = []
     for i, layer in enumerate(layers):
@@ -414,11 +439,11 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _
             current[0] = i
             hidden = args[0] if args else next((v for v in (kwargs or {}).values()
                                                 if isinstance(v, torch.Tensor)), None)
-            if hidden is not None and not totals["layer_input"]:
-                totals["layer_input"] = hidden.numel() * hidden.element_size()
+            if hidden is not None and not first_input[0]:
+                first_input[0] = hidden.numel() * hidden.element_size()
 
         def post(module: Any, args: Any, output: Any) -> None:
-            current[0] = None
+            current[0] = -1
 
         handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(layer.register_forward_hook(post))
@@ -438,11 +463,8 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _
     finally:
         for h in handles:
             h.remove()
-    inside = sum(per_layer)
-    return _Saved(total=totals["all"], outside=totals["all"] - inside, per_layer=per_layer,
-                  layer_input=totals["layer_input"], largest=totals["largest"],
-                  allocated=totals["alloc"], allocated_outside=totals["alloc"] - sum(alloc_layer),
-                  allocated_per_layer=alloc_layer)
+    return _Saved(allocs=[(n, saved, layer) for n, saved, layer in made.values()],
+                  layers=len(layers), layer_input=first_input[0])
 
 
 # ---------------------------------------------------------------- per-part arithmetic
@@ -613,15 +635,8 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
 
     saved = _cached(("act", *key, str(act_dtype), recipe.data.max_length), count)
     scale = recipe.train.batch_size / REF_BATCH
-    checkpointing = _gc_wanted(recipe, options) and facts.supports_gc and bool(saved.per_layer)
-    layers = len(saved.per_layer)
-    if checkpointing:
-        gpu_act = saved.outside + layers * saved.layer_input + max(saved.per_layer)
-        cpu_act = saved.allocated_outside + layers * saved.layer_input + max(saved.allocated_per_layer)
-    else:
-        gpu_act, cpu_act = saved.total, saved.allocated
-    gpu_act, cpu_act = round(gpu_act * scale), round(cpu_act * scale)
-    other = round(saved.largest * scale)
+    checkpointing = _gc_wanted(recipe, options) and facts.supports_gc and saved.layers > 0
+    gpu_act, cpu_act, other = saved.figures(scale, checkpointing)
     if mixed == "bf16" and dtype == torch.float32:
         other += sum(n * 2 for n, shape, _ in trainable if len(shape) >= 2)  # autocast's weight cache
 
