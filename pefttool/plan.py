@@ -402,6 +402,35 @@ def _alloc_counter(on_alloc: Any) -> Any:
     return _Count()
 
 
+@contextlib.contextmanager
+def _fused_sdpa() -> Any:
+    """On the meta device sdpa falls back to its math form (it keeps the score matrices); on
+    CPU and GPU without attention dropout a fused kernel runs, which keeps only q, k, v, the
+    output and a log-sum-exp row. Route dropout-free sdpa calls to that kernel's meta form."""
+    import torch
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+              enable_gqa=False):  # noqa: ANN001
+        if query.device.type != "meta" or dropout_p > 0:
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                            is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        if enable_gqa and key.shape[-3] != query.shape[-3]:
+            repeat = query.shape[-3] // key.shape[-3]
+            key = key.repeat_interleave(repeat, dim=-3)
+            value = value.repeat_interleave(repeat, dim=-3)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, bool(is_causal), attn_mask=attn_mask, scale=scale)[0]
+
+    F.scaled_dot_product_attention = fused
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
 def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _Saved:
     """Run one training forward on the meta device; record every tensor it allocates and
     which of them autograd saves for backward (parameters excluded, shared storage once)."""
@@ -455,7 +484,8 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _
     else:
         inputs["labels"] = ids
     try:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _alloc_counter(on_alloc):
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _fused_sdpa(), \
+                _alloc_counter(on_alloc):
             model(**inputs)
     except Exception as exc:
         raise PefttoolError(f"plan: cannot run this model on the meta device to count its "
@@ -569,7 +599,7 @@ def _model_facts(recipe: Recipe, strategy: str, options: Any, host: Any, quantiz
     import torch
 
     config = _config(recipe)
-    dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+    dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None))
     model = _meta_model(recipe, torch.float32 if quantized else dtype, recipe.model.attn_implementation)
     keep = {"classifier", "score", "lm_head", *(getattr(options, "modules_to_save", None) or [])}
     quant_names = _quantized_linear_names(model, keep) if quantized else set()
@@ -614,7 +644,7 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     options = _options_for(recipe, strategy, host)
     quantized = strategy == "qlora" or hasattr(options, "quant_type")
     config = _config(recipe)
-    dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None) or getattr(config, "torch_dtype", None))
+    dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None))
     mixed = recipe.train.mixed_precision
     act_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, dtype)
     if quantized:  # the 4-bit matmuls compute in compute_dtype; the rest is fp32 (prepare_model_for_kbit_training)
