@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:  # as it goes: a long run keeps what it measured
                 args.json.write_text(json.dumps(rows, indent=2))
             print(f"{label}: estimate {row['estimate_mib']:.0f} MiB, measured {row['peak_rss_mib']:.0f} MiB "
-                  f"({row['wall_s']} s run), ratio {row['ratio']:.2f}", flush=True)
+                  f"({row['wall_s']} s run), ratio {row['ratio']:.2f}; the estimate took {row['seconds']} s "
+                  f"(first call for this model: config read, strategies wrapped)", flush=True)
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
     print()
@@ -130,6 +131,21 @@ def main(argv: list[str] | None = None) -> int:
         parts = ", ".join(f"{v:.0f}" for v in row["parts"].values())
         what = f"{name}.toml" if not row["overrides"] else f"{name} ({', '.join(row['overrides'])})"
         print(f"| {what} | {row['estimate_mib']:.0f} | {row['peak_rss_mib']:.0f} | {row['ratio']:.2f} | {parts} |")
+    print()
+    print("### `pefttool.plan.estimate` call time on lora.toml after a first call (what the TUI's Adjust screen pays)")
+    from pefttool.plan import estimate as plan_estimate
+    from pefttool.recipe import load_recipe
+
+    plan_estimate(load_recipe(RECIPES / "lora.toml"))
+    print("| change | seconds |")
+    print("|---|---|")
+    for what, overrides in (("none (cached)", []), ("train.batch_size 32 → 8", ["train.batch_size=8"]),
+                            ("data.max_length 64 → 96", ["data.max_length=96"]),
+                            ("method.r 16 → 32", ["method.r=32"])):
+        recipe = load_recipe(RECIPES / "lora.toml", overrides)
+        started = time.time()
+        plan_estimate(recipe)
+        print(f"| {what} | {time.time() - started:.2f} |")
     worst = max(abs(r["ratio"] - 1) for r in rows.values()) if rows else 0
     print(f"\nworst deviation: {worst:.0%} (goal: within 25 %)")
     if args.json:

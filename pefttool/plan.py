@@ -175,6 +175,21 @@ class Plan:
     def own(self) -> StrategyEstimate:
         return next(r for r in self.rows if r.own)
 
+    def row(self, strategy: str) -> StrategyEstimate | None:
+        return next((r for r in self.rows if r.strategy == strategy), None)
+
+    def summary(self, strategy: str | None = None) -> str:
+        """One line for a status bar: trainable parameters and the peaks of one strategy."""
+        r = self.row(strategy) if strategy else self.own
+        if r is None:
+            return f"{strategy}: not estimated"
+        text = (f"{r.strategy}: {_count(r.params_trainable)} trainable of {_count(r.params_total)}; "
+                f"CPU peak ≈ {_mib(r.cpu.total)}")
+        if r.gpu is not None:
+            text += (f"; GPU {self.gpu_gib:g} GiB: ≈ {_mib(r.gpu.total)}, "
+                     f"{'fits' if r.gpu.fits else 'does NOT fit'} ({_mib(r.gpu.headroom)} headroom)")
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe, "strategy": self.strategy, "model": self.model,
                 "task": self.task, "dtype": self.dtype, "optimizer": self.optimizer,

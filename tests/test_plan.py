@@ -165,6 +165,7 @@ def test_gpu_fit_and_headroom(tiny_recipe):
     recipe = load_recipe(tiny_recipe("lora"))
     roomy = P.estimate(recipe, device=24).own.gpu
     assert roomy.fits and roomy.headroom == 24 * 2**30 - roomy.total
+    assert "fits" in P.estimate(recipe, device=24).summary() and "lora:" in P.estimate(recipe, device=24).summary()
     tiny = P.estimate(recipe, device=0.001).own.gpu
     assert tiny.fits is False and tiny.headroom < 0
     with pytest.raises(P.PefttoolError):
@@ -229,4 +230,7 @@ def test_calibrate_runs_real_steps_and_cleans_up(tiny_recipe, tmp_path, monkeypa
     assert cal.steps == 3 and cal.sec_per_step > 0 and cal.peak_rss > 50 * MiB
     assert cal.estimated_train_s == pytest.approx(cal.setup_s + 30 * cal.sec_per_step, abs=0.2)
     assert list(scratch.iterdir()) == []  # the calibration run's folder is gone
+    plan = P.estimate(recipe)
+    plan.calibration = cal
+    assert "estimated training time" in P.render(plan)
     assert not (tmp_path / "runs").exists()  # and the recipe's own output dir was not used
