@@ -14,8 +14,9 @@ from pefttool_lora import LoraOptions, LoraStrategy
 class QloraOptions(LoraOptions):
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit format; nf4 suits weights")
     double_quant: bool = Field(True, description="quantize the scales too (saves ~0.4 bit/param)")
-    compute_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="dtype of the 4-bit matmuls: bfloat16 is faster on GPU")
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="dtype of the 4-bit matmuls; auto follows model.dtype (bfloat16 "
+        "when the model loads in bfloat16, or model.dtype = auto on a bf16-capable GPU)")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: less memory, ~30 % slower")
 
@@ -41,9 +42,10 @@ class QloraStrategy(LoraStrategy):
                                 "already dequantized); use strategy = \"lora\" for GGUF models")
 
     def load_kwargs(self, recipe, options):
-        from .quant import bnb_config
+        from .quant import bnb_config, compute_dtype
 
-        return {"quantization_config": bnb_config(options, keep=options.modules_to_save)}
+        return {"quantization_config": bnb_config(options, keep=options.modules_to_save,
+                                                  compute_dtype=compute_dtype(recipe, options))}
 
     def wrap(self, model, recipe, options):
         from peft import prepare_model_for_kbit_training

@@ -34,7 +34,22 @@ def import_bnb() -> Any:
     return bnb
 
 
-def bnb_config(options: Any, keep: list[str] | None = None) -> Any:
+def compute_dtype(recipe: Any, options: Any) -> str:
+    """The 4-bit matmul dtype: the option when set, else the one model.dtype implies
+    (`auto`: bfloat16 on a CUDA device that supports it, float32 elsewhere)."""
+    if options.compute_dtype != "auto":
+        return options.compute_dtype
+    if recipe.model.dtype == "bfloat16":
+        return "bfloat16"
+    if recipe.model.dtype == "auto":
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return "bfloat16"
+    return "float32"
+
+
+def bnb_config(options: Any, keep: list[str] | None = None, compute_dtype: str | None = None) -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -43,7 +58,7 @@ def bnb_config(options: Any, keep: list[str] | None = None) -> Any:
         load_in_4bit=True,
         bnb_4bit_quant_type=options.quant_type,
         bnb_4bit_use_double_quant=options.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, options.compute_dtype),
+        bnb_4bit_compute_dtype=getattr(torch, compute_dtype or options.compute_dtype),
         llm_int8_skip_modules=skip,
     )
 
