@@ -663,7 +663,10 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     mixed = recipe.train.mixed_precision
     act_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, dtype)
     if quantized:  # the 4-bit matmuls compute in compute_dtype; the rest is fp32 (prepare_model_for_kbit_training)
-        act_dtype = {"bf16": torch.bfloat16}.get(mixed, getattr(torch, options.compute_dtype))
+        compute = getattr(options, "compute_dtype", "float32")
+        if compute == "auto":  # as the qlora strategy resolves it on a CPU: follows model.dtype
+            compute = "bfloat16" if recipe.model.dtype == "bfloat16" else "float32"
+        act_dtype = {"bf16": torch.bfloat16}.get(mixed, getattr(torch, compute))
 
     key = _model_key(recipe, strategy, options)
     facts = _cached(("model", *key), lambda: _model_facts(recipe, strategy, options, host, quantized))
