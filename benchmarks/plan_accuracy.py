@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.json.write_text(json.dumps(rows, indent=2))
             print(f"{label}: estimate {row['estimate_mib']:.0f} MiB, measured {row['peak_rss_mib']:.0f} MiB "
                   f"({row['wall_s']} s run), ratio {row['ratio']:.2f}; the estimate took {row['seconds']} s "
-                  f"(first call for this model: config read, strategies wrapped)", flush=True)
+                  f"(a first call for this recipe: the first row also imports torch, transformers, PEFT)", flush=True)
     finally:
         shutil.rmtree(out_root, ignore_errors=True)
     print()
