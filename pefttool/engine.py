@@ -26,6 +26,7 @@ from .checkpoints import (TrainState, latest_checkpoint, list_checkpoints, repla
 from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
 from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent,
                      StartEvent, StepEvent)
+from .data.collate import take_counts
 from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
 from . import distributed
@@ -454,6 +455,7 @@ class _TrainingRun:
         from transformers import get_scheduler
 
         from .data import prepare_data
+        from .data.collate import check_packed_attention, pack_for_training
         from .models import (enable_gradient_checkpointing, gradient_checkpointing_wanted,
                              load_model, load_tokenizer, safety_summary)
 
@@ -505,16 +507,22 @@ class _TrainingRun:
             raise TrainingError(f"strategy '{r.method.strategy}' left no parameter trainable; "
                                 f"check its options")
         optimizer = build_optimizer(self.strategy, model, r, self.options)  # pefttool/optim.py
+        train_set, train_collate = self.data.train, self.data.collate
+        if r.data.packing:  # a batch is batch_size rows of several examples (data/collate.py)
+            train_set, train_collate = pack_for_training(self.data.train, r, self.data.collate.pad_id)
+            check_packed_attention(model)
+            self.emit.info(f"packing: {len(self.data.train)} examples in {len(train_set)} rows of "
+                           f"up to {r.data.max_length} tokens")
         if r.data.group_by_length:
             lengths = [len(ids) for ids in self.data.train["input_ids"]]
             self.sampler = LengthGroupedSampler(lengths, r.train.batch_size, r.train.seed)
         else:
-            self.sampler = EpochShuffleSampler(len(self.data.train), r.train.seed)
+            self.sampler = EpochShuffleSampler(len(train_set), r.train.seed)
         # Its own generator: starting a pass over a DataLoader otherwise draws from the global
         # RNG (which dropout uses), and a resumed run starts its pass mid-epoch, after the
         # checkpoint's RNG state was restored, so its dropout masks would differ.
-        train_dl = torch.utils.data.DataLoader(self.data.train, batch_size=r.train.batch_size,
-                                               sampler=self.sampler, collate_fn=self.data.collate,
+        train_dl = torch.utils.data.DataLoader(train_set, batch_size=r.train.batch_size,
+                                               sampler=self.sampler, collate_fn=train_collate,
                                                generator=torch.Generator().manual_seed(r.train.seed))
         eval_dl = torch.utils.data.DataLoader(self.data.eval, batch_size=r.eval.batch_size,
                                               shuffle=False, collate_fn=self.data.collate)
@@ -670,6 +678,7 @@ class _TrainingRun:
                 if hasattr(batches, "set_epoch"):
                     batches.set_epoch(state.epoch)
             for batch in batches:
+                tokens, samples = take_counts(batch)  # real tokens (padding and packing aside)
                 with acc.accumulate(self.model):
                     batch = self.strategy.prepare_batch(batch, r, self.options)
                     outputs = self.model(**batch)
@@ -691,8 +700,8 @@ class _TrainingRun:
                 state.batches_done += 1
                 step_loss += loss_value
                 step_micro += 1
-                window_tokens += int(batch["attention_mask"].sum())
-                window_samples += int(batch["attention_mask"].shape[0])
+                window_tokens += tokens
+                window_samples += samples
                 if not acc.sync_gradients:
                     continue
                 # The mean over the micro-batches this step really accumulated: at an epoch's
