@@ -30,9 +30,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _overrides(a: argparse.Namespace) -> dict:
-    return {"data.max_train_rows": a.rows, "data.max_eval_rows": a.eval_rows, "train.epochs": 1,
+    sets = {"data.max_train_rows": a.rows, "data.max_eval_rows": a.eval_rows, "train.epochs": 1,
             "train.threads": a.threads, "train.checkpoint_every": 0, "eval.metric": "eval_loss",
             "eval.before_training": "false", "early_stopping.enabled": "false"}
+    if a.max_length:
+        sets["data.max_length"] = a.max_length
+    for item in a.set:  # --set KEY=VALUE, for both runs
+        key, _, value = item.partition("=")
+        sets[key] = value
+    return sets
 
 
 def matched_batch(recipe_path: Path, a: argparse.Namespace) -> tuple[int, int, int, int]:
@@ -41,7 +47,7 @@ def matched_batch(recipe_path: Path, a: argparse.Namespace) -> tuple[int, int, i
     from pefttool.data import prepare_data
     from pefttool.models import load_tokenizer
     from pefttool.recipe import load_recipe
-    from pefttool.sampling import pack_rows
+    from pefttool.sampling import EpochShuffleSampler, pack_rows
 
     sets = [f"{k}={v}" for k, v in _overrides(a).items()]
     if a.batch:
@@ -49,9 +55,22 @@ def matched_batch(recipe_path: Path, a: argparse.Namespace) -> tuple[int, int, i
     recipe = load_recipe(recipe_path, sets)
     data = prepare_data(recipe, load_tokenizer(recipe), log=lambda _: None)
     lengths = [len(ids) for ids in data.train["input_ids"]]
-    rows = len(pack_rows(lengths, recipe.data.max_length, recipe.train.seed))
+    rows = pack_rows(lengths, recipe.data.max_length, recipe.train.seed)
     batch = recipe.train.batch_size
-    return batch, max(1, round(batch * rows / len(lengths))), len(lengths), rows
+    packed_batch = max(1, round(batch * len(rows) / len(lengths)))
+    # The share of computed positions that are real tokens, in the epoch-0 batches of each run
+    # (the ceiling of the speed-up, before attention's cost per position is counted).
+    order = EpochShuffleSampler(len(lengths), recipe.train.seed)._permutation()
+    padded = sum(max(lengths[i] for i in order[s:s + batch]) * len(order[s:s + batch])
+                 for s in range(0, len(order), batch))
+    row_len = [sum(lengths[i] for i in row) for row in rows]
+    row_order = EpochShuffleSampler(len(rows), recipe.train.seed)._permutation()
+    packed = sum(max(row_len[i] for i in row_order[s:s + packed_batch]) * len(row_order[s:s + packed_batch])
+                 for s in range(0, len(row_order), packed_batch))
+    print(f"real tokens / computed positions, epoch 0: padded batches {sum(lengths) / padded:.1%}, "
+          f"packed batches {sum(lengths) / packed:.1%} (mean example {sum(lengths) / len(lengths):.0f} "
+          f"tokens, max_length {recipe.data.max_length})")
+    return batch, packed_batch, len(lengths), len(rows)
 
 
 def run(recipe: Path, packing: bool, a: argparse.Namespace, run_dir: Path, batch: int) -> dict:
@@ -81,10 +100,17 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=2, help="A B pairs (A padded, B packed)")
     ap.add_argument("--rows", type=int, default=160, help="data.max_train_rows")
     ap.add_argument("--eval-rows", type=int, default=64, help="data.max_eval_rows")
+    ap.add_argument("--max-length", type=int, default=256,
+                    help="data.max_length for both runs: the packed row size (0: the recipe's)")
     ap.add_argument("--batch", type=int, default=0, help="train.batch_size (0: the recipe's)")
     ap.add_argument("--batch-packed", default="match",
                     help="the packed run's train.batch_size: 'match' (about the padded run's "
                          "steps), 'same', or a number")
+    ap.add_argument("--ceiling-only", action="store_true",
+                    help="print the real-token shares of padded and packed batches (tokenizer "
+                         "only, no training) and stop")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another recipe override for both runs (repeatable)")
     ap.add_argument("--threads", type=int, default=1, help="train.threads")
     ap.add_argument("--out", type=Path, default=Path("/tmp/pefttool-bench-packing"))
     a = ap.parse_args()
@@ -93,13 +119,16 @@ def main() -> int:
         return 2
     out = a.out / time.strftime("%Y%m%d-%H%M%S")
     padded_batch, packed_batch = a.batch, a.batch
-    if a.batch_packed == "match":
+    if a.batch_packed == "match" or a.ceiling_only:
         padded_batch, packed_batch, examples, rows = matched_batch(a.recipe, a)
         print(f"{examples} train examples pack into {rows} rows: padded batch {padded_batch} "
               f"examples, packed batch {packed_batch} rows (about the same steps per epoch)")
+        if a.ceiling_only:
+            return 0
     elif a.batch_packed != "same":
         packed_batch = int(a.batch_packed)
     print(f"recipe {a.recipe.name}, {a.rows} train rows, {a.eval_rows} eval rows, 1 epoch, "
+          f"max_length {a.max_length or 'as the recipe'}, "
           f"{a.threads} torch thread(s), {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start")
     print(f"{'run':<5}{'packing':>8}{'real tok/s':>12}{'train s':>9}{'steps':>7}{'eval loss':>11}")

@@ -444,6 +444,9 @@ def _cross_checks(recipe: Recipe) -> list[str]:
                         f"use one of {', '.join(allowed)}")
     if recipe.eval.metric == "exact_match" and recipe.task.format != "instruction":
         problems.append("eval.metric: exact_match needs task.format = \"instruction\"")
+    if recipe.train.mixed_precision == "fp16" and not _cuda_available():
+        problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
+                        "tens of seconds on CPU); use \"bf16\" or \"no\"")
     if recipe.data.packing and task != "causal-lm":
         problems.append(f"data.packing: true, but task.type is '{task}'; packing joins causal-LM "
                         "examples into rows, set data.packing = false (data.group_by_length "
@@ -451,9 +454,6 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     elif recipe.data.packing and recipe.data.group_by_length:
         problems.append("data.packing: true together with data.group_by_length = true; packed "
                         "rows have no padding to group away, set data.group_by_length = false")
-    if recipe.train.mixed_precision == "fp16" and not _cuda_available():
-        problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
-                        "tens of seconds on CPU); use \"bf16\" or \"no\"")
     if recipe.model.attn_implementation == "flash_attention_2":
         import importlib.util
 
