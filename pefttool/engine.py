@@ -1,7 +1,9 @@
 """The training engine: a recipe in, a fine-tuned and evaluated model out.
 
-Set-up (`_setup`) is kept apart from the loop (`_train`), which reads top to bottom:
-for each epoch, for each batch: step, log, maybe evaluate / checkpoint / stop. The engine
+Set-up (`_setup`: `_setup_runtime`, `_setup_data`, `_setup_model`, `_setup_optimizer`,
+`_setup_loaders`, `_setup_scheduler`, then `_restore` on resume) is kept apart from the loop
+(`_train`), which reads top to bottom: for each epoch, for each batch: step, count it in the
+`StepMeter` (pefttool/meter.py), log, maybe evaluate / checkpoint / stop. The engine
 reports only through events (observer hooks + `RUN_DIR/events.jsonl`) and never imports a UI.
 """
 
@@ -27,6 +29,7 @@ from .errors import DataError, OutputError, PefttoolError, PluginError, Training
 from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent,
                      StartEvent, StepEvent)
 from .data.collate import take_counts
+from .meter import StepMeter, Window
 from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
 from . import distributed
@@ -437,12 +440,32 @@ class _TrainingRun:
         self.recipe, self.strategy, self.options = recipe, strategy, options
         self.run_dir, self.emit, self.stop = run_dir, emit, stop
         self.state = TrainState()
-        self._paused_s = 0.0  # seconds spent evaluating/checkpointing since the last step event
+        self.meter = StepMeter()  # loss, tokens, samples and time since the last step event
         self._eval_s = 0.0    # how long the last evaluation took (the ETA counts evaluations)
 
     # -- set-up: everything before the first step
 
     def _setup(self, checkpoint: Path | None) -> None:
+        """Everything before the first step, in this order (the seed is set before the model's
+        new weights are drawn); a stop signal between two steps ends the run, nothing trained."""
+        self._setup_runtime()
+        self._stop_if_asked("loading the tokenizer")
+        self._setup_data()
+        self._stop_if_asked("preparing the data")
+        model = self._setup_model()
+        optimizer = self._setup_optimizer(model)
+        train_dl, eval_dl = self._setup_loaders()
+        scheduler = self._setup_scheduler(optimizer)
+        (self.model, self.optimizer, self.train_dl, self.eval_dl,
+         self.scheduler) = self.accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        # One name for this run's temporary checkpoint folders, the same in every process.
+        self._token = str(distributed.broadcast(os.getpid()))
+        self._stop_if_asked("setting up training")
+
+    def _setup_runtime(self) -> None:
+        """Logging, threads, seed and the Accelerator; the resolved recipe into the run folder."""
         # bitsandbytes (imported by peft, which `transformers.get_scheduler` imports) warns on
         # every CPU start about an optional kernel package: silence it before that import.
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -452,12 +475,6 @@ class _TrainingRun:
         import torch
         from accelerate import Accelerator
         from accelerate.utils import set_seed
-        from transformers import get_scheduler
-
-        from .data import prepare_data
-        from .data.collate import check_packed_attention, pack_for_training
-        from .models import (enable_gradient_checkpointing, gradient_checkpointing_wanted,
-                             load_model, load_tokenizer, safety_summary)
 
         r = self.recipe
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -480,13 +497,24 @@ class _TrainingRun:
         if self.main:
             write_resolved_recipe(r, self.run_dir)
 
-        self._stop_if_asked("loading the tokenizer")
+    def _setup_data(self) -> None:
+        """The tokenizer, then the encoded train and eval sets (warned about when too small)."""
+        from .data import prepare_data
+        from .models import load_tokenizer
+
+        r = self.recipe
         self.tokenizer = load_tokenizer(r)
         self._stop_if_asked("loading the tokenizer")
         with self.accelerator.main_process_first():  # one process fills the data cache
             self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
         self._warn_about_small_data()
-        self._stop_if_asked("preparing the data")
+
+    def _setup_model(self) -> Any:
+        """The base model, wrapped by the strategy (adapters, quantization...), described."""
+        from .models import (enable_gradient_checkpointing, gradient_checkpointing_wanted,
+                             load_model, safety_summary)
+
+        r = self.recipe
         model = load_model(r, self.strategy, self.options, label_names=self.data.label_names,
                            tokenizer=self.tokenizer)
         self._stop_if_asked("loading the model")
@@ -502,15 +530,28 @@ class _TrainingRun:
                            level="info" if on else "warning")
         self.description = self.strategy.describe(model)
         self.safety = safety_summary(r)
-
         if not any(p.requires_grad for p in model.parameters()):
             raise TrainingError(f"strategy '{r.method.strategy}' left no parameter trainable; "
                                 f"check its options")
-        optimizer = build_optimizer(self.strategy, model, r, self.options)  # pefttool/optim.py
+        if r.data.packing:  # refuse a model that would attend across packed examples
+            from .data.collate import check_packed_attention
+
+            check_packed_attention(model)
+        return model
+
+    def _setup_optimizer(self, model: Any) -> Any:
+        return build_optimizer(self.strategy, model, self.recipe, self.options)  # pefttool/optim.py
+
+    def _setup_loaders(self) -> tuple[Any, Any]:
+        """The train and eval loaders, and the run's length in steps."""
+        import torch
+
+        r = self.recipe
         train_set, train_collate = self.data.train, self.data.collate
         if r.data.packing:  # a batch is batch_size rows of several examples (data/collate.py)
+            from .data.collate import pack_for_training
+
             train_set, train_collate = pack_for_training(self.data.train, r, self.data.collate.pad_id)
-            check_packed_attention(model)
             self.emit.info(f"packing: {len(self.data.train)} examples in {len(train_set)} rows of "
                            f"up to {r.data.max_length} tokens")
         if r.data.group_by_length:
@@ -531,37 +572,41 @@ class _TrainingRun:
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / r.train.grad_accum)
         total = self.steps_per_epoch * r.train.epochs
         self.total_steps = min(total, r.train.max_steps) if r.train.max_steps else total
-        scheduler = get_scheduler(
+        return train_dl, eval_dl
+
+    def _setup_scheduler(self, optimizer: Any) -> Any:
+        from transformers import get_scheduler
+
+        r, processes = self.recipe, self.accelerator.num_processes
+        return get_scheduler(
             {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[r.train.scheduler],
             optimizer,
-            num_warmup_steps=int(r.train.warmup_ratio * self.total_steps) * self.accelerator.num_processes,
-            num_training_steps=self.total_steps * self.accelerator.num_processes,
+            num_warmup_steps=int(r.train.warmup_ratio * self.total_steps) * processes,
+            num_training_steps=self.total_steps * processes,
         )
-        (self.model, self.optimizer, self.train_dl, self.eval_dl,
-         self.scheduler) = self.accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
-        if checkpoint is not None:
-            self.accelerator.load_state(str(checkpoint))
-            self.state = TrainState.from_file(checkpoint / "trainer_state.json")
-            if self.state.processes != self.accelerator.num_processes:
-                raise OutputError(
-                    f"the run in {self.run_dir} was trained by {self.state.processes} process(es) "
-                    f"and this resume has {self.accelerator.num_processes}; the data order and "
-                    f"the optimizer's sharding depend on it: resume with --processes "
-                    f"{self.state.processes}")
-            self._repair_model_dir(checkpoint)
-        # One name for this run's temporary checkpoint folders, the same in every process.
-        self._token = str(distributed.broadcast(os.getpid()))
-        self._stop_if_asked("setting up training")
 
-    def _across_processes(self, loss: float, tokens: int, samples: int) -> tuple[float, int, int]:
+    def _restore(self, checkpoint: Path) -> None:
+        """A resumed run: model, optimizer, scheduler, RNG and loop state from the checkpoint."""
+        self.accelerator.load_state(str(checkpoint))
+        self.state = TrainState.from_file(checkpoint / "trainer_state.json")
+        if self.state.processes != self.accelerator.num_processes:
+            raise OutputError(
+                f"the run in {self.run_dir} was trained by {self.state.processes} process(es) "
+                f"and this resume has {self.accelerator.num_processes}; the data order and "
+                f"the optimizer's sharding depend on it: resume with --processes "
+                f"{self.state.processes}")
+        self._repair_model_dir(checkpoint)
+
+    def _across_processes(self, window: Window) -> Window:
+        """The loss is the mean over processes, tokens and samples their total."""
         if self.accelerator.num_processes == 1:
-            return loss, tokens, samples
+            return window
         import torch
 
-        t = torch.tensor([loss, float(tokens), float(samples)], dtype=torch.float64,
-                         device=self.accelerator.device)
+        t = torch.tensor([window.loss, float(window.tokens), float(window.samples)],
+                         dtype=torch.float64, device=self.accelerator.device)
         t = self.accelerator.reduce(t, reduction="sum")
-        return float(t[0]) / self.accelerator.num_processes, int(t[1]), int(t[2])
+        return window.with_totals(float(t[0]) / self.accelerator.num_processes, int(t[1]), int(t[2]))
 
     def _stop_if_asked(self, phase: str) -> None:
         """A stop signal during set-up ends the run here: before the first step, with nothing
@@ -659,11 +704,9 @@ class _TrainingRun:
 
     def _train(self) -> str:
         """The loop. Returns how it ended: completed | early_stopped | interrupted."""
-        r, state, acc = self.recipe, self.state, self.accelerator
+        r, state, acc, meter = self.recipe, self.state, self.accelerator, self.meter
         eval_every = r.eval.every_steps
-        window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
-        step_loss, step_micro = 0.0, 0
-        window_start, self._paused_s = time.perf_counter(), 0.0
+        meter.start_window()
         while state.epoch < r.train.epochs and state.global_step < self.total_steps:
             self.model.train()
             self.sampler.set_epoch(state.epoch)
@@ -698,32 +741,19 @@ class _TrainingRun:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 state.batches_done += 1
-                step_loss += loss_value
-                step_micro += 1
-                window_tokens += tokens
-                window_samples += samples
+                meter.add_batch(loss_value, tokens=tokens, samples=samples)
                 if not acc.sync_gradients:
                     continue
-                # The mean over the micro-batches this step really accumulated: at an epoch's
-                # end there can be fewer than grad_accum of them.
-                window_loss += step_loss / step_micro
-                step_loss, step_micro = 0.0, 0
+                meter.end_step()
                 state.global_step += 1
-                window_steps += 1
                 last = state.global_step >= self.total_steps
                 if state.global_step % r.train.log_every == 0 or last:
                     # Evaluations and checkpoints inside the window are not training time.
-                    elapsed = max(time.perf_counter() - window_start - self._paused_s, 1e-9)
-                    self._paused_s = 0.0
-                    state.train_seconds += elapsed
-                    state.tokens_seen += window_tokens
-                    # The loss is the mean over processes, tokens and samples their total.
-                    window_loss, window_tokens, window_samples = self._across_processes(
-                        window_loss, window_tokens, window_samples)
-                    self._emit_step(window_loss / max(window_steps, 1), window_tokens / elapsed,
-                                    window_samples / elapsed, elapsed / max(window_steps, 1))
-                    window_loss, window_steps, window_tokens, window_samples = 0.0, 0, 0, 0
-                    window_start = time.perf_counter()
+                    window = meter.close_window()
+                    state.train_seconds += window.seconds
+                    state.tokens_seen += window.tokens
+                    self._emit_step(self._across_processes(window))
+                    meter.start_window()
                 if eval_every and state.global_step % eval_every == 0 and not last:
                     if self._evaluate():
                         self._checkpoint("eval")
@@ -768,26 +798,22 @@ class _TrainingRun:
         raise TrainingError(f"loss is {value} at step {step} (epoch {self.state.epoch + 1}); {kept}; "
                             f"lower train.lr, or set train.on_nan = \"skip\" to skip such batches")
 
-    def _emit_step(self, loss: float, tokens_per_s: float, samples_per_s: float,
-                   sec_per_step: float) -> None:
+    def _emit_step(self, window: Window) -> None:
         import psutil
         import torch
 
         state = self.state
         remaining = self.total_steps - state.global_step
-        # Smoothed recent speed: the first steps (warm-up, denormals, caches) are not typical.
-        previous = getattr(self, "_sec_per_step", None)
-        self._sec_per_step = sec_per_step if previous is None else 0.7 * previous + 0.3 * sec_per_step
         gpu = None
         if torch.cuda.is_available() and self.accelerator.device.type == "cuda":
             gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         self.emit(StepEvent(
             step=state.global_step, total_steps=self.total_steps,
             epoch=round(state.epoch + state.batches_done / self.batches_per_epoch, 4),
-            loss=round(loss, 6), lr=self.scheduler.get_last_lr()[0],
-            tokens_per_s=round(tokens_per_s, 1), samples_per_s=round(samples_per_s, 2),
+            loss=round(window.mean_loss, 6), lr=self.scheduler.get_last_lr()[0],
+            tokens_per_s=round(window.tokens_per_s, 1), samples_per_s=round(window.samples_per_s, 2),
             elapsed_s=round(state.train_seconds, 2),
-            eta_s=round(remaining * self._sec_per_step + self._evals_left() * self._eval_s, 1),
+            eta_s=round(remaining * self.meter.sec_per_step + self._evals_left() * self._eval_s, 1),
             rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1), gpu_mem_mb=gpu))
 
     def _evals_left(self) -> int:
@@ -831,7 +857,7 @@ class _TrainingRun:
                             value=value, best=state.best, is_best=improved, bad_evals=state.bad_evals,
                             before=before))
         self._eval_s = time.perf_counter() - began
-        self._paused_s += self._eval_s
+        self.meter.pause(self._eval_s)
         stop = (r.early_stopping.enabled and not before
                 and state.bad_evals >= r.early_stopping.patience)
         if stop:
@@ -887,7 +913,7 @@ class _TrainingRun:
                 raise
             raise OutputError(f"cannot write a checkpoint in {self.run_dir} ({reason}); "
                               f"free disk space, then resume (earlier checkpoints are intact)") from exc
-        self._paused_s += time.perf_counter() - began
+        self.meter.pause(time.perf_counter() - began)
         self.emit(CheckpointEvent(step=state.global_step, path=str(path), reason=reason))
 
     def _finish(self, status: str, started: float) -> RunResult:

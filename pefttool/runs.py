@@ -46,6 +46,7 @@ class RunState:
     bad_lines: int = 0                    # lines of events.jsonl that were not events (skipped)
     last_time: float = 0.0
     _closed_s: float = 0.0                # wall time of the segments that have ended
+    _open_since: float | None = None      # the start of the segment still going (no end yet)
     _tokens: float = 0.0                  # tokens trained, summed from the step windows
     _token_s: float = 0.0
     _prev_elapsed: float = 0.0
@@ -99,10 +100,11 @@ class RunState:
                 self.end = None    # a resume is loading: the run continues
             self._pid = event.pid
         elif isinstance(event, StartEvent):
-            if self.start is not None and self.end is None:
+            if self._open_since is not None:
                 # the previous process died without an end event: its time runs to its
                 # last event
-                self._closed_s += max(0.0, self.last_time - self.start.time)
+                self._closed_s += max(0.0, self.last_time - self._open_since)
+            self._open_since = float(event.time)
             self.start = event
             self._pid = event.pid
             self.first_start = self.first_start or event
@@ -114,6 +116,7 @@ class RunState:
             self.end = event
             self.phase = None
             self._closed_s += max(0.0, float(event.duration_s))
+            self._open_since = None
         self.last_time = max(self.last_time, float(event.time))
 
     # -- what screens and commands show
@@ -194,9 +197,9 @@ class RunState:
         time between them."""
         if self.start is None:
             return 0.0
-        if self.end is not None:
+        if self._open_since is None:   # ended (or a resume still loading: no new time yet)
             return self._closed_s
-        return self._closed_s + max(0.0, self.last_time - self.start.time)
+        return self._closed_s + max(0.0, self.last_time - self._open_since)
 
     @property
     def train_s(self) -> float:

@@ -156,6 +156,19 @@ def test_qlora_load_kwargs(host, tiny_recipe):
     assert {"classifier", "score", "lm_head", "pooler"} <= set(q.llm_int8_skip_modules)
 
 
+@pytest.mark.parametrize("model_dtype, option, expected", [
+    ("bfloat16", "auto", torch.bfloat16),   # follows the model's dtype
+    ("float32", "auto", torch.float32),
+    ("auto", "auto", torch.float32),        # no CUDA here: fp32
+    ("bfloat16", "float32", torch.float32),  # an explicit option wins
+])
+def test_qlora_compute_dtype_follows_model_dtype(host, tiny_recipe, model_dtype, option, expected):
+    recipe = load_recipe(tiny_recipe("qlora", **{"model.dtype": model_dtype,
+                                                 "method.compute_dtype": option}))
+    q = host.strategies["qlora"].load_kwargs(recipe, recipe.strategy_options)["quantization_config"]
+    assert q.bnb_4bit_compute_dtype == expected
+
+
 # ---------------------------------------------------------------- it learns
 
 
