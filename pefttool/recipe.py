@@ -571,8 +571,9 @@ def _chat_checks(recipe: Recipe) -> list[str]:
             problems.append("data.response_map: does not apply to task.format = \"chat\"; "
                             "remove it")
     else:
-        for key in ("messages_column", "train_on"):
-            if key in d.model_fields_set:
+        # Only a value other than the default: a resolved recipe (run dir) writes defaults out.
+        for key, default in (("messages_column", None), ("train_on", "assistant")):
+            if getattr(d, key) != default:
                 problems.append(f"data.{key}: {getattr(d, key)!r} applies to task.format = "
                                 f"\"chat\" only (task.format is {task.format!r}); remove it "
                                 f"or set task.format = \"chat\"")
