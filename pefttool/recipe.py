@@ -106,6 +106,8 @@ class DataSection(Section):
     on_bad_rows: Literal["error", "skip"] = "error"
     group_by_length: bool = Field(False, description="batches of similar length (less padding, "
                                   "faster); shuffled between groups, still seeded")
+    packing: bool = Field(False, description="causal-lm: several examples per row up to "
+                          "max_length, each attending only to itself (no compute on padding)")
     strict: bool = Field(False, description="stop, rather than warn, on a tiny eval set or a label "
                          "with no training rows")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes the shuffle and the held-out split")
@@ -495,6 +497,13 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
+    if recipe.data.packing and task != "causal-lm":
+        problems.append(f"data.packing: true, but task.type is '{task}'; packing joins causal-LM "
+                        "examples into rows, set data.packing = false (data.group_by_length "
+                        "reduces padding for any task)")
+    elif recipe.data.packing and recipe.data.group_by_length:
+        problems.append("data.packing: true together with data.group_by_length = true; packed "
+                        "rows have no padding to group away, set data.group_by_length = false")
     if recipe.model.attn_implementation == "flash_attention_2":
         import importlib.util
 
