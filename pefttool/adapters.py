@@ -13,9 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from typing import Any, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import RecipeError
+
+if TYPE_CHECKING:  # annotations only: importing this module loads no torch or peft
+    import torch
+    from peft import PeftConfig
+
+    from .recipe import Recipe
 
 # The heads PEFT's SEQ_CLS task trains in full (peft.PeftModelForSequenceClassification).
 SEQ_CLS_HEADS = ("classifier", "score")
@@ -34,7 +41,7 @@ def quiet_bitsandbytes_import() -> Iterator[None]:
         log.setLevel(level)
 
 
-def add_lora(model: Any, recipe: Any, options: Any) -> Any:
+def add_lora(model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.Module:
     """Wrap `model` with PEFT LoRA adapters as `options` (LoraOptions) say."""
     with quiet_bitsandbytes_import():
         from peft import LoraConfig, TaskType
@@ -64,7 +71,7 @@ def add_lora(model: Any, recipe: Any, options: Any) -> Any:
         raise
 
 
-def peft_wrap(model: Any, peft_config: Any, recipe: Any) -> Any:
+def peft_wrap(model: torch.nn.Module, peft_config: PeftConfig, recipe: Recipe) -> torch.nn.Module:
     """Wrap `model` with any PEFT config (LoRA, IA³, prefix tuning...) the way the built-ins do.
 
     Sets the config's `task_type` from the recipe when it is unset (SEQ_CLS for classification,
@@ -123,16 +130,17 @@ def head_candidates(model: Any) -> list[str]:
     return children[1:] if len(children) > 1 else children
 
 
-def save_adapter(model: Any, out_dir: Any, recipe: Any) -> None:
+def save_adapter(model: torch.nn.Module, out_dir: str | Path, recipe: Recipe) -> None:
     """Save a PEFT adapter whose `base_model_name_or_path` is the recipe's own location
     (`package:NAME/inner`, a hub id, or the path as written), not this machine's absolute
     path into site-packages: the adapter then means the same on another machine. pefttool's
     own commands load the base from the run's recipe; stock PEFT users pass the base model
     themselves (`PeftModel.from_pretrained(AutoModel...from_pretrained(BASE), ADAPTER)`)."""
     import json
-    from pathlib import Path
 
-    model.save_pretrained(out_dir, safe_serialization=True)
+    # a transformers/PEFT model; torch types it as a Module
+
+    model.save_pretrained(out_dir, safe_serialization=True)  # type: ignore[operator]
     config = Path(out_dir) / "adapter_config.json"
     if config.is_file():
         data = json.loads(config.read_text(encoding="utf-8"))

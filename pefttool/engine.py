@@ -9,6 +9,7 @@ reports only through events (observer hooks + `RUN_DIR/events.jsonl`) and never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -838,6 +839,8 @@ class _TrainingRun:
             state.best, state.best_step, state.best_metrics = value, state.global_step, metrics
             state.bad_evals = 0
             self._save_model()
+        if before or improved:
+            self._write_samples("before" if before else "after")
         if not before and not improved:
             state.bad_evals += 1
         epoch = round(state.epoch + state.batches_done / self.batches_per_epoch, 4)
@@ -854,6 +857,35 @@ class _TrainingRun:
                            f"{r.early_stopping.min_delta} for {state.bad_evals} evaluation(s); "
                            f"best {state.best:.4f} at step {state.best_step}")
         return stop
+
+    def _write_samples(self, when: str) -> None:
+        """eval.samples: replies to held-out prompts before training and at the best evaluation,
+        side by side in samples.jsonl (rewritten atomically)."""
+        if not self.recipe.eval.samples or not self.accelerator.is_main_process:
+            return
+        from .evaluate import samples
+
+        rows = samples(self.model, self.data, self.recipe, self.tokenizer, self.accelerator)
+        if not rows:
+            return
+        path = self.run_dir / "samples.jsonl"
+        kept = getattr(self, "_samples", None)
+        if kept is None:  # a resumed run keeps the replies written before it stopped
+            kept = {}
+            if path.is_file():
+                for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+                    with contextlib.suppress(ValueError):
+                        kept[i] = json.loads(line)
+        for i, row in enumerate(rows):
+            entry = kept.setdefault(i, {"prompt": row["prompt"], "reference": row["reference"]})
+            entry[when] = row["reply"]
+            if when == "after":
+                entry["after_step"] = self.state.global_step
+        self._samples = kept
+        tmp = path.with_name(".samples.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept.values()),
+                       encoding="utf-8")
+        os.replace(tmp, path)
 
     def _save_model(self) -> None:
         """Write the current model as the run's result, atomically (old or new, never half)."""

@@ -65,13 +65,33 @@ def _causal_lm(model: Any, eval_dl: Any, accelerator: Any) -> dict[str, float]:
     return {"eval_loss": mean, "perplexity": perplexity(mean)}
 
 
-def _generate(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any) -> list[str]:
-    """Greedy-generate an answer for each eval prompt."""
+def samples(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any) -> list[dict[str, str]]:
+    """Greedy replies to the first `eval.samples` held-out prompts: [{prompt, reference, reply}]."""
+    import torch
+
+    n = min(recipe.eval.samples, len(data.eval_prompts or []))
+    if not n:
+        return []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            replies = _generate(model, data, recipe, tokenizer, accelerator, limit=n)
+    finally:
+        model.train(was_training)
+    return [{"prompt": p, "reference": a, "reply": r.strip()}
+            for p, a, r in zip(data.eval_prompts, data.eval_answers, replies)]
+
+
+def _generate(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any,
+              limit: int | None = None) -> list[str]:
+    """Greedy-generate an answer for each eval prompt (the first `limit` of them)."""
     unwrapped = accelerator.unwrap_model(model)
     predictions: list[str] = []
     size = recipe.eval.batch_size
-    for i in range(0, len(data.eval_prompts), size):
-        prompts = data.eval_prompts[i:i + size]
+    todo = data.eval_prompts[:limit] if limit is not None else data.eval_prompts
+    for i in range(0, len(todo), size):
+        prompts = todo[i:i + size]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
                         add_special_tokens=False).to(accelerator.device)
         out = unwrapped.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],

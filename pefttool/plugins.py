@@ -21,7 +21,9 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, did_you_mean
+from .recipe import PluginSchemas
 from .strategy import Strategy
+from .tracing import trace, tracing
 
 GROUP = "pefttool"
 ENV_SELECT = "PEFTTOOL_PLUGINS"
@@ -169,6 +171,15 @@ class PluginHost:
             _name_failures(impl, hook_name)
         caller(**kwargs)
 
+    def schemas(self) -> PluginSchemas:
+        """What validating a recipe needs from these plugins: each strategy's options model,
+        each plugin's settings model (`PluginOptions`, or None) and the plugins left out."""
+        return PluginSchemas(
+            strategies={name: s.Options for name, s in self.strategies.items()},
+            settings={name: getattr(plugin, "PluginOptions", None)
+                      for name, plugin in self.pm.list_name_plugin() if name is not None},
+            left_out=tuple(self.left_out))
+
     def describe(self) -> list[dict[str, Any]]:
         """Each plugin with its hooks, strategies and each strategy's options (JSON schema)."""
         rows = []
@@ -178,9 +189,6 @@ class PluginHost:
                 s: self.strategies[s].Options.model_json_schema() for s in info.strategies}
             rows.append(row)
         return rows
-
-
-TRACE_ENV = "PEFTTOOL_TRACE_HOOKS"
 
 
 def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:
@@ -195,9 +203,8 @@ def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **
         raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
                           f"{type(exc).__name__}: {_one_line(exc)}") from exc
     finally:
-        if os.environ.get(TRACE_ENV):
-            print(f"[hook] {hook_name} → {plugin_name}: {1000 * (time.perf_counter() - began):.2f} ms",
-                  file=sys.stderr)
+        if tracing():
+            trace(hook_name, plugin_name, began)
 
 
 def _name_failures(impl: Any, hook_name: str) -> None:

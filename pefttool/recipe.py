@@ -4,6 +4,11 @@ Validation happens before anything heavy loads and reports every problem at once
 `key.path: what is wrong (got VALUE); what is allowed / the fix`. A strategy's options are
 checked by the pydantic model the strategy itself declares, so a plugin's options are as
 strict as the built-ins'.
+
+This module imports no plugin code: the strategies' option models and the plugins' settings
+models reach validation as a `PluginSchemas` parameter (`PluginHost.schemas()` builds one from
+the installed plugins; a test or a tool can build one by hand). Only a caller that passes none
+gets the installed plugins, looked up when it is called.
 """
 
 from __future__ import annotations
@@ -13,17 +18,16 @@ import re
 import stat
 import tomllib
 import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Protocol, Union, get_args, get_origin
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator)
 
 from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
-
-if TYPE_CHECKING:
-    from .plugins import PluginHost
 
 
 # numpy's and torch's seeding accept 0 .. 2**32 - 1 (numpy refuses more).
@@ -52,8 +56,9 @@ class ModelSection(Section):
 class TaskSection(Section):
     type: Literal["classification", "causal-lm"]
     labels: list[str] | None = Field(None, description="classification: the label set, in id order")
-    format: Literal["instruction", "text"] = Field(
-        "instruction", description="causal-lm: prompt/response pairs, or plain text"
+    format: Literal["instruction", "text", "chat"] = Field(
+        "instruction", description="causal-lm: prompt/response pairs, plain text, or chat "
+        "conversations (messages / ShareGPT rows through the chat template)"
     )
 
     # A field validator (not a model validator) so the problem is reported at `task.labels`,
@@ -85,6 +90,12 @@ class DataSection(Section):
         None, description="causal-lm: map raw response values to the target text"
     )
     chat_template: bool = Field(True, description="causal-lm: render through the model's chat template")
+    messages_column: str | None = Field(
+        None, description="chat: the column holding each conversation; unset: 'messages', else "
+        "'conversations'")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="chat: which tokens carry the loss: every assistant turn, the "
+        "last one only, or the whole conversation")
     max_length: int = Field(128, ge=8, le=32768)
     max_train_rows: int | None = Field(None, ge=1)
     max_eval_rows: int | None = Field(None, ge=1)
@@ -147,6 +158,9 @@ class EvalSection(Section):
     batch_size: int = Field(64, ge=1)
     before_training: bool = True
     max_new_tokens: int = Field(8, ge=1, le=512)
+    samples: int = Field(0, ge=0, le=64, description="causal-lm instruction/chat: replies to this "
+                         "many held-out prompts written to samples.jsonl (before training and at "
+                         "the best evaluation); 0: none")
 
 
 class EarlyStoppingSection(Section):
@@ -329,13 +343,51 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise RecipeError(str(path), [f"not valid TOML: {exc}"])
 
 
+@dataclass(frozen=True)
+class PluginSchemas:
+    """What validating a recipe needs from the plugins, handed in rather than looked up.
+
+    `strategies`: each strategy name → its options model (`Strategy.Options`);
+    `settings`: each loaded plugin's name → its `PluginOptions` model (None: it takes none);
+    `left_out`: installed plugins that `PEFTTOOL_PLUGINS` did not load (named in the error
+    for an unknown strategy, since one of them may add it).
+    """
+
+    strategies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    settings: Mapping[str, type[BaseModel] | None] = field(default_factory=dict)
+    left_out: tuple[str, ...] = ()
+
+    def options_for(self, strategy: str) -> type[BaseModel] | None:
+        """The options model of strategy `strategy`, or None when no plugin registered it."""
+        return self.strategies.get(strategy)
+
+
+class HasSchemas(Protocol):
+    """Anything that can say what its plugins' schemas are (`pefttool.plugins.PluginHost`)."""
+
+    def schemas(self) -> PluginSchemas: ...
+
+
+def _schemas(plugins: PluginSchemas | HasSchemas | None) -> PluginSchemas:
+    """`plugins` as validation needs it: a `PluginSchemas`, anything with `.schemas()` (a
+    `PluginHost`), or None for the installed plugins."""
+    if plugins is None:
+        from .plugins import get_plugin_host  # only here: the caller asked for the installed ones
+
+        plugins = get_plugin_host()
+    return plugins if isinstance(plugins, PluginSchemas) else plugins.schemas()
+
+
 def load_recipe(
     path: str | Path,
     overrides: list[str] | None = None,
-    plugins: PluginHost | None = None,
+    plugins: PluginSchemas | HasSchemas | None = None,
     check_files: bool = True,
 ) -> Recipe:
-    """Read, override and validate a recipe; raise `RecipeError` listing every problem."""
+    """Read, override and validate a recipe; raise `RecipeError` listing every problem.
+
+    `plugins`: the `PluginSchemas` (or a `PluginHost`) to validate `[method]` and `[plugins.*]`
+    against; None: the installed plugins."""
     path = Path(path)
     data = apply_overrides(read_toml(path), overrides or [])
     # The file's stem is the default name; characters a name may not hold become '-'.
@@ -348,14 +400,14 @@ def validate_recipe(
     data: dict[str, Any],
     source: str = "<recipe>",
     base_dir: Path | None = None,
-    plugins: PluginHost | None = None,
+    plugins: PluginSchemas | HasSchemas | None = None,
     check_files: bool = True,
 ) -> Recipe:
-    """Validate plain data as a recipe; every problem is collected before raising."""
-    if plugins is None:
-        from .plugins import get_plugin_host
+    """Validate plain data as a recipe; every problem is collected before raising.
 
-        plugins = get_plugin_host()
+    `plugins` as for `load_recipe`: the strategy's options are checked by
+    `plugins.options_for(method.strategy)`."""
+    schemas = _schemas(plugins)
     problems: list[str] = []
     recipe: Recipe | None = None
     try:
@@ -367,14 +419,13 @@ def validate_recipe(
     strategy_name = method.get("strategy", "lora")
     options_model = None
     if isinstance(strategy_name, str):
-        strategy = plugins.strategies.get(strategy_name)
-        if strategy is None:
-            known = sorted(plugins.strategies)
+        options = schemas.options_for(strategy_name)
+        if options is None:
+            known = sorted(schemas.strategies)
             hint = did_you_mean(strategy_name, known)
-            left_out = getattr(plugins, "left_out", [])
-            if left_out:
+            if schemas.left_out:
                 hint += (f"; PEFTTOOL_PLUGINS left out the installed plugin(s) "
-                         f"{', '.join(left_out)}, which may add it: include them to use it")
+                         f"{', '.join(schemas.left_out)}, which may add it: include them to use it")
             problems.append(
                 f"method.strategy: no strategy named '{strategy_name}'{hint}; loaded: "
                 f"{', '.join(known) or 'none'} (pefttool plugins lists them)"
@@ -382,12 +433,12 @@ def validate_recipe(
         else:
             opts = {k: v for k, v in method.items() if k != "strategy"}
             try:
-                options_model = strategy.Options.model_validate(opts, strict=True)
+                options_model = options.model_validate(opts, strict=True)
             except ValidationError as exc:
-                problems += _describe_all(exc, strategy.Options, opts, prefix="method",
+                problems += _describe_all(exc, options, opts, prefix="method",
                                           also_allowed=["strategy"])
 
-    problems += _plugin_settings_problems(data.get("plugins"), plugins)
+    problems += _plugin_settings_problems(data.get("plugins"), schemas)
     if recipe is not None:
         problems += _cross_checks(recipe)
     if check_files:
@@ -403,7 +454,7 @@ def validate_recipe(
     return recipe
 
 
-def _plugin_settings_problems(section: Any, plugins: Any) -> list[str]:
+def _plugin_settings_problems(section: Any, schemas: PluginSchemas) -> list[str]:
     """Each `[plugins.NAME]` table is checked by plugin NAME's own `PluginOptions` model."""
     if not isinstance(section, dict):
         return []
@@ -411,13 +462,12 @@ def _plugin_settings_problems(section: Any, plugins: Any) -> list[str]:
     for name, table in section.items():
         if name == "on_error":
             continue
-        plugin = plugins.pm.get_plugin(name) if hasattr(plugins, "pm") else None
-        if plugin is None:
-            loaded = sorted(getattr(plugins, "infos", {}))
+        if name not in schemas.settings:
+            loaded = sorted(schemas.settings)
             problems.append(f"plugins.{name}: no plugin named '{name}' is loaded"
                             f"{did_you_mean(name, loaded)}; loaded: {', '.join(loaded) or 'none'}")
             continue
-        options = getattr(plugin, "PluginOptions", None)
+        options = schemas.settings[name]
         if options is None:
             problems.append(f"plugins.{name}: plugin '{name}' takes no settings (it defines no "
                             f"PluginOptions); remove the table")
@@ -440,8 +490,12 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.eval.metric and recipe.eval.metric not in allowed:
         problems.append(f"eval.metric: '{recipe.eval.metric}' does not fit task '{task}'; "
                         f"use one of {', '.join(allowed)}")
-    if recipe.eval.metric == "exact_match" and recipe.task.format != "instruction":
-        problems.append("eval.metric: exact_match needs task.format = \"instruction\"")
+    if recipe.eval.metric == "exact_match" and recipe.task.format not in ("instruction", "chat"):
+        problems.append("eval.metric: exact_match needs task.format = \"instruction\" or \"chat\"")
+    problems += _chat_checks(recipe)
+    if recipe.eval.samples and (task != "causal-lm" or recipe.task.format == "text"):
+        problems.append(f"eval.samples: {recipe.eval.samples} needs held-out prompts: task.type = "
+                        f"\"causal-lm\" with task.format = \"instruction\" or \"chat\"; set it to 0")
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
@@ -486,6 +540,34 @@ def _cross_checks(recipe: Recipe) -> list[str]:
         except RuntimeError:
             problems.append(f"output.dir: cannot expand '~' in '{out}' (no such user, or no home "
                             f"directory); write the full path")
+    return problems
+
+
+def _chat_checks(recipe: Recipe) -> list[str]:
+    """task.format = "chat" and the keys that only it reads."""
+    task, d = recipe.task, recipe.data
+    problems = []
+    if task.format == "chat":
+        if task.type != "causal-lm":
+            problems.append(f"task.format: 'chat' needs task.type = \"causal-lm\" (got "
+                            f"{task.type!r}); set task.type = \"causal-lm\" or remove task.format")
+        if not d.chat_template:
+            problems.append("data.chat_template: false, but task.format = \"chat\" renders "
+                            "conversations with the model's chat template; set it to true")
+        if d.prompt_template is not None:
+            problems.append(f"data.prompt_template: {d.prompt_template!r} does not apply to "
+                            f"task.format = \"chat\" (turns are rendered by the chat template); "
+                            f"remove it")
+        if d.response_map is not None:
+            problems.append("data.response_map: does not apply to task.format = \"chat\"; "
+                            "remove it")
+    else:
+        # Only a value other than the default: a resolved recipe (run dir) writes defaults out.
+        for key, default in (("messages_column", None), ("train_on", "assistant")):
+            if getattr(d, key) != default:
+                problems.append(f"data.{key}: {getattr(d, key)!r} applies to task.format = "
+                                f"\"chat\" only (task.format is {task.format!r}); remove it "
+                                f"or set task.format = \"chat\"")
     return problems
 
 

@@ -40,26 +40,38 @@ your method; see docs/plugins.md in pefttool for the whole strategy contract."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from pefttool.hookspecs import hookimpl
 from pefttool.strategy import Strategy, StrategyOptions
 
+if TYPE_CHECKING:  # only for the annotations: importing the plugin must stay light (no torch)
+    import torch
+
+    from pefttool.recipe import Recipe
+
 HEADS = ("classifier", "score")
 
 
 class {cls}Options(StrategyOptions):
+    """The recipe's `[method]` keys for `{name}` (each description shows in `pefttool plugins`)."""
+
     train_head: bool = Field(True, description="also train the task head in full")
 
 
 class {cls}Strategy(Strategy):
+    """BitFit: `wrap` leaves only the biases (and the head) trainable; `save` is the default
+    (the full model)."""
+
     name = "{name}"
     description = "BitFit: only biases (and the head) train"
     Options = {cls}Options
 
-    def wrap(self, model: Any, recipe: Any, options: {cls}Options) -> Any:
+    def wrap(self, model: torch.nn.Module, recipe: Recipe, options: {cls}Options) -> torch.nn.Module:
+        """Strategy contract, called once after loading: returns the model to train."""
         for param_name, param in model.named_parameters():
             head = options.train_head and param_name.startswith(HEADS)
             param.requires_grad = param_name.endswith(".bias") or head
@@ -67,7 +79,8 @@ class {cls}Strategy(Strategy):
 
 
 @hookimpl
-def pefttool_register_strategies(register):
+def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
+    """Hook `pefttool_register_strategies` (once, at start-up): registers `{name}`."""
     register({cls}Strategy())
 '''
 

@@ -19,6 +19,7 @@ owner, and a second registration of a name is an error naming both plugins.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,7 +107,8 @@ class Strategy:
 
     def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: Any) -> None:
         """Write what was trained so stock transformers/PEFT load it. Default: the full model."""
-        model.save_pretrained(out_dir, safe_serialization=True)
+        # a transformers/PEFT model; torch types it as a Module
+        model.save_pretrained(out_dir, safe_serialization=True)  # type: ignore[operator]
 
 
 def _logical_numel(p: Any) -> int:
@@ -153,9 +155,13 @@ class GuardedStrategy:
         if name not in GUARDED_METHODS or not callable(attr):
             return attr
 
+        traced = getattr(type(self.strategy), name, None) is not getattr(Strategy, name, None)
+
         def call(*args: Any, **kwargs: Any) -> Any:
             from .errors import PefttoolError, PluginError
+            from .tracing import trace, tracing
 
+            began = time.perf_counter()
             try:
                 return attr(*args, **kwargs)
             except PefttoolError:
@@ -166,5 +172,8 @@ class GuardedStrategy:
                                     f"failed in {name}: {type(exc).__name__}: {text[:300]}")
                 error.exit_code = 3 if self.during_training else 2
                 raise error from exc
+            finally:
+                if traced and tracing():  # only the methods the plugin itself answers
+                    trace(f"{self.strategy.name}.{name}", self.strategy.plugin or "?", began)
 
         return call

@@ -30,6 +30,11 @@ class Trained:
     adapter: bool          # model/ held a PEFT adapter (the model is base + adapter)
 
 
+def saved_run(run_dir: Path) -> tuple[RunDir, Any]:
+    """The run folder and its saved recipe, checked to hold a model (no model is loaded)."""
+    return _run(run_dir)
+
+
 def _run(run_dir: Path) -> tuple[RunDir, Any]:
     from .checkpoints import verify_files
     from .engine import MODEL_MANIFEST

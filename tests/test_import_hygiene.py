@@ -49,7 +49,9 @@ def test_loading_the_plugins_loads_neither_torch_nor_textual():
 
 
 @pytest.mark.parametrize("argv", [("--help",), ("validate", "recipes/lora.toml"), ("plugins",),
-                                  ("validate", "recipes/lora.toml", "--set", "train.lr=2e-4")])
+                                  ("plan", "--help"),
+                                  ("validate", "recipes/lora.toml", "--set", "train.lr=2e-4"),
+                                  ("generate", "--help"), ("inspect", "--help"), ("plot", "--help")])
 def test_cli_commands_that_need_no_model_load_neither_torch_nor_textual(argv):
     assert heavy_modules_after(cli(*argv)) == []
 
@@ -62,3 +64,62 @@ def test_only_the_tui_imports_textual():
                  and pattern.search(path.read_text(encoding="utf-8"))]
 
     assert offenders == []
+
+
+def modules_after(code: str) -> list[str]:
+    """Run `code` in a fresh interpreter; return every module it imported."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_the_recipe_module_does_not_import_the_plugin_host():
+    loaded = modules_after("import pefttool.recipe")
+
+    assert "pefttool.recipe" in loaded
+    assert "pefttool.plugins" not in loaded
+    assert not any(m.startswith("pefttool_") for m in loaded)  # no plugin was loaded either
+
+
+def test_a_recipe_validates_against_schemas_passed_in_without_loading_any_plugin():
+    # The strategy's options reach validation as a parameter: no entry point is read.
+    code = (
+        "from pydantic import BaseModel, ConfigDict\n"
+        "from pefttool.recipe import PluginSchemas, RecipeError, validate_recipe\n"
+        "class Bitfit(BaseModel):\n"
+        "    model_config = ConfigDict(extra='forbid')\n"
+        "    biases_only: bool = True\n"
+        "schemas = PluginSchemas(strategies={'bitfit': Bitfit})\n"
+        "data = {'model': {'path': 'org/model'}, 'task': {'type': 'classification'},\n"
+        "        'data': {'train': 'train.csv'}, 'method': {'strategy': 'bitfit', 'biases_only': False}}\n"
+        "recipe = validate_recipe(data, plugins=schemas, check_files=False)\n"
+        "assert recipe.strategy_options.biases_only is False\n"
+        "data['method'] = {'strategy': 'lora'}\n"
+        "try:\n"
+        "    validate_recipe(data, plugins=schemas, check_files=False)\n"
+        "except RecipeError as exc:\n"
+        "    assert \"no strategy named 'lora'\" in str(exc), exc\n"
+        "else:\n"
+        "    raise AssertionError('lora is not in the schemas handed in')\n")
+    loaded = modules_after(code)
+
+    assert "pefttool.plugins" not in loaded
+    assert not any(m.startswith("pefttool_") for m in loaded)
+
+
+def test_the_built_in_plugins_and_the_headless_observer_take_hookimpl_from_the_hookspecs():
+    # `hookimpl` lives beside the hook specs; `from pefttool import hookimpl` is for third parties.
+    root_import = re.compile(r"^\s*(?:from pefttool import|import pefttool\s*$)", re.MULTILINE)
+    files = [*sorted((REPO / "plugins").rglob("*.py")), REPO / "pefttool" / "headless.py"]
+    offenders = [str(p.relative_to(REPO)) for p in files if root_import.search(p.read_text(encoding="utf-8"))]
+
+    assert offenders == []
+    assert all("from pefttool.hookspecs import hookimpl" in (REPO / "plugins" / name / "__init__.py").read_text()
+               for name in ("pefttool_full", "pefttool_lora", "pefttool_qlora"))
+    import pefttool
+    from pefttool import hookspecs
+
+    assert pefttool.hookimpl is hookspecs.hookimpl

@@ -54,3 +54,68 @@ def test_a_fast_plugin_import_is_not_warned(site, capsys):
     out, err = capsys.readouterr()
     assert "took" not in err
     assert "r (default 8): adapter rank" in out  # the text listing shows each strategy's options
+
+
+# ------------------------------------------------------------------ the code plugin authors copy
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+COPIED = sorted([*(REPO / "plugins").rglob("*.py"), *(REPO / "examples").glob("pefttool-*/pefttool_*/*.py")])
+
+
+def _functions(path):
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+@pytest.mark.parametrize("path", COPIED, ids=lambda p: str(p.relative_to(REPO)))
+def test_the_built_in_and_example_plugins_are_fully_annotated_and_documented(path):
+    import ast
+
+    problems = []
+    for fn in _functions(path):
+        params = [a for a in fn.args.posonlyargs + fn.args.args + fn.args.kwonlyargs if a.arg not in ("self", "cls")]
+        params += [a for a in (fn.args.vararg, fn.args.kwarg) if a is not None]
+        untyped = [a.arg for a in params if a.annotation is None]
+        if untyped or fn.returns is None:
+            problems.append(f"{fn.name}: untyped {untyped or 'return'}")
+        if not ast.get_docstring(fn) and not fn.name.startswith("_"):
+            problems.append(f"{fn.name}: no docstring")
+
+    assert problems == []
+
+
+def test_every_built_in_strategy_option_is_described_in_plugins_json(capsys):
+    assert main(["plugins", "--json"]) == 0
+
+    rows = json.loads(capsys.readouterr().out)
+    schemas = {s: schema for row in rows for s, schema in row["strategy_options"].items()}
+    assert {"full", "lora", "qlora"} <= set(schemas)
+    undescribed = [f"{s}.{field}" for s, schema in schemas.items()
+                   for field, spec in schema.get("properties", {}).items() if not spec.get("description")]
+    assert undescribed == []
+    assert schemas["qlora"]["properties"]["quant_type"]["description"].startswith("4-bit format")
+
+
+def test_trace_hooks_also_traces_the_strategy_methods_a_plugin_overrides(capsys, monkeypatch):
+    from pefttool.strategy import GuardedStrategy, Strategy
+
+    class Bitfit(Strategy):
+        name = "bitfit"
+
+        def wrap(self, model, recipe, options):
+            return model
+
+    strategy = Bitfit()
+    strategy.plugin = "pefttool-bitfit"
+    guarded = GuardedStrategy(strategy)
+    monkeypatch.setenv("PEFTTOOL_TRACE_HOOKS", "1")
+    guarded.wrap("model", None, None)
+    guarded.param_groups("model", None, None)  # the default answers: not the plugin's call
+    monkeypatch.delenv("PEFTTOOL_TRACE_HOOKS")
+    guarded.wrap("model", None, None)
+
+    err = capsys.readouterr().err
+    assert err.count("[hook] bitfit.wrap → pefttool-bitfit:") == 1 and " ms" in err
+    assert "param_groups" not in err

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from pefttool.hookspecs import hookimpl
 from pefttool.strategy import Strategy, StrategyOptions
 
+if TYPE_CHECKING:  # only for the annotations: a plugin's import must stay light (no torch)
+    import torch
+
+    from pefttool.recipe import Recipe
+
 
 class LoraOptions(StrategyOptions):
+    """The recipe's `[method]` keys for `lora` (and `qlora`, which adds its own)."""
+
     r: int = Field(8, ge=1, le=1024, description="adapter rank: higher learns more, costs memory")
     alpha: float = Field(16, gt=0, description="scale of the adapter update (alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
@@ -29,19 +38,26 @@ class LoraStrategy(Strategy):
 
     name = "lora"
     description = "LoRA adapters on linear layers (PEFT); small, fast, saves an adapter"
-    Options = LoraOptions
+    Options: type[LoraOptions] = LoraOptions
 
-    def wrap(self, model, recipe, options):
+    def wrap(self, model: torch.nn.Module, recipe: Recipe, options: LoraOptions) -> torch.nn.Module:
+        """Strategy contract, called once after loading: returns the `PeftModel` with LoRA
+        adapters as `options` say (a `target_modules` name that matches no layer is a
+        one-line recipe error listing the names that exist)."""
         from pefttool.adapters import add_lora
 
         return add_lora(model, recipe, options)
 
-    def save(self, model, out_dir, recipe, options):
+    def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: LoraOptions) -> None:
+        """Strategy contract, called for the best and the final model: writes the adapter
+        (and the trained head) to `out_dir`, its base model named as the recipe names it.
+        Returns nothing."""
         from pefttool.adapters import save_adapter
 
-        save_adapter(model, out_dir, recipe)  # base_model_name_or_path: the recipe's location
+        save_adapter(model, out_dir, recipe)
 
 
 @hookimpl
-def pefttool_register_strategies(register):
+def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
+    """Hook `pefttool_register_strategies` (once, at start-up): registers `lora`. Returns nothing."""
     register(LoraStrategy())

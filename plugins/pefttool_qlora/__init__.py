@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import warnings
-from typing import Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from pefttool.hookspecs import hookimpl
+from pefttool.strategy import Strategy
 from pefttool_lora import LoraOptions, LoraStrategy
+
+if TYPE_CHECKING:  # only for the annotations: a plugin's import must stay light (no torch)
+    import torch
+
+    from pefttool.recipe import Recipe
 
 
 class QloraOptions(LoraOptions):
+    """The recipe's `[method]` keys for `qlora`: LoRA's, plus how the base is quantized."""
+
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit format; nf4 suits weights")
     double_quant: bool = Field(True, description="quantize the scales too (saves ~0.4 bit/param)")
     compute_dtype: Literal["auto", "float32", "bfloat16"] = Field(
@@ -25,13 +34,15 @@ class QloraStrategy(LoraStrategy):
     """The base is quantized on load (`load_kwargs` → BitsAndBytesConfig; classifier/score/
     lm_head and `modules_to_save` stay full precision), then `wrap` runs PEFT's
     `prepare_model_for_kbit_training`, guards the CPU 4-bit layers against the AVX512-BF16
-    repack (see `quant.guard_cpu_4bit`) and adds LoRA. `save` writes a PEFT adapter."""
+    repack (see `quant.guard_cpu_4bit`) and adds LoRA. `save` (LoRA's) writes a PEFT adapter."""
 
     name = "qlora"
     description = "4-bit quantized base (bitsandbytes NF4/FP4) + LoRA adapters"
     Options = QloraOptions
 
-    def check(self, recipe, options):
+    def check(self, recipe: Recipe, options: QloraOptions) -> None:
+        """Strategy contract, called before anything loads: raises a one-line `PefttoolError`
+        when bitsandbytes is missing or broken, or the model is a GGUF file. Returns nothing."""
         from pefttool.errors import PefttoolError
 
         from .quant import import_bnb
@@ -41,13 +52,19 @@ class QloraStrategy(LoraStrategy):
             raise PefttoolError("method.strategy: qlora cannot re-quantize a GGUF model (it loads "
                                 "already dequantized); use strategy = \"lora\" for GGUF models")
 
-    def load_kwargs(self, recipe, options):
+    def load_kwargs(self, recipe: Recipe, options: QloraOptions) -> dict[str, Any]:
+        """Strategy contract, called before `from_pretrained`: returns
+        `{"quantization_config": BitsAndBytesConfig(...)}` for a 4-bit load."""
         from .quant import bnb_config, compute_dtype
 
         return {"quantization_config": bnb_config(options, keep=options.modules_to_save,
                                                   compute_dtype=compute_dtype(recipe, options))}
 
-    def wrap(self, model, recipe, options):
+    # The engine passes a strategy its own `Options`, so narrowing LoRA's type is safe here.
+    def wrap(self, model: torch.nn.Module, recipe: Recipe,  # type: ignore[override]
+             options: QloraOptions) -> torch.nn.Module:
+        """Strategy contract, called once after the 4-bit load: returns the `PeftModel` with
+        LoRA adapters over the quantized base, ready for k-bit training."""
         from peft import prepare_model_for_kbit_training
 
         from pefttool.adapters import add_lora
@@ -66,5 +83,6 @@ class QloraStrategy(LoraStrategy):
 
 
 @hookimpl
-def pefttool_register_strategies(register):
+def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
+    """Hook `pefttool_register_strategies` (once, at start-up): registers `qlora`. Returns nothing."""
     register(QloraStrategy())

@@ -12,10 +12,18 @@ gradients are exact (fp32 compute) or within ~2 % (bf16 compute).
 
 from __future__ import annotations
 
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from pefttool.adapters import quiet_bitsandbytes_import
 from pefttool.errors import PefttoolError
+
+if TYPE_CHECKING:  # only for the annotations: importing this module loads no torch
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    from pefttool.recipe import Recipe
+    from pefttool_qlora import QloraOptions
 
 # Heads that must stay in full precision: a quantized classifier cannot train in full
 # (PEFT's modules_to_save would copy a frozen 4-bit layer), and an lm_head is kept in full
@@ -23,8 +31,8 @@ from pefttool.errors import PefttoolError
 KEEP_FULL_PRECISION = ("classifier", "score", "lm_head")
 
 
-def import_bnb() -> Any:
-    """bitsandbytes, or a one-line PefttoolError saying how to get it."""
+def import_bnb() -> ModuleType:
+    """Returns the bitsandbytes module, or raises a one-line PefttoolError saying how to get it."""
     try:
         with quiet_bitsandbytes_import():
             import bitsandbytes as bnb
@@ -34,9 +42,9 @@ def import_bnb() -> Any:
     return bnb
 
 
-def compute_dtype(recipe: Any, options: Any) -> str:
-    """The 4-bit matmul dtype: the option when set, else the one model.dtype implies
-    (`auto`: bfloat16 on a CUDA device that supports it, float32 elsewhere)."""
+def compute_dtype(recipe: Recipe, options: QloraOptions) -> str:
+    """Returns the 4-bit matmul dtype's name: the option when set, else the one that
+    model.dtype implies (`auto`: bfloat16 on a CUDA device that supports it, else float32)."""
     if options.compute_dtype != "auto":
         return options.compute_dtype
     if recipe.model.dtype == "bfloat16":
@@ -49,7 +57,10 @@ def compute_dtype(recipe: Any, options: Any) -> str:
     return "float32"
 
 
-def bnb_config(options: Any, keep: list[str] | None = None, compute_dtype: str | None = None) -> Any:
+def bnb_config(options: QloraOptions, keep: list[str] | None = None,
+               compute_dtype: str | None = None) -> BitsAndBytesConfig:
+    """Returns the transformers `BitsAndBytesConfig` for a 4-bit load as `options` say; the
+    heads in KEEP_FULL_PRECISION and the modules in `keep` are not quantized."""
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -63,12 +74,13 @@ def bnb_config(options: Any, keep: list[str] | None = None, compute_dtype: str |
     )
 
 
-def linear4bit_layers(model: Any) -> list[Any]:
+def linear4bit_layers(model: torch.nn.Module) -> list[Any]:
+    """Returns every bitsandbytes `Linear4bit` layer of `model` (bitsandbytes is untyped)."""
     bnb = import_bnb()
     return [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
 
 
-def guard_cpu_4bit(model: Any) -> int:
+def guard_cpu_4bit(model: torch.nn.Module) -> int:
     """Turn off the AVX512-BF16 inference repack on every Linear4bit (see the module doc).
     Returns how many layers were guarded. Safe to call more than once."""
     layers = linear4bit_layers(model)

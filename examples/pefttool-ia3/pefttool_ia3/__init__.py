@@ -7,15 +7,24 @@ trainable (and saved with the adapter), and quiets PEFT's known warnings.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from pefttool.hookspecs import hookimpl
 from pefttool.strategy import Strategy, StrategyOptions
 
+if TYPE_CHECKING:  # only for the annotations: importing the plugin loads no torch
+    import torch
+
+    from pefttool.recipe import Recipe
+
 
 class IA3Options(StrategyOptions):
+    """The recipe's `[method]` keys for `ia3` (both default to PEFT's per-architecture choice)."""
+
     target_modules: list[str] | None = Field(
         None, description="modules to rescale (default: PEFT's choice for the architecture)")
     feedforward_modules: list[str] | None = Field(
@@ -23,11 +32,15 @@ class IA3Options(StrategyOptions):
 
 
 class IA3Strategy(Strategy):
+    """IA³ through PEFT: only `wrap` and `save` differ from the defaults."""
+
     name = "ia3"
     description = "IA³: learned rescaling vectors (PEFT); tiny adapters, higher lr than LoRA"
     Options = IA3Options
 
-    def wrap(self, model: Any, recipe: Any, options: IA3Options) -> Any:
+    def wrap(self, model: torch.nn.Module, recipe: Recipe, options: IA3Options) -> torch.nn.Module:
+        """Strategy contract, called once after loading: returns the `PeftModel` with IA³
+        vectors (a classifier's head trains in full and is saved with them)."""
         from peft import IA3Config
 
         import pefttool
@@ -36,10 +49,14 @@ class IA3Strategy(Strategy):
                            feedforward_modules=options.feedforward_modules)
         return pefttool.peft_wrap(model, config, recipe)
 
-    def save(self, model: Any, out_dir: Any, recipe: Any, options: Any) -> None:
-        model.save_pretrained(out_dir, safe_serialization=True)
+    def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: IA3Options) -> None:
+        """Strategy contract, called for the best and the final model: writes a stock PEFT
+        adapter that `PeftModel.from_pretrained` loads. Returns nothing."""
+        # a PeftModel; torch's stubs only know it as a Module
+        model.save_pretrained(out_dir, safe_serialization=True)  # type: ignore[operator]
 
 
 @hookimpl
-def pefttool_register_strategies(register):
+def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
+    """Hook `pefttool_register_strategies` (once, at start-up): registers `ia3`. Returns nothing."""
     register(IA3Strategy())

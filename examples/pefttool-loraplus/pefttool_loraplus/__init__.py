@@ -11,15 +11,24 @@ not slow down `pefttool validate` or `pefttool plugins`.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from pefttool.hookspecs import hookimpl
 from pefttool.strategy import Strategy, StrategyOptions
 
+if TYPE_CHECKING:  # only for the annotations: importing the plugin loads no torch
+    import torch
+
+    from pefttool.recipe import Recipe
+
 
 class LoraPlusOptions(StrategyOptions):
+    """The recipe's `[method]` keys for `loraplus`: LoRA's shape, plus the B matrices' ratio."""
+
     r: int = Field(8, ge=1, le=1024, description="adapter rank: higher learns more, costs memory")
     alpha: float = Field(16, gt=0, description="scale of the adapter update (alpha / r)")
     dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter input")
@@ -30,20 +39,31 @@ class LoraPlusOptions(StrategyOptions):
 
 
 class LoraPlusStrategy(Strategy):
+    """LoRA+ : `wrap` adds PEFT LoRA adapters, `param_groups` gives the B matrices their own
+    learning rate; the optimizer and schedule are the recipe's."""
+
     name = "loraplus"
     description = "LoRA+ : LoRA with B matrices at lr_ratio × the learning rate (PEFT)"
     Options = LoraPlusOptions
 
-    def wrap(self, model: Any, recipe: Any, options: LoraPlusOptions) -> Any:
+    def wrap(self, model: torch.nn.Module, recipe: Recipe,
+             options: LoraPlusOptions) -> torch.nn.Module:
+        """Strategy contract, called once after loading: returns the `PeftModel` with LoRA
+        adapters (a classifier's head trains in full and is saved with them)."""
         from peft import LoraConfig
 
         import pefttool
 
-        config = LoraConfig(r=options.r, lora_alpha=options.alpha, lora_dropout=options.dropout,
-                            target_modules=options.target_modules)
+        # PEFT annotates lora_alpha as int; the scale alpha / r is a float, so any float works.
+        config = LoraConfig(r=options.r, lora_alpha=options.alpha,  # type: ignore[arg-type]
+                            lora_dropout=options.dropout, target_modules=options.target_modules)
         return pefttool.peft_wrap(model, config, recipe)
 
-    def param_groups(self, model: Any, recipe: Any, options: LoraPlusOptions) -> list[dict[str, Any]]:
+    def param_groups(self, model: torch.nn.Module, recipe: Recipe,
+                     options: LoraPlusOptions) -> list[dict[str, Any]]:
+        """Strategy contract, called once after `wrap`: returns three optimizer groups, the
+        matrices at `train.lr` with weight decay, biases and norms at `train.lr` without, and
+        the B matrices at `lr_ratio × train.lr` with weight decay."""
         lr, decay = recipe.train.lr, recipe.train.weight_decay
         groups: dict[str, list[Any]] = {"b": [], "decay": [], "no_decay": []}
         for name, param in model.named_parameters():
@@ -61,10 +81,16 @@ class LoraPlusStrategy(Strategy):
             {"params": groups["b"], "lr": lr * options.lr_ratio, "weight_decay": decay},
         ]
 
-    def save(self, model: Any, out_dir: Any, recipe: Any, options: Any) -> None:
-        model.save_pretrained(out_dir, safe_serialization=True)  # a stock PEFT adapter
+    def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe,
+             options: LoraPlusOptions) -> None:
+        """Strategy contract, called for the best and the final model: writes a stock PEFT
+        adapter that `PeftModel.from_pretrained` loads. Returns nothing."""
+        # a PeftModel; torch's stubs only know it as a Module
+        model.save_pretrained(out_dir, safe_serialization=True)  # type: ignore[operator]
 
 
 @hookimpl
-def pefttool_register_strategies(register):
+def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
+    """Hook `pefttool_register_strategies` (once, at start-up): registers `loraplus`.
+    Returns nothing."""
     register(LoraPlusStrategy())
