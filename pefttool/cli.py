@@ -42,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--processes", type=int, metavar="N",
                      help="train in N processes (one per GPU; gloo on CPU), through Accelerate "
                           "(sets distributed.processes)")
+    plan = recipe_command("plan", "estimate parameters, peak memory (CPU and a GPU), steps, tokens "
+                                  "and time before training; full / LoRA / QLoRA side by side")
+    plan.add_argument("--gpu-gib", type=_positive_float, metavar="GIB",
+                      help="also estimate for a CUDA device of this size (GiB): fits, headroom")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (sizes in bytes)")
+    plan.add_argument("--calibrate", action="store_true",
+                      help="run a few real steps (temporary output, deleted) and extrapolate the time")
+    plan.add_argument("--calibrate-steps", type=int, default=5, metavar="N",
+                      help="steps for --calibrate (default 5; the first is warm-up)")
+    plan.add_argument("--no-data", action="store_true",
+                      help="skip reading and tokenizing the data (no steps/tokens per epoch)")
     inspect = recipe_command("inspect", "show the cleaned, tokenized rows a recipe trains on (no model loads)")
     inspect.add_argument("--rows", type=int, default=3, metavar="N", help="train rows to show (default 3)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
@@ -98,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of GiB (e.g. 24)") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive size in GiB (e.g. 24)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -132,6 +153,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if command == "resume":
         return cmd_resume(args)
+    if command == "plan":
+        return cmd_plan(args)
     if command == "plugins":
         return cmd_plugins(args)
     if command == "predict":
@@ -188,6 +211,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .headless import run_headless
 
     return run_headless(recipe, resume=args.resume, quiet=args.quiet)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe: its lines, exit 2
+    if args.calibrate and args.calibrate_steps < 2:
+        from .errors import PefttoolError as Bad
+
+        raise Bad(f"--calibrate-steps: {args.calibrate_steps} is too few; give at least 2 "
+                  f"(the first step is warm-up)")
+    from .plan import calibrate, data_estimate, estimate, render
+
+    data = None if args.no_data else data_estimate(recipe)
+    plan = estimate(recipe, device=args.gpu_gib if args.gpu_gib else "cpu", data=data)
+    if args.calibrate:
+        plan.calibration = calibrate(args.recipe, args.overrides, recipe, steps=args.calibrate_steps,
+                                     total_steps=data.total_steps if data else None)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else render(plan))
+    return 0
 
 
 def _needs_launch(recipe) -> bool:

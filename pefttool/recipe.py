@@ -28,6 +28,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
+from .tasks import all_metric_names, get_task
 
 
 # numpy's and torch's seeding accept 0 .. 2**32 - 1 (numpy refuses more).
@@ -105,6 +106,8 @@ class DataSection(Section):
     on_bad_rows: Literal["error", "skip"] = "error"
     group_by_length: bool = Field(False, description="batches of similar length (less padding, "
                                   "faster); shuffled between groups, still seeded")
+    packing: bool = Field(False, description="causal-lm: several examples per row up to "
+                          "max_length, each attending only to itself (no compute on padding)")
     strict: bool = Field(False, description="stop, rather than warn, on a tiny eval set or a label "
                          "with no training rows")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes the shuffle and the held-out split")
@@ -147,9 +150,8 @@ class TrainSection(Section):
         "unset: on for causal-lm qlora")
 
 
-Metric = Literal["accuracy", "macro_f1", "eval_loss", "perplexity", "exact_match"]
-CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
-CAUSAL_LM_METRICS = ("eval_loss", "perplexity", "exact_match")
+# Every metric some task's table lets a recipe choose (pefttool/tasks/).
+Metric = Literal[all_metric_names()]  # type: ignore[valid-type]
 
 
 class EvalSection(Section):
@@ -250,11 +252,11 @@ class Recipe(Section):
     def metric(self) -> str:
         if self.eval.metric:
             return self.eval.metric
-        return "accuracy" if self.task.type == "classification" else "eval_loss"
+        return get_task(self).default_metric
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric in ("accuracy", "macro_f1", "exact_match")
+        return get_task(self).higher_is_better(self.metric)
 
     def output_dir(self, time_tag: str = "") -> Path:
         """The run directory: `output.dir` with {name} and {time} filled in, made absolute.
@@ -485,20 +487,23 @@ def _plugin_settings_problems(section: Any, schemas: PluginSchemas) -> list[str]
 def _cross_checks(recipe: Recipe) -> list[str]:
     """Problems that involve more than one key, or this machine."""
     problems = []
-    task = recipe.task.type
-    allowed = CLASSIFICATION_METRICS if task == "classification" else CAUSAL_LM_METRICS
-    if recipe.eval.metric and recipe.eval.metric not in allowed:
-        problems.append(f"eval.metric: '{recipe.eval.metric}' does not fit task '{task}'; "
-                        f"use one of {', '.join(allowed)}")
+    problems += get_task(recipe).check_recipe(recipe)
     if recipe.eval.metric == "exact_match" and recipe.task.format not in ("instruction", "chat"):
         problems.append("eval.metric: exact_match needs task.format = \"instruction\" or \"chat\"")
     problems += _chat_checks(recipe)
-    if recipe.eval.samples and (task != "causal-lm" or recipe.task.format == "text"):
+    if recipe.eval.samples and get_task(recipe).data_kind(recipe) not in ("instruction", "chat"):
         problems.append(f"eval.samples: {recipe.eval.samples} needs held-out prompts: task.type = "
                         f"\"causal-lm\" with task.format = \"instruction\" or \"chat\"; set it to 0")
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
+    if recipe.data.packing and task != "causal-lm":
+        problems.append(f"data.packing: true, but task.type is '{task}'; packing joins causal-LM "
+                        "examples into rows, set data.packing = false (data.group_by_length "
+                        "reduces padding for any task)")
+    elif recipe.data.packing and recipe.data.group_by_length:
+        problems.append("data.packing: true together with data.group_by_length = true; packed "
+                        "rows have no padding to group away, set data.group_by_length = false")
     if recipe.model.attn_implementation == "flash_attention_2":
         import importlib.util
 
@@ -562,8 +567,9 @@ def _chat_checks(recipe: Recipe) -> list[str]:
             problems.append("data.response_map: does not apply to task.format = \"chat\"; "
                             "remove it")
     else:
-        for key in ("messages_column", "train_on"):
-            if key in d.model_fields_set:
+        # Only a value other than the default: a resolved recipe (run dir) writes defaults out.
+        for key, default in (("messages_column", None), ("train_on", "assistant")):
+            if getattr(d, key) != default:
                 problems.append(f"data.{key}: {getattr(d, key)!r} applies to task.format = "
                                 f"\"chat\" only (task.format is {task.format!r}); remove it "
                                 f"or set task.format = \"chat\"")

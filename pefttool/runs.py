@@ -56,10 +56,6 @@ class RunState:
     def path(self) -> Path:
         return self.run_dir
 
-    @property
-    def skipped_lines(self) -> int:
-        return self.bad_lines
-
     def apply(self, events: Iterable[Event]) -> None:
         """Fold events in; one with a field of the wrong type is skipped and counted."""
         for event in events:
@@ -202,18 +198,9 @@ class RunState:
         return self._closed_s + max(0.0, self.last_time - self._open_since)
 
     @property
-    def train_s(self) -> float:
-        """Time spent training (evaluations and checkpoints left out), over every segment."""
-        return float(self.last_step.elapsed_s) if self.last_step is not None else 0.0
-
-    @property
     def tokens_per_s(self) -> float | None:
         """Mean training speed over the whole run (not just the latest window or segment)."""
         return self._tokens / self._token_s if self._token_s > 0 else None
-
-
-# The name `pefttool runs` used before the fold was shared; the same thing.
-RunSummary = RunState
 
 
 def format_duration(seconds: float | None) -> str:

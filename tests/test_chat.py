@@ -296,3 +296,11 @@ def test_a_chat_run_reports_eval_loss_before_and_after_and_writes_samples(tmp_pa
     for s in samples:
         assert s["prompt"].endswith("assistant: ") and s["reference"] == "yes sure"
         assert {"before", "after", "after_step"} <= set(s) and s["after_step"] == result.best_step
+
+
+def test_a_resolved_recipe_with_the_defaults_written_out_validates_again(tmp_path):
+    for task in ({"type": "causal-lm"}, {"type": "causal-lm", "format": "chat"}):
+        first = validate_recipe({"model": {"path": "m"}, "task": task, "data": {"train": "x.jsonl"}},
+                                base_dir=tmp_path, check_files=False)
+        again = validate_recipe(first.to_dict(), base_dir=tmp_path, check_files=False)
+        assert again.data.train_on == "assistant" and again.task.format == first.task.format

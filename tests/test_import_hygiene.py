@@ -49,6 +49,7 @@ def test_loading_the_plugins_loads_neither_torch_nor_textual():
 
 
 @pytest.mark.parametrize("argv", [("--help",), ("validate", "recipes/lora.toml"), ("plugins",),
+                                  ("plan", "--help"),
                                   ("validate", "recipes/lora.toml", "--set", "train.lr=2e-4"),
                                   ("generate", "--help"), ("inspect", "--help"), ("plot", "--help")])
 def test_cli_commands_that_need_no_model_load_neither_torch_nor_textual(argv):

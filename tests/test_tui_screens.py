@@ -1,4 +1,5 @@
-"""Each screen of the TUI, driven by keys in a headless Pilot (STACK.md trap 7).
+"""Each screen of the TUI, driven by keys in a headless Pilot (`app.run_test`; after
+`workers.wait_for_complete()` a `pilot.pause()` lets the screen catch up).
 
 Training here is the fake trainer from test_tui_support (same arguments and events as
 `pefttool run`, no torch), so crash, out-of-memory, Stop and quit paths run in seconds;

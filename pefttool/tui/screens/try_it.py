@@ -41,41 +41,12 @@ def classify(loaded: Any, text: str) -> tuple[str, dict[str, float]]:
 
 
 def reply(loaded: Any, text: str, on_text: Any, stop: threading.Event) -> str:
-    """The causal LM's reply, streamed piece by piece to `on_text`."""
-    try:
-        from ...generate import generate   # the `pefttool generate` engine, when present
-    except ImportError:
-        return _plain_generate(loaded, text, on_text, stop)
+    """The causal LM's reply (rendered as the run's training rendered prompts), streamed piece
+    by piece to `on_text`; `stop` ends it after the current token."""
+    from ...generate import generate
+
     return generate(loaded, text, on_text=on_text, stop=stop, max_new_tokens=MAX_NEW_TOKENS,
                     greedy=True)
-
-
-def _plain_generate(loaded: Any, text: str, on_text: Any, stop: threading.Event) -> str:
-    """Greedy continuation of `prompt + newline` (how instruction rows are trained), for a
-    checkout without pefttool/generate.py."""
-    import torch
-    from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
-
-    tok, model = loaded.tokenizer, loaded.model
-
-    class Stop(StoppingCriteria):
-        def __call__(self, input_ids, scores, **kwargs):  # noqa: ANN001
-            return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
-
-    class Streamer(TextStreamer):
-        def on_finalized_text(self, piece: str, stream_end: bool = False) -> None:
-            if piece:
-                on_text(piece)
-
-    ids = tok(text + "\n", return_tensors="pt")["input_ids"]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=MAX_NEW_TOKENS, pad_token_id=pad,
-                             eos_token_id=tok.eos_token_id,
-                             stopping_criteria=StoppingCriteriaList([Stop()]),
-                             streamer=Streamer(tok, skip_prompt=True, skip_special_tokens=True))
-    return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 @dataclass
