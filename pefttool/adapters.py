@@ -43,16 +43,17 @@ def quiet_bitsandbytes_import() -> Iterator[None]:
 
 def add_lora(model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.Module:
     """Wrap `model` with PEFT LoRA adapters as `options` (LoraOptions) say."""
-    with quiet_bitsandbytes_import():
-        from peft import LoraConfig, TaskType
+    from .tasks import get_task
 
-    classification = recipe.task.type == "classification"
+    with quiet_bitsandbytes_import():
+        from peft import LoraConfig
+
     target = options.target_modules
     if target != "all-linear":
         target = list(target)
         _check_targets(model, recipe, target)
     config = LoraConfig(
-        task_type=TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM,
+        task_type=get_task(recipe).peft_type(),
         r=options.r,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,
@@ -80,16 +81,18 @@ def peft_wrap(model: torch.nn.Module, peft_config: PeftConfig, recipe: Recipe) -
     FutureWarning), and raises a one-line `RecipeError` if a classifier's head would stay
     frozen. Returns the `PeftModel`. Public as `pefttool.peft_wrap` for strategy plugins.
     """
-    with quiet_bitsandbytes_import():
-        from peft import TaskType, get_peft_model
+    from .tasks import get_task
 
-    classification = recipe.task.type == "classification"
+    with quiet_bitsandbytes_import():
+        from peft import get_peft_model
+
+    task = get_task(recipe)
     if getattr(peft_config, "task_type", None) is None:
-        peft_config.task_type = TaskType.SEQ_CLS if classification else TaskType.CAUSAL_LM
+        peft_config.task_type = task.peft_type()
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
         peft_model = get_peft_model(model, peft_config)
-    if classification and not any(p.requires_grad for n, p in peft_model.named_parameters()
+    if task.has_labels and not any(p.requires_grad for n, p in peft_model.named_parameters()
                                   if "modules_to_save" in n):
         # a head named other than classifier/score would stay frozen and random
         heads = ", ".join(head_candidates(model)) or "?"

@@ -42,6 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--processes", type=int, metavar="N",
                      help="train in N processes (one per GPU; gloo on CPU), through Accelerate "
                           "(sets distributed.processes)")
+    plan = recipe_command("plan", "estimate parameters, peak memory (CPU and a GPU), steps, tokens "
+                                  "and time before training; full / LoRA / QLoRA side by side")
+    plan.add_argument("--gpu-gib", type=_positive_float, metavar="GIB",
+                      help="also estimate for a CUDA device of this size (GiB): fits, headroom")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON (sizes in bytes)")
+    plan.add_argument("--calibrate", action="store_true",
+                      help="run a few real steps (temporary output, deleted) and extrapolate the time")
+    plan.add_argument("--calibrate-steps", type=int, default=5, metavar="N",
+                      help="steps for --calibrate (default 5; the first is warm-up)")
+    plan.add_argument("--no-data", action="store_true",
+                      help="skip reading and tokenizing the data (no steps/tokens per epoch)")
+    inspect = recipe_command("inspect", "show the cleaned, tokenized rows a recipe trains on (no model loads)")
+    inspect.add_argument("--rows", type=int, default=3, metavar="N", help="train rows to show (default 3)")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
     resume.add_argument("run_dir", type=Path, help="the run's directory (holds events.jsonl)")
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
@@ -50,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts to label (none: read --file or stdin)")
     predict.add_argument("--file", type=Path, help="a CSV/JSONL file; its data.text_column is labelled")
     predict.add_argument("--json", action="store_true", help="one JSON object per text")
+    gen = sub.add_parser("generate", help="replies from a finished causal-LM run (prompts, a file, or a chat)",
+                         description="Replies from a finished causal-LM run: --prompt, --file, prompts "
+                                     "on stdin, or (on a terminal, with neither) an interactive chat.")
+    gen.add_argument("run_dir", type=Path, help="the run's directory")
+    gen.add_argument("--prompt", action="append", default=[], metavar="TEXT",
+                     help="a prompt (repeatable)")
+    gen.add_argument("--file", type=Path, help="prompts: one per line, or JSONL with the run's prompt column")
+    gen.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
+                     help="longest reply in tokens (default 128)")
+    gen.add_argument("--temperature", type=float, default=0.7,
+                     help="sampling temperature; lower is more predictable (default 0.7)")
+    gen.add_argument("--top-p", type=float, default=0.9,
+                     help="sample from the likeliest tokens covering this probability (default 0.9)")
+    gen.add_argument("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
+    gen.add_argument("--seed", type=int, help="fix the sampling, so a prompt gives the same reply again")
+    gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
     export = sub.add_parser("export", help="write a run's model for use elsewhere")
     export.add_argument("run_dir", type=Path, help="the run's directory")
     export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
@@ -59,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="weights' dtype with --merge (default fp32)")
     export.add_argument("--gguf", action="store_true",
                         help="also convert the merged model to GGUF (needs llama.cpp's converter)")
+    plot = sub.add_parser("plot", help="draw runs' loss, learning-rate and eval curves into one PNG")
+    plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="one or more runs")
+    plot.add_argument("--out", type=Path,
+                      help="the PNG to write (default: RUN_DIR/plots.png for one run, ./plots.png for several)")
     plugins = sub.add_parser("plugins", help="list the loaded plugins and their strategies")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     new = sub.add_parser("new-plugin", help="scaffold a strategy plugin package that passes its own test")
@@ -73,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     tui.add_argument("--attach", type=Path, metavar="RUN_DIR",
                      help="open a run's live dashboard, e.g. one started with nohup pefttool run")
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number of GiB (e.g. 24)") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a positive size in GiB (e.g. 24)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,12 +153,20 @@ def dispatch(args: argparse.Namespace) -> int:
         return cmd_run(args)
     if command == "resume":
         return cmd_resume(args)
+    if command == "plan":
+        return cmd_plan(args)
     if command == "plugins":
         return cmd_plugins(args)
     if command == "predict":
         return cmd_predict(args)
     if command == "export":
         return cmd_export(args)
+    if command == "plot":
+        return cmd_plot(args)
+    if command == "inspect":
+        return cmd_inspect(args)
+    if command == "generate":
+        return cmd_generate(args)
     if command == "new-plugin":
         from .scaffold import new_plugin
 
@@ -159,6 +211,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .headless import run_headless
 
     return run_headless(recipe, resume=args.resume, quiet=args.quiet)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)  # a bad recipe: its lines, exit 2
+    if args.calibrate and args.calibrate_steps < 2:
+        from .errors import PefttoolError as Bad
+
+        raise Bad(f"--calibrate-steps: {args.calibrate_steps} is too few; give at least 2 "
+                  f"(the first step is warm-up)")
+    from .plan import calibrate, data_estimate, estimate, render
+
+    data = None if args.no_data else data_estimate(recipe)
+    plan = estimate(recipe, device=args.gpu_gib if args.gpu_gib else "cpu", data=data)
+    if args.calibrate:
+        plan.calibration = calibrate(args.recipe, args.overrides, recipe, steps=args.calibrate_steps,
+                                     total_steps=data.total_steps if data else None)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else render(plan))
+    return 0
 
 
 def _needs_launch(recipe) -> bool:
@@ -232,6 +304,77 @@ def _texts_from_file(path: Path) -> list[str]:
     if not rows or not all(isinstance(r, dict) and isinstance(r.get(column), str) for r in rows):
         raise DataError(f"--file: {path} has no '{column}' text in every row")
     return [r[column] for r in rows]
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .errors import OutputError
+    from .plots import plot_runs
+    from .rundir import PLOT_FILE
+
+    own = len(args.run_dirs) == 1 and args.out is None
+    out = args.run_dirs[0] / PLOT_FILE if own else (args.out or Path(PLOT_FILE))
+    if out.suffix.lower() != ".png":
+        raise OutputError(f"--out: {out} does not end in .png; give a PNG file name, e.g. curves.png")
+    if out.is_dir():
+        raise OutputError(f"--out: {out} is a folder; give a PNG file name inside it")
+    if out.exists() and not own:
+        raise OutputError(f"--out: {out} exists; choose a new file name or remove it (plot "
+                          f"never overwrites a file)")
+    if not out.parent.is_dir():
+        raise OutputError(f"--out: the folder {out.parent} does not exist")
+    print(f"plot: {plot_runs(args.run_dirs, out)}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    if args.rows < 0:
+        raise PefttoolError(f"--rows: {args.rows} is negative; give how many rows to show, e.g. 3")
+    recipe = load_recipe(args.recipe, args.overrides)
+    from .inspection import format_text, inspect_recipe
+
+    preview = inspect_recipe(recipe, rows=args.rows)
+    if args.json:
+        print(json.dumps(preview.to_dict(), ensure_ascii=False))
+    else:
+        print(format_text(preview, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR")))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .errors import OutputError
+    from .generate import GenerationOptions, chat, check_causal, generate, prompts_from_file
+    from .trained import load_trained, saved_run
+
+    options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_p=args.top_p, greedy=args.greedy, seed=args.seed)
+    options.check()
+    _, recipe = saved_run(args.run_dir)  # a bad run dir or a classification run: before any model loads
+    check_causal(recipe)
+    prompts: list = list(args.prompt)
+    if args.file is not None:
+        prompts += prompts_from_file(args.file, recipe)
+    interactive = not prompts and sys.stdin.isatty()
+    if not prompts and not interactive:
+        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        if not prompts:
+            raise OutputError("generate: no prompts; give --prompt TEXT, --file F, prompts on stdin, "
+                              "or run it on a terminal for a chat")
+    if interactive and args.json:
+        raise OutputError("--json: give the prompts with --prompt or --file (the chat is for people)")
+    loaded = load_trained(args.run_dir)
+    if interactive:
+        chat(loaded, options)
+        return 0
+    for prompt in prompts:
+        reply = generate(loaded, prompt, options=options)
+        if args.json:
+            print(json.dumps({"prompt": prompt, "reply": reply}), flush=True)
+        else:
+            shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            print(f"> {shown}\n{reply}\n", flush=True)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ reports only through events (observer hooks + `RUN_DIR/events.jsonl`) and never 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -28,6 +29,7 @@ from .checkpoints import (TrainState, latest_checkpoint, list_checkpoints, repla
 from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
 from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent,
                      StartEvent, StepEvent)
+from .data.collate import take_counts
 from .meter import StepMeter, Window
 from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
@@ -500,12 +502,14 @@ class _TrainingRun:
         """The tokenizer, then the encoded train and eval sets (warned about when too small)."""
         from .data import prepare_data
         from .models import load_tokenizer
+        from .tasks import get_task
 
         r = self.recipe
         self.tokenizer = load_tokenizer(r)
         self._stop_if_asked("loading the tokenizer")
         with self.accelerator.main_process_first():  # one process fills the data cache
             self.data = prepare_data(r, self.tokenizer, log=self.emit.info)
+        get_task(r).check_data(r, self.data)  # e.g. AUROC needs both labels in the eval set
         self._warn_about_small_data()
 
     def _setup_model(self) -> Any:
@@ -532,6 +536,10 @@ class _TrainingRun:
         if not any(p.requires_grad for p in model.parameters()):
             raise TrainingError(f"strategy '{r.method.strategy}' left no parameter trainable; "
                                 f"check its options")
+        if r.data.packing:  # refuse a model that would attend across packed examples
+            from .data.collate import check_packed_attention
+
+            check_packed_attention(model)
         return model
 
     def _setup_optimizer(self, model: Any) -> Any:
@@ -542,16 +550,23 @@ class _TrainingRun:
         import torch
 
         r = self.recipe
+        train_set, train_collate = self.data.train, self.data.collate
+        if r.data.packing:  # a batch is batch_size rows of several examples (data/collate.py)
+            from .data.collate import pack_for_training
+
+            train_set, train_collate = pack_for_training(self.data.train, r, self.data.collate.pad_id)
+            self.emit.info(f"packing: {len(self.data.train)} examples in {len(train_set)} rows of "
+                           f"up to {r.data.max_length} tokens")
         if r.data.group_by_length:
             lengths = [len(ids) for ids in self.data.train["input_ids"]]
             self.sampler = LengthGroupedSampler(lengths, r.train.batch_size, r.train.seed)
         else:
-            self.sampler = EpochShuffleSampler(len(self.data.train), r.train.seed)
+            self.sampler = EpochShuffleSampler(len(train_set), r.train.seed)
         # Its own generator: starting a pass over a DataLoader otherwise draws from the global
         # RNG (which dropout uses), and a resumed run starts its pass mid-epoch, after the
         # checkpoint's RNG state was restored, so its dropout masks would differ.
-        train_dl = torch.utils.data.DataLoader(self.data.train, batch_size=r.train.batch_size,
-                                               sampler=self.sampler, collate_fn=self.data.collate,
+        train_dl = torch.utils.data.DataLoader(train_set, batch_size=r.train.batch_size,
+                                               sampler=self.sampler, collate_fn=train_collate,
                                                generator=torch.Generator().manual_seed(r.train.seed))
         eval_dl = torch.utils.data.DataLoader(self.data.eval, batch_size=r.eval.batch_size,
                                               shuffle=False, collate_fn=self.data.collate)
@@ -709,6 +724,7 @@ class _TrainingRun:
                 if hasattr(batches, "set_epoch"):
                     batches.set_epoch(state.epoch)
             for batch in batches:
+                tokens, samples = take_counts(batch)  # real tokens (padding and packing aside)
                 with acc.accumulate(self.model):
                     batch = self.strategy.prepare_batch(batch, r, self.options)
                     outputs = self.model(**batch)
@@ -728,9 +744,7 @@ class _TrainingRun:
                     self.scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 state.batches_done += 1
-                meter.add_batch(loss_value,
-                                tokens=int(batch["attention_mask"].sum()),
-                                samples=int(batch["attention_mask"].shape[0]))
+                meter.add_batch(loss_value, tokens=tokens, samples=samples)
                 if not acc.sync_gradients:
                     continue
                 meter.end_step()
@@ -838,6 +852,8 @@ class _TrainingRun:
             state.best, state.best_step, state.best_metrics = value, state.global_step, metrics
             state.bad_evals = 0
             self._save_model()
+        if before or improved:
+            self._write_samples("before" if before else "after")
         if not before and not improved:
             state.bad_evals += 1
         epoch = round(state.epoch + state.batches_done / self.batches_per_epoch, 4)
@@ -854,6 +870,35 @@ class _TrainingRun:
                            f"{r.early_stopping.min_delta} for {state.bad_evals} evaluation(s); "
                            f"best {state.best:.4f} at step {state.best_step}")
         return stop
+
+    def _write_samples(self, when: str) -> None:
+        """eval.samples: replies to held-out prompts before training and at the best evaluation,
+        side by side in samples.jsonl (rewritten atomically)."""
+        if not self.recipe.eval.samples or not self.accelerator.is_main_process:
+            return
+        from .evaluate import samples
+
+        rows = samples(self.model, self.data, self.recipe, self.tokenizer, self.accelerator)
+        if not rows:
+            return
+        path = self.run_dir / "samples.jsonl"
+        kept = getattr(self, "_samples", None)
+        if kept is None:  # a resumed run keeps the replies written before it stopped
+            kept = {}
+            if path.is_file():
+                for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+                    with contextlib.suppress(ValueError):
+                        kept[i] = json.loads(line)
+        for i, row in enumerate(rows):
+            entry = kept.setdefault(i, {"prompt": row["prompt"], "reference": row["reference"]})
+            entry[when] = row["reply"]
+            if when == "after":
+                entry["after_step"] = self.state.global_step
+        self._samples = kept
+        tmp = path.with_name(".samples.jsonl.tmp")
+        tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept.values()),
+                       encoding="utf-8")
+        os.replace(tmp, path)
 
     def _save_model(self) -> None:
         """Write the current model as the run's result, atomically (old or new, never half)."""

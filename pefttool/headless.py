@@ -148,9 +148,12 @@ class HeadlessReporter:
 def run_headless(recipe: Any, resume: bool = False, quiet: bool = False, run_dir: Path | None = None) -> int:
     """Run a recipe with the headless reporter; returns the process exit code."""
     from .engine import run_recipe
+    from .plots import run_observers
 
     reporter = HeadlessReporter(quiet=quiet)
-    result = run_recipe(recipe, resume=resume, run_dir=run_dir, observers=(reporter,))
+    # the reporter last: pluggy calls the latest registered first, so its summary comes before
+    # the plot writer's lines
+    result = run_recipe(recipe, resume=resume, run_dir=run_dir, observers=(*run_observers(), reporter))
     for error in result.plugin_errors:  # after the run's own outcome, never instead of it
         print(f"warning: {error}", file=sys.stderr)
     return result.exit_code

@@ -1,4 +1,4 @@
-"""Small pure metric helpers (classification scores, perplexity, exact match)."""
+"""Small pure metric helpers (classification scores, AUROC, perplexity, exact match)."""
 
 from __future__ import annotations
 
@@ -56,3 +56,25 @@ def contains_answer(predictions: list[str], references: list[str]) -> float:
         ref = normalize_answer(r)
         hits += bool(ref) and f" {ref} " in f" {normalize_answer(p)} "
     return hits / len(references)
+
+
+def auroc(scores: list[float], labels: list[int]) -> float | None:
+    """Area under the ROC curve: the chance that a random positive row (label 1) scores above a
+    random negative one (label 0), ties counting half. Computed from ranks (Mann-Whitney U);
+    None when either class is absent (undefined)."""
+    positives = sum(1 for t in labels if t == 1)
+    negatives = len(labels) - positives
+    if not positives or not negatives:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):  # tied scores share the mean of their ranks
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = sum(r for r, t in zip(ranks, labels) if t == 1)
+    return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)

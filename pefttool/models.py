@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import ModelError
 from .locations import LocationError, looks_like_hub_id
+from .tasks import get_task
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -309,7 +310,7 @@ def load_tokenizer(recipe: Recipe) -> Any:
     if tok.pad_token is None:
         if tok.eos_token is not None:
             tok.pad_token = tok.eos_token
-        elif recipe.task.type == "causal-lm":
+        elif get_task(recipe).sequence_labels:
             raise ModelError(f"model.path: the tokenizer of '{recipe.model.path}' has neither a pad "
                              f"nor an eos token, so causal-lm batches cannot be padded; use a model "
                              f"whose tokenizer defines an eos token")
@@ -330,17 +331,16 @@ def load_model(
     recipe's `task.labels`. `tokenizer`, if given, supplies a missing `pad_token_id` (needed
     by decoder-only classifiers to find each row's last token).
     """
-    import transformers
-
     source, kwargs = check_model_source(recipe)
     kwargs.update(strategy.load_kwargs(recipe, options) or {})
     kwargs["dtype"] = _DTYPES[recipe.model.dtype]
     if recipe.model.attn_implementation:
         kwargs["attn_implementation"] = recipe.model.attn_implementation
+    task = get_task(recipe)
+    cls, what = task.auto_model_class(), task.model_noun
     head: list[str] | None = None
     labels: list[str] = []
-    if recipe.task.type == "classification":
-        cls = transformers.AutoModelForSequenceClassification
+    if task.has_labels:
         labels = list(label_names or recipe.task.labels or [])
         head = _trained_head_labels(source) if isinstance(source, Path) else None
         reorder = head is not None and head != labels and sorted(head) == sorted(labels)
@@ -361,10 +361,6 @@ def load_model(
                           label2id={name: i for i, name in enumerate(labels_to_load)})
         # a checkpoint whose head has another number of labels gets a new head (not an error)
         kwargs.setdefault("ignore_mismatched_sizes", True)
-        what = "a classifier"
-    else:
-        cls = transformers.AutoModelForCausalLM
-        what = "a causal language model"
     try:
         with quiet_transformers():
             model = cls.from_pretrained(source, **kwargs)
@@ -372,7 +368,7 @@ def load_model(
         raise _translate(exc, recipe.model.path, what) from exc
 
     check_length_fits(recipe, model.config)
-    if recipe.task.type == "classification" and head is not None and labels:
+    if task.has_labels and head is not None and labels:
         if reorder:
             _reorder_head(model, [head.index(name) for name in labels])
         elif head != labels:  # reset_head = true: same size, other labels → a fresh head
@@ -452,10 +448,11 @@ def _reset_head(model: Any) -> None:
 
 
 def gradient_checkpointing_wanted(recipe: Recipe) -> bool:
-    """train.gradient_checkpointing, or when unset: on for causal-LM QLoRA (the memory case)."""
+    """train.gradient_checkpointing, or when unset: the task's default (on for causal-LM
+    QLoRA, the memory case)."""
     if recipe.train.gradient_checkpointing is not None:
         return recipe.train.gradient_checkpointing
-    return recipe.task.type == "causal-lm" and recipe.method.strategy == "qlora"
+    return get_task(recipe).gradient_checkpointing_by_default(recipe)
 
 
 def enable_gradient_checkpointing(model: Any) -> bool:

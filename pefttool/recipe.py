@@ -28,6 +28,7 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
+from .tasks import all_metric_names, get_task
 
 
 # numpy's and torch's seeding accept 0 .. 2**32 - 1 (numpy refuses more).
@@ -56,8 +57,9 @@ class ModelSection(Section):
 class TaskSection(Section):
     type: Literal["classification", "causal-lm"]
     labels: list[str] | None = Field(None, description="classification: the label set, in id order")
-    format: Literal["instruction", "text"] = Field(
-        "instruction", description="causal-lm: prompt/response pairs, or plain text"
+    format: Literal["instruction", "text", "chat"] = Field(
+        "instruction", description="causal-lm: prompt/response pairs, plain text, or chat "
+        "conversations (messages / ShareGPT rows through the chat template)"
     )
 
     # A field validator (not a model validator) so the problem is reported at `task.labels`,
@@ -89,6 +91,12 @@ class DataSection(Section):
         None, description="causal-lm: map raw response values to the target text"
     )
     chat_template: bool = Field(True, description="causal-lm: render through the model's chat template")
+    messages_column: str | None = Field(
+        None, description="chat: the column holding each conversation; unset: 'messages', else "
+        "'conversations'")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="chat: which tokens carry the loss: every assistant turn, the "
+        "last one only, or the whole conversation")
     max_length: int = Field(128, ge=8, le=32768)
     max_train_rows: int | None = Field(None, ge=1)
     max_eval_rows: int | None = Field(None, ge=1)
@@ -98,6 +106,8 @@ class DataSection(Section):
     on_bad_rows: Literal["error", "skip"] = "error"
     group_by_length: bool = Field(False, description="batches of similar length (less padding, "
                                   "faster); shuffled between groups, still seeded")
+    packing: bool = Field(False, description="causal-lm: several examples per row up to "
+                          "max_length, each attending only to itself (no compute on padding)")
     strict: bool = Field(False, description="stop, rather than warn, on a tiny eval set or a label "
                          "with no training rows")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes the shuffle and the held-out split")
@@ -140,9 +150,8 @@ class TrainSection(Section):
         "unset: on for causal-lm qlora")
 
 
-Metric = Literal["accuracy", "macro_f1", "eval_loss", "perplexity", "exact_match"]
-CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
-CAUSAL_LM_METRICS = ("eval_loss", "perplexity", "exact_match")
+# Every metric some task's table lets a recipe choose (pefttool/tasks/).
+Metric = Literal[all_metric_names()]  # type: ignore[valid-type]
 
 
 class EvalSection(Section):
@@ -151,6 +160,9 @@ class EvalSection(Section):
     batch_size: int = Field(64, ge=1)
     before_training: bool = True
     max_new_tokens: int = Field(8, ge=1, le=512)
+    samples: int = Field(0, ge=0, le=64, description="causal-lm instruction/chat: replies to this "
+                         "many held-out prompts written to samples.jsonl (before training and at "
+                         "the best evaluation); 0: none")
 
 
 class EarlyStoppingSection(Section):
@@ -240,11 +252,11 @@ class Recipe(Section):
     def metric(self) -> str:
         if self.eval.metric:
             return self.eval.metric
-        return "accuracy" if self.task.type == "classification" else "eval_loss"
+        return get_task(self).default_metric
 
     @property
     def higher_is_better(self) -> bool:
-        return self.metric in ("accuracy", "macro_f1", "exact_match")
+        return get_task(self).higher_is_better(self.metric)
 
     def output_dir(self, time_tag: str = "") -> Path:
         """The run directory: `output.dir` with {name} and {time} filled in, made absolute.
@@ -475,16 +487,23 @@ def _plugin_settings_problems(section: Any, schemas: PluginSchemas) -> list[str]
 def _cross_checks(recipe: Recipe) -> list[str]:
     """Problems that involve more than one key, or this machine."""
     problems = []
-    task = recipe.task.type
-    allowed = CLASSIFICATION_METRICS if task == "classification" else CAUSAL_LM_METRICS
-    if recipe.eval.metric and recipe.eval.metric not in allowed:
-        problems.append(f"eval.metric: '{recipe.eval.metric}' does not fit task '{task}'; "
-                        f"use one of {', '.join(allowed)}")
-    if recipe.eval.metric == "exact_match" and recipe.task.format != "instruction":
-        problems.append("eval.metric: exact_match needs task.format = \"instruction\"")
+    problems += get_task(recipe).check_recipe(recipe)
+    if recipe.eval.metric == "exact_match" and recipe.task.format not in ("instruction", "chat"):
+        problems.append("eval.metric: exact_match needs task.format = \"instruction\" or \"chat\"")
+    problems += _chat_checks(recipe)
+    if recipe.eval.samples and get_task(recipe).data_kind(recipe) not in ("instruction", "chat"):
+        problems.append(f"eval.samples: {recipe.eval.samples} needs held-out prompts: task.type = "
+                        f"\"causal-lm\" with task.format = \"instruction\" or \"chat\"; set it to 0")
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
+    if recipe.data.packing and task != "causal-lm":
+        problems.append(f"data.packing: true, but task.type is '{task}'; packing joins causal-LM "
+                        "examples into rows, set data.packing = false (data.group_by_length "
+                        "reduces padding for any task)")
+    elif recipe.data.packing and recipe.data.group_by_length:
+        problems.append("data.packing: true together with data.group_by_length = true; packed "
+                        "rows have no padding to group away, set data.group_by_length = false")
     if recipe.model.attn_implementation == "flash_attention_2":
         import importlib.util
 
@@ -526,6 +545,34 @@ def _cross_checks(recipe: Recipe) -> list[str]:
         except RuntimeError:
             problems.append(f"output.dir: cannot expand '~' in '{out}' (no such user, or no home "
                             f"directory); write the full path")
+    return problems
+
+
+def _chat_checks(recipe: Recipe) -> list[str]:
+    """task.format = "chat" and the keys that only it reads."""
+    task, d = recipe.task, recipe.data
+    problems = []
+    if task.format == "chat":
+        if task.type != "causal-lm":
+            problems.append(f"task.format: 'chat' needs task.type = \"causal-lm\" (got "
+                            f"{task.type!r}); set task.type = \"causal-lm\" or remove task.format")
+        if not d.chat_template:
+            problems.append("data.chat_template: false, but task.format = \"chat\" renders "
+                            "conversations with the model's chat template; set it to true")
+        if d.prompt_template is not None:
+            problems.append(f"data.prompt_template: {d.prompt_template!r} does not apply to "
+                            f"task.format = \"chat\" (turns are rendered by the chat template); "
+                            f"remove it")
+        if d.response_map is not None:
+            problems.append("data.response_map: does not apply to task.format = \"chat\"; "
+                            "remove it")
+    else:
+        # Only a value other than the default: a resolved recipe (run dir) writes defaults out.
+        for key, default in (("messages_column", None), ("train_on", "assistant")):
+            if getattr(d, key) != default:
+                problems.append(f"data.{key}: {getattr(d, key)!r} applies to task.format = "
+                                f"\"chat\" only (task.format is {task.format!r}); remove it "
+                                f"or set task.format = \"chat\"")
     return problems
 
 

@@ -10,6 +10,8 @@ RUN_DIR/
   model/             the best model so far
   metrics.json       before/best metrics, data counts, timings
   stderr.log         (runs launched from the TUI) the child's stderr
+  plots.png          loss, learning rate and eval curves, drawn at the end (needs matplotlib)
+  tensorboard/       TensorBoard event files (when tensorboard is installed)
 ```
 
 Rules that keep a user's files safe:
@@ -76,10 +78,11 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
 STDERR_FILE = "stderr.log"
-PLOT_FILE = "curves.png"
+PLOT_FILE = "plots.png"
+TENSORBOARD_DIR = "tensorboard"
 # What a run writes; `output.overwrite = true` removes only these, never anything else.
 RUN_ARTIFACTS = (MODEL_DIR, CHECKPOINTS_DIR, EVENTS_FILE, RECIPE_FILE, METRICS_FILE, STDERR_FILE,
-                 MARKER_FILE, PLOT_FILE, "samples.jsonl", ".model-tmp", ".model-old")
+                 MARKER_FILE, PLOT_FILE, TENSORBOARD_DIR, "samples.jsonl", ".model-tmp", ".model-old")
 MARKER_FORMAT = 1
 
 

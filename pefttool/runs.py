@@ -46,6 +46,7 @@ class RunState:
     bad_lines: int = 0                    # lines of events.jsonl that were not events (skipped)
     last_time: float = 0.0
     _closed_s: float = 0.0                # wall time of the segments that have ended
+    _open_since: float | None = None      # the start of the segment still going (no end yet)
     _tokens: float = 0.0                  # tokens trained, summed from the step windows
     _token_s: float = 0.0
     _prev_elapsed: float = 0.0
@@ -54,10 +55,6 @@ class RunState:
     @property
     def path(self) -> Path:
         return self.run_dir
-
-    @property
-    def skipped_lines(self) -> int:
-        return self.bad_lines
 
     def apply(self, events: Iterable[Event]) -> None:
         """Fold events in; one with a field of the wrong type is skipped and counted."""
@@ -99,10 +96,11 @@ class RunState:
                 self.end = None    # a resume is loading: the run continues
             self._pid = event.pid
         elif isinstance(event, StartEvent):
-            if self.start is not None and self.end is None:
+            if self._open_since is not None:
                 # the previous process died without an end event: its time runs to its
                 # last event
-                self._closed_s += max(0.0, self.last_time - self.start.time)
+                self._closed_s += max(0.0, self.last_time - self._open_since)
+            self._open_since = float(event.time)
             self.start = event
             self._pid = event.pid
             self.first_start = self.first_start or event
@@ -114,6 +112,7 @@ class RunState:
             self.end = event
             self.phase = None
             self._closed_s += max(0.0, float(event.duration_s))
+            self._open_since = None
         self.last_time = max(self.last_time, float(event.time))
 
     # -- what screens and commands show
@@ -194,23 +193,14 @@ class RunState:
         time between them."""
         if self.start is None:
             return 0.0
-        if self.end is not None:
+        if self._open_since is None:   # ended (or a resume still loading: no new time yet)
             return self._closed_s
-        return self._closed_s + max(0.0, self.last_time - self.start.time)
-
-    @property
-    def train_s(self) -> float:
-        """Time spent training (evaluations and checkpoints left out), over every segment."""
-        return float(self.last_step.elapsed_s) if self.last_step is not None else 0.0
+        return self._closed_s + max(0.0, self.last_time - self._open_since)
 
     @property
     def tokens_per_s(self) -> float | None:
         """Mean training speed over the whole run (not just the latest window or segment)."""
         return self._tokens / self._token_s if self._token_s > 0 else None
-
-
-# The name `pefttool runs` used before the fold was shared; the same thing.
-RunSummary = RunState
 
 
 def format_duration(seconds: float | None) -> str:

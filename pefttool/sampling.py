@@ -1,12 +1,14 @@
-"""The order rows are trained in: a seeded shuffle per epoch, optionally grouped by length.
+"""The order rows are trained in: a seeded shuffle per epoch, optionally grouped by length,
+and (`data.packing`) which examples share a packed row.
 
-Both depend only on (seed, epoch), so a resumed run sees exactly the order an uninterrupted
+All depend only on (seed, epoch), so a resumed run sees exactly the order an uninterrupted
 one would, and every process of a multi-process run agrees on it (Accelerate then deals the
 batches out, one per process in turn).
 """
 
 from __future__ import annotations
 
+import bisect
 from typing import Iterator
 
 # Rows sorted together: 50 batches' worth. Padding then nearly disappears (random batches of
@@ -61,3 +63,45 @@ class LengthGroupedSampler(EpochShuffleSampler):
         generator = torch.Generator().manual_seed(self.seed + self.epoch + 1_000_003)
         shuffled = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
         return iter([i for batch in shuffled + short for i in batch])
+
+
+def pack_rows(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
+    """`data.packing`: example indices grouped into rows of at most `capacity` tokens.
+
+    Best-fit decreasing (the longest example first, each into the fullest row it still fits;
+    equal lengths in a seeded order): rows come out nearly full. It depends only on
+    (lengths, capacity, seed), so it is computed once per run and a resumed run packs the same
+    rows; `EpochShuffleSampler` then shuffles the rows each epoch.
+    """
+    import torch
+
+    too_long = [i for i, n in enumerate(lengths) if n > capacity or n < 1]
+    if too_long:
+        i = too_long[0]
+        raise ValueError(f"example {i} has {lengths[i]} tokens; a packed row holds 1..{capacity}")
+    rank = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], rank[i]))
+    rows: list[list[int]] = []
+    # open rows by the room they have left: room -> row numbers (a stack, so it is
+    # deterministic), and the rooms that have a row, sorted, to find the best fit by bisection
+    by_room: dict[int, list[int]] = {}
+    rooms: list[int] = []
+    for i in order:
+        n = lengths[i]
+        at = bisect.bisect_left(rooms, n)
+        if at == len(rooms):
+            rows.append([i])
+            row, left = len(rows) - 1, capacity - n
+        else:
+            room = rooms[at]
+            row = by_room[room].pop()
+            if not by_room[room]:
+                del by_room[room], rooms[at]
+            rows[row].append(i)
+            left = room - n
+        if left > 0:
+            if left not in by_room:
+                by_room[left] = []
+                bisect.insort(rooms, left)
+            by_room[left].append(row)
+    return rows

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import ModelError, OutputError
 from .rundir import RunDir
+from .tasks import get_task
 
 
 @dataclass
@@ -28,6 +29,11 @@ class Trained:
     recipe: Any
     labels: list[str] | None
     adapter: bool          # model/ held a PEFT adapter (the model is base + adapter)
+
+
+def saved_run(run_dir: Path) -> tuple[RunDir, Any]:
+    """The run folder and its saved recipe, checked to hold a model (no model is loaded)."""
+    return _run(run_dir)
 
 
 def _run(run_dir: Path) -> tuple[RunDir, Any]:
@@ -89,11 +95,7 @@ def load_trained(run_dir: Path, dequantize: bool = False) -> Trained:
                 guard_cpu_4bit(base)  # the CPU 4-bit inference repack (see pefttool_qlora.quant)
         model = PeftModel.from_pretrained(base, str(run.model))
     else:
-        import transformers
-
-        cls = (transformers.AutoModelForSequenceClassification if recipe.task.type == "classification"
-               else transformers.AutoModelForCausalLM)
-        model = cls.from_pretrained(str(run.model), dtype=torch.float32)
+        model = get_task(recipe).auto_model_class().from_pretrained(str(run.model), dtype=torch.float32)
     model.eval()
     return Trained(model=model, tokenizer=tokenizer, recipe=recipe, labels=labels, adapter=adapter)
 
@@ -103,7 +105,7 @@ def predict(trained: Trained, texts: list[str], batch_size: int = 32,
     """Label and class probabilities for each text (classification runs)."""
     import torch
 
-    if trained.recipe.task.type != "classification":
+    if not get_task(trained.recipe).has_labels:
         raise OutputError("pefttool predict is for classification runs; this run is a causal LM "
                           "(use pefttool generate)")
     labels = trained.labels or [str(i) for i in range(trained.model.config.num_labels)]

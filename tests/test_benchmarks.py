@@ -70,3 +70,41 @@ def test_set_key_replaces_or_adds():
     assert 'dtype = "bfloat16"' in out and "float32" not in out
     out = gpu_check.set_key(out, "train.optimizer", '"paged_adamw_8bit"')
     assert out.index('optimizer = "paged_adamw_8bit"') > out.index("[train]")
+
+
+def test_rounds_alternate_order_and_ratios_report_median_and_range():
+    import bench
+
+    calls = []
+    runs = {name: (lambda name=name: calls.append(name) or {"name": name}) for name in "ABC"}
+    rounds = bench.rounds_run(4, runs)
+    assert calls == list("ABC" "CBA" "ABC" "CBA")   # A B / B A: no side always runs first
+    assert [sorted(r) for r in rounds] == [list("ABC")] * 4
+    assert bench.median_spread([1.1, 1.5, 1.2]) == "1.20× (range 1.10–1.50, 3 pairs)"
+    assert bench.median_spread([0.9]) == "0.90× (1 pair)"
+    # each comparison of the Trainer table is a distinct (pefttool, Trainer) pairing with a goal
+    assert [(t, g) for _, t, g, _ in bench.TRAINER_ROWS] == [("random", "random"), ("grouped", "random"),
+                                                            ("grouped", "grouped")]
+
+
+def test_mfu_variants_table_ranks_by_cpu_seconds(monkeypatch, capsys):
+    import argparse
+
+    import bench
+
+    speeds = {(8, None, None): 800.0, (16, None, None): 900.0, (8, "bf16", None): 270.0, (8, None, True): 1040.0}
+    seen = []
+
+    def fake_worker(kind, cfg, threads):
+        seen.append(cfg)
+        cps = speeds[(cfg["batch"], cfg.get("mixed_precision"), cfg.get("compile"))]
+        return {"tokens_per_s": cps / 2, "tokens_per_cpu_s": cps, "last_loss": 8.0}
+
+    monkeypatch.setattr(bench, "worker", fake_worker)
+    a = argparse.Namespace(pairs=2, threads=1, smoke=False)
+    out = bench.mfu_variants(a, bench.Path("m"), bench.Path("t"), 48, 256, 8, 4 * 16.9e6,
+                             {"float32": 70.0, "float32_cpu": 140.0})
+    assert len(seen) == 8 and all(c["warmup"] == 1 for c in seen)  # 4 variants x 2 rounds
+    text = out[0]
+    assert "| fp32, batch 8, torch.compile | 520" in text and "1.30× (range 1.30–1.30, 2 pairs)" in text
+    assert "50 %" in text   # 1040 tok per CPU-s x 67.6 MFLOP / 140 GFLOP per CPU-s

@@ -49,7 +49,9 @@ def test_loading_the_plugins_loads_neither_torch_nor_textual():
 
 
 @pytest.mark.parametrize("argv", [("--help",), ("validate", "recipes/lora.toml"), ("plugins",),
-                                  ("validate", "recipes/lora.toml", "--set", "train.lr=2e-4")])
+                                  ("plan", "--help"),
+                                  ("validate", "recipes/lora.toml", "--set", "train.lr=2e-4"),
+                                  ("generate", "--help"), ("inspect", "--help"), ("plot", "--help")])
 def test_cli_commands_that_need_no_model_load_neither_torch_nor_textual(argv):
     assert heavy_modules_after(cli(*argv)) == []
 

@@ -293,6 +293,10 @@ VARIANTS = {
     # batches grouped by length (data.group_by_length): the same groups after a resume
     "group_by_length": ("classification", "lora", 5, {
         "data.group_by_length": True, "train.checkpoint_every": 2, "train.batch_size": 4}),
+    # packed rows (data.packing): the same rows, in the same order, after a resume
+    "packing": ("causal-lm", "lora", 5, {
+        "data.packing": True, "train.checkpoint_every": 2, "train.batch_size": 2,
+        "method.dropout": 0.1}),
     # full fine-tune with weight decay, cut short by max_steps
     "full+max_steps": ("classification", "full", 17, {
         "train.checkpoint_every": 5, "train.max_steps": 20, "train.weight_decay": 0.01}),

@@ -99,6 +99,25 @@ def test_adamw_8bit_keeps_a_quarter_of_the_state(tmp_path, tiny_classifier_dir):
     assert state_bytes(eight) <= 0.3 * fp32
 
 
+def test_adamw_uses_the_fused_kernel_and_steps_like_the_default_one(tmp_path, tiny_classifier_dir):
+    fused = _optimizer_for(tmp_path, tiny_classifier_dir, "adamw")
+    assert isinstance(fused, torch.optim.AdamW) and fused.defaults["fused"] is True
+    # the same update as the foreach kernel (what torch picks without fused=True)
+    torch.manual_seed(0)
+    a = torch.nn.Linear(8, 8)
+    b = torch.nn.Linear(8, 8)
+    b.load_state_dict(a.state_dict())
+    start = a.weight.detach().clone()
+    opts = [torch.optim.AdamW(a.parameters(), lr=1e-2, fused=True), torch.optim.AdamW(b.parameters(), lr=1e-2)]
+    x = torch.randn(4, 8)
+    for _ in range(3):
+        for model, opt in zip((a, b), opts):
+            model(x).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+    assert torch.allclose(a.weight, b.weight, atol=1e-6) and not torch.allclose(a.weight, start)
+
+
 def test_adafactor_comes_from_transformers(tmp_path, tiny_classifier_dir):
     assert type(_optimizer_for(tmp_path, tiny_classifier_dir, "adafactor")).__name__ == "Adafactor"
 

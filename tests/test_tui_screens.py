@@ -1,4 +1,5 @@
-"""Each screen of the TUI, driven by keys in a headless Pilot (STACK.md trap 7).
+"""Each screen of the TUI, driven by keys in a headless Pilot (`app.run_test`; after
+`workers.wait_for_complete()` a `pilot.pause()` lets the screen catch up).
 
 Training here is the fake trainer from test_tui_support (same arguments and events as
 `pefttool run`, no torch), so crash, out-of-memory, Stop and quit paths run in seconds;
@@ -233,7 +234,7 @@ async def test_runs_lists_status_best_and_duration_and_opens_a_finished_run(fake
         assert isinstance(app.screen, RunsScreen)
         table = app.screen.query_one(DataTable)
         rows = {table.get_row_at(i)[0]: table.get_row_at(i) for i in range(table.row_count)}
-        assert rows["lora-20250101-000000"][1:5] == ["completed", "accuracy 0.8036", "60/60", "1m 33s"]
+        assert rows["lora-20250101-000000"][1:5] == ["completed", "acc 0.8036", "60/60", "1m 33s"]
         assert rows["full-20250102-000000"][1] == "failed"
         assert rows["live-20250103-000000"][1] == "running"
         assert rows["dead-20250104-000000"][1] == "crashed"
@@ -276,6 +277,9 @@ async def launch_fake(pilot) -> DashboardScreen:
     await settle(pilot)
     assert pilot.app.screen.select_recipe("fake")
     await pilot.press("l")
+    await pilot.pause()
+    assert isinstance(pilot.app.screen, ConfirmModal)   # launching asks first
+    await pilot.press("y")
     await pilot.pause()
     assert isinstance(pilot.app.screen, DashboardScreen)
     return pilot.app.screen
@@ -450,6 +454,8 @@ async def test_an_edit_that_set_cannot_express_launches_a_written_out_recipe(fak
         screen.query_one("#f-method--strategy", Select).value = "full"   # drops method.r
         await settle(pilot)
         await pilot.press("ctrl+r")
+        await pilot.pause()
+        await pilot.press("y")    # the launch confirm
         await pilot.pause()
         dash = app.screen
         assert isinstance(dash, DashboardScreen)

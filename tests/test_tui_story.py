@@ -36,6 +36,8 @@ async def test_pick_adjust_launch_watch_and_find_the_run(tmp_path, tiny_classifi
 
         await pilot.press("ctrl+r")
         await pilot.pause()
+        await pilot.press("y")   # the launch confirm
+        await pilot.pause()
         dash = app.screen
         assert isinstance(dash, DashboardScreen) and dash.child is not None
         assert "train.lr=0.02" in dash.child.command
@@ -60,7 +62,7 @@ async def test_pick_adjust_launch_watch_and_find_the_run(tmp_path, tiny_classifi
         table = runs.query_one(DataTable)
         row = table.get_row(str(dash.run_dir))
         assert row[0] == dash.run_dir.name and row[1] == "completed"
-        assert row[2].startswith("accuracy ")
+        assert row[2].startswith("acc ")   # short metric names fit 80 columns
 
 
 async def test_attach_to_a_run_started_headless(tmp_path, tiny_classifier_dir):
@@ -109,6 +111,8 @@ async def test_stop_makes_the_real_engine_checkpoint_and_stop(tmp_path, tiny_cla
         await settle(pilot)
         assert app.screen.select_recipe("long")
         await pilot.press("l")
+        await pilot.pause()
+        await pilot.press("y")   # the launch confirm
         await pilot.pause()
         dash = app.screen
         await wait_for(pilot, lambda: len(dash.state.steps) >= 5, timeout=120, what="some steps")

@@ -78,7 +78,9 @@ def test_pefttool_in_a_terminal_shows_recipes_then_runs_and_dashboards(tmp_path,
         term.keys("Enter")
         term.wait_for("COMPLETED", "step 60/60", "evaluations", "train loss")
 
-        term.keys("Escape", "1", *["Down"] * tiny_row, "l")    # launch the tiny recipe, live
+        term.keys("Escape", "1")
+        term.wait_for("Adjust", "l Launch")                # the recipe list, its table focused
+        term.keys(*["Down"] * tiny_row, "l", "y")          # launch the tiny recipe (confirmed), live
         shown = term.wait_for("COMPLETED", "tiny", "100%", "evaluations", "exited with status 0",
                               timeout=120)
         assert "RUNNING" not in shown and "training stopped" not in shown

@@ -16,7 +16,10 @@ The pipeline, for the train file and (if given) the eval file:
    shuffle.
 5. **tokenize** with `Dataset.map(batched=True)`: classification → (input_ids,
    attention_mask, labels:int); causal-lm instruction → prompt (chat template) + response + eos
-   with the loss masked (-100) on prompt tokens; plain text → labels = input_ids.
+   with the loss masked (-100) on prompt tokens; plain text → labels = input_ids; chat
+   (`chat.py`) → each conversation rendered by the chat template, the loss on the tokens
+   ``data.train_on`` names (assistant turns, the last one, or all), rows left with nothing to
+   learn after ``max_length`` dropped and counted.
 
 Every count lands in `PreparedData.stats` and one log line per split.
 """

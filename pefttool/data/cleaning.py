@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, did_you_mean
+from . import chat
 from .common import _EXAMPLES, _INT, SKIP_HINT, _one_line
 from .reading import _Problem, _load, _make_copy, _scan, content_digest
 from .sources import _Source
@@ -28,18 +29,20 @@ class _Row:
     key: str  # what duplicates are judged by: the text, or the prompt
     text: str  # classification/plain text: the text; instruction: the prompt
     label: str | None = None  # classification: label name; instruction: the response
+    conversation: chat.Conversation | None = None  # chat: the rendered conversation
 
 
 @dataclass
 class _Spec:
     """Which columns a task reads, and how a raw row becomes a `_Row`."""
 
-    kind: str  # classification | instruction | text
+    kind: str  # classification | instruction | text | chat
     columns: list[tuple[str, str]]  # (recipe key, column name) the task reads
     declared: list[str] | None  # the label set rows are checked against (None: any)
     template: str | None = None
     template_fields: list[str] = field(default_factory=list)
     response_map: dict[str, str] | None = None
+    renderer: chat.Renderer | None = None  # chat: set by prepare_data (needs the tokenizer)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> _Spec:
@@ -49,6 +52,9 @@ class _Spec:
                                           ("data.label_column", d.label_column)], task.labels)
         if task.format == "text":
             return cls("text", [("data.text_column", d.text_column)], None)
+        if task.format == "chat":
+            # The column is settled per file (`for_columns`): messages, else conversations.
+            return cls("chat", [("data.messages_column", d.messages_column or "messages")], None)
         declared = list(d.response_map) if d.response_map else task.labels
         if d.prompt_template is None:
             cols = [("data.prompt_column", d.prompt_column), ("data.response_column", d.response_column)]
@@ -56,6 +62,21 @@ class _Spec:
         fields_ = _template_fields(d.prompt_template)
         cols = [("data.prompt_template", f) for f in fields_] + [("data.response_column", d.response_column)]
         return cls("instruction", cols, declared, d.prompt_template, fields_, d.response_map)
+
+    def for_columns(self, recipe: Recipe, src: _Source, columns: list[str]) -> _Spec:
+        """Chat: the messages column this file has (data.messages_column, or auto-detected)."""
+        if self.kind != "chat":
+            return self
+        configured = recipe.data.messages_column
+        col = chat.pick_column(configured, columns)
+        if col is None:
+            if configured is not None:
+                raise DataError(_missing_column(src, "data.messages_column", configured, columns))
+            where = "in the file's schema" if src.fmt == "parquet" else "in any row"
+            raise DataError(f"{src.name}: no 'messages' or 'conversations' column {where} for "
+                            f"task.format = \"chat\"; the columns are: {', '.join(columns) or '(none)'}"
+                            f"; set data.messages_column to the one holding the conversations")
+        return _Spec("chat", [("data.messages_column", col)], None, renderer=self.renderer)
 
     def label_names(self, rows: list[_Row]) -> list[str]:
         if self.declared is not None:
@@ -212,6 +233,7 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
     examples = [f"{p.where()} {p.what}" for p in scan.skipped[:_EXAMPLES]]
 
     columns = list(ds.column_names)
+    spec = spec.for_columns(recipe, src, columns)
     needed: list[str] = []
     for key, col in spec.columns:
         if col not in columns:
@@ -288,6 +310,8 @@ def _make_row(spec: _Spec, recipe: Recipe, values: dict[str, Any], text_col: str
     """
     d = recipe.data
     unknown: _Unknown | None = None
+    if spec.kind == "chat":
+        return _chat_row(spec, values)
     if spec.kind in ("classification", "text"):
         text = _cell_text(values[text_col], text_col)
         label = None
@@ -321,6 +345,17 @@ def _make_row(spec: _Spec, recipe: Recipe, values: dict[str, Any], text_col: str
     return _Row(prompt, prompt, response) if prompt and response else None
 
 
+def _chat_row(spec: _Spec, values: dict[str, Any]) -> _Row:
+    column = spec.columns[0][1]
+    assert spec.renderer is not None, "prepare_data sets the chat renderer"
+    try:
+        messages = chat.normalize(values[column])
+        conversation = spec.renderer.render(messages)
+    except chat.ChatProblem as exc:
+        raise _BadRow(str(exc), column) from None
+    return _Row(chat.key(messages), conversation.text, conversation.answer, conversation)
+
+
 def _cell_text(value: Any, column: str) -> str:
     try:
         text = _as_text(value)
@@ -348,7 +383,7 @@ def _empty_message(src: _Source, counts: dict[str, Any], spec: _Spec) -> str:
     if counts["rows_read"] == 0:
         return (f"{src.name}: {src.key} has no data rows (only a header, or nothing); "
                 "add rows or point at another file")
-    what = "response" if spec.kind == "instruction" else "label"
+    what = "response" if spec.kind in ("instruction", "chat") else "label"
     allowed = (f"data.response_map's keys {list(spec.response_map)}" if spec.response_map
                else f"task.labels {spec.declared}")
     unknown = f"{counts['dropped_unknown_label']} {what} not in {allowed}"

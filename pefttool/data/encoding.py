@@ -33,6 +33,7 @@ class _Encoder:
         self.pad_id = pad if pad is not None else (eos if eos is not None else 0)
         self.eos = [eos] if eos is not None else []
         self.use_chat = bool(recipe.data.chat_template and getattr(tokenizer, "chat_template", None))
+        self.train_on = recipe.data.train_on
         bos = getattr(tokenizer, "bos_token_id", None)
         self.bos: list[int] = []
         if bos is not None and not self.use_chat:
@@ -66,6 +67,11 @@ class _Encoder:
         elif self.kind == "text":
             data = {"text": [r.text for r in rows]}
             fn = self._plain
+        elif self.kind == "chat":
+            data = {"text": [r.text for r in rows],
+                    "spans": [[list(s) for s in r.conversation.spans] for r in rows],
+                    "prompt": [r.conversation.prompt for r in rows]}
+            fn = self._chat
         else:
             data = {"prompt": [r.text for r in rows], "response": [r.label for r in rows]}
             fn = self._instruction
@@ -75,23 +81,30 @@ class _Encoder:
         if self.kind == "classification":
             return ds
         counts["truncated"] = sum(list(ds["_truncated"]))
-        if self.kind == "instruction":
+        if self.kind in ("instruction", "chat"):
             drop = list(ds["_drop"])
             counts["dropped_truncated"] = sum(drop)
             if split == "eval":
                 kept = [i for i, dropped in enumerate(drop) if not dropped]
-                prompt_lens = list(ds["_prompt_len"])
-                all_ids = list(ds["input_ids"])
                 self.eval_answers = [rows[i].label for i in kept]
-                # With the BOS written out, tokenizing a prompt with add_special_tokens=False
-                # gives exactly the ids training saw (`eval_prompt_ids`).
-                bos_text = self.tok.bos_token if self.bos else ""
-                self.eval_prompts = [bos_text + self.render(rows[i].text) for i in kept]
-                self.eval_prompt_ids = [list(all_ids[i][: prompt_lens[i]]) for i in kept]
+                if self.kind == "chat":
+                    # The conversation up to its last reply, as the template writes it (with
+                    # the generation prompt), and its ids as the whole row was tokenized.
+                    self.eval_prompts = [rows[i].conversation.prompt for i in kept]
+                    prompt_ids = list(ds["_prompt_ids"])
+                    self.eval_prompt_ids = [list(prompt_ids[i]) for i in kept]
+                else:
+                    prompt_lens = list(ds["_prompt_len"])
+                    all_ids = list(ds["input_ids"])
+                    # With the BOS written out, tokenizing a prompt with add_special_tokens=False
+                    # gives exactly the ids training saw (`eval_prompt_ids`).
+                    bos_text = self.tok.bos_token if self.bos else ""
+                    self.eval_prompts = [bos_text + self.render(rows[i].text) for i in kept]
+                    self.eval_prompt_ids = [list(all_ids[i][: prompt_lens[i]]) for i in kept]
             if counts["dropped_truncated"]:
                 ds = ds.filter(lambda batch: [not x for x in batch["_drop"]], batched=True,
                                new_fingerprint=f"pefttool-{self.fingerprint}-{split}-kept")
-            ds = ds.remove_columns(["_drop", "_prompt_len"])
+            ds = ds.remove_columns(["_drop", "_prompt_ids" if self.kind == "chat" else "_prompt_len"])
         return ds.remove_columns(["_truncated"])
 
     def _classification(self, batch: dict[str, list]) -> dict[str, list]:
@@ -129,3 +142,59 @@ class _Encoder:
             out["_truncated"].append(not drop and len(r) > room)
             out["_prompt_len"].append(len(p))
         return out
+
+    def _chat(self, batch: dict[str, list]) -> dict[str, list]:
+        """Rendered conversations → ids, with labels on the tokens `data.train_on` names.
+
+        A token is an assistant token when its characters overlap an assistant span (so a
+        token that merges the template's text with the reply's first characters counts). Rows
+        whose learnable tokens all fall past `max_length` are dropped (`_drop`), not kept with
+        nothing to learn.
+        """
+        texts = batch["text"]
+        if getattr(self.tok, "is_fast", False):
+            enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+            pieces = zip(enc["input_ids"], enc["offset_mapping"])
+        else:  # no offsets: tokenize the pieces between span boundaries one by one
+            pieces = (_piecewise(self.tok, t, s) for t, s in zip(texts, batch["spans"]))
+        out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [],
+                                "_drop": [], "_truncated": [], "_prompt_ids": []}
+        limit = self.max_length
+        for (ids, offsets), spans in zip(pieces, batch["spans"]):
+            ids = list(ids)
+            marks = [any(e > s0 and s < e0 or s == e and s0 <= s < e0 for s0, e0 in spans)
+                     for s, e in offsets]
+            last = spans[-1]
+            in_last = [any((e > last[0] and s < last[1], s == e and last[0] <= s < last[1]))
+                       for s, e in offsets]
+            prompt_len = in_last.index(True) if True in in_last else len(ids)
+            if self.train_on == "all":
+                learn = [True] * len(ids)
+            elif self.train_on == "last_assistant":
+                learn = in_last
+            else:
+                learn = marks
+            labels = [t if keep else IGNORE_INDEX for t, keep in zip(ids, learn)]
+            cut_ids, cut_labels = ids[:limit], labels[:limit]
+            # The first position predicts nothing (labels are shifted inside the model).
+            drop = not any(x != IGNORE_INDEX for x in cut_labels[1:])
+            out["input_ids"].append([] if drop else cut_ids)
+            out["attention_mask"].append([] if drop else [1] * len(cut_ids))
+            out["labels"].append([] if drop else cut_labels)
+            out["_drop"].append(drop)
+            out["_truncated"].append(not drop and len(ids) > limit)
+            out["_prompt_ids"].append(ids[:prompt_len])
+        return out
+
+
+def _piecewise(tok: Any, text: str, spans: list[list[int]]) -> tuple[list[int], list[tuple[int, int]]]:
+    """(ids, offsets) for a tokenizer without offsets: each piece between span boundaries is
+    tokenized alone; every token of a piece gets the piece's character range."""
+    cuts = sorted({0, len(text), *(p for s in spans for p in s)})
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for a, b in zip(cuts, cuts[1:]):
+        piece = tok(text[a:b], add_special_tokens=False)["input_ids"]
+        ids += piece
+        offsets += [(a, b)] * len(piece)
+    return ids, offsets

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
+from .chat import Renderer
 from .cleaning import _empty_message, _new_counts, _read_file, _Spec, _summary
 from .collate import Collator
 from .encoding import _Encoder
@@ -30,9 +31,10 @@ class PreparedData:
 
     `train`/`eval` hold input_ids, attention_mask and labels (an int per row for
     classification, a list with -100 on prompt tokens for causal-lm). For causal-lm
-    instruction data, `eval_prompts[i]` is the prompt exactly as rendered for training (chat
-    template applied), `eval_prompt_ids[i]` its token ids (feed these to `generate`; they
-    include any BOS), and `eval_answers[i]` the reference response, for exact match.
+    instruction and chat data, `eval_prompts[i]` is the prompt exactly as rendered for training
+    (chat template applied; chat: the conversation before its last reply, with the generation
+    prompt), `eval_prompt_ids[i]` its token ids (feed these to `generate`; they
+    include any BOS), and `eval_answers[i]` the reference response (chat: the last reply).
     """
 
     train: datasets.Dataset
@@ -62,6 +64,12 @@ def prepare_data(
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     d = recipe.data
     spec = _Spec.from_recipe(recipe)
+    if spec.kind == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(f"model.path: the tokenizer of '{recipe.model.path}' has no chat "
+                            "template, and task.format = \"chat\" renders conversations with "
+                            "it; use a chat model's tokenizer (one with a chat_template)")
+        spec.renderer = Renderer(tokenizer)
     cache_root = Path(cache_dir) if cache_dir is not None else None
 
     with _quiet_datasets():
@@ -118,13 +126,15 @@ def prepare_data(
         eval_ds = encoder.encode(eval_rows, eval_counts, "eval")
         for split, ds, counts in (("train", train_ds, train_counts), ("eval", eval_ds, eval_counts)):
             if len(ds) == 0:
+                what = ("every conversation's assistant tokens lie past" if spec.kind == "chat"
+                        else "every prompt is at least")
                 raise DataError(
-                    f"{counts['file']}: no {split} rows left: every prompt is at least "
+                    f"{counts['file']}: no {split} rows left: {what} "
                     f"data.max_length = {d.max_length} tokens, so no response token fits "
                     f"({counts['dropped_truncated']} row(s) dropped); raise data.max_length")
 
     prompts = answers = prompt_ids = None
-    if spec.kind == "instruction":
+    if spec.kind in ("instruction", "chat"):
         prompts, answers, prompt_ids = encoder.eval_prompts, encoder.eval_answers, encoder.eval_prompt_ids
 
     for split, counts in (("train", train_counts), ("eval", eval_counts)):

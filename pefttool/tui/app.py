@@ -12,13 +12,16 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from textual.app import App
+from collections.abc import Callable, Iterable
+
+from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.screen import ModalScreen, Screen
 
 from ..runs import pid_alive
 from .child import TrainingChild, default_command, new_run_dir, staged_path
 from .formatting import display_path
-from .screens.modals import ErrorModal, QuitModal
+from .screens.modals import ConfirmModal, ErrorModal, QuitModal
 from .screens.plugins import PluginsScreen
 from .screens.recipes import RecipesScreen
 from .screens.runs import RunsScreen
@@ -30,10 +33,12 @@ class PefttoolApp(App[int]):
     CSS_PATH = "app.tcss"
     DEFAULT_MODE = "recipes"
     TITLE = "pefttool"
+    # Below 76 columns the screens stack their panels (app.tcss, `.-narrow` rules).
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (76, "-wide")]
     BINDINGS = [
-        Binding("1", "switch_mode('recipes')", "Recipes"),
-        Binding("2", "switch_mode('runs')", "Runs"),
-        Binding("3", "switch_mode('plugins')", "Plugins"),
+        Binding("1", "show('recipes')", "Recipes", tooltip="the recipe list"),
+        Binding("2", "show('runs')", "Runs", tooltip="the run list"),
+        Binding("3", "show('plugins')", "Plugins", tooltip="installed plugins"),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -63,7 +68,67 @@ class PefttoolApp(App[int]):
         if self.attach is not None:
             self.open_run(Path(self.attach))
 
+    async def action_show(self, mode: str) -> None:
+        """1/2/3: the mode's own list (Recipes, Runs, Plugins), not a screen left open on it."""
+        if self.current_mode != mode:
+            await self.switch_mode(mode)
+        while len(self.screen_stack) > 1 and not isinstance(self.screen, ModalScreen):
+            await self.pop_screen()
+
     # ------------------------------------------------------------------ runs
+
+    def confirm_launch(self, what: str, start: Callable[[], object]) -> None:
+        """Launching starts training (minutes to hours of compute): ask first."""
+        self.push_screen(ConfirmModal(f"Launch {what}?", yes="Launch", no="Cancel",
+                                      yes_variant="primary"),
+                         lambda yes: start() if yes else None)
+
+    def resume_run(self, run_dir: Path) -> TrainingChild | None:
+        """`pefttool resume RUN_DIR` in a child process; its dashboard follows it."""
+        from .run_actions import RunActionError, can_resume
+        from .screens.dashboard import DashboardScreen
+
+        run_dir = Path(run_dir).resolve()
+        try:
+            if not can_resume(run_dir):
+                raise RunActionError(f"{run_dir.name} is not an interrupted run")
+            child = TrainingChild.resume(run_dir, self.run_command, cwd=self.cwd)
+        except (OSError, RunActionError) as exc:
+            self.show_error("Could not resume the run", str(exc))
+            return None
+        self.training.append(child)
+        if isinstance(self.screen, DashboardScreen) and self.screen.run_dir.resolve() == run_dir:
+            self.pop_screen()   # its replacement follows the new process from the start
+        self.push_screen(DashboardScreen(run_dir, child, poll_interval=self.poll_interval))
+        return child
+
+    def delete_run(self, run_dir: Path, done: Callable[[], object] | None = None) -> None:
+        """Delete a stopped pefttool run after a confirm (never a folder pefttool did not write)."""
+        from .run_actions import RunActionError, delete_run
+
+        def answer(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                kept = delete_run(run_dir)
+            except (OSError, RunActionError) as exc:
+                self.show_error("Not deleted", str(exc))
+                return
+            if kept:
+                self.notify(f"kept {run_dir.name}/ for files pefttool did not write: "
+                            f"{', '.join(kept[:5])}", title="Run files deleted")
+            else:
+                self.notify(f"deleted {run_dir.name}", title="Run deleted")
+            if done is not None:
+                done()
+
+        if run_dir.resolve() in {p.resolve() for p in self.running()}:
+            self.show_error("Not deleted", f"{run_dir.name} is still running: stop it first")
+            return
+        self.push_screen(ConfirmModal(f"Delete the run {run_dir.name}? Its model, checkpoints "
+                                      f"and logs are removed; files pefttool did not write "
+                                      f"are kept.", yes="Delete", no="Keep"), answer)
+
 
     def launch(self, recipe_path: Path | None, overrides: list[str], name: str,
                adjusted: tuple[dict[str, Any], str | None, Path] | None = None) -> TrainingChild | None:
@@ -108,6 +173,16 @@ class PefttoolApp(App[int]):
         child = next((c for c in self.training if c.run_dir.resolve() == run_dir), None)
         self.push_screen(DashboardScreen(run_dir, child, poll_interval=self.poll_interval))
 
+    def try_run(self, run_dir: Path) -> None:
+        """The Try it screen of a finished run (its model answers typed texts)."""
+        from .screens.try_it import TryScreen
+
+        if not (Path(run_dir) / "model").is_dir():
+            self.show_error("Nothing to try yet", f"{Path(run_dir).name} has no model/ yet: it "
+                            f"saves one at its first evaluation after training")
+            return
+        self.push_screen(TryScreen(Path(run_dir)))
+
     def note_live_run(self, run_dir: Path, pid: int | None) -> None:
         """Dashboards report runs they see alive (pid) or over (None), for the quit question."""
         if pid is None:
@@ -120,6 +195,21 @@ class PefttoolApp(App[int]):
         out = {run: pid for run, pid in self.live_runs.items() if pid_alive(pid)}
         out.update({c.run_dir: c.pid for c in self.training if c.running})
         return out
+
+    # ------------------------------------------------------------------ command palette
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        """Every key the screen offers (footer or not) is also a palette command."""
+        seen: set[str] = set()
+        for active in screen.active_bindings.values():
+            binding, node = active.binding, active.node
+            if not active.enabled or not binding.description or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            key = binding.key_display or self.get_key_display(binding)
+            yield SystemCommand(binding.description, f"{binding.tooltip or binding.description} ({key})",
+                                lambda action=binding.action, node=node: self.run_action(action, node))
+        yield from super().get_system_commands(screen)
 
     # ------------------------------------------------------------------ errors and quitting
 

@@ -149,6 +149,23 @@ class TrainingChild:
         return cls(process=process, run_dir=run_dir, command=argv, stderr_file=err_file,
                    staged=staged)
 
+    @classmethod
+    def resume(cls, run_dir: Path, command: list[str], cwd: Path | None = None) -> TrainingChild:
+        """Continue a stopped run (`pefttool resume RUN_DIR`); its output goes on in the run's
+        own stderr.log."""
+        from .run_actions import resume_command
+
+        run_dir = Path(run_dir)
+        argv = resume_command(command, run_dir)
+        err_file = stderr_path(run_dir)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        with open(err_file, "ab") as err:
+            process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=err, stderr=subprocess.STDOUT,
+                cwd=cwd, env=env, start_new_session=True, close_fds=True,
+            )
+        return cls(process=process, run_dir=run_dir, command=argv, stderr_file=err_file)
+
     def adopt_files(self) -> None:
         """Move staged files into the run directory once the run has started in it."""
         with self._lock:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..runs import format_duration as duration  # one duration format for every output
 
-__all__ = ["display_path", "duration", "learning_rate", "megabytes", "number", "rate", "timestamp"]
+__all__ = ["count", "display_path", "duration", "learning_rate", "megabytes", "number", "rate", "timestamp"]
 
 
 def display_path(path: Path, cwd: Path) -> str:
@@ -18,6 +18,14 @@ def display_path(path: Path, cwd: Path) -> str:
         return str(path)
 
 
+
+
+def count(value: int) -> str:
+    """A parameter count, short: 950, 3.9K, 22.7M, 1.1B."""
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= size:
+            return f"{value / size:.1f}{suffix}"
+    return str(value)
 
 
 def number(value: float | None, digits: int = 4) -> str:

@@ -29,6 +29,13 @@ COMMON_KEYS = (
     "train.scheduler", "train.mixed_precision", "early_stopping.enabled", "output.dir",
 )
 PATH_KEYS = ("model.path", "data.train", "data.eval")
+# The model and data fields, per task type (the columns a task reads).
+DATA_KEYS = {
+    "classification": ("model.path", "data.train", "data.eval", "data.text_column",
+                       "data.label_column"),
+    "causal-lm": ("model.path", "data.train", "data.eval", "data.prompt_column",
+                  "data.response_column"),
+}
 
 # What each common value trades, for the fields whose schema carries no description.
 HELP = {
@@ -43,6 +50,15 @@ HELP = {
     "train.scheduler": "how the learning rate decays after warmup",
     "train.mixed_precision": "bf16 halves activation memory; fp16 needs a GPU",
     "early_stopping.enabled": "stop when the metric stops improving",
+    "model.path": "a local folder (relative: to the recipe's folder), package:NAME/inner/path, "
+                  "or a hub id org/name",
+    "data.train": "the training file: CSV, JSON lines or Parquet (relative: to the recipe's "
+                  "folder), or package:NAME/inner/path",
+    "data.eval": "a separate evaluation file (empty: hold out data.eval_fraction of train)",
+    "data.text_column": "the column holding the text to classify",
+    "data.label_column": "the column holding each row's label",
+    "data.prompt_column": "the column holding the prompt (instruction format)",
+    "data.response_column": "the column holding the reply to learn",
     "output.dir": "for `pefttool run`: {name} and {time} are filled in; runs launched from "
                   "the TUI go in a fresh folder under its runs folder (--runs-root)",
 }
@@ -94,6 +110,16 @@ def common_fields() -> list[FieldSpec]:
         model: type[BaseModel] = Recipe
         if section:
             model = Recipe.model_fields[section].annotation  # type: ignore[assignment]
+        specs.append(field_spec(model, name, key))
+    return specs
+
+
+def data_fields(task_type: str) -> list[FieldSpec]:
+    """model.path and the data files and columns the recipe's task reads."""
+    specs = []
+    for key in DATA_KEYS.get(task_type, DATA_KEYS["classification"]):
+        section, _, name = key.rpartition(".")
+        model: type[BaseModel] = Recipe.model_fields[section].annotation  # type: ignore[assignment]
         specs.append(field_spec(model, name, key))
     return specs
 

@@ -16,14 +16,16 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.events import DescendantFocus
 from textual.widget import Widget
-from textual.widgets import Footer, Header, Input, Label, Select, Static
+from textual.widgets import Header, Input, Label, Select, Static
 
 from ...catalog import RecipeEntry
 from ...errors import PefttoolError, RecipeError
 from ..messages import RecipeChecked
-from ..recipe_edit import (FieldSpec, absolutize_paths, common_fields, format_value, free_path,
-                           get_dotted, overrides_between, parse_text, problems_for, recipe_text,
-                           set_dotted, strategy_fields, write_new_file)
+from ..recipe_edit import (FieldSpec, absolutize_paths, common_fields, data_fields,
+                           format_value, free_path, get_dotted, overrides_between, parse_text,
+                           problems_for, recipe_text, set_dotted, strategy_fields,
+                           write_new_file)
+from ..widgets.footer import AppFooter
 from .base import AppScreen
 
 
@@ -129,21 +131,27 @@ class AdjustScreen(AppScreen):
                 for spec in common_fields():
                     self.specs[spec.key] = spec
                     yield FieldRow(spec, get_dotted(self.edited, spec.key))
+                yield Label("model and data", classes="form-heading")
+                for spec in data_fields(str(get_dotted(self.edited, "task.type", ""))):
+                    self.specs[spec.key] = spec
+                    yield FieldRow(spec, get_dotted(self.edited, spec.key))
                 yield Label("strategy", classes="form-heading")
                 names = tuple(sorted(self._strategies())) or None
+                # A select whose default is "lora": a recipe without method.strategy shows
+                # lora, and that is not counted as a change (choosing a default leaves it unset).
                 strategy_spec = FieldSpec("method.strategy", "method.strategy",
                                           "how the model is trained (pefttool plugins lists them)",
-                                          default="lora", raw_text=True)
+                                          choices=names, default="lora", raw_text=names is None)
                 self.specs[strategy_spec.key] = strategy_spec
-                yield FieldRow(strategy_spec, get_dotted(self.edited, "method.strategy", "lora"),
-                               choices=names)
+                yield FieldRow(strategy_spec, get_dotted(self.edited, "method.strategy", "lora"))
                 with Vertical(id="strategy-options"):
                     yield from self._strategy_rows()
-            with Vertical(id="adjust-side"):
+            # Scrolls and takes focus (Tab): every problem can be read, however many.
+            with VerticalScroll(id="adjust-side"):
                 yield Static("", id="adjust-status")
                 yield Static("", id="adjust-changes", markup=False)
                 yield Static("", id="adjust-help")
-        yield Footer()
+        yield AppFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"Adjust {self.original['name']}"
@@ -289,12 +297,16 @@ class AdjustScreen(AppScreen):
                                 "\n".join(f"- {p}" for p in problems))
             return
         name = str(self.edited.get("name") or self.entry.path.stem)
+        edited = copy.deepcopy(self.edited)
         if self.saved is not None and self.saved[1] == self.revision:
-            self.app.launch(self.saved[0], [], name)
+            saved = self.saved[0]
+            self.app.confirm_launch(f"{name} ({saved.name})", lambda: self.app.launch(saved, [], name))
             return
-        overrides = overrides_between(self.original, self.edited)
+        overrides = overrides_between(self.original, edited)
         if overrides is not None:
-            self.app.launch(self.entry.path, overrides, name)
+            start = lambda: self.app.launch(self.entry.path, overrides, name)  # noqa: E731
         else:
-            self.app.launch(None, [], name, adjusted=(self.edited, self.original_text,
-                                                      self.entry.path))
+            start = lambda: self.app.launch(None, [], name, adjusted=(  # noqa: E731
+                edited, self.original_text, self.entry.path))
+        changes = f" with {len(overrides)} change(s)" if overrides else " as adjusted"
+        self.app.confirm_launch(f"{name}{changes}", start)

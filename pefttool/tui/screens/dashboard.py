@@ -18,8 +18,8 @@ from pathlib import Path
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
-from textual.widgets import Footer, Header, Static
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import Header, Static
 from textual.worker import get_current_worker
 
 from ...events import EVENTS_FILE, EndEvent, Event, EventFollower, LineTail, PhaseEvent, StartEvent
@@ -31,7 +31,8 @@ from ..widgets.error_panel import ErrorPanel
 from ..widgets.eval_table import EvalTable
 from ..widgets.log_pane import LogPane
 from ..widgets.loss_curve import LossCurve
-from ..widgets.run_progress import RunProgress
+from ..widgets.run_progress import RunProgress, update_wrapped
+from ..widgets.footer import AppFooter
 from .base import AppScreen
 
 # When the engine has written its end event, its process may take a moment to exit.
@@ -74,6 +75,8 @@ class DashboardScreen(AppScreen):
 
     BINDINGS = [
         Binding("s", "stop", "Stop run"),
+        Binding("r", "resume", "Resume", tooltip="continue the run from its last checkpoint"),
+        Binding("t", "try_it", "Try it", tooltip="type a text, the run's model answers"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -94,14 +97,16 @@ class DashboardScreen(AppScreen):
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Static("", id="run-title", markup=False)
-        yield RunProgress(id="run-progress")
-        yield ErrorPanel(id="error-panel")
-        with Horizontal(id="run-middle"):
-            yield LossCurve(id="loss-curve")
-            yield EvalTable(id="eval-table")
-        yield LogPane(id="log-pane")
-        yield Footer()
+        # Fills the screen; in a narrow terminal the panels stack and this scrolls (app.tcss).
+        with VerticalScroll(id="run-body", can_focus=False):
+            yield Static("", id="run-title", markup=False)
+            yield RunProgress(id="run-progress")
+            yield ErrorPanel(id="error-panel")
+            with Horizontal(id="run-middle"):
+                yield LossCurve(id="loss-curve")
+                yield EvalTable(id="eval-table")
+            yield LogPane(id="log-pane")
+        yield AppFooter()
 
     def on_mount(self) -> None:
         self.sub_title = f"Run {self.run_dir.name}"
@@ -266,10 +271,12 @@ class DashboardScreen(AppScreen):
             s = state.start
             device = f"{s.device} ×{s.processes}" if getattr(s, "processes", 1) > 1 else s.device
             parts += [s.strategy, device,
-                      f"{s.params_trainable:,}/{s.params_total:,} params trained",
+                      f"{fmt.count(s.params_trainable)}/{fmt.count(s.params_total)} params trained",
                       f"model {fmt.megabytes(s.model_memory_mb)}"]
+        if state.segments > 1:
+            parts.append(f"resumed ×{state.segments - 1}")
         status = self._status()
-        title.update(f"{status.upper()}  " + " · ".join(parts), layout=False)
+        update_wrapped(title, f"{status.upper()}  " + " · ".join(parts))
         if status != self._shown_status:
             # Restyling and rebuilding the footer cost more than the rest of a repaint, so
             # they happen when the status changes, not on every batch of events.
@@ -287,7 +294,19 @@ class DashboardScreen(AppScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             return self.live and self.pid is not None and not self.stop_sent
+        if action == "resume":
+            return not self.live and self._status() in ("interrupted", "crashed")
+        if action == "try_it":
+            return not self.live and (self.run_dir / "model").is_dir()
         return True
+
+    def action_resume(self) -> None:
+        if self.check_action("resume", ()):
+            self.app.resume_run(self.run_dir)
+
+    def action_try_it(self) -> None:
+        if self.check_action("try_it", ()):
+            self.app.try_run(self.run_dir)
 
     def action_stop(self) -> None:
         from .modals import ConfirmModal

@@ -43,16 +43,18 @@ class ConfirmModal(ModalScreen[bool]):
 
     BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 
-    def __init__(self, question: str, yes: str = "Yes", no: str = "No") -> None:
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No",
+                 yes_variant: str = "error") -> None:
         super().__init__()
         self.question = question
         self.yes, self.no = yes, no
+        self.yes_variant = yes_variant
 
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
-            yield Static(self.question, id="dialog-title")
+            yield Static(self.question, id="dialog-title", markup=False)
             with Horizontal(id="dialog-buttons"):
-                yield Button(f"{self.yes} (y)", id="yes", variant="error")
+                yield Button(f"{self.yes} (y)", id="yes", variant=self.yes_variant)  # type: ignore[arg-type]
                 yield Button(f"{self.no} (n)", id="no", variant="primary")
 
     def on_mount(self) -> None:

@@ -11,10 +11,11 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from ...errors import PefttoolError
 from ..messages import PluginsLoaded
+from ..widgets.footer import AppFooter
 from .base import AppScreen
 
 
@@ -43,7 +44,7 @@ class PluginsScreen(AppScreen):
             yield DataTable(id="plugins-table", cursor_type="row", zebra_stripes=True)
             with VerticalScroll(id="strategy-details-box"):
                 yield Static("", id="strategy-details")
-        yield Footer()
+        yield AppFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Plugins"

@@ -7,13 +7,14 @@ from pathlib import Path
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Header
+from textual.containers import Horizontal, VerticalScroll
+from textual.widgets import DataTable, Header
 
 from ...catalog import RecipeEntry, find_recipes
 from ..formatting import display_path
 from ..messages import RecipesFound
 from ..widgets.recipe_details import RecipeDetails
+from ..widgets.footer import AppFooter
 from .base import AppScreen
 
 
@@ -29,7 +30,7 @@ class RecipesScreen(AppScreen):
     BINDINGS = [
         Binding("enter", "adjust", "Adjust", show=False),
         Binding("l", "launch", "Launch"),
-        Binding("f5", "reload", "Reload"),
+        Binding("f5", "reload", "Reload", show=False),
     ]
 
     def __init__(self, cwd: Path) -> None:
@@ -41,11 +42,14 @@ class RecipesScreen(AppScreen):
         yield Header()
         with Horizontal(id="recipes-body"):
             yield RecipeTable(id="recipes-table", cursor_type="row", zebra_stripes=True)
-            yield RecipeDetails(self.cwd, id="recipe-details")
-        yield Footer()
+            # Scrolls and takes focus (Tab), so a long summary never hides the recipe's problems.
+            with VerticalScroll(id="recipe-details-box"):
+                yield RecipeDetails(self.cwd, id="recipe-details")
+        yield AppFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Recipes"
+        self.query_one("#recipe-details-box").border_title = "details (tab: scroll)"
         table = self.query_one(DataTable)
         table.add_columns("ok", "recipe", "strategy", "from")
         table.loading = True
@@ -72,6 +76,7 @@ class RecipesScreen(AppScreen):
     @on(DataTable.RowHighlighted, "#recipes-table")
     def _highlighted(self, event: DataTable.RowHighlighted) -> None:
         self.query_one(RecipeDetails).show_entry(self.current)
+        self.query_one("#recipe-details-box").scroll_home(animate=False)
 
     @on(DataTable.RowSelected, "#recipes-table")
     def _selected(self) -> None:
@@ -108,7 +113,10 @@ class RecipesScreen(AppScreen):
                                 "\n".join(f"- {p}" for p in entry.problems) +
                                 "\n\nAdjust it (Enter) or fix the file, then launch.")
             return
-        self.app.launch(entry.path, [], entry.name)
+        steps = entry.get("train.max_steps", 0)
+        what = (f"{entry.name} as it is ({entry.get('method.strategy', 'lora')}, "
+                f"{f'max {steps} steps' if steps else str(entry.get('train.epochs', 3)) + ' epochs'})")
+        self.app.confirm_launch(what, lambda: self.app.launch(entry.path, [], entry.name))
 
     def action_reload(self) -> None:
         self.query_one(DataTable).loading = True

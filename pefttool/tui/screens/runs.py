@@ -7,22 +7,28 @@ from pathlib import Path
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.widgets import DataTable, Header, Static
 
 from ...runs import RunState, list_runs
 from .. import formatting as fmt
 from ..messages import RunsListed
+from ..widgets.footer import AppFooter
 from .base import AppScreen
 
 REFRESH_S = 2.0
 
 
+# Short metric names, so the Runs table fits 80 columns.
+SHORT_METRICS = {"accuracy": "acc", "macro_f1": "f1", "eval_loss": "loss", "perplexity": "ppl"}
+
+
 def best_text(run: RunState) -> str:
     """The best evaluation during training; only a baseline is shown as "before"."""
-    if run.best is not None and run.metric:
-        return f"{run.metric} {run.best:.4f}"
-    if run.before is not None and run.metric:
-        return f"before {run.before:.4f}"
+    metric = SHORT_METRICS.get(run.metric or "", run.metric)
+    if run.best is not None and metric:
+        return f"{metric} {run.best:.4f}"
+    if run.before is not None and metric:
+        return f"before {metric} {run.before:.4f}"
     return "-"
 
 
@@ -35,7 +41,11 @@ class RunTable(DataTable):
 class RunsScreen(AppScreen):
     """Every run directory under `runs_root`, newest first, refreshed every few seconds."""
 
-    BINDINGS = [Binding("enter", "open", "Open", show=False), Binding("f5", "reload", "Reload")]
+    BINDINGS = [Binding("enter", "open", "Open", show=False),
+                Binding("r", "resume", "Resume", tooltip="continue an interrupted run"),
+                Binding("t", "try_it", "Try it", tooltip="type a text, the run's model answers"),
+                Binding("d", "delete", "Delete", tooltip="delete a stopped run (asks first)"),
+                Binding("f5", "reload", "Reload", show=False)]
 
     def __init__(self, runs_root: Path, shown_as: str = "") -> None:
         super().__init__()
@@ -48,7 +58,7 @@ class RunsScreen(AppScreen):
         yield Header()
         yield Static("", id="runs-root")
         yield RunTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        yield Footer()
+        yield AppFooter()
 
     def on_mount(self) -> None:
         self.sub_title = "Runs"
@@ -87,6 +97,7 @@ class RunsScreen(AppScreen):
         for i, run in enumerate(self.runs):
             if run.path == selected:
                 table.move_cursor(row=i)
+        self.refresh_bindings()
         header = self.query_one("#runs-root", Static)
         header.set_class(message.error is not None, "problem")
         if message.error:
@@ -111,6 +122,32 @@ class RunsScreen(AppScreen):
         run = self.current
         if run is not None:
             self.app.open_run(run.path)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        run = self.current if self.is_mounted else None
+        if action == "resume":
+            return run is not None and run.status in ("interrupted", "crashed")
+        if action == "try_it":
+            return run is not None and (run.path / "model").is_dir()
+        if action == "delete":
+            return run is not None and run.status != "running"
+        return True
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        self.refresh_bindings()
+
+    def action_resume(self) -> None:
+        if self.current is not None:
+            self.app.resume_run(self.current.path)
+
+    def action_try_it(self) -> None:
+        if self.current is not None:
+            self.app.try_run(self.current.path)
+
+    def action_delete(self) -> None:
+        if self.current is not None:
+            self.app.delete_run(self.current.path, done=self.load_runs)
 
     def action_reload(self) -> None:
         self.load_runs()

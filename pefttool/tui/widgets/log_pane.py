@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import RichLog
 
-from ...events import CheckpointEvent, EndEvent, Event, LogEvent
+from ...events import CheckpointEvent, EndEvent, Event, LogEvent, StartEvent
 
 
 class LogPane(RichLog):
@@ -15,12 +15,18 @@ class LogPane(RichLog):
                          "log-pane--note", "log-pane--stderr"}
 
     def __init__(self, *, id: str | None = None) -> None:
-        super().__init__(id=id, wrap=True, markup=False, highlight=False, max_lines=2000)
+        # min_width: RichLog renders at least 78 columns wide by default, so in a narrower pane
+        # wrapped lines ran past its edge (under the scrollbar) and lost their ends.
+        super().__init__(id=id, wrap=True, markup=False, highlight=False, max_lines=2000,
+                         min_width=20)
 
     def show_events(self, events: list[Event]) -> None:
         for event in events:
             if isinstance(event, LogEvent):
                 self.add_line(event.message, event.level)
+            elif isinstance(event, StartEvent) and event.resumed_from_step:
+                self.add_line(f"resumed from the checkpoint at step {event.resumed_from_step} "
+                              f"(pid {event.pid})", "note")
             elif isinstance(event, CheckpointEvent):
                 self.add_line(f"checkpoint at step {event.step} ({event.reason})", "note")
             elif isinstance(event, EndEvent):

@@ -10,10 +10,29 @@ from .. import formatting as fmt
 from ...runs import RunState
 
 
+PHASES = {"loading": "loading the model and data", "evaluating": "evaluating",
+          "checkpointing": "saving a checkpoint", "saving": "saving the model"}
+
+
+def phase_text(state: RunState) -> str:
+    """What the run does between steps (`evaluating 3/10`), or '' while it trains."""
+    phase = state.phase
+    if phase is None or state.end is not None:
+        return ""
+    text = PHASES.get(phase.phase, phase.phase)
+    if phase.total:
+        text += f" {phase.done}/{phase.total}"
+    return text
+
+
 def progress_line(state: RunState) -> str:
-    """`step 40/120 · epoch 1.33/3 · ETA 1m 05s` (or the run's end)."""
+    """`step 40/120 · epoch 1.33/3 · ETA 1m 05s` (or the run's end); the phase first when the
+    run is not stepping (`evaluating 3/10 · step 40/120 …`). Durations cover the whole run,
+    every resume included."""
     total = state.total_steps
     parts = [f"step {state.step}/{total or '?'}"]
+    if phase_text(state):
+        parts.insert(0, phase_text(state))
     last = state.last_step
     epochs = state.start.epochs if state.start else None
     if last is not None:
@@ -21,10 +40,11 @@ def progress_line(state: RunState) -> str:
     elif epochs:
         parts.append(f"epoch 0/{epochs}")
     if state.end is not None:
-        parts.append(f"{state.end.status.replace('_', ' ')} in {fmt.duration(state.end.duration_s)}")
+        parts.append(f"{state.end.status.replace('_', ' ')} in {fmt.duration(state.duration_s)}")
     elif last is not None:
-        parts.append(f"ETA {fmt.duration(last.eta_s)}")
-        parts.append(f"elapsed {fmt.duration(last.elapsed_s)}")
+        if state.phase is None or state.phase.phase != "loading":   # (a resume's is stale)
+            parts.append(f"ETA {fmt.duration(last.eta_s)}")
+        parts.append(f"elapsed {fmt.duration(state.duration_s)}")
     return " · ".join(parts)
 
 
@@ -32,8 +52,10 @@ def stats_line(state: RunState) -> str:
     last = state.last_step
     if last is None:
         return "lr - · tokens - · samples - · RSS - "
+    # Over: the whole run's mean speed (every resume); while training: the latest window.
+    tokens = state.tokens_per_s if state.end is not None and state.tokens_per_s else last.tokens_per_s
     parts = [f"loss {fmt.number(last.loss)}", f"lr {fmt.learning_rate(last.lr)}",
-             f"tokens {fmt.rate(last.tokens_per_s)}", f"samples {fmt.rate(last.samples_per_s)}",
+             f"tokens {fmt.rate(tokens)}", f"samples {fmt.rate(last.samples_per_s)}",
              f"RSS {fmt.megabytes(last.rss_mb)}"]
     if last.gpu_mem_mb is not None:
         parts.append(f"GPU {fmt.megabytes(last.gpu_mem_mb)}")
@@ -57,6 +79,17 @@ class RunProgress(Vertical):
         if total:
             done = total if state.end is not None and state.end.status == "completed" else state.step
             bar.update(total=total, progress=min(done, total))
-        # Fixed one-line widgets: no layout pass on each update (these come several a second).
-        self.query_one("#progress-line", Static).update(progress_line(state), layout=False)
-        self.query_one("#stats-line", Static).update(stats_line(state), layout=False)
+        # These lines wrap in a narrow terminal rather than lose their end; a layout pass (the
+        # costly part of an update, which comes several times a second) only when the number
+        # of lines they take changes.
+        for wid, text in (("#progress-line", progress_line(state)), ("#stats-line", stats_line(state))):
+            update_wrapped(self.query_one(wid, Static), text)
+
+
+def update_wrapped(widget: Static, text: str) -> None:
+    """Update a height:auto Static; relayout only when its wrapped line count changes."""
+    width = max(1, widget.content_region.width or widget.size.width or 1)
+    lines = -(-len(text) // width)
+    layout = lines != getattr(widget, "_pefttool_lines", None)
+    widget._pefttool_lines = lines   # type: ignore[attr-defined]
+    widget.update(text, layout=layout)

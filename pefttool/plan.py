@@ -1,0 +1,932 @@
+"""`pefttool plan RECIPE`: what a run will cost, before anything trains.
+
+    estimate(recipe, device="cpu" | gpu_gib) -> Plan      # pure, no weights, ~1 s (cached after)
+    data_estimate(recipe) -> DataEstimate                  # tokenizer + data pipeline, no weights
+    calibrate(recipe_path, overrides, steps=5) -> Calibration   # a few real steps, extrapolated
+    runtime_baseline() -> bytes                            # measured once, cached
+
+How each figure is made (no weights are read; the model is built from its config on torch's
+`meta` device, where tensors have shapes and dtypes but no storage):
+
+* parameters: counted on the meta model after the strategy's own `wrap` (LoRA through PEFT, so
+  trainable counts are PEFT's). QLoRA cannot quantize on meta: its model is the LoRA-wrapped
+  meta model, and the 4-bit sizes are arithmetic (bitsandbytes' layout: 0.5 byte per weight,
+  one fp32 absmax per 64-weight block, or with double quant an 8-bit absmax plus one fp32 per
+  256 blocks; every other tensor in fp32, as PEFT's prepare_model_for_kbit_training leaves it).
+* gradients: one per trainable parameter, in its dtype.
+* optimizer state (train.optimizer, as pefttool/optim.py builds it): AdamW 2 moments in the
+  parameter's dtype; bitsandbytes 8-bit: 2 bytes + a fp32 absmax per 256 values (tensors under
+  4,096 values keep fp32 state, as bitsandbytes does); Adafactor (no momentum): a row and a
+  column vector for matrices, a full second moment for vectors.
+* activations: one forward pass of a batch of `train.batch_size × data.max_length` through the
+  meta model in training mode, summing every tensor autograd saves for backward (parameters
+  excluded, shared storage counted once), so dropout masks, the attention implementation
+  (eager keeps the score matrices, sdpa does not), LoRA's extra inputs and the logits are all
+  the model's own. Gradient checkpointing: the layer inputs, plus one layer's activations
+  (recomputed in backward), plus what lives outside the layers. Batches are padded to their
+  longest row, so `max_length` is the worst batch: the peak.
+* other: the largest saved tensor once more (its gradient, during backward) and, with
+  `train.mixed_precision = "bf16"`, autocast's bf16 copies of trainable fp32 weights.
+* runtime: on CPU the process's own size before it loads anything (Python, torch,
+  transformers, PEFT, Accelerate, datasets) — measured in a fresh process by
+  `runtime_baseline()` and cached; on a GPU an assumed CUDA context (not measured here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.metadata
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import PefttoolError
+
+if TYPE_CHECKING:
+    from .recipe import Recipe
+
+MiB = 2**20
+GiB = 2**30
+SIDE_BY_SIDE = ("full", "lora", "qlora")
+QUANT_BLOCK = 64            # bitsandbytes 4-bit block size
+DOUBLE_QUANT_BLOCK = 256    # blocks per second-level absmax with double quant
+OPT8_BLOCK = 256            # bitsandbytes 8-bit optimizer block size
+OPT8_MIN_SIZE = 4096        # smaller tensors keep fp32 state (bitsandbytes' min_8bit_size)
+CUDA_CONTEXT = 512 * MiB    # assumed, not measured on this machine (no GPU here)
+GLIBC_MMAP_MAX = 32 * MiB   # glibc's largest dynamic mmap threshold (64-bit): bigger blocks are
+                            # mmapped and returned on free; smaller ones stay in the heap    # assumed, not measured on this machine (no GPU here)
+BASELINE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pefttool" / "runtime-baseline.json"
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Memory:
+    """Estimated peak bytes, by part. `capacity` is the device's size when one was given."""
+
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    other: int
+    runtime: int
+    capacity: int | None = None
+
+    def parts(self) -> dict[str, int]:
+        return {"runtime": self.runtime, "weights": self.weights, "gradients": self.gradients,
+                "optimizer": self.optimizer, "activations": self.activations, "other": self.other}
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts().values())
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.capacity is None else self.total <= self.capacity
+
+    @property
+    def headroom(self) -> int | None:
+        return None if self.capacity is None else self.capacity - self.total
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self.parts().items()}
+        out["total"] = self.total
+        if self.capacity is not None:
+            out.update(capacity=self.capacity, fits=self.fits, headroom=self.headroom)
+        return out
+
+
+@dataclass
+class StrategyEstimate:
+    strategy: str
+    params_total: int
+    params_trainable: int
+    cpu: Memory
+    gpu: Memory | None
+    gradient_checkpointing: bool
+    own: bool = False
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "own": self.own, "params_total": self.params_total,
+                "params_trainable": self.params_trainable,
+                "gradient_checkpointing": self.gradient_checkpointing,
+                "cpu": self.cpu.to_dict(), "gpu": self.gpu.to_dict() if self.gpu else None,
+                "note": self.note}
+
+
+@dataclass
+class DataEstimate:
+    train_rows: int
+    eval_rows: int
+    steps_per_epoch: int
+    total_steps: int
+    tokens_per_epoch: int          # real (non-pad) tokens
+    padded_tokens_per_epoch: int   # what the model computes on, batches in a seeded random order
+    mean_length: float
+    max_length_seen: int
+    truncated_rows: int
+    method: str                    # "encoded every row" or "sampled N of M rows"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Calibration:
+    steps: int
+    sec_per_step: float
+    setup_s: float
+    peak_rss: int
+    estimated_train_s: float
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    recipe: str
+    strategy: str
+    model: str
+    task: str
+    dtype: str
+    optimizer: str
+    mixed_precision: str
+    attention: str
+    batch_size: int
+    max_length: int
+    grad_accum: int
+    rows: list[StrategyEstimate]
+    gpu_gib: float | None = None
+    data: DataEstimate | None = None
+    calibration: Calibration | None = None
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def own(self) -> StrategyEstimate:
+        return next(r for r in self.rows if r.own)
+
+    def row(self, strategy: str) -> StrategyEstimate | None:
+        return next((r for r in self.rows if r.strategy == strategy), None)
+
+    def summary(self, strategy: str | None = None) -> str:
+        """One line for a status bar: trainable parameters and the peaks of one strategy."""
+        r = self.row(strategy) if strategy else self.own
+        if r is None:
+            return f"{strategy}: not estimated"
+        text = (f"{r.strategy}: {_count(r.params_trainable)} trainable of {_count(r.params_total)}; "
+                f"CPU peak ≈ {_mib(r.cpu.total)}")
+        if r.gpu is not None:
+            text += (f"; GPU {self.gpu_gib:g} GiB: ≈ {_mib(r.gpu.total)}, "
+                     f"{'fits' if r.gpu.fits else 'does NOT fit'} ({_mib(r.gpu.headroom)} headroom)")
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe, "strategy": self.strategy, "model": self.model,
+                "task": self.task, "dtype": self.dtype, "optimizer": self.optimizer,
+                "mixed_precision": self.mixed_precision, "attention": self.attention,
+                "batch_size": self.batch_size, "max_length": self.max_length,
+                "grad_accum": self.grad_accum, "gpu_gib": self.gpu_gib,
+                "strategies": [r.to_dict() for r in self.rows],
+                "data": self.data.to_dict() if self.data else None,
+                "calibration": self.calibration.to_dict() if self.calibration else None,
+                "assumptions": self.assumptions, "units": "bytes"}
+
+
+# ---------------------------------------------------------------- the runtime baseline
+
+_BASELINE_PROBE = """
+import resource, json, warnings, logging
+warnings.simplefilter("ignore")
+logging.disable(logging.WARNING)
+import torch, transformers, peft, accelerate, datasets, tokenizers
+from transformers import AutoModelForSequenceClassification, AutoModelForCausalLM, AutoTokenizer
+import pefttool.engine, pefttool.data
+print(json.dumps({"maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def _stack_key() -> str:
+    versions = []
+    for dist in ("torch", "transformers", "peft", "accelerate", "datasets", "bitsandbytes"):
+        try:
+            versions.append(f"{dist}={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"{dist}=none")
+    return f"{sys.executable}|{sys.version.split()[0]}|{'|'.join(versions)}"
+
+
+def runtime_baseline(refresh: bool = False) -> int:
+    """Peak RSS (bytes) of a fresh Python that imports the training stack and loads nothing:
+    the floor under every CPU run's peak. Measured once per Python + library versions and
+    cached in ~/.cache/pefttool/runtime-baseline.json (a few seconds the first time)."""
+    key = _stack_key()
+    if not refresh:
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            cached = json.loads(BASELINE_CACHE.read_text(encoding="utf-8"))
+            if cached["key"] == key:
+                return int(cached["bytes"])
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", _BASELINE_PROBE], capture_output=True,
+                            text=True, env=env, timeout=300)
+    if result.returncode != 0:
+        raise PefttoolError(f"plan: measuring the runtime baseline failed: "
+                            f"{(result.stderr.strip().splitlines() or ['?'])[-1]}")
+    value = int(json.loads(result.stdout.strip().splitlines()[-1])["maxrss"])
+    with contextlib.suppress(OSError):
+        BASELINE_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        BASELINE_CACHE.write_text(json.dumps({"key": key, "bytes": value}), encoding="utf-8")
+    return value
+
+
+# ---------------------------------------------------------------- the meta model
+
+
+@functools.lru_cache(maxsize=8)
+def _config_cached(source: str, gguf_file: str | None, trust: bool, stamp: float) -> Any:
+    from transformers import AutoConfig
+
+    from .models import quiet_transformers
+
+    kwargs: dict[str, Any] = {"trust_remote_code": trust}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    with quiet_transformers():
+        return AutoConfig.from_pretrained(source, **kwargs)
+
+
+def _config(recipe: Recipe) -> Any:
+    """The model's config (config.json, or a GGUF header), cached per file version."""
+    from .models import _translate, check_model_source
+
+    source, kwargs = check_model_source(recipe)
+    stamp = 0.0
+    if isinstance(source, Path):
+        target = source / (kwargs.get("gguf_file") or "config.json")
+        with contextlib.suppress(OSError):
+            stamp = target.stat().st_mtime
+    try:
+        config = _config_cached(str(source), kwargs.get("gguf_file"), recipe.model.trust_remote_code, stamp)
+    except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
+        raise _translate(exc, recipe.model.path, "a config") from exc
+    import copy
+
+    return copy.deepcopy(config)
+
+
+def _meta_model(recipe: Recipe, dtype: Any, attention: str | None) -> Any:
+    """The recipe's model class built from its config on the meta device (no weights)."""
+    import torch
+    import transformers
+
+    from .models import check_length_fits, quiet_transformers
+
+    config = _config(recipe)
+    check_length_fits(recipe, config)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if attention:
+        kwargs["attn_implementation"] = attention
+    if recipe.task.type == "classification":
+        labels = list(recipe.task.labels or ["0", "1"])
+        config.num_labels = len(labels)
+        config.id2label = dict(enumerate(labels))
+        config.label2id = {n: i for i, n in enumerate(labels)}
+        cls = transformers.AutoModelForSequenceClassification
+    else:
+        cls = transformers.AutoModelForCausalLM
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = 0  # decoder classifiers need one to find each row's end
+    with quiet_transformers(), torch.device("meta"):
+        try:
+            model = cls.from_config(config, trust_remote_code=recipe.model.trust_remote_code, **kwargs)
+        except (ValueError, KeyError, ImportError, TypeError) as exc:
+            raise PefttoolError(f"model.path: cannot build the model of '{recipe.model.path}' "
+                                f"from its config: {' '.join(str(exc).split())[:200]}") from None
+    return model
+
+
+def _torch_dtype(name: str, config_dtype: Any = None) -> Any:
+    import torch
+
+    if name == "auto":
+        if isinstance(config_dtype, torch.dtype):
+            return config_dtype
+        return getattr(torch, str(config_dtype or "float32").replace("torch.", ""), torch.float32)
+    return getattr(torch, name)
+
+
+def _unique_params(model: Any) -> list[tuple[str, Any]]:
+    seen: set[int] = set()
+    out = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        out.append((name, p))
+    return out
+
+
+def _storage_key(t: Any) -> int:
+    try:
+        return t.untyped_storage()._cdata
+    except Exception:  # a tensor subclass without a plain storage
+        return id(t)
+
+
+def _decoder_layers(model: Any) -> list[Any]:
+    """The repeated blocks (the longest ModuleList whose items are all one class)."""
+    import torch
+
+    best: list[Any] = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
+            items = list(module)
+            if items and len({type(m) for m in items}) == 1:
+                best = items
+    return best
+
+
+@dataclass
+class _Saved:
+    """One training forward at REF_BATCH: every tensor it allocated, as (bytes, saved for
+    backward, index of the repeated layer it was made in or -1)."""
+
+    allocs: list[tuple[int, bool, int]]
+    layers: int
+    layer_input: int    # bytes of one layer's input (what checkpointing keeps per layer)
+
+    def figures(self, scale: float, checkpointing: bool) -> tuple[int, int, int]:
+        """(GPU activations, CPU activations, largest saved tensor) at `scale` × REF_BATCH.
+
+        GPU: what autograd saves (the caching allocator reuses every freed block). CPU: what
+        autograd saves plus every freed temporary under glibc's mmap threshold, because those
+        stay in the heap (RSS) once freed; bigger ones are mmapped and go back to the system."""
+        saved = [0] * (self.layers + 1)
+        heap = [0] * (self.layers + 1)
+        largest = 0
+        for nbytes, is_saved, layer in self.allocs:
+            size = nbytes * scale
+            if is_saved:
+                saved[layer] += size
+                largest = max(largest, size)
+            elif size < GLIBC_MMAP_MAX:
+                heap[layer] += size
+        outside_gpu, outside_cpu = saved[-1], saved[-1] + heap[-1]
+        inside_gpu = saved[:-1]
+        inside_cpu = [x + y for x, y in zip(saved[:-1], heap[:-1])]
+        if checkpointing and self.layers:
+            keep = self.layers * self.layer_input * scale
+            return (round(outside_gpu + keep + max(inside_gpu)),
+                    round(outside_cpu + keep + max(inside_cpu)), round(largest))
+        return round(outside_gpu + sum(inside_gpu)), round(outside_cpu + sum(inside_cpu)), round(largest)
+
+
+# Ops whose output shares its input's storage (no new memory).
+_NO_ALLOC = ("view", "_unsafe_view", "t", "transpose", "expand", "permute", "unsqueeze", "slice",
+             "select", "detach", "as_strided", "split", "split_with_sizes", "squeeze", "alias",
+             "reshape", "unbind", "chunk", "narrow", "expand_as", "view_as", "lift_fresh")
+
+
+def _alloc_counter(on_alloc: Any) -> Any:
+    """A TorchDispatchMode calling `on_alloc(bytes)` for each new tensor an op returns."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    import torch
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            schema = func._schema
+            if schema.is_mutable or schema.name.split("::")[-1] in _NO_ALLOC:
+                return out
+            for t in tree_flatten(out)[0]:
+                if isinstance(t, torch.Tensor):
+                    on_alloc(t)
+            return out
+
+    return _Count()
+
+
+@contextlib.contextmanager
+def _fused_sdpa() -> Any:
+    """On the meta device sdpa falls back to its math form (it keeps the score matrices); on
+    CPU and GPU without attention dropout a fused kernel runs, which keeps only q, k, v, the
+    output and a log-sum-exp row. Route dropout-free sdpa calls to that kernel's meta form."""
+    import torch
+    import torch.nn.functional as F
+
+    original = F.scaled_dot_product_attention
+
+    def fused(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
+              enable_gqa=False):  # noqa: ANN001
+        if query.device.type != "meta" or dropout_p > 0:
+            return original(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                            is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+        if enable_gqa and key.shape[-3] != query.shape[-3]:
+            repeat = query.shape[-3] // key.shape[-3]
+            key = key.repeat_interleave(repeat, dim=-3)
+            value = value.repeat_interleave(repeat, dim=-3)
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+            query, key, value, 0.0, bool(is_causal), attn_mask=attn_mask, scale=scale)[0]
+
+    F.scaled_dot_product_attention = fused
+    try:
+        yield
+    finally:
+        F.scaled_dot_product_attention = original
+
+
+def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _Saved:
+    """Run one training forward on the meta device; record every tensor it allocates and
+    which of them autograd saves for backward (parameters excluded, shared storage once)."""
+    import torch
+
+    params = {_storage_key(p) for p in model.parameters()}
+    params |= {_storage_key(b) for b in model.buffers()}
+    layers = _decoder_layers(model)
+    current = [-1]
+    alive: list[Any] = []           # keeps storages alive, so their keys stay unique
+    made: dict[int, list[Any]] = {}  # storage key -> [bytes, saved, layer]
+    first_input = [0]
+
+    def pack(t: Any) -> Any:
+        key = _storage_key(t)
+        if key in params:
+            return t
+        entry = made.get(key)
+        if entry is None:  # saved but not allocated by an op we saw (an input): count it
+            entry = made[key] = [t.untyped_storage().nbytes() if t.device.type != "meta"
+                                 else t.numel() * t.element_size(), True, current[0]]
+            alive.append(t)
+        entry[1] = True
+        return t
+
+    def on_alloc(t: Any) -> None:
+        key = _storage_key(t)
+        if key not in made:
+            made[key] = [t.numel() * t.element_size(), False, current[0]]
+            alive.append(t)
+
+    handles = []
+    for i, layer in enumerate(layers):
+        def pre(module: Any, args: Any, kwargs: Any = None, i: int = i) -> None:
+            current[0] = i
+            hidden = args[0] if args else next((v for v in (kwargs or {}).values()
+                                                if isinstance(v, torch.Tensor)), None)
+            if hidden is not None and not first_input[0]:
+                first_input[0] = hidden.numel() * hidden.element_size()
+
+        def post(module: Any, args: Any, output: Any) -> None:
+            current[0] = -1
+
+        handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(layer.register_forward_hook(post))
+    model.train()
+    ids = torch.zeros((batch, length), dtype=torch.long, device="meta")
+    inputs: dict[str, Any] = {"input_ids": ids}
+    if recipe.task.type == "classification":
+        inputs["labels"] = torch.zeros((batch,), dtype=torch.long, device="meta")
+    else:
+        inputs["labels"] = ids
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _fused_sdpa(), \
+                _alloc_counter(on_alloc):
+            model(**inputs)
+    except Exception as exc:
+        raise PefttoolError(f"plan: cannot run this model on the meta device to count its "
+                            f"activations ({type(exc).__name__}: {' '.join(str(exc).split())[:160]})") from None
+    finally:
+        for h in handles:
+            h.remove()
+    return _Saved(allocs=[(n, saved, layer) for n, saved, layer in made.values()],
+                  layers=len(layers), layer_input=first_input[0])
+
+
+# ---------------------------------------------------------------- per-part arithmetic
+
+
+def _quantized_linear_names(model: Any, keep: set[str]) -> set[str]:
+    """Names of the base Linear layers bitsandbytes would make 4-bit (not the heads, not
+    LoRA's own layers, not modules_to_save copies)."""
+    import torch
+
+    out = set()
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        parts = name.split(".")
+        if any(p in keep for p in parts) or any(p.startswith(("lora_", "modules_to_save",
+                                                               "original_module")) for p in parts):
+            continue
+        out.add(name)
+    return out
+
+
+def _nf4_bytes(numel: int, double_quant: bool) -> int:
+    blocks = math.ceil(numel / QUANT_BLOCK)
+    if double_quant:
+        scales = blocks + 4 * math.ceil(blocks / DOUBLE_QUANT_BLOCK) + 2 * 256 * 4
+    else:
+        scales = 4 * blocks + 256 * 4
+    return math.ceil(numel / 2) + scales
+
+
+def _optimizer_bytes(name: str, trainable: list[tuple[int, tuple[int, ...], int]]) -> int:
+    """Optimizer state bytes for trainable tensors given as (numel, shape, element size)."""
+    total = 0
+    for n, shape_t, size in trainable:
+        if name in ("adamw", "paged_adamw_32bit"):
+            total += 2 * n * size
+        elif name in ("adamw_8bit", "paged_adamw_8bit"):
+            total += 2 * n * 4 if n < OPT8_MIN_SIZE else 2 * (n + 4 * math.ceil(n / OPT8_BLOCK))
+        elif name == "adafactor":
+            if len(shape_t) >= 2:
+                shape = list(shape_t)
+                total += (math.prod(shape[:-1]) + math.prod(shape[:-2] + shape[-1:])) * size
+            else:
+                total += n * size
+        else:
+            total += 2 * n * size
+    return total
+
+
+def _gc_wanted(recipe: Recipe, options: Any) -> bool:
+    from .models import gradient_checkpointing_wanted
+
+    return gradient_checkpointing_wanted(recipe) or bool(getattr(options, "gradient_checkpointing", False))
+
+
+def _options_for(recipe: Recipe, strategy: str, host: Any) -> Any:
+    """The strategy's options: the recipe's own when it is that strategy, else (for the side by
+    side rows) the recipe's LoRA keys that the other strategy accepts, over its defaults."""
+    if strategy == recipe.method.strategy:
+        return recipe.strategy_options
+    Options = host.strategies[strategy].Options
+    own = recipe.strategy_options.model_dump() if recipe.method.strategy in SIDE_BY_SIDE else {}
+    fields = getattr(Options, "model_fields", {})
+    return Options.model_validate({k: v for k, v in own.items() if k in fields and v is not None})
+
+
+@dataclass
+class _ModelFacts:
+    model: Any
+    total: int
+    trainable: list[tuple[int, tuple[int, ...], int]]   # (numel, shape, element size) each
+    weights: int
+    supports_gc: bool
+    note: str
+
+
+_CACHE: dict[tuple, Any] = {}
+_CACHE_SIZE = 64
+REF_BATCH = 2  # activations are counted at this batch and scaled: every one is linear in batch
+
+
+def _cached(key: tuple, make: Any) -> Any:
+    if key in _CACHE:
+        value = _CACHE.pop(key)
+    else:
+        value = make()
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = value
+    return value
+
+
+def _model_key(recipe: Recipe, strategy: str, options: Any) -> tuple:
+    return (recipe.model.path, str(recipe.base_dir), recipe.model.gguf_file, recipe.model.dtype,
+            recipe.model.attn_implementation, recipe.task.type, tuple(recipe.task.labels or ()),
+            strategy, options.model_dump_json())
+
+
+def _model_facts(recipe: Recipe, strategy: str, options: Any, host: Any, quantized: bool) -> _ModelFacts:
+    """The strategy's wrap on the meta model (in its load dtype), and its parameter figures."""
+    import torch
+
+    config = _config(recipe)
+    dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None))
+    model = _meta_model(recipe, torch.float32 if quantized else dtype, recipe.model.attn_implementation)
+    keep = {"classifier", "score", "lm_head", *(getattr(options, "modules_to_save", None) or [])}
+    quant_names = _quantized_linear_names(model, keep) if quantized else set()
+    wrap_strategy = host.strategies["lora"] if quantized and "lora" in host.strategies else host.strategies[strategy]
+    try:
+        with _quiet():
+            model = wrap_strategy.wrap(model, recipe, options)
+    except PefttoolError:
+        raise
+    except Exception as exc:
+        raise PefttoolError(f"plan: strategy '{strategy}' cannot wrap a model on the meta device "
+                            f"({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+                            f"its memory cannot be estimated without loading weights") from None
+    params = _unique_params(model)
+    note = ""
+    if quantized:
+        weights = 0
+        base_prefix = _base_prefix(model)
+        for name, p in params:
+            module = _strip(name.rsplit(".", 1)[0], base_prefix).replace(".base_layer", "")
+            if name.endswith(".weight") and module in quant_names:
+                weights += _nf4_bytes(p.numel(), options.double_quant)
+            else:
+                weights += p.numel() * 4
+        note = (f"4-bit sizes computed from bitsandbytes' layout ({len(quant_names)} linear layers "
+                f"in {options.quant_type}{', double quant' if options.double_quant else ''})")
+    else:
+        weights = sum(p.numel() * p.element_size() for _, p in params)
+    weights += sum(b.numel() * b.element_size() for b in model.buffers())
+    base = getattr(getattr(model, "base_model", model), "model", model)
+    return _ModelFacts(
+        model=model, total=sum(p.numel() for _, p in params),
+        trainable=[(p.numel(), tuple(p.shape), p.element_size()) for _, p in params if p.requires_grad],
+        weights=weights, supports_gc=bool(getattr(base, "supports_gradient_checkpointing", True)),
+        note=note)
+
+
+def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None,
+                       baseline: int) -> StrategyEstimate:
+    import torch
+
+    options = _options_for(recipe, strategy, host)
+    quantized = strategy == "qlora" or hasattr(options, "quant_type")
+    config = _config(recipe)
+    dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None))
+    mixed = recipe.train.mixed_precision
+    act_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, dtype)
+    if quantized:  # the 4-bit matmuls compute in compute_dtype; the rest is fp32 (prepare_model_for_kbit_training)
+        compute = getattr(options, "compute_dtype", "float32")
+        if compute == "auto":  # as the qlora strategy resolves it on a CPU: follows model.dtype
+            compute = "bfloat16" if recipe.model.dtype == "bfloat16" else "float32"
+        act_dtype = {"bf16": torch.bfloat16}.get(mixed, getattr(torch, compute))
+
+    key = _model_key(recipe, strategy, options)
+    facts = _cached(("model", *key), lambda: _model_facts(recipe, strategy, options, host, quantized))
+    trainable = facts.trainable
+    n_trainable = sum(n for n, _, _ in trainable)
+    gradients = sum(n * size for n, _, size in trainable)
+    optimizer = _optimizer_bytes(recipe.train.optimizer, trainable)
+
+    def count() -> _Saved:
+        model = facts.model
+        if next(model.parameters()).dtype != act_dtype:
+            model.to(act_dtype)  # autocast: matmul outputs in bf16 (softmax/norms stay fp32: ~)
+        return _saved_activations(model, recipe, REF_BATCH, recipe.data.max_length)
+
+    saved = _cached(("act", *key, str(act_dtype), recipe.data.max_length), count)
+    scale = recipe.train.batch_size / REF_BATCH
+    checkpointing = _gc_wanted(recipe, options) and facts.supports_gc and saved.layers > 0
+    gpu_act, cpu_act, other = saved.figures(scale, checkpointing)
+    if mixed == "bf16" and dtype == torch.float32:
+        other += sum(n * 2 for n, shape, _ in trainable if len(shape) >= 2)  # autocast's weight cache
+
+    cpu = Memory(facts.weights, gradients, optimizer, cpu_act, other, baseline)
+    gpu_mem = None
+    if gpu is not None:
+        gpu_mem = Memory(facts.weights, gradients, optimizer, gpu_act, other, CUDA_CONTEXT, capacity=gpu)
+    return StrategyEstimate(strategy, facts.total, n_trainable, cpu, gpu_mem, checkpointing,
+                            own=strategy == recipe.method.strategy, note=facts.note)
+
+
+def _base_prefix(model: Any) -> str:
+    return "base_model.model." if hasattr(model, "peft_config") else ""
+
+
+def _strip(name: str, prefix: str) -> str:
+    return name[len(prefix):] if prefix and name.startswith(prefix) else name
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    import logging
+    import warnings
+
+    from .adapters import quiet_bitsandbytes_import
+
+    with warnings.catch_warnings(), quiet_bitsandbytes_import():
+        warnings.simplefilter("ignore")
+        level = logging.getLogger("peft").level
+        logging.getLogger("peft").setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            logging.getLogger("peft").setLevel(level)
+
+
+# ---------------------------------------------------------------- the public functions
+
+
+def estimate(recipe: Recipe, device: str | float | int = "cpu", *, strategies: tuple[str, ...] | None = None,
+             baseline: int | None = None, data: DataEstimate | None = None) -> Plan:
+    """The memory plan for `recipe`: its own strategy and, side by side, full / LoRA / QLoRA
+    (those loaded). `device` is "cpu" or a GPU's size in GiB (the CPU figures come too).
+    `baseline` (bytes) overrides the measured runtime baseline. No weights are read."""
+    from .plugins import get_plugin_host
+
+    host = get_plugin_host()
+    gpu_gib = None if device == "cpu" else float(device)
+    if gpu_gib is not None and not gpu_gib > 0:
+        raise PefttoolError(f"plan: --gpu-gib must be a positive size in GiB, not {device}")
+    gpu = None if gpu_gib is None else int(gpu_gib * GiB)
+    if baseline is None:
+        baseline = runtime_baseline()
+    wanted = list(strategies) if strategies else [s for s in SIDE_BY_SIDE if s in host.strategies]
+    own = recipe.method.strategy
+    if own not in wanted:
+        wanted.append(own)
+    rows = []
+    for name in wanted:
+        if name == "qlora" and own != "qlora" and recipe.model.gguf_file:
+            continue  # qlora refuses GGUF models (they load dequantized)
+        rows.append(_estimate_strategy(recipe, name, host, gpu, baseline))
+    config = _config(recipe)
+    attention = recipe.model.attn_implementation or getattr(config, "_attn_implementation", None) or "sdpa"
+    assumptions = [
+        f"CPU runtime baseline {baseline / MiB:.0f} MiB: a fresh process importing torch, "
+        f"transformers, PEFT, Accelerate and datasets (measured, cached)",
+        "activations: one batch of train.batch_size x data.max_length (the longest batch)",
+    ]
+    if gpu is not None:
+        assumptions.append(f"GPU: {CUDA_CONTEXT / MiB:.0f} MiB CUDA context assumed (not measured "
+                           f"here); allocator fragmentation not counted")
+    return Plan(recipe=recipe.name, strategy=own, model=recipe.model.path, task=recipe.task.type,
+                dtype=recipe.model.dtype, optimizer=recipe.train.optimizer,
+                mixed_precision=recipe.train.mixed_precision, attention=str(attention),
+                batch_size=recipe.train.batch_size, max_length=recipe.data.max_length,
+                grad_accum=recipe.train.grad_accum, rows=rows, gpu_gib=gpu_gib, data=data,
+                assumptions=assumptions)
+
+
+SAMPLE_ROWS = 2000
+
+
+def data_estimate(recipe: Recipe, sample_over: int = 20000) -> DataEstimate:
+    """Rows, steps and tokens per epoch from the data pipeline (tokenizer only, no weights).
+    Recipes training on more than `sample_over` rows encode a sample of SAMPLE_ROWS and scale."""
+    import random
+    import shutil
+    import tempfile
+
+    from .data import prepare_data
+    from .models import load_tokenizer
+
+    tok = load_tokenizer(recipe)
+    cap = recipe.data.max_train_rows
+    sampled = cap is None or cap > sample_over
+    work = recipe.model_copy(deep=True)
+    work._base_dir, work._source = recipe.base_dir, recipe.source
+    work._strategy_options = recipe._strategy_options
+    if sampled:
+        work.data.max_train_rows = SAMPLE_ROWS
+    cache = tempfile.mkdtemp(prefix="pefttool-plan-")
+    try:
+        prepared = prepare_data(work, tok, log=lambda _m: None, cache_dir=cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    lengths = [int(sum(m)) for m in prepared.train["attention_mask"]]
+    stats = prepared.stats["train"]
+    encoded = len(lengths)
+    available = encoded + int(stats.get("capped", 0) or 0)
+    n_train = min(available, cap) if cap else available
+    scale = n_train / max(encoded, 1)
+    batch = recipe.train.batch_size
+    rng = random.Random(recipe.train.seed)
+    order = lengths[:]
+    rng.shuffle(order)
+    padded = sum(max(order[i:i + batch]) * len(order[i:i + batch]) for i in range(0, len(order), batch))
+    processes = recipe.distributed.processes * recipe.distributed.num_machines
+    batches = math.ceil(n_train / batch)
+    steps = math.ceil(math.ceil(batches / processes) / recipe.train.grad_accum)
+    total = steps * recipe.train.epochs
+    if recipe.train.max_steps:
+        total = min(total, recipe.train.max_steps)
+    truncated = int(stats.get("truncated", stats.get("dropped_truncated", 0)) or 0)
+    return DataEstimate(
+        train_rows=n_train, eval_rows=len(prepared.eval), steps_per_epoch=steps, total_steps=total,
+        tokens_per_epoch=round(sum(lengths) * scale), padded_tokens_per_epoch=round(padded * scale),
+        mean_length=round(sum(lengths) / max(encoded, 1), 1), max_length_seen=max(lengths, default=0),
+        truncated_rows=round(truncated * scale),
+        method=(f"sampled {encoded:,} of {n_train:,} rows" if sampled and encoded < n_train
+                else f"encoded every row ({encoded:,})"))
+
+
+def calibrate(recipe_path: Path, overrides: list[str], recipe: Recipe, steps: int = 5,
+              total_steps: int | None = None) -> Calibration:
+    """Run `steps` real optimizer steps of the recipe (`pefttool run` in a child process, into
+    a temporary folder deleted afterwards; no evaluation before training, one eval batch at the
+    end), and extrapolate the seconds per step to the full run. The child's peak RSS comes too."""
+    import shutil
+    import tempfile
+    import time
+
+    out = Path(tempfile.mkdtemp(prefix="pefttool-calibrate-"))
+    cmd = [sys.executable, "-m", "pefttool.cli", "run", str(recipe_path), "--quiet",
+           *[f"--set={o}" for o in overrides],
+           f"--set=train.max_steps={steps}", "--set=train.log_every=1",
+           "--set=eval.before_training=false", f"--set=data.max_eval_rows={recipe.eval.batch_size}",
+           "--set=train.checkpoint_every=0", "--set=early_stopping.enabled=false",
+           f"--set=output.dir={json.dumps(str(out / 'run'))}", "--set=output.overwrite=true"]
+    started = time.time()
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output = proc.stdout.read() if proc.stdout else ""
+        _, status, usage = os.wait4(proc.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            last = (output.strip().splitlines() or ["?"])[-1]
+            raise PefttoolError(f"plan --calibrate: the calibration run failed (exit {code}): {last}")
+        events = [json.loads(line) for line in (out / "run" / "events.jsonl").read_text().splitlines()
+                  if line.strip()]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    step_events = [e for e in events if e.get("type") == "step"]
+    start = next((e for e in events if e.get("type") == "start"), None)
+    if len(step_events) < 2 or start is None:
+        raise PefttoolError("plan --calibrate: the calibration run logged fewer than 2 steps; "
+                            "raise --calibrate-steps")
+    # Skip the first step (warm-up: allocations, denormals, caches).
+    first, last = step_events[0], step_events[-1]
+    per_step = (last["elapsed_s"] - first["elapsed_s"]) / max(last["step"] - first["step"], 1)
+    setup = max(start["time"] - started, 0.0)
+    planned = total_steps if total_steps is not None else start.get("total_steps", steps)
+    if total_steps is None:
+        planned = start["steps_per_epoch"] * recipe.train.epochs
+        if recipe.train.max_steps:
+            planned = min(planned, recipe.train.max_steps)
+    return Calibration(steps=len(step_events), sec_per_step=round(per_step, 4), setup_s=round(setup, 1),
+                       peak_rss=usage.ru_maxrss * 1024,
+                       estimated_train_s=round(setup + planned * per_step, 1),
+                       note="training steps only: evaluations not included; a shared machine "
+                            "makes this noisy")
+
+
+# ---------------------------------------------------------------- the text report
+
+
+def _mib(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / GiB:.2f} GiB" if abs(n) >= 10 * GiB else f"{n / MiB:,.0f} MiB"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return str(n)
+
+
+def render(plan: Plan) -> str:
+    """The plan as text for a terminal."""
+    lines = [f"plan for {plan.recipe}: {plan.task}, strategy {plan.strategy}, model {plan.model}",
+             f"  dtype {plan.dtype}, mixed precision {plan.mixed_precision}, optimizer {plan.optimizer}, "
+             f"attention {plan.attention}, batch {plan.batch_size} x length {plan.max_length}"
+             f"{f' (grad_accum {plan.grad_accum})' if plan.grad_accum > 1 else ''}", ""]
+    headers = ["", *[r.strategy + (" *" if r.own else "") for r in plan.rows]]
+    table: list[list[str]] = [
+        ["parameters", *[_count(r.params_total) for r in plan.rows]],
+        ["trainable", *[f"{_count(r.params_trainable)} ({r.params_trainable / max(r.params_total, 1):.2%})"
+                        for r in plan.rows]],
+        ["grad. checkpointing", *["on" if r.gradient_checkpointing else "off" for r in plan.rows]],
+    ]
+    for part in ("runtime", "weights", "gradients", "optimizer", "activations", "other"):
+        table.append([f"  {part}", *[_mib(r.cpu.parts()[part]) for r in plan.rows]])
+    table.append(["CPU peak (RSS)", *[_mib(r.cpu.total) for r in plan.rows]])
+    if plan.gpu_gib is not None:
+        table.append([f"GPU {plan.gpu_gib:g} GiB peak", *[_mib(r.gpu.total) for r in plan.rows if r.gpu]])
+        table.append(["  fits / headroom", *[f"{'yes' if r.gpu.fits else 'NO'} {_mib(r.gpu.headroom)}"
+                                              for r in plan.rows if r.gpu]])
+    widths = [max(len(row[i]) for row in [headers, *table]) for i in range(len(headers))]
+    for row in [headers, *table]:
+        lines.append("  " + "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
+                                      for i, cell in enumerate(row)).rstrip())
+    lines.append(f"  (* the recipe's own strategy; the others with its [method] keys where they apply)")
+    for r in plan.rows:
+        if r.note:
+            lines.append(f"  {r.strategy}: {r.note}")
+    if plan.data:
+        d = plan.data
+        lines += ["", f"data ({d.method}): {d.train_rows:,} train rows, {d.eval_rows:,} eval rows; "
+                      f"{d.steps_per_epoch:,} steps/epoch, {d.total_steps:,} steps planned",
+                  f"  {d.tokens_per_epoch:,} tokens/epoch ({d.padded_tokens_per_epoch:,} with padding); "
+                  f"length mean {d.mean_length}, max {d.max_length_seen}; {d.truncated_rows:,} rows truncated"]
+    if plan.calibration:
+        c = plan.calibration
+        lines += ["", f"calibration ({c.steps} real steps): {c.sec_per_step:.2f} s/step, setup {c.setup_s:.0f} s, "
+                      f"peak RSS {_mib(c.peak_rss)}",
+                  f"  estimated training time {_duration(c.estimated_train_s)} ({c.note})"]
+    lines += ["", "assumptions:", *[f"  - {a}" for a in plan.assumptions]]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"

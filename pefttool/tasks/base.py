@@ -1,0 +1,86 @@
+"""The task contract: model class, PEFT task type, evaluation, metric table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of a task's metric table."""
+
+    name: str
+    # From the task's evaluation outputs to the figure; None when it does not apply to this
+    # evaluation (AUROC of a 3-class task, exact match without generated answers).
+    compute: Callable[[Any], float | None]
+    higher_is_better: bool
+    selectable: bool = True  # may be eval.metric; else only reported beside it
+    description: str = ""
+
+
+class Task:
+    """What one `task.type` means. Subclasses fill in the class attributes and `evaluate`."""
+
+    type: ClassVar[str]               # the recipe's task.type
+    model_class: ClassVar[str]        # the transformers Auto class that loads its model
+    peft_task_type: ClassVar[str]     # the peft.TaskType member adapters are built for
+    model_noun: ClassVar[str]         # how errors name the model ("a classifier")
+    default_metric: ClassVar[str]     # eval.metric when the recipe leaves it unset
+    has_labels: ClassVar[bool]        # one label per row, from a label set (a classifier head)
+    sequence_labels: ClassVar[bool]   # the loss is over each row's tokens (batches need padding)
+    metrics: ClassVar[dict[str, Metric]]
+
+    def auto_model_class(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.model_class)
+
+    def peft_type(self) -> Any:
+        """The `peft.TaskType` of this task's adapters (SEQ_CLS trains and saves a new head)."""
+        from ..adapters import quiet_bitsandbytes_import
+
+        with quiet_bitsandbytes_import():
+            from peft import TaskType
+
+        return TaskType[self.peft_task_type]
+
+    def data_kind(self, recipe: Any) -> str:
+        """The kind of rows the data package reads and encodes for this task
+        (classification | instruction | text | chat)."""
+        raise NotImplementedError
+
+    def gradient_checkpointing_by_default(self, recipe: Any) -> bool:
+        """Whether train.gradient_checkpointing, left unset, is on."""
+        return False
+
+    def selectable_metrics(self) -> tuple[str, ...]:
+        return tuple(name for name, m in self.metrics.items() if m.selectable)
+
+    def higher_is_better(self, metric: str) -> bool:
+        return self.metrics[metric].higher_is_better
+
+    def check_recipe(self, recipe: Any) -> list[str]:
+        """Problems of the recipe's eval.metric for this task (validation reports them all)."""
+        allowed = self.selectable_metrics()
+        metric = recipe.eval.metric
+        if metric and metric not in allowed:
+            return [f"eval.metric: '{metric}' does not fit task '{self.type}'; use one of "
+                    f"{', '.join(allowed)}"]
+        return []
+
+    def check_data(self, recipe: Any, data: Any) -> None:
+        """Raise a DataError when the prepared data cannot give the recipe's metric."""
+
+    def score(self, outputs: Any) -> dict[str, float]:
+        """Every metric of the table that applies to these evaluation outputs."""
+        values = {name: m.compute(outputs) for name, m in self.metrics.items()}
+        return {name: float(v) for name, v in values.items() if v is not None}
+
+    def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
+                 accelerator: Any) -> dict[str, float]:
+        """One pass over the eval split (model in eval mode, no grad); every metric that applies."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<task {self.type}>"

@@ -1,0 +1,60 @@
+"""What the UI does to a run folder besides watching it: resume it, delete it.
+
+No textual here. Deleting is careful in the way `output.overwrite` is (pefttool/rundir.py):
+only a folder a pefttool run wrote, only the files a run (or this UI) writes there, never a
+run that is still going; the folder itself goes only once nothing else is left in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from ..rundir import LOCK_FILE, RunDir
+from ..runs import pid_alive, summarize
+
+# Files the UI itself writes into a run folder (besides the run's own, RUN_ARTIFACTS).
+UI_FILES = ("adjusted-recipe.toml", LOCK_FILE)
+
+RESUMABLE = ("interrupted", "crashed")
+
+
+class RunActionError(Exception):
+    """A one-line reason a run cannot be resumed or deleted."""
+
+
+def resume_command(run_command: list[str], run_dir: Path) -> list[str]:
+    """`pefttool resume RUN_DIR --quiet`, from the command the UI trains with (`... run`)."""
+    base = list(run_command)
+    if base and base[-1] == "run":
+        base = base[:-1]
+    return [*base, "resume", str(run_dir), "--quiet"]
+
+
+def can_resume(run_dir: Path) -> bool:
+    """An interrupted run, or one whose process died, can be taken up where it stopped."""
+    return summarize(Path(run_dir)).status in RESUMABLE
+
+
+def delete_run(run_dir: Path) -> list[str]:
+    """Delete a finished or stopped pefttool run. Returns the names of the files left because
+    pefttool did not write them (the folder stays then); raises RunActionError if the folder
+    is not a pefttool run or the run is still going."""
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
+        raise RunActionError(f"{run.path} is not a folder")
+    if not run.is_run():
+        raise RunActionError(f"{run.path} was not written by pefttool (no run marker): "
+                             f"left as it is")
+    state = summarize(run.path)
+    holder = run.lock_holder().get("pid")
+    if state.status == "running" or (isinstance(holder, int) and pid_alive(holder)):
+        raise RunActionError(f"{run.path.name} is still running: stop it first")
+    run.clear_artifacts()
+    for name in UI_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            (run.path / name).unlink()
+    kept = sorted(p.name for p in run.path.iterdir())
+    if not kept:
+        run.path.rmdir()   # empty now (rmdir: never removes anything that appeared since)
+    return kept

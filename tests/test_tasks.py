@@ -1,0 +1,124 @@
+"""What a task.type means lives in one task object: model class, PEFT task type, evaluation and
+its metric table. A new metric (AUROC here) is one table entry, and a recipe can choose it."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+from typing import get_args
+
+import pytest
+
+from pefttool.errors import DataError
+from pefttool.metrics import auroc
+from pefttool.recipe import Recipe, TaskSection, load_recipe
+from pefttool.tasks import CLASSIFICATION, TASKS, all_metric_names, get_task
+from tiny_models import write_tiny_recipe
+
+
+def test_every_task_type_a_recipe_accepts_has_a_task_object():
+    assert set(TASKS) == set(get_args(TaskSection.model_fields["type"].annotation))
+    for name, task in TASKS.items():
+        assert get_task(name) is task and task.type == name
+        assert task.default_metric in task.selectable_metrics()
+        with pytest.raises(ValueError, match="task.type: 'seq2seq' is not a task"):
+            get_task("seq2seq")
+
+
+def test_each_task_names_a_real_model_class_and_peft_task_type():
+    import transformers
+    from peft import TaskType
+
+    assert get_task("classification").auto_model_class() is transformers.AutoModelForSequenceClassification
+    assert get_task("causal-lm").auto_model_class() is transformers.AutoModelForCausalLM
+    assert get_task("classification").peft_type() is TaskType.SEQ_CLS
+    assert get_task("causal-lm").peft_type() is TaskType.CAUSAL_LM
+
+
+def test_eval_metric_accepts_exactly_the_selectable_metrics_of_the_tables():
+    accepted = set(get_args(Recipe.model_fields["eval"].annotation.model_fields["metric"].annotation))
+    accepted.discard(type(None))
+    assert set(all_metric_names()) == {"accuracy", "macro_f1", "auroc", "eval_loss", "perplexity",
+                                       "exact_match"}
+    assert {a for arg in accepted for a in get_args(arg)} == set(all_metric_names())
+
+
+def test_a_metrics_direction_comes_from_its_task_table(tmp_path, tiny_classifier_dir, monkeypatch):
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                                           overrides={"eval.metric": "auroc"}))
+    assert recipe.metric == "auroc" and recipe.higher_is_better
+
+    flipped = dataclasses.replace(CLASSIFICATION.metrics["auroc"], higher_is_better=False)
+    monkeypatch.setitem(CLASSIFICATION.metrics, "auroc", flipped)
+    assert not recipe.higher_is_better
+
+
+def test_auroc_is_the_share_of_positive_negative_pairs_ranked_right():
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == pytest.approx(0.75)  # sklearn's example
+    assert auroc([0.1, 0.2, 0.9], [0, 0, 1]) == 1.0
+    assert auroc([0.9, 0.2, 0.1], [0, 0, 1]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1]) == 0.5   # ties count half
+    assert auroc([0.3, 0.6], [1, 1]) is None                  # one class: undefined
+    rng = random.Random(0)
+    for _ in range(20):
+        n = rng.randint(2, 30)
+        labels = [rng.randint(0, 1) for _ in range(n)]
+        scores = [rng.choice([0.1, 0.2, 0.5, 0.7, 0.9]) for _ in range(n)]  # many ties
+        pairs = [(p, q) for p, q in itertools.product(range(n), repeat=2)
+                 if labels[p] == 1 and labels[q] == 0]
+        if not pairs:
+            assert auroc(scores, labels) is None
+            continue
+        expected = sum(1.0 if scores[p] > scores[q] else 0.5 if scores[p] == scores[q] else 0.0
+                       for p, q in pairs) / len(pairs)
+        assert auroc(scores, labels) == pytest.approx(expected)
+
+
+def test_auroc_needs_a_binary_task(tmp_path, tiny_classifier_dir):
+    from pefttool import RecipeError
+
+    path = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "eval.metric": "auroc", "task.labels": ["negative", "positive", "mixed"]})
+    with pytest.raises(RecipeError) as caught:
+        load_recipe(path)
+    assert any(p.startswith("eval.metric: 'auroc' needs a binary task and task.labels has 3")
+               for p in caught.value.problems)
+
+
+def test_auroc_refuses_an_eval_set_without_both_labels(tmp_path, tiny_classifier_dir):
+    from types import SimpleNamespace
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                                           overrides={"eval.metric": "auroc"}))
+    data = SimpleNamespace(label_names=["negative", "positive"],
+                           stats={"eval": {"label_counts": {"negative": 12, "positive": 0}}})
+    with pytest.raises(DataError, match="no row of 'positive'"):
+        CLASSIFICATION.check_data(recipe, data)
+
+
+def test_a_binary_classifier_run_reports_and_early_stops_on_auroc(tmp_path, tiny_classifier_dir):
+    from pefttool.engine import run_recipe
+    from pefttool.events import EvalEvent, read_events
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "eval.metric": "auroc", "train.epochs": 2, "train.lr": 2e-2}))
+    result = run_recipe(recipe)
+
+    evals = [e for e in read_events(result.run_dir / "events.jsonl") if isinstance(e, EvalEvent)]
+    assert set(evals[-1].metrics) == {"accuracy", "macro_f1", "auroc", "eval_loss"}
+    assert all(e.metric == "auroc" and e.value == e.metrics["auroc"] for e in evals)
+    assert all(0.0 <= e.metrics["auroc"] <= 1.0 for e in evals)
+    assert result.best == max(e.metrics["auroc"] for e in evals if not e.before)
+
+
+@pytest.mark.parametrize("task, fmt", [("classification", None), ("causal-lm", "instruction"),
+                                       ("causal-lm", "text")])
+def test_the_task_tells_the_data_package_which_rows_it_reads(tmp_path, request, task, fmt):
+    from pefttool.data.cleaning import _Spec
+
+    model = request.getfixturevalue("tiny_classifier_dir" if task == "classification"
+                                    else "tiny_causal_dir")
+    overrides = {"task.format": fmt} if fmt else {}
+    recipe = load_recipe(write_tiny_recipe(tmp_path, model, "lora", task, overrides=overrides))
+    assert get_task(recipe).data_kind(recipe) == _Spec.from_recipe(recipe).kind

@@ -1,0 +1,479 @@
+"""Issue 13 (TUI at 80 and 60 columns, resume/delete/confirm/palette) and issue 11's Try it.
+
+Pilot at the sizes the issue reproduced (60×20, 80×24); training is the fake trainer or
+canned events, except the Try it tests, which train a tiny model for three steps.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from textual.widgets import DataTable, Input, RichLog
+
+from pefttool.events import EndEvent, EventLog, PhaseEvent, StartEvent, StepEvent
+from pefttool.runs import RunState, summarize
+from pefttool.tui.app import make_app
+from pefttool.tui.screens.dashboard import DashboardScreen
+from pefttool.tui.screens.modals import ConfirmModal, ErrorModal
+from pefttool.tui.screens.recipes import RecipesScreen
+from pefttool.tui.screens.runs import RunsScreen
+from pefttool.tui.widgets.log_pane import LogPane
+from pefttool.tui.widgets.run_progress import progress_line
+from test_tui_screens import fake_app, open_adjust, settle, wait_for, workdir  # noqa: F401
+from test_tui_support import canned_events, screen_text, write_canned_run
+
+NARROW = (60, 20)
+EIGHTY = (80, 24)
+
+
+# ---------------------------------------------------------------- 5: usable at 60×20
+
+
+async def test_adjust_at_60x20_has_a_value_column_and_tab_reaches_a_visible_input(fake_app):
+    app = fake_app()
+    async with app.run_test(size=NARROW) as pilot:
+        screen = await open_adjust(pilot)
+        for field in screen.query(Input):
+            assert field.region.width >= 10, f"{field.id} is {field.region.width} wide"
+        await pilot.press("tab")
+        await pilot.pause()
+        focused = app.focused
+        assert isinstance(focused, Input) and focused.region.width >= 10
+        assert app.screen.region.overlaps(focused.region)
+
+
+async def test_the_footer_keeps_quit_at_60_columns(fake_app):
+    app = fake_app()
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot)
+        footer_row = screen_text(app).splitlines()[-1]
+        assert "Launch" in footer_row and "3 Plugins" in footer_row and "q Quit" in footer_row, \
+            footer_row
+
+
+# ---------------------------------------------------------------- 6: problems are never hidden
+
+
+async def test_a_recipes_problems_can_be_scrolled_to_at_60x20(fake_app, workdir):
+    app = fake_app()
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot)
+        assert app.screen.select_recipe("broken")
+        await pilot.pause()
+        box = app.screen.query_one("#recipe-details-box")
+        assert "problem(s)" not in screen_text(app)       # below the fold at first...
+        box.focus()
+        await pilot.press("end")
+        await pilot.pause()
+        text = screen_text(app)
+        assert app.focused is box and "problem(s)" in text and "epochz" in text   # ...reachable
+
+
+async def test_adjust_lists_every_problem_and_no_change_the_user_did_not_make(fake_app, workdir):
+    recipe = workdir / "fake.toml"
+    text = recipe.read_text().replace('strategy = "lora"\n', "")   # strategy left to its default
+    recipe.write_text(text.replace("lr = 0.005", "lr = 0\nwarmup_ratio = 7\ngrad_accum = 0\n"
+                                   "batch_size_typo = 3"))
+    app = fake_app()
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = await open_adjust(pilot)
+        await settle(pilot)
+        assert len(screen.problems) >= 4
+        side = screen.query_one("#adjust-side")
+        side.focus()
+        await pilot.press("end")
+        await pilot.pause()
+        shown = screen_text(app)
+        assert f"✗ {len(screen.problems)} problem(s)" in shown
+        assert "batch_size_typo" in shown                  # the last one, after scrolling
+        assert "method.strategy" not in str(screen.query_one("#adjust-changes").render())
+        assert "no changes yet" in shown
+
+
+async def test_adjust_edits_model_and_data_paths_and_columns(fake_app, workdir):
+    app = fake_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_adjust(pilot)
+        assert screen.query_one("#f-data--train", Input).value == "train.csv"
+        assert screen.query_one("#f-model--path", Input).value == "model"
+        assert screen.query_one("#f-data--text_column", Input).value == ""   # the default
+        field = screen.query_one("#f-data--train", Input)
+        field.value = "missing.csv"
+        await settle(pilot)
+        assert any("data.train" in p for p in screen.problems)
+        assert "data.train" in str(screen.query_one("#p-f-data--train").render())
+        field.value = "train.csv"
+        await settle(pilot)
+        assert screen.problems == []
+
+
+# ---------------------------------------------------------------- 7: the log keeps every character
+
+
+async def test_wrapped_log_lines_keep_their_last_characters_beside_the_scrollbar(fake_app, workdir):
+    message = "stopped by SIGINT after a checkpoint; continue with pefttool resume RUN_DIR XYZ"
+    app = fake_app()
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot)
+        run = write_canned_run(workdir / "runs", "lora-20250101-000000")
+        app.open_run(run)
+        await settle(pilot)
+        pane = app.screen.query_one(LogPane)
+        for i in range(12):
+            pane.add_line(f"line {i}")
+        pane.add_line(message, "warning")
+        pane.scroll_end(animate=False)
+        await pilot.pause()
+        pane.focus()
+        await pilot.pause()
+        x0, y0, width, height = pane.scrollable_content_region   # left of the scrollbar
+        rows = screen_text(app).splitlines()[y0:y0 + height]
+        inside = "".join(row[x0:x0 + width].rstrip() + " " for row in rows)
+        assert "XYZ" in inside and "continue with pefttool resume" in " ".join(inside.split()), inside
+
+
+# ---------------------------------------------------------------- dashboard: phase, whole run, before
+
+
+def resumed_run(root: Path, name: str = "res-20250101-000000") -> Path:
+    """A run interrupted at step 20, then resumed to the end: two start and two end events."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    log = EventLog(run_dir)
+    first = canned_events(run_dir, name="res", upto=20)
+    for event in first:
+        log.write(event)
+    t = first[-1].time
+    log.write(EndEvent(status="interrupted", step=20, duration_s=40.0, exit_code=130,
+                       message="stopped by SIGINT after a checkpoint; continue with pefttool resume",
+                       time=t + 1))
+    # `pefttool resume` says it is loading before its start event (a pid to stop, a phase)
+    log.write(PhaseEvent(phase="loading", pid=999_999, time=t + 60))
+    start = first[0]
+    log.write(StartEvent(run_dir=str(run_dir), recipe=start.recipe, strategy="lora", total_steps=60,
+                         steps_per_epoch=20, epochs=3, params_total=start.params_total,
+                         params_trainable=start.params_trainable, model_memory_mb=86.6,
+                         device="cpu", pid=999_999, resumed_from_step=20, time=t + 100))
+    for step in range(22, 61, 2):
+        log.write(StepEvent(step=step, total_steps=60, epoch=step / 20, loss=0.3, lr=1e-4,
+                            tokens_per_s=1000.0, samples_per_s=10.0, elapsed_s=30 + step,
+                            eta_s=60 - step, rss_mb=800.0, time=t + 100 + step))
+    log.write(EndEvent(status="completed", step=60, duration_s=65.0, metric="accuracy", best=0.8,
+                       best_step=40, time=t + 166))
+    log.close()
+    return run_dir
+
+
+def test_the_progress_line_shows_the_phase_and_the_whole_runs_duration(tmp_path):
+    run = resumed_run(tmp_path)
+    state = summarize(run)
+    assert state.segments == 2
+    assert "completed in 1m 45s" in progress_line(state)        # 40 s + 65 s, not the 65 s part
+    events = canned_events(run, upto=20)
+    loading = RunState(run)
+    loading.apply(events + [EndEvent(status="interrupted", step=20, duration_s=40.0,
+                                     time=events[-1].time + 1),
+                            PhaseEvent(phase="loading", time=events[-1].time + 60)])
+    assert loading.duration_s == 40.0 and loading.end is None      # the gap is not counted
+    assert progress_line(loading).startswith("loading the model and data · step 20/60")
+    assert "ETA" not in progress_line(loading)                     # the old segment's ETA
+    live = RunState(tmp_path / "x")
+    live.apply(canned_events(tmp_path / "x", upto=10))
+    live.apply([PhaseEvent(phase="evaluating", step=10, done=3, total=10, time=live.last_time + 1)])
+    assert progress_line(live).startswith("evaluating 3/10 · step 10/60")
+    live.apply([StepEvent(step=11, total_steps=60, epoch=0.55, loss=0.3, lr=1e-4, tokens_per_s=1.0,
+                          samples_per_s=1.0, elapsed_s=20, eta_s=80, rss_mb=1.0,
+                          time=live.last_time + 1)])
+    assert "evaluating" not in progress_line(live)
+
+
+async def test_dashboard_at_80_columns_shows_every_figure_and_the_baseline_as_before(fake_app, workdir):
+    run = resumed_run(workdir / "runs")
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        app.open_run(run)
+        await settle(pilot)
+        dash = app.screen
+        await wait_for(pilot, lambda: dash.state.end is not None, what="the events")
+        text = screen_text(app)
+        for shown in ("COMPLETED", "294.9K/22.7M params", "model 87 MiB", "resumed ×1",
+                      "completed in 1m 45s", "eval_loss", "before", "★",
+                      "resumed from the checkpoint at step 20", "run completed at step 60"):
+            assert shown in text, f"{shown!r} not on screen:\n{text}"
+        table = dash.query_one("#eval-table", DataTable)
+        first = table.get_row_at(0)
+        assert first[0] == "0" and first[1] == "before"             # never ★ / best
+        assert table.region.right <= 80
+
+
+# ---------------------------------------------------------------- 11: 80 columns
+
+
+async def test_recipes_and_runs_at_80_columns_cut_nothing(fake_app, workdir):
+    write_canned_run(workdir / "runs", "lora-20250101-000000")
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        text = screen_text(app)
+        assert "built-in" in text and "q Quit" in text
+        await pilot.press("2")
+        await settle(pilot)
+        text = screen_text(app)
+        table = app.screen.query_one(DataTable)
+        started = table.get_row_at(0)[5]
+        assert started and started in text, text
+        assert table.virtual_size.width <= table.content_region.width + 1
+
+
+async def test_adjust_footer_at_80_columns_is_whole(fake_app):
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        screen = await open_adjust(pilot)
+        screen.set_focus(None)    # out of the inputs: the app's keys join the footer
+        await pilot.pause()
+        footer_row = screen_text(app).splitlines()[-1]
+        for key in ("^s Save as…", "^r Launch", "esc Back", "3 Plugins", "q Quit"):
+            assert key in footer_row, footer_row
+
+
+# ---------------------------------------------------------------- 10: in the TUI
+
+
+async def test_runs_are_sorted_newest_first(fake_app, workdir):
+    write_canned_run(workdir / "runs", "a-old", t0=1_700_000_000.0)
+    write_canned_run(workdir / "runs", "z-older", t0=1_600_000_000.0)
+    write_canned_run(workdir / "runs", "m-new", t0=1_800_000_000.0)
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        table = app.screen.query_one(DataTable)
+        assert [table.get_row_at(i)[0] for i in range(3)] == ["m-new", "a-old", "z-older"]
+
+
+async def test_1_returns_to_the_recipe_list_from_a_dashboard(fake_app, workdir):
+    run = write_canned_run(workdir / "runs", "lora-20250101-000000")
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        app.open_run(run)
+        await settle(pilot)
+        assert isinstance(app.screen, DashboardScreen)
+        await pilot.press("1")
+        await pilot.pause()
+        assert isinstance(app.screen, RecipesScreen)
+        await pilot.press("2")
+        await pilot.pause()
+        await pilot.press("1")
+        await pilot.pause()
+        assert isinstance(app.screen, RecipesScreen)
+
+
+async def test_launch_asks_first_and_no_starts_nothing(fake_app, workdir):
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        assert app.screen.select_recipe("fake")
+        await pilot.press("l")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmModal)
+        await pilot.press("n")
+        await pilot.pause()
+        assert isinstance(app.screen, RecipesScreen) and app.training == []
+        assert not (workdir / "runs").exists() or not any((workdir / "runs").iterdir())
+
+
+async def test_the_palette_offers_every_screen_action(fake_app, workdir):
+    write_canned_run(workdir / "runs", "lora-20250101-000000")
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Launch", "Reload", "Recipes", "Runs", "Plugins", "Adjust"} <= titles, titles
+        await pilot.press("2")
+        await settle(pilot)
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Delete", "Open", "Reload"} <= titles, titles
+        command = next(c for c in app.get_system_commands(app.screen) if c.title == "Delete")
+        await command.callback()
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmModal)
+
+
+async def test_delete_asks_and_never_touches_a_folder_pefttool_did_not_write(fake_app, workdir):
+    runs = workdir / "runs"
+    foreign = write_canned_run(runs, "foreign-20250101-000000")        # events but no marker
+    ours = write_canned_run(runs, "ours-20250102-000000", t0=1_735_800_000.0)
+    (ours / ".pefttool-run").write_text("{}")
+    (ours / "model").mkdir()
+    mine = write_canned_run(runs, "mine-20250103-000000", t0=1_735_900_000.0)
+    (mine / ".pefttool-run").write_text("{}")
+    (mine / "notes.txt").write_text("the user's own file")
+    app = fake_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        names = [r.path.name for r in screen.runs]
+
+        async def delete(name: str, answer: str) -> None:
+            screen.query_one(DataTable).move_cursor(row=names.index(name))
+            await pilot.pause()
+            await pilot.press("d")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmModal)
+            await pilot.press(answer)
+            await settle(pilot)
+
+        await delete("ours-20250102-000000", "n")
+        assert ours.is_dir()
+        await delete("foreign-20250101-000000", "y")
+        assert isinstance(app.screen, ErrorModal) and "not written by pefttool" in app.screen.detail
+        assert (foreign / "events.jsonl").is_file()
+        await pilot.press("escape")
+        await delete("ours-20250102-000000", "y")
+        assert not ours.exists()
+        await delete("mine-20250103-000000", "y")
+        assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+FAKE_RESUMER = textwrap.dedent('''
+    """`run` is not used; `resume RUN_DIR --quiet` appends a second segment to events.jsonl."""
+    import sys, time
+    from pathlib import Path
+    from pefttool.events import EndEvent, EventLog, StartEvent, StepEvent
+    assert sys.argv[1] == "resume", sys.argv
+    run_dir = Path(sys.argv[2])
+    log = EventLog(run_dir)
+    log.write(StartEvent(run_dir=str(run_dir), recipe={"name": "res"}, strategy="lora",
+                         total_steps=60, steps_per_epoch=20, epochs=3, params_total=1000,
+                         params_trainable=10, model_memory_mb=1.0, device="cpu",
+                         resumed_from_step=20))
+    for step in range(21, 61):
+        time.sleep(0.01)
+        log.write(StepEvent(step=step, total_steps=60, epoch=step / 20, loss=0.2, lr=1e-4,
+                            tokens_per_s=10.0, samples_per_s=1.0, elapsed_s=step, eta_s=60 - step,
+                            rss_mb=1.0))
+    log.write(EndEvent(status="completed", step=60, duration_s=5.0, metric="accuracy", best=0.8,
+                       best_step=60))
+''')
+
+
+async def test_an_interrupted_runs_dashboard_resumes_it(workdir, tmp_path):
+    script = tmp_path / "fake_resumer.py"
+    script.write_text(FAKE_RESUMER)
+    run = write_canned_run(workdir / "runs", "res-20250101-000000", status="interrupted")
+    app = make_app(runs_root=Path("runs"), cwd=workdir, run_command=[sys.executable, str(script), "run"],
+                   poll_interval=0.05)
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        app.open_run(run)
+        await settle(pilot)
+        assert "r Resume" in screen_text(app)
+        await pilot.press("r")
+        await pilot.pause()
+        dash = app.screen
+        assert isinstance(dash, DashboardScreen) and dash.child is not None
+        assert dash.child.command[-3:] == ["resume", str(run.resolve()), "--quiet"]
+        await wait_for(pilot, lambda: dash.process_ended and dash.state.end is not None
+                       and dash.state.end.status == "completed", what="the resumed run")
+        text = screen_text(app)
+        assert "COMPLETED" in text and "resumed ×1" in text and "r Resume" not in text
+        assert len(app.screen_stack) == 2    # the old read-only dashboard was replaced
+
+
+# ---------------------------------------------------------------- Try it (issue 11)
+
+
+async def test_try_it_stays_responsive_while_the_model_loads(fake_app, workdir, monkeypatch):
+    from pefttool.tui.screens import try_it
+
+    run = write_canned_run(workdir / "runs", "lora-20250101-000000")
+    (run / "model").mkdir()
+    release = threading.Event()
+
+    class Loaded:
+        class recipe:
+            class task:
+                type = "classification"
+
+    def slow_load(run_dir):
+        assert release.wait(30)
+        return Loaded()
+
+    monkeypatch.setattr(try_it, "load_model", slow_load)
+    monkeypatch.setattr(try_it, "classify", lambda loaded, text: ("positive", {"positive": 0.75,
+                                                                              "negative": 0.25}))
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        app.try_run(run)
+        await pilot.pause()
+        await pilot.press(*"a lovely film")          # typed while the model loads
+        await pilot.press("enter")
+        await pilot.pause()
+        screen = app.screen
+        assert "still loading" in screen_text(app)
+        assert screen.query_one(Input).value == "a lovely film"
+        release.set()
+        await wait_for(pilot, lambda: "75.0%" in screen_text(app), what="the answer")
+        text = screen_text(app)
+        assert "> a lovely film" in text and "positive  (75.0%)" in text and "negative" in text
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory, tiny_classifier_dir, tiny_causal_dir):
+    from pefttool.engine import run_recipe
+    from pefttool.recipe import load_recipe
+    from tiny_models import write_tiny_recipe
+
+    out = {}
+    for task, model in (("classification", tiny_classifier_dir), ("causal-lm", tiny_causal_dir)):
+        folder = tmp_path_factory.mktemp(task)
+        recipe = load_recipe(write_tiny_recipe(folder, model, task=task, overrides={
+            "train.max_steps": 3, "eval.before_training": False}))
+        out[task] = run_recipe(recipe).run_dir
+    return out
+
+
+async def test_try_it_classifies_with_the_runs_model(finished_runs, tmp_path):
+    from pefttool.trained import load_trained, predict
+
+    run = finished_runs["classification"]
+    expected_label, expected = predict(load_trained(run), ["a lovely, moving film"])[0]
+    app = make_app(runs_root=Path("runs"), cwd=tmp_path)
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        app.open_run(run)
+        await settle(pilot)
+        await pilot.press("t")
+        await wait_for(pilot, lambda: app.screen.loaded is not None, timeout=120, what="the model")
+        await pilot.press(*"a lovely, moving film", "enter")
+        await wait_for(pilot, lambda: not app.screen.busy and app.screen.query_one(RichLog).lines,
+                       timeout=60, what="the answer")
+        text = screen_text(app)
+        assert f"{expected_label}  ({expected[expected_label]:.1%})" in text, text
+        for label, p in expected.items():
+            assert f"{p:6.1%}" in text
+
+
+async def test_try_it_replies_with_a_causal_runs_model(finished_runs, tmp_path):
+    run = finished_runs["causal-lm"]
+    app = make_app(runs_root=Path("runs"), cwd=tmp_path)
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        app.try_run(run)
+        await wait_for(pilot, lambda: app.screen.loaded is not None, timeout=120, what="the model")
+        assert "causal-lm" in screen_text(app)
+        await pilot.press(*"Is this positive? great", "enter")
+        await wait_for(pilot, lambda: not app.screen.busy, timeout=120, what="the reply")
+        lines = [strip.text for strip in app.screen.query_one(RichLog).lines]
+        assert lines[0].startswith("> Is this positive? great")
+        assert not any(line.startswith("✗") for line in lines), lines
+        assert len(lines) >= 2
