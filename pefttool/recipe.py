@@ -497,8 +497,8 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
-    if recipe.data.packing and task != "causal-lm":
-        problems.append(f"data.packing: true, but task.type is '{task}'; packing joins causal-LM "
+    if recipe.data.packing and recipe.task.type != "causal-lm":
+        problems.append(f"data.packing: true, but task.type is '{recipe.task.type}'; packing joins causal-LM "
                         "examples into rows, set data.packing = false (data.group_by_length "
                         "reduces padding for any task)")
     elif recipe.data.packing and recipe.data.group_by_length:

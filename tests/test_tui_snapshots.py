@@ -25,6 +25,9 @@ def place(tmp_path, monkeypatch):
     """An empty working folder with canned runs under runs/, in UTC."""
     monkeypatch.setenv("TZ", "UTC")
     time.tzset()
+    # Recipes resolve relative paths against the process's folder too: run from the empty one,
+    # so files a developer made in the checkout (`make chat-data`'s build/) cannot change a shot.
+    monkeypatch.chdir(tmp_path)
     runs = tmp_path / "runs"
     write_canned_run(runs, "lora-20250101-000000")
     write_canned_run(runs, "full-20250102-000000", status="failed", t0=1_735_800_000.0)
