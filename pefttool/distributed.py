@@ -160,12 +160,13 @@ def run_launched(argv: list[str], processes: int, section: Any) -> int:
 
 
 def _worker_exit_code(lines: list[str]) -> int | None:
-    """The exit code of the first failed process, from the launcher's report."""
+    """The failed processes' exit code, from the launcher's report: a code a process chose
+    (2 bad input, 3 training failed...) wins over a death by signal, which is usually another
+    process's failure seen from the outside (a peer aborting when the group falls apart)."""
     import re
 
-    for line in lines:
-        match = re.search(r"exitcode\s*:\s*(-?\d+)", line)
-        if match:
-            code = int(match.group(1))
-            return 128 - code if code < 0 else code  # -15 (killed by SIGTERM) → 143
-    return None
+    codes = [int(m.group(1)) for line in lines if (m := re.search(r"exitcode\s*:\s*(-?\d+)", line))]
+    chosen = [c for c in codes if c > 0]
+    if chosen:
+        return chosen[0]
+    return 128 - codes[0] if codes else None  # -15 (killed by SIGTERM) → 143

@@ -206,3 +206,12 @@ def test_a_signal_to_the_launcher_stops_every_process_after_the_same_step(tmp_pa
     assert end.status == "interrupted" and len(stops) == 1 and stops[0].step == end.step < 120
     last = list_checkpoints(run_dir)[-1]
     assert len(list(last.glob("random_states_*.pkl"))) == 2  # both processes saved their state
+
+
+def test_a_chosen_exit_code_wins_over_a_peer_killed_by_signal():
+    from pefttool.distributed import _worker_exit_code
+
+    report = ["[0]:", "  exitcode  : -6 (pid: 11)", "[1]:", "  exitcode  : 2 (pid: 12)"]
+    assert _worker_exit_code(report) == 2           # rank 1 refused; rank 0 aborted because of it
+    assert _worker_exit_code(["  exitcode  : -15 (pid: 3)"]) == 143
+    assert _worker_exit_code(["nothing"]) is None
