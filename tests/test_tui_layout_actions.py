@@ -477,3 +477,31 @@ async def test_try_it_replies_with_a_causal_runs_model(finished_runs, tmp_path):
         assert lines[0].startswith("> Is this positive? great")
         assert not any(line.startswith("✗") for line in lines), lines
         assert len(lines) >= 2
+
+
+# ---------------------------------------------------------------- issue 11: the plan while adjusting
+
+
+async def test_adjust_shows_the_plan_estimate_and_follows_the_batch_size(fake_app, tiny_recipe,
+                                                                        monkeypatch):
+    import pefttool.plan as plan
+
+    monkeypatch.setattr(plan, "runtime_baseline", lambda refresh=False: 400 * 2**20)  # no probe
+    tiny_recipe("lora", name="tiny")
+    app = fake_app(estimate_plans=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_adjust(pilot, "tiny")
+        shown = lambda: str(screen.query_one("#adjust-plan").render())  # noqa: E731
+        await wait_for(pilot, lambda: "CPU peak" in shown(), timeout=60, what="the plan line")
+        first = shown()
+        assert first.startswith("plan: lora: ") and "trainable of" in first, first
+        field = screen.query_one("#f-train--batch_size", Input)
+        field.value = "4096"
+        await wait_for(pilot, lambda: "CPU peak" in shown() and shown() != first, timeout=60,
+                       what="a new estimate for batch 4096")
+        grown = shown()
+        mib = lambda text: float(text.split("CPU peak ≈ ")[1].split()[0].replace(",", ""))  # noqa: E731
+        assert mib(grown) > mib(first), (first, grown)   # a bigger batch keeps more activations
+        field.value = "0"                                 # invalid: no estimate is shown
+        await wait_for(pilot, lambda: bool(screen.problems) and shown() == "", timeout=30,
+                       what="the plan line cleared for an invalid recipe")

@@ -62,8 +62,8 @@ def fake_app(workdir, monkeypatch):
     monkeypatch.setenv("FAKE_TRAINER_DELAY", "0.02")
     children = []
 
-    def make(poll_interval=0.05, **kwargs):
-        app = make_app(runs_root=Path("runs"), cwd=workdir, run_command=fake_trainer_command(workdir),
+    def make(poll_interval=0.05, estimate_plans=False, **kwargs):
+        app = make_app(estimate_plans=estimate_plans, runs_root=Path("runs"), cwd=workdir, run_command=fake_trainer_command(workdir),
                        poll_interval=poll_interval, **kwargs)
         children.append(app)
         return app

@@ -42,7 +42,7 @@ def place(tmp_path, monkeypatch):
 
 
 def app_in(place: Path, **kwargs):
-    return make_app(runs_root=Path("runs"), cwd=place, **kwargs)
+    return make_app(runs_root=Path("runs"), cwd=place, estimate_plans=False, **kwargs)
 
 
 async def settle(pilot, footer_shows: str = "Quit") -> None:

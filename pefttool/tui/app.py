@@ -49,8 +49,10 @@ class PefttoolApp(App[int]):
         attach: Path | None = None,
         run_command: list[str] | None = None,
         poll_interval: float = 0.5,
+        estimate_plans: bool = True,
     ) -> None:
         super().__init__()
+        self.estimate_plans = estimate_plans
         self.cwd = Path.cwd() if cwd is None else Path(cwd)
         root = Path(runs_root).expanduser()
         self.runs_root = root if root.is_absolute() else self.cwd / root
@@ -246,6 +248,7 @@ def make_app(
     attach: Path | None = None,
     run_command: list[str] | None = None,
     poll_interval: float = 0.5,
+    estimate_plans: bool = True,
 ) -> PefttoolApp:
     """The app as `pefttool` / `pefttool tui` runs it.
 

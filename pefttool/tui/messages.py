@@ -34,6 +34,15 @@ class RecipeChecked(Message):
 
 
 @dataclass
+class PlanEstimated(Message):
+    """`pefttool plan`'s one-line estimate for an edited recipe (`revision`), or why there is
+    none (a model whose config cannot be read, say)."""
+
+    revision: int
+    text: str
+
+
+@dataclass
 class PluginsLoaded(Message):
     """The plugin host loaded: one row per plugin, or the `error` that stopped it loading."""
 

@@ -2,6 +2,8 @@
 
 Every change is validated by `validate_recipe` (the schema `pefttool validate` uses) in a
 worker; its problems appear under the field they name, and all of them in the side panel.
+A valid recipe then gets `pefttool plan`'s estimate (trainable parameters, peak memory) in
+the side panel, from the same worker: it follows batch, length and strategy as they change.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from textual.widgets import Header, Input, Label, Select, Static
 
 from ...catalog import RecipeEntry
 from ...errors import PefttoolError, RecipeError
-from ..messages import RecipeChecked
+from ..messages import PlanEstimated, RecipeChecked
 from ..recipe_edit import (FieldSpec, absolutize_paths, common_fields, data_fields,
                            format_value, free_path, get_dotted, overrides_between, parse_text,
                            problems_for, recipe_text, set_dotted, strategy_fields,
@@ -31,6 +33,20 @@ from .base import AppScreen
 
 def widget_id(key: str) -> str:
     return "f-" + key.replace(".", "--")
+
+
+def plan_line(data: dict[str, Any], source: str, base_dir: Path) -> str:
+    """`pefttool plan`'s one-line estimate for a valid recipe's own strategy (no weights read),
+    or one line saying why there is none."""
+    from ...plan import estimate
+    from ...recipe import validate_recipe
+
+    try:
+        recipe = validate_recipe(data, source=source, base_dir=base_dir)
+        return "plan: " + estimate(recipe, strategies=(recipe.method.strategy,)).summary()
+    except Exception as exc:  # an estimate is advice: it never stops editing
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"plan: no estimate ({text})"
 
 
 def check(data: dict[str, Any], source: str, base_dir: Path) -> list[str]:
@@ -149,6 +165,7 @@ class AdjustScreen(AppScreen):
             # Scrolls and takes focus (Tab): every problem can be read, however many.
             with VerticalScroll(id="adjust-side"):
                 yield Static("", id="adjust-status")
+                yield Static("", id="adjust-plan", markup=False)
                 yield Static("", id="adjust-changes", markup=False)
                 yield Static("", id="adjust-help")
         yield AppFooter()
@@ -225,13 +242,30 @@ class AdjustScreen(AppScreen):
     @work(thread=True, exclusive=True, exit_on_error=False, group="validate",
           name="validating the recipe")
     def validate_edit(self, revision: int, data: dict[str, Any]) -> None:
-        self.post_message(RecipeChecked(revision, check(data, str(self.entry.path), self.base_dir)))
+        problems = check(data, str(self.entry.path), self.base_dir)
+        self.post_message(RecipeChecked(revision, problems))
+        if not problems and getattr(self.app, "estimate_plans", False) \
+                and revision == self.revision:  # a newer edit will be estimated instead
+            self.post_message(PlanEstimated(revision, "plan: estimating…"))
+            line = plan_line(data, str(self.entry.path), self.base_dir)
+            self.post_message(PlanEstimated(revision, line))
 
     def on_recipe_checked(self, message: RecipeChecked) -> None:
         if message.revision != self.revision:
             return  # an answer to an older edit
         self.problems = message.problems
         self._show_problems()
+        if self.problems:
+            self._show_plan("")
+
+    def on_plan_estimated(self, message: PlanEstimated) -> None:
+        if message.revision == self.revision:
+            self._show_plan(message.text)
+
+    def _show_plan(self, text: str) -> None:
+        line = self.query_one("#adjust-plan", Static)
+        line.update(text)
+        line.display = bool(text)
 
     def _show_problems(self) -> None:
         shown: set[str] = set()
