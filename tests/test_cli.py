@@ -218,7 +218,10 @@ def test_recipes_lists_the_shipped_recipes():
     shipped = {Path(line.split()[1]).name: line for line in lines}
     assert {"full.toml", "lora.toml", "qlora.toml"} <= shipped.keys()
     assert shipped["qlora.toml"].split()[2:4] == ["qlora", "classification"]
-    assert all(line.startswith("built-in") and line.endswith("[ok]") for line in lines)
+    assert all(line.startswith("built-in") for line in lines)
+    # chat-qlora trains on files `make chat-data` writes into build/: ok only after that step
+    needs_setup = {"chat-qlora.toml"}
+    assert all(line.endswith("[ok]") for name, line in shipped.items() if name not in needs_setup)
 
 
 def test_recipes_lists_local_recipes_with_their_problem_count(project):
