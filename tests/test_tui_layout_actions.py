@@ -505,3 +505,23 @@ async def test_adjust_shows_the_plan_estimate_and_follows_the_batch_size(fake_ap
         field.value = "0"                                 # invalid: no estimate is shown
         await wait_for(pilot, lambda: bool(screen.problems) and shown() == "", timeout=30,
                        what="the plan line cleared for an invalid recipe")
+
+
+async def test_p_on_recipes_previews_the_rows_as_the_model_sees_them(fake_app, tiny_recipe, workdir):
+    tiny_recipe("lora", task="causal-lm", name="tinylm")
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        assert app.screen.select_recipe("tinylm")
+        await pilot.press("p")
+        shown = lambda: str(app.screen.query_one("#preview").render())  # noqa: E731
+        await wait_for(pilot, lambda: "max_length" in shown(), timeout=60, what="the preview")
+        text = shown()
+        assert "recipe tinylm: causal-lm" in text and "[[" in text, text   # loss tokens marked
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, RecipesScreen)
+        assert app.screen.select_recipe("broken")          # a recipe with problems: said, not run
+        await pilot.press("p")
+        await pilot.pause()
+        assert isinstance(app.screen, ErrorModal)

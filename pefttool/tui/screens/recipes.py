@@ -30,6 +30,7 @@ class RecipesScreen(AppScreen):
     BINDINGS = [
         Binding("enter", "adjust", "Adjust", show=False),
         Binding("l", "launch", "Launch"),
+        Binding("p", "preview", "Data", tooltip="the rows as the model sees them (pefttool inspect)"),
         Binding("f5", "reload", "Reload", show=False),
     ]
 
@@ -103,6 +104,19 @@ class RecipesScreen(AppScreen):
         entry = self.current
         if entry is not None:
             self.app.push_screen(AdjustScreen(entry, self.cwd))
+
+    def action_preview(self) -> None:
+        from .data_preview import DataPreviewScreen
+
+        entry = self.current
+        if entry is None:
+            return
+        if entry.problems:
+            self.app.show_error(f"{entry.name} does not validate",
+                                "\n".join(f"- {p}" for p in entry.problems) +
+                                "\n\nAdjust it (Enter) or fix the file, then preview its data.")
+            return
+        self.app.push_screen(DataPreviewScreen(entry.path, entry.name))
 
     def action_launch(self) -> None:
         entry = self.current
