@@ -130,10 +130,16 @@ async def test_wrapped_log_lines_keep_their_last_characters_beside_the_scrollbar
         await pilot.pause()
         pane.focus()
         await pilot.pause()
-        x0, y0, width, height = pane.scrollable_content_region   # left of the scrollbar
-        rows = screen_text(app).splitlines()[y0:y0 + height]
-        inside = "".join(row[x0:x0 + width].rstrip() + " " for row in rows)
-        assert "XYZ" in inside and "continue with pefttool resume" in " ".join(inside.split()), inside
+
+        def inside() -> str:   # the pane's text left of its scrollbar, as the terminal shows it
+            x0, y0, width, height = pane.scrollable_content_region
+            rows = screen_text(app).splitlines()[y0:y0 + height]
+            return "".join(row[x0:x0 + width].rstrip() + " " for row in rows)
+
+        # the layout settles over a few frames after the screen opens: wait for it, not a guess
+        await wait_for(pilot, lambda: "XYZ" in inside(), timeout=10, what="the line's last word")
+        shown = inside()
+        assert "continue with pefttool resume" in " ".join(shown.split()), shown
 
 
 # ---------------------------------------------------------------- dashboard: phase, whole run, before
