@@ -105,27 +105,26 @@ class RecipesScreen(AppScreen):
         if entry is not None:
             self.app.push_screen(AdjustScreen(entry, self.cwd))
 
+    def _valid_current(self, then: str) -> RecipeEntry | None:
+        """The highlighted recipe if it validates; else its problems in a dialog, and None."""
+        entry = self.current
+        if entry is not None and entry.problems:
+            self.app.show_error(f"{entry.name} does not validate",
+                                "\n".join(f"- {p}" for p in entry.problems) +
+                                f"\n\nAdjust it (Enter) or fix the file, then {then}.")
+            return None
+        return entry
+
     def action_preview(self) -> None:
         from .data_preview import DataPreviewScreen
 
-        entry = self.current
-        if entry is None:
-            return
-        if entry.problems:
-            self.app.show_error(f"{entry.name} does not validate",
-                                "\n".join(f"- {p}" for p in entry.problems) +
-                                "\n\nAdjust it (Enter) or fix the file, then preview its data.")
-            return
-        self.app.push_screen(DataPreviewScreen(entry.path, entry.name))
+        entry = self._valid_current("preview its data")
+        if entry is not None:
+            self.app.push_screen(DataPreviewScreen(entry.path, entry.name))
 
     def action_launch(self) -> None:
-        entry = self.current
+        entry = self._valid_current("launch")
         if entry is None:
-            return
-        if entry.problems:
-            self.app.show_error(f"{entry.name} does not validate",
-                                "\n".join(f"- {p}" for p in entry.problems) +
-                                "\n\nAdjust it (Enter) or fix the file, then launch.")
             return
         steps = entry.get("train.max_steps", 0)
         what = (f"{entry.name} as it is ({entry.get('method.strategy', 'lora')}, "
