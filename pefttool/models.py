@@ -187,22 +187,28 @@ def _check_safetensors(file: Path) -> None:
     """Read a safetensors file's header and check the data it promises is all there. Cheap
     (the header only, plus the file size), and it turns what would be a SafetensorError deep
     inside from_pretrained into a one-line error naming the file."""
+    damage = safetensors_damage(file)
+    if damage:
+        raise _damaged(file, damage)
+
+
+def safetensors_damage(file: Path) -> str | None:
+    """What is wrong with a safetensors file, in words (None when its header reads and the data
+    it promises is all there); also for a run's model/ that has no manifest to check against."""
     try:
         with open(file, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise _damaged(file, f"{file.stat().st_size} bytes, shorter than a header")
+                return f"{file.stat().st_size} bytes, shorter than a header"
             n = int.from_bytes(head, "little")
             size = file.stat().st_size
             if n > size - 8:
-                raise _damaged(file, f"header claims {n:,} bytes, the file has {size:,}")
+                return f"header claims {n:,} bytes, the file has {size:,}"
             header = json.loads(fh.read(n).decode("utf-8"))
-    except ModelError:
-        raise
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise _damaged(file, f"unreadable header: {_first_line(exc, 80)}") from None
+        return f"unreadable header: {_first_line(exc, 80)}"
     if not isinstance(header, dict):
-        raise _damaged(file, "its header is not a table of tensors")
+        return "its header is not a table of tensors"
     end = 0
     for name, info in header.items():
         if name == "__metadata__" or not isinstance(info, dict):
@@ -211,7 +217,8 @@ def _check_safetensors(file: Path) -> None:
         if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int):
             end = max(end, offsets[1])
     if 8 + n + end > size:
-        raise _damaged(file, f"{size:,} bytes, but its tensors need {8 + n + end:,}")
+        return f"{size:,} bytes, but its tensors need {8 + n + end:,}"
+    return None
 
 
 def _check_gguf(file: Path) -> None:

@@ -40,6 +40,7 @@ class RunCurves:
     lr: Points = field(default_factory=list)
     metric: str | None = None
     evals: dict[str, Points] = field(default_factory=dict)   # every eval metric, baseline at step 0
+    bad_lines: int = 0     # lines of events.jsonl that were not events (skipped)
 
 
 def _by_step(points: dict[int, float]) -> Points:
@@ -55,6 +56,9 @@ def read_curves(run_dir: Path) -> RunCurves:
         raise OutputError(f"{run_dir} is not a pefttool run (no events.jsonl); pass a folder that "
                           f"pefttool run printed (pefttool runs lists them)")
     state = summarize(run_dir, keep_history=True)
+    if state.bad_lines and state.start is None and not state.steps and not state.evals:
+        raise OutputError(f"{run_dir / 'events.jsonl'} is damaged: none of its {state.bad_lines} "
+                          f"line(s) is an event, so there is nothing to plot; plot another run")
     loss: dict[int, float] = {}
     lr: dict[int, float] = {}
     for step in state.steps:
@@ -66,13 +70,18 @@ def read_curves(run_dir: Path) -> RunCurves:
             if isinstance(value, (int, float)):
                 evals.setdefault(name, {})[int(ev.step)] = float(value)
     return RunCurves(name=state.name, loss=_by_step(loss), lr=_by_step(lr), metric=state.metric,
-                     evals={k: _by_step(v) for k, v in evals.items()})
+                     evals={k: _by_step(v) for k, v in evals.items()}, bad_lines=state.bad_lines)
 
 
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     """One PNG with three panels (loss, learning rate, eval metric), every run on each.
     Written to a temporary file, then renamed: never a half-written picture."""
     curves = [read_curves(d) for d in run_dirs]
+    if not any(c.loss or c.lr or c.evals for c in curves):
+        # a blank picture would look like a plot of a run that learned nothing
+        which = run_dirs[0] if len(run_dirs) == 1 else "these runs"
+        raise OutputError(f"{which}: no steps or evaluations logged yet, so there is nothing to "
+                          f"plot; plot it again after its first steps")
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure

@@ -48,11 +48,46 @@ def _run(run_dir: Path) -> tuple[RunDir, Any]:
     if not run.model.is_dir():
         raise OutputError(f"the run in {run.path} has no model/ yet (it saves one at its first "
                           f"evaluation after training); resume it, or pick a finished run")
-    damage = verify_files(run.model, MODEL_MANIFEST)
+    damage = verify_files(run.model, MODEL_MANIFEST) or _unreadable(run.model)
     if damage:
-        raise OutputError(f"{run.model} is damaged ({damage}); resume the run to rebuild it from "
-                          f"its best checkpoint")
+        raise OutputError(f"{run.model} is damaged ({damage}); {_repair_advice(run)}")
     return run, load_recipe(run.recipe, check_files=False)
+
+
+def _unreadable(model_dir: Path) -> str | None:
+    """What the manifest cannot tell (a model/ without one, copied or from an older pefttool):
+    weights whose safetensors header or data is cut, a config that is not JSON."""
+    from .models import safetensors_damage
+
+    for file in sorted(model_dir.glob("*.safetensors")):
+        why = safetensors_damage(file)
+        if why:
+            return f"{file.name}: {why}"
+    configs = [model_dir / n for n in ("adapter_config.json", "config.json") if (model_dir / n).is_file()]
+    if not configs:
+        return "neither adapter_config.json nor config.json is there"
+    if (model_dir / "labels.json").is_file():
+        configs.append(model_dir / "labels.json")
+    for config in configs:
+        try:
+            if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
+                return f"{config.name} is not a JSON object"
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            return f"{config.name} is unreadable ({type(exc).__name__})"
+    return None
+
+
+def _repair_advice(run: RunDir) -> str:
+    """The fix for a damaged model/: an unfinished run rebuilds it when resumed; a finished one
+    is not resumed, so it has to be trained again (into a new folder: nothing is overwritten)."""
+    from .rundir import RunStatus
+    from .runs import summarize
+
+    status = summarize(run.path).status if run.events.exists() else None
+    if status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED):
+        return (f"the run finished, so resume cannot rebuild it: train it again with pefttool run "
+                f"{run.recipe} --set output.dir=NEW_FOLDER")
+    return f"resume it (pefttool resume {run.path}) to rebuild it from its best checkpoint"
 
 
 def load_trained(run_dir: Path, dequantize: bool = False) -> Trained:
@@ -93,9 +128,19 @@ def load_trained(run_dir: Path, dequantize: bool = False) -> Trained:
                 from pefttool_qlora.quant import guard_cpu_4bit
 
                 guard_cpu_4bit(base)  # the CPU 4-bit inference repack (see pefttool_qlora.quant)
-        model = PeftModel.from_pretrained(base, str(run.model))
-    else:
-        model = get_task(recipe).auto_model_class().from_pretrained(str(run.model), dtype=torch.float32)
+    from safetensors import SafetensorError
+
+    try:
+        if adapter:
+            model = PeftModel.from_pretrained(base, str(run.model))
+        else:
+            model = get_task(recipe).auto_model_class().from_pretrained(str(run.model),
+                                                                        dtype=torch.float32)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
+        from .models import _first_line
+
+        raise ModelError(f"{run.model} cannot be loaded ({type(exc).__name__}: "
+                         f"{_first_line(exc, 160)}); {_repair_advice(run)}") from None
     model.eval()
     return Trained(model=model, tokenizer=tokenizer, recipe=recipe, labels=labels, adapter=adapter)
 

@@ -1,0 +1,109 @@
+"""Features met the second time, as users meet them: a run folder damaged after the fact (a
+model/ without its manifest, a cut events.jsonl), a run still going or interrupted, two runs
+at once. Each defect found this way has its regression test here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from pefttool.engine import MODEL_MANIFEST, run_recipe
+from pefttool.recipe import load_recipe
+from test_faults import assert_clean_failure, cli
+from tiny_models import write_tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def causal_run(tmp_path_factory, tiny_causal_dir):
+    """A short finished causal-lm LoRA run (treat as read-only: copy it to damage it)."""
+    folder = tmp_path_factory.mktemp("second-causal")
+    recipe = load_recipe(write_tiny_recipe(folder, tiny_causal_dir, "lora", "causal-lm", overrides={
+        "train.max_steps": 2, "eval.before_training": False}))
+    return run_recipe(recipe).run_dir
+
+
+def _copy(run_dir, tmp_path, name="copy"):
+    return shutil.copytree(run_dir, tmp_path / name)
+
+
+def _drop_end_event(run_dir) -> None:
+    """The run as a killed process leaves it: no end event."""
+    events = run_dir / "events.jsonl"
+    lines = [l for l in events.read_text().splitlines() if json.loads(l).get("type") != "end"]
+    events.write_text("\n".join(lines) + "\n")
+
+
+# ------------------------------------------------------------------ a damaged model/ (generate)
+
+
+@pytest.mark.parametrize("damage", ["cut weights", "garbage weights", "bad adapter config",
+                                    "no config"])
+def test_a_damaged_model_without_its_manifest_is_one_line_not_an_internal_error(
+        damage, causal_run, tmp_path, capsys):
+    # A model/ copied by hand or from an older pefttool has no manifest to check against:
+    # the loader's SafetensorError / JSONDecodeError used to escape as "internal error", exit 1.
+    run = _copy(causal_run, tmp_path)
+    model = run / "model"
+    (model / MODEL_MANIFEST).unlink()
+    weights = model / "adapter_model.safetensors"
+    if damage == "cut weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "garbage weights":
+        weights.write_bytes(b"\x93not safetensors at all" * 100)
+    elif damage == "bad adapter config":
+        (model / "adapter_config.json").write_text('{"peft_type": ')
+    else:
+        (model / "adapter_config.json").unlink()
+    rc, out, err = cli(capsys, "generate", run, "--prompt", "hi", "--greedy", "--max-new-tokens", "2")
+    assert_clean_failure(rc, out, err, f"{model} is damaged")
+    assert out == ""
+
+
+def test_the_fix_for_a_damaged_model_is_what_resume_really_does(causal_run, tmp_path, capsys):
+    # It used to say "resume the run to rebuild it" for a finished run too, and resume then
+    # refused ("already finished"): a loop with no way out.
+    finished = _copy(causal_run, tmp_path, "finished")
+    weights = finished / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    rc, out, err = cli(capsys, "generate", finished, "--prompt", "hi")
+    assert_clean_failure(rc, out, err, "is damaged", "the run finished", "pefttool run",
+                         "output.dir=")
+    rc, out, err = cli(capsys, "resume", finished)   # indeed: resume refuses a finished run
+    assert_clean_failure(rc, out, err, "already finished")
+
+    killed = _copy(causal_run, tmp_path, "killed")
+    _drop_end_event(killed)
+    weights = killed / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    rc, out, err = cli(capsys, "generate", killed, "--prompt", "hi")
+    assert_clean_failure(rc, out, err, "is damaged", f"pefttool resume {killed}")
+    rc, out, err = cli(capsys, "resume", killed, "--quiet")  # ...and resume does rebuild it
+    assert rc == 0, err
+    rc, out, err = cli(capsys, "generate", killed, "--prompt", "hi", "--greedy", "--max-new-tokens", "2")
+    assert rc == 0, err
+
+
+# ------------------------------------------------------------------ plot: a cut or empty events.jsonl
+
+
+def test_plot_refuses_events_with_nothing_to_plot_and_writes_nothing(causal_run, tmp_path, capsys):
+    # An empty or garbled events.jsonl used to give a blank picture and exit 0.
+    empty = _copy(causal_run, tmp_path, "empty")
+    (empty / "events.jsonl").write_text("")
+    rc, out, err = cli(capsys, "plot", empty, "--out", tmp_path / "empty.png")
+    assert_clean_failure(rc, out, err, "nothing to plot")
+    garbled = _copy(causal_run, tmp_path, "garbled")
+    (garbled / "events.jsonl").write_bytes(b"\x00\xff garbage\n{not json\n[1, 2]\n")
+    rc, out, err = cli(capsys, "plot", garbled, "--out", tmp_path / "garbled.png")
+    assert_clean_failure(rc, out, err, "events.jsonl is damaged", "nothing to plot")
+    assert not list(tmp_path.glob("*.png"))
+    # partly garbled: drawn, and the skipped lines are said
+    partly = _copy(causal_run, tmp_path, "partly")
+    with open(partly / "events.jsonl", "a") as fh:
+        fh.write("{not json\n")
+    rc, out, err = cli(capsys, "plot", partly, "--out", tmp_path / "partly.png")
+    assert rc == 0, err
+    assert (tmp_path / "partly.png").is_file()
+    assert "1 line(s) of events.jsonl are not events" in err
