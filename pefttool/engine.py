@@ -752,10 +752,11 @@ class _TrainingRun:
                 last = state.global_step >= self.total_steps
                 if state.global_step % r.train.log_every == 0 or last:
                     # Evaluations and checkpoints inside the window are not training time.
-                    window = meter.close_window()
+                    # tokens: every process's (the run's count), not the main process's share
+                    window = self._across_processes(meter.close_window())
                     state.train_seconds += window.seconds
                     state.tokens_seen += window.tokens
-                    self._emit_step(self._across_processes(window))
+                    self._emit_step(window)
                     meter.start_window()
                 if eval_every and state.global_step % eval_every == 0 and not last:
                     if self._evaluate():

@@ -107,3 +107,76 @@ def test_plot_refuses_events_with_nothing_to_plot_and_writes_nothing(causal_run,
     assert rc == 0, err
     assert (tmp_path / "partly.png").is_file()
     assert "1 line(s) of events.jsonl are not events" in err
+
+
+# ------------------------------------------------------------------ chat + packing, 2 processes
+
+
+def write_chat_rows(path, n: int = 64) -> None:
+    """`n` unique conversations; each renders to more than 16 tokens, so with max_length 16 each
+    is cut to exactly 16 and fills a packed row alone: every row holds 16 real tokens."""
+    words = ["good", "film", "story", "great", "boring", "lovely", "cast", "score", "ending", "slow"]
+    rows = []
+    for i in range(n):
+        reply = " ".join(words[(i + k) % len(words)] for k in range(12))
+        rows.append({"messages": [{"role": "user", "content": f"question {i}"},
+                                  {"role": "assistant", "content": reply}]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def chat_recipe(folder, model_dir, **overrides):
+    folder.mkdir(parents=True, exist_ok=True)
+    write_chat_rows(folder / "chat.jsonl")
+    return write_tiny_recipe(folder, model_dir, "lora", "causal-lm", overrides={
+        "task.format": "chat", "data.train": str(folder / "chat.jsonl"), "data.prompt_column": None,
+        "data.response_column": None, "data.max_length": 16, "data.packing": True,
+        "train.epochs": 2, "train.checkpoint_every": 4, "eval.before_training": False,
+        "eval.max_new_tokens": None, **overrides})
+
+
+def tokens_seen(run_dir) -> int:
+    from pefttool.checkpoints import TrainState, list_checkpoints
+
+    return TrainState.from_file(list_checkpoints(run_dir)[-1] / "trainer_state.json").tokens_seen
+
+
+@pytest.mark.multiprocess
+def test_chat_packing_in_two_processes_counts_every_token_and_resumes(tmp_path, tiny_causal_dir):
+    # The run's token count (metrics.json tokens_per_s, the checkpoint's tokens_seen) used to
+    # add up the main process's tokens only: half of them with 2 processes.
+    import signal
+    import subprocess
+    import sys
+
+    from fault_helpers import child_env, events_of, metrics_of, of_type
+
+    rows, per_row, epochs = 48, 16, 2            # 64 conversations, 16 held out
+    one = run_recipe(load_recipe(chat_recipe(tmp_path / "one", tiny_causal_dir, **{"train.batch_size": 8})))
+    assert metrics_of(one.run_dir)["data"]["train"]["kept"] == rows
+    assert tokens_seen(one.run_dir) == rows * per_row * epochs
+
+    recipe = chat_recipe(tmp_path / "two", tiny_causal_dir, **{"train.batch_size": 4})
+    run_dir = tmp_path / "two" / "runs" / "recipe"
+    proc = subprocess.Popen([sys.executable, "-m", "pefttool.cli", "run", str(recipe), "--processes", "2"],
+                            cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (
+            (run_dir / "events.jsonl").exists() and of_type(events_of(run_dir), "step")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)   # stopped mid-run (every process after the same step)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err
+    assert of_type(events_of(run_dir), "end")[-1].status == "interrupted"
+
+    resumed = subprocess.run([sys.executable, "-m", "pefttool.cli", "resume", str(run_dir)], cwd=tmp_path,
+                             env=child_env(), capture_output=True, text=True, timeout=240)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from step-" in resumed.stdout
+    starts = of_type(events_of(run_dir), "start")
+    assert [s.processes for s in starts] == [2, 2]
+    got = metrics_of(run_dir)
+    assert (got["status"], got["steps"]) == ("completed", one.steps)
+    assert tokens_seen(run_dir) == rows * per_row * epochs   # every process's tokens, once
