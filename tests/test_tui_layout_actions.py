@@ -55,6 +55,23 @@ async def test_the_footer_keeps_quit_at_60_columns(fake_app):
             footer_row
 
 
+async def test_the_adjust_footer_keeps_quit_at_60_columns(fake_app):
+    # It ended at "q" (the word cut off): its keys need 65 columns. Escape (Back on every
+    # screen) now leaves the footer first, only when the keys do not fit.
+    app = fake_app()
+    async with app.run_test(size=NARROW) as pilot:
+        screen = await open_adjust(pilot)
+        screen.set_focus(None)    # out of the inputs: the app's keys join the footer
+        await pilot.pause()
+        await pilot.pause()
+        footer_row = screen_text(app).splitlines()[-1]
+        for key in ("^s Save as…", "^r Launch", "3 Plugins", "q Quit"):
+            assert key in footer_row, footer_row
+        await pilot.press("escape")   # Escape still goes back, shown or not
+        await settle(pilot)
+        assert isinstance(app.screen, RecipesScreen)
+
+
 # ---------------------------------------------------------------- 6: problems are never hidden
 
 
