@@ -548,3 +548,46 @@ async def test_p_on_recipes_previews_the_rows_as_the_model_sees_them(fake_app, t
         await pilot.press("p")
         await pilot.pause()
         assert isinstance(app.screen, ErrorModal)
+
+
+async def test_an_attached_crashed_run_resumed_elsewhere_keeps_its_status_in_view_at_60x20(fake_app, workdir):
+    # The crash's error panel held the focus; hiding it on the resume handed the focus to the
+    # log, and the narrow screen scrolled down to it: RUNNING and the progress line went out of view.
+    import os
+
+    run_dir = workdir / "runs" / "crash-1"
+    run_dir.mkdir(parents=True)
+    log = EventLog(run_dir)
+    first = canned_events(run_dir, name="crash", upto=20)
+    for event in first:
+        if isinstance(event, StartEvent):
+            event.pid = 999_999            # a process that is gone: the run crashed
+        log.write(event)
+    log.close()
+    app = fake_app()
+    async with app.run_test(size=NARROW) as pilot:
+        await settle(pilot)
+        app.open_run(run_dir)
+        dash = app.screen
+        await wait_for(pilot, lambda: dash.process_ended, what="the crash")
+        await settle(pilot)
+        assert "CRASHED" in screen_text(app).splitlines()[1]
+        t, start = first[-1].time, first[0]
+        log = EventLog(run_dir)            # `pefttool resume` from another terminal
+        log.write(PhaseEvent(phase="loading", pid=os.getpid(), time=t + 60))
+        log.write(StartEvent(run_dir=str(run_dir), recipe=start.recipe, strategy="lora", total_steps=60,
+                             steps_per_epoch=20, epochs=3, params_total=start.params_total,
+                             params_trainable=start.params_trainable, model_memory_mb=86.6,
+                             device="cpu", pid=os.getpid(), resumed_from_step=20, time=t + 100))
+        for step in (22, 24):
+            log.write(StepEvent(step=step, total_steps=60, epoch=step / 20, loss=0.3, lr=1e-4,
+                                tokens_per_s=1000.0, samples_per_s=10.0, elapsed_s=30 + step,
+                                eta_s=60 - step, rss_mb=800.0, time=t + 100 + step))
+        log.close()
+        await wait_for(pilot, lambda: not dash.process_ended and dash.state.last_step.step == 24,
+                       what="the resumed steps")
+        for _ in range(4):                 # the follower never finishes (a live pid): no settle()
+            await pilot.pause(0.05)
+        rows = screen_text(app).splitlines()
+        assert "RUNNING" in rows[1], "\n".join(rows)
+        assert any("step 24/60" in row for row in rows[:8]), "\n".join(rows)

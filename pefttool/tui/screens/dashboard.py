@@ -214,7 +214,12 @@ class DashboardScreen(AppScreen):
                for e in events) and (self.state.end is not None or self.process_ended):
             # a new process took the run up (`pefttool resume`): it is live again
             self.process_ended = self.stop_sent = False
-            self.query_one(ErrorPanel).display = False
+            panel = self.query_one(ErrorPanel)
+            if panel.has_focus_within:
+                # else hiding it hands focus to the log, and a narrow screen scrolls down to
+                # it: the status and progress of the resumed run would be out of view
+                self.set_focus(None, scroll_visible=False)
+            panel.display = False
             log.add_line("the run continues (resumed)", "note")
         self.state.apply(events)
         if self.state.start is not None and self.live:
