@@ -49,8 +49,12 @@ def _give_back_freed_memory() -> None:
         pass  # not glibc: the baseline then includes freed memory (the saving reads smaller)
 
 
-def measure(checkpointing: bool, batch: int, seq: int, steps: int, device: str) -> dict:
+def measure(checkpointing: bool, batch: int, seq: int, steps: int, device: str,
+            threads: int) -> dict:
     import torch
+
+    if threads:
+        torch.set_num_threads(threads)
 
     from pefttool.models import enable_gradient_checkpointing, load_model, load_tokenizer
     from pefttool.plugins import get_plugin_host
@@ -72,10 +76,12 @@ def measure(checkpointing: bool, batch: int, seq: int, steps: int, device: str) 
     mask = torch.ones_like(ids)
 
     def step() -> float:
-        out = model(input_ids=ids, attention_mask=mask, labels=ids)
-        out.loss.backward()
+        # as the engine does: only the loss outlives the forward (the output's logits,
+        # batch x length x vocab floats, are not kept through backward)
+        loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        loss.backward()
         model.zero_grad(set_to_none=True)
-        return float(out.loss)
+        return float(loss)
 
     step()  # warm-up (allocator, kernels); its gradients are dropped
     cuda = device.startswith("cuda")
@@ -120,19 +126,31 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=1, help="A B pairs (A off, B on)")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: steadier times on a shared machine; 0: torch's default)")
+    parser.add_argument("--mmap-threshold", type=int, default=65536,
+                        help="CPU: glibc's MALLOC_MMAP_THRESHOLD_ for the measured processes, so "
+                             "freed tensors leave the resident set at once and the peak RSS "
+                             "follows live tensors, as CUDA's allocator stats do (0: glibc's "
+                             "default, whose heap keeps freed blocks of up to 32 MiB)")
     parser.add_argument("--one", choices=["on", "off"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        result = measure(args.one == "on", args.batch, args.seq, args.steps, args.device)
+        result = measure(args.one == "on", args.batch, args.seq, args.steps, args.device,
+                         args.threads)
         print(json.dumps(result))
         return 0
     rows = []
     for _ in range(args.pairs):
         pair = {}
         for setting in ("off", "on"):
+            env = dict(os.environ)
+            if args.mmap_threshold and not args.device.startswith("cuda"):
+                env["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
             proc = subprocess.run([sys.executable, __file__, "--one", setting, "--batch", str(args.batch),
                                    "--seq", str(args.seq), "--steps", str(args.steps),
-                                   "--device", args.device], capture_output=True, text=True)
+                                   "--device", args.device, "--threads", str(args.threads)],
+                                  capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(proc.stderr[-3000:], file=sys.stderr)
                 return proc.returncode
@@ -142,7 +160,8 @@ def main() -> int:
     first = rows[0]["off"]
     print(f"SmolLM2-135M LoRA, batch {args.batch} x {args.seq} tokens, {args.device}, "
           f"{first['threads']} torch threads, {os.cpu_count()} cores, load average "
-          f"{os.getloadavg()[0]:.1f} (machine shared: times are rough)")
+          f"{os.getloadavg()[0]:.1f} (machine shared: times are rough); MALLOC_MMAP_THRESHOLD_="
+          f"{args.mmap_threshold or 'glibc default'}")
     print(f"{'run':<5}{'checkpointing':<14}{'before step MB':>16}{'peak MB':>10}{'activations MB':>16}"
           f"{'step s':>9}{'loss':>8}")
     for p, pair in enumerate(rows, 1):
