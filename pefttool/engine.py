@@ -731,8 +731,10 @@ class _TrainingRun:
         status = self._train()
         if self.recipe.train.compile:
             graphs, breaks = (a - b for a, b in zip(self._dynamo_graphs(), self._graphs_before))
+            hint = ("; each break ends a fused graph (gradient checkpointing causes them, for one): "
+                    "TORCH_LOGS=graph_breaks names them") if breaks else ""
             self.emit.info(f"torch.compile: {graphs} graph(s) compiled in this run, {breaks} graph "
-                           f"break(s)")
+                           f"break(s){hint}")
         if self.emit.failure:
             self._stop_for_plugin()
         self.emit.training = False
