@@ -759,6 +759,7 @@ class _TrainingRun:
         r, state, acc, meter = self.recipe, self.state, self.accelerator, self.meter
         eval_every = r.eval.every_steps
         began = time.perf_counter()
+        compiled_window = False
         meter.start_window()
         while state.epoch < r.train.epochs and state.global_step < self.total_steps:
             self.model.train()
@@ -801,6 +802,7 @@ class _TrainingRun:
                 state.global_step += 1
                 if self._compile_pending:
                     self._compile_pending = False
+                    compiled_window = True  # its speed is not the run's: kept out of the ETA
                     self.emit.info(f"torch.compile: the first step took {time.perf_counter() - began:.1f} s "
                                    f"(compiling); the next ones run compiled")
                 last = state.global_step >= self.total_steps
@@ -810,6 +812,8 @@ class _TrainingRun:
                     state.train_seconds += window.seconds
                     state.tokens_seen += window.tokens
                     self._emit_step(self._across_processes(window))
+                    if compiled_window:
+                        compiled_window, meter.sec_per_step = False, None
                     meter.start_window()
                 if eval_every and state.global_step % eval_every == 0 and not last:
                     if self._evaluate():
