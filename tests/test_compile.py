@@ -137,3 +137,14 @@ def test_compile_is_refused_where_it_cannot_run(tmp_path, tiny_classifier_dir, m
     assert compile_problem("auto", lambda: False).startswith("train.compile: true builds C++")
     monkeypatch.delenv("CXX")
     assert load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, name="off")).train.compile is False
+
+
+def test_accelerate_dynamo_variables_do_not_overrule_the_recipe(tmp_path, tiny_classifier_dir,
+                                                                monkeypatch):
+    """`accelerate config` with dynamo on exports ACCELERATE_DYNAMO_*: train.compile decides."""
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "inductor")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, overrides={
+        "train.epochs": 1, "train.max_steps": 1, "eval.before_training": False})
+    result = run_recipe(load_recipe(recipe))
+    assert result.status == "completed"
+    assert not any("torch.compile" in m for m in _logs(result.run_dir))
