@@ -24,12 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run(grouped: bool, rows: int, out: Path, tag: str, batch: int = 32, threads: int = 1) -> dict:
+def run(grouped: bool, rows: int, out: Path, tag: str, batch: int = 32, threads: int = 1,
+        epochs: int = 1, seed: int = 42) -> dict:
     run_dir = out / tag
     cmd = [sys.executable, "-m", "pefttool.cli", "run", str(ROOT / "recipes" / "lora.toml"),
            "--set", f"data.group_by_length={'true' if grouped else 'false'}",
            "--set", f"data.max_train_rows={rows}", "--set", "data.max_eval_rows=400",
-           "--set", "train.epochs=1", "--set", f"train.batch_size={batch}",
+           "--set", f"train.epochs={epochs}", "--set", f"train.batch_size={batch}",
+           "--set", f"train.seed={seed}",
            "--set", f"train.threads={threads}", "--set", "eval.before_training=false",
            "--set", "early_stopping.enabled=false",
            "--set", f"output.dir={run_dir}"]
@@ -51,19 +53,23 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("/tmp/pefttool-bench-length-grouping"))
     a = ap.parse_args()
     results: dict[bool, list[dict]] = {False: [], True: []}
-    print(f"recipes/lora.toml, {a.rows} train rows, 400 eval rows, batch {a.batch}, 1 epoch, "
+    print(f"recipes/lora.toml, {a.rows} train rows, 400 eval rows, batch {a.batch}, {a.epochs} epoch(s), "
+          f"pair p trains with train.seed 42 + p (both runs of a pair share it; "
+          f"the same rows and held-out split for all), "
           f"{a.threads} torch thread(s), {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start")
-    print(f"{'run':<12}{'grouped':>8}{'tokens/s':>11}{'train s':>9}{'accuracy':>10}")
+    print(f"{'run':<12}{'seed':>5}{'grouped':>8}{'tokens/s':>11}{'train s':>9}{'accuracy':>10}")
     for p in range(a.pairs):
         for grouped in (False, True):
             tag = f"{'B' if grouped else 'A'}{p + 1}"
-            r = run(grouped, a.rows, a.out / f"{int(time.time())}", tag, a.batch, a.threads)
+            r = run(grouped, a.rows, a.out / f"{int(time.time())}", tag, a.batch, a.threads,
+                    a.epochs, 42 + p)
             results[grouped].append(r)
-            print(f"{tag:<12}{str(grouped):>8}{r['tokens_per_s']:>11.1f}{r['train_s']:>9.1f}"
+            print(f"{tag:<12}{42 + p:>5}{str(grouped):>8}{r['tokens_per_s']:>11.1f}{r['train_s']:>9.1f}"
                   f"{r['accuracy']:>10.4f}", flush=True)
     ratios = [b["tokens_per_s"] / a_["tokens_per_s"] for a_, b in zip(results[False], results[True])]
     points = [100 * (b["accuracy"] - a_["accuracy"]) for a_, b in zip(results[False], results[True])]
@@ -72,6 +78,10 @@ def main() -> None:
           f"goal >= 1.4x)")
     print(f"accuracy grouped - random, per pair: {', '.join(f'{d:+.2f}' for d in points)} points; "
           f"median {statistics.median(points):+.2f} (goal within ±1)")
+    for grouped in (False, True):
+        accs = [r["accuracy"] for r in results[grouped]]
+        print(f"accuracy {'grouped' if grouped else 'random '} over the seeds: mean {statistics.mean(accs):.4f}, "
+              f"range {min(accs):.4f}-{max(accs):.4f}")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

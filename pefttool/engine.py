@@ -781,6 +781,9 @@ class _TrainingRun:
                     outputs = self.model(**batch)
                     loss = self.strategy.compute_loss(outputs, batch, r, self.options)
                     loss = outputs.loss if loss is None else loss
+                    # The logits (batch x length x vocab floats: 768 MiB for SmolLM2 at 8 x 512)
+                    # must not live through backward, nor through the next step's forward.
+                    del outputs
                     # One host sync per micro-batch: it names a NaN by its step, and feeds the log.
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):

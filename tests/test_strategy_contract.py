@@ -171,3 +171,37 @@ def test_the_tui_shows_a_default_factory_option_by_its_value():
         strategies = {"factory": WithFactory()}
 
     assert describe_strategies(Host())["factory"]["options"] == [("layers", "['query', 'value']", "")]
+
+
+class LogitsWatch(Strategy):
+    """Trains everything; at backward time, records whether the forward's logits still live."""
+
+    name = "logits-watch"
+    description = "checks that the engine drops the model outputs before backward"
+
+    def __init__(self) -> None:
+        self.alive_in_backward: list[bool] = []
+
+    def compute_loss(self, outputs, batch, recipe, options):
+        import weakref
+
+        logits = weakref.ref(outputs.logits)
+        loss = outputs.loss * 1.0
+        loss.register_hook(lambda grad: self.alive_in_backward.append(logits() is not None))
+        return loss
+
+
+def test_the_logits_do_not_live_through_backward(tmp_path, tiny_causal_dir):
+    """batch x length x vocab floats (768 MiB for SmolLM2 at 8 x 512, more than all the
+    checkpointed activations): the engine must not hold them while gradients are computed,
+    nor through the next step's forward."""
+    host, plugin = get_plugin_host(), ContractPlugin()
+    plugin.strategy = LogitsWatch()
+    host.register(plugin, name="logits-watch-plugin")
+    try:
+        path = write_tiny_recipe(tmp_path, tiny_causal_dir, "logits-watch", task="causal-lm",
+                                 overrides={"train.max_steps": 3, "eval.before_training": False})
+        assert run_recipe(load_recipe(path)).status == "completed"
+    finally:
+        host.unregister("logits-watch-plugin")
+    assert plugin.strategy.alive_in_backward == [False, False, False]
