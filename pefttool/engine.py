@@ -499,9 +499,13 @@ class _TrainingRun:
         # Dynamic shapes: dynamic padding changes the sequence length (and an epoch's last
         # batch the batch size) from step to step; one graph with symbolic sizes serves them
         # all, where static shapes would recompile for each new size until dynamo gives up.
+        # Random ops (dropout) run as eager's kernels (inductor's `fallback_random`): inductor's
+        # own in-kernel RNG would draw other dropout masks than an uncompiled run, so losses
+        # would not match it, nor would a run resumed with compile switched on or off.
         # Always passed explicitly, so ACCELERATE_DYNAMO_* variables never overrule the recipe.
         dynamo = TorchDynamoPlugin(backend="inductor" if r.train.compile else "no",
-                                   dynamic=True if r.train.compile else None)
+                                   dynamic=True if r.train.compile else None,
+                                   options={"fallback_random": True} if r.train.compile else None)
         self.accelerator = Accelerator(
             mixed_precision=r.train.mixed_precision,
             gradient_accumulation_steps=r.train.grad_accum,

@@ -28,10 +28,11 @@ from tiny_models import build_tiny_causal, write_tiny_recipe
 
 # 60 rows, a quarter held out: 45 train rows, batch 8 → 6 steps, the last batch of 5; the
 # instruction rows' lengths differ, so the padded length changes from batch to batch.
-# Two adapted projections in one layer: the smallest graph that still has LoRA in it.
+# Two adapted projections in one layer: the smallest graph that still has LoRA in it; with
+# LoRA dropout, so the compiled run must draw the very dropout masks the uncompiled one does.
 RECIPE = {"train.epochs": 1, "train.batch_size": 8, "train.checkpoint_every": 2,
           "train.keep_checkpoints": 5, "eval.before_training": False,
-          "method.target_modules": ["q_proj", "v_proj"]}
+          "method.target_modules": ["q_proj", "v_proj"], "method.dropout": 0.1}
 TOTAL = 6
 
 
