@@ -73,8 +73,10 @@ def matched_batch(recipe_path: Path, a: argparse.Namespace) -> tuple[int, int, i
     return batch, packed_batch, len(lengths), len(rows)
 
 
-def run(recipe: Path, packing: bool, a: argparse.Namespace, run_dir: Path, batch: int) -> dict:
-    sets = {"data.packing": str(packing).lower(), **_overrides(a), "output.dir": run_dir}
+def run(recipe: Path, packing: bool, a: argparse.Namespace, run_dir: Path, batch: int,
+        seed: int) -> dict:
+    sets = {"data.packing": str(packing).lower(), **_overrides(a), "output.dir": run_dir,
+            "train.seed": seed}
     if batch:
         sets["train.batch_size"] = batch
     cmd = [sys.executable, "-m", "pefttool.cli", "run", str(recipe)]
@@ -131,26 +133,29 @@ def main() -> int:
           f"max_length {a.max_length or 'as the recipe'}, "
           f"{a.threads} torch thread(s), {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f} at start")
+    print("pair p trains with train.seed 42 + p (both runs of a pair share it): the eval loss "
+          "spread across pairs is the seed noise the packed - padded difference compares with")
     print(f"{'run':<5}{'packing':>8}{'real tok/s':>12}{'train s':>9}{'steps':>7}{'eval loss':>11}")
     pairs: list[tuple[dict, dict]] = []
     for p in range(a.pairs):
         pair = []
         for packing in (False, True):
             tag = f"{'B' if packing else 'A'}{p + 1}"
-            r = run(a.recipe, packing, a, out / tag, packed_batch if packing else padded_batch)
+            r = run(a.recipe, packing, a, out / tag, packed_batch if packing else padded_batch, 42 + p)
             pair.append(r)
             print(f"{tag:<5}{str(packing):>8}{r['tokens_per_s']:>12.1f}{r['train_s']:>9.1f}"
                   f"{r['steps']:>7}{r['eval_loss']:>11.4f}", flush=True)
         pairs.append((pair[0], pair[1]))
     ratios = [b["tokens_per_s"] / a_["tokens_per_s"] for a_, b in pairs]
     losses = [b["eval_loss"] - a_["eval_loss"] for a_, b in pairs]
+    padded_losses = ", ".join(f"{a_['eval_loss']:.4f}" for a_, _ in pairs)
     print(f"\nreal tokens/s packed / padded, per pair: {', '.join(f'{r:.2f}x' for r in ratios)}; "
           f"median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}; "
           f"goal >= 1.5x)")
     print(f"held-out eval loss packed - padded, per pair: {', '.join(f'{d:+.4f}' for d in losses)} "
-          f"(padded {statistics.median(a_['eval_loss'] for a_, _ in pairs):.4f}; the same data and "
-          f"seed, so runs of one setting repeat exactly: a difference comes from packing's fewer, "
-          f"larger steps)")
+          f"(padded, per seed: {padded_losses}; runs of one "
+          f"setting and seed repeat exactly: a difference within a pair comes from packing's "
+          f"batches)")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
