@@ -22,7 +22,9 @@ evaluations excluded). The baselines count non-pad tokens the same way.
            (a ~17 M Llama built from a config, every text truncated to exactly seq 256, so
            every batch has the same shape on both sides).
   mfu      model FLOPs utilisation of pefttool and the loop on that Llama at seq 256 (6N full,
-           4N LoRA) against fp32/bf16 matmul peaks measured in the same run; torch.profiler top.
+           4N LoRA) against fp32/bf16 matmul peaks measured in the same run, LoRA also compiled
+           (pefttool train.compile vs the loop's torch.compile; first step untimed on both
+           sides); torch.profiler top; what raises LoRA MFU (hand-written loop variants).
   memory   peak RSS of a `pefttool run` per strategy on the same model; NF4 vs fp32 base size.
   startup  `pefttool --help`, `pefttool validate`, time to the first training step (demo recipe).
   bf16     train.mixed_precision = bf16 vs no, per recipe (tok/s and metric).
@@ -127,20 +129,35 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float = 3600) -> 
     return result
 
 
-def pefttool_run(recipe: Path, sets: dict, work: Path, threads: int) -> dict:
+def pefttool_run(recipe: Path, sets: dict, work: Path, threads: int, env: dict | None = None) -> dict:
     """`pefttool run` as a user would; returns its metrics.json plus peak RSS and wall time."""
     out = work / f"run-{time.monotonic_ns()}"
     args = [*pefttool_cmd(), "run", str(recipe), "--quiet", "--set", f"output.dir={out}",
             "--set", f"train.threads={threads}"]
     for key, value in sets.items():
         args += ["--set", f"{key}={json.dumps(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else value}"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(env or {}))
     t0 = time.perf_counter()
     meta = run_json([*args], env=env)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["wall_s"] = round(time.perf_counter() - t0, 1)
+    metrics["tokens_per_s_after_first_step"], metrics["first_step_s"] = after_first_step(out / "events.jsonl")
     metrics["maxrss_mb"] = meta["maxrss_mb"]
     return metrics
+
+
+def after_first_step(events: Path) -> tuple[float | None, float | None]:
+    """(real tokens per second of a run's steps after its first window, seconds of that first
+    window), from its step events (train.compile compiles in the first step; the recipes here
+    log every step): each event is a window of `train.log_every` steps with its tokens/s, and
+    `elapsed_s` is the training time so far (evaluations and checkpoints excluded)."""
+    steps = [e for e in map(json.loads, events.read_text().splitlines()) if e.get("type") == "step"]
+    tokens = seconds = 0.0
+    for prev, e in zip(steps, steps[1:]):
+        window = e["elapsed_s"] - prev["elapsed_s"]
+        tokens += e["tokens_per_s"] * window
+        seconds += window
+    return (tokens / seconds if seconds > 0 else None), (steps[0]["elapsed_s"] if steps else None)
 
 
 def validates(recipe: Path, *sets: str) -> bool:
@@ -150,8 +167,8 @@ def validates(recipe: Path, *sets: str) -> bool:
     return subprocess.run(args, capture_output=True, text=True).returncode == 0
 
 
-def worker(kind: str, config: dict, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+def worker(kind: str, config: dict, threads: int, env: dict | None = None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **(env or {}))
     return run_json([sys.executable, __file__, "_worker", kind, json.dumps(config)], env=env)
 
 
@@ -416,8 +433,10 @@ def worker_loop(c: dict) -> dict:
         return loss, int(mask.sum())
 
     warmup = max(0, min(c.get("warmup", 0), len(batches) - 1))  # at least one timed step
+    w0 = time.perf_counter()
     for idx in batches[:warmup]:  # untimed (compilation, first-touch allocations)
         step(idx)
+    warmup_s = time.perf_counter() - w0
     tokens, t0, c0 = 0, time.perf_counter(), time.process_time()
     losses = []
     for idx in batches[warmup:]:
@@ -427,6 +446,7 @@ def worker_loop(c: dict) -> dict:
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     # per CPU-second too: at 1 thread it moves far less than wall time when other processes share the cores
     result = {"tokens_per_s": tokens / seconds, "tokens_per_cpu_s": tokens / cpu, "train_seconds": seconds,
+              "warmup_s": warmup_s,
               "first_loss": losses[0],
               "last_loss": losses[-1]}
     if c.get("profile"):
@@ -595,23 +615,56 @@ def _llama_setup(a, work: Path):
     return model, train, eval_, n
 
 
+# bench.py loop / mfu --cases: the rows of the main table, and (mfu) its other tables.
+LOOP_CASES = ("lora", "full", "lora-compile", "profile", "variants")
+
+
+def loop_cases(a, mfu: bool) -> list[str]:
+    if a.cases:
+        unknown = [c for c in a.cases if c not in LOOP_CASES]
+        if unknown:
+            raise SystemExit(f"--cases: {', '.join(unknown)} unknown for loop/mfu; choose from {', '.join(LOOP_CASES)}")
+        return a.cases
+    if not mfu:
+        return ["lora", "full"]
+    # lora-compile needs steps after the first (which compiles): not at --smoke's single step
+    return ["lora", "full", "profile", "variants"] if a.smoke else list(LOOP_CASES)
+
+
 def bench_loop(a, work: Path, mfu: bool = False) -> list[str]:
     model, train, eval_, n = _llama_setup(a, work)
     seq, batch = 256, 8
     N, emb = llama_params(model)
+    cases = loop_cases(a, mfu)
     peaks = worker("peak", {"threads": a.threads, "n": 2048, "repeats": 5}, a.threads) if mfu else None
-    rows, profile = [], None
-    for strategy in ("lora", "full"):
+    rows, profile, note = [], None, ""
+    for case in [c for c in ("lora", "full", "lora-compile") if c in cases]:
+        strategy = "full" if case == "full" else "lora"
+        compiled = case == "lora-compile"
         recipe = causal_recipe(work, model, train, eval_, strategy, seq=seq, batch=batch, epochs=1, rows=n,
                                name=f"llama17-{strategy}")
         cfg = dict(model=str(model), train=str(train), strategy=strategy, seq=seq, batch=batch, epochs=1, rows=n,
                    lr=1e-3 if strategy != "full" else 1e-4, threads=a.threads)
-        pairs = pairs_run(a.pairs, lambda: pefttool_run(recipe, {}, work, a.threads),
-                          lambda: worker("loop", cfg, a.threads))
-        ratios = [p["tokens_per_s"] / l["tokens_per_s"] for p, l in pairs]
-        tool = statistics.median(p["tokens_per_s"] for p, _ in pairs)
+        # train.compile vs torch.compile(model) in the loop; both leave out the first step
+        # (the compilation: pefttool's step events after step 1, the loop's untimed warm-up)
+        sets = {"train.compile": True} if compiled else {}
+        key = "tokens_per_s_after_first_step" if compiled else "tokens_per_s"
+        if compiled:
+            cfg.update(compile=True, warmup=1)
+        # compiled: each process starts with an empty inductor cache, so the first step is the
+        # compile a first run on a machine pays on both sides (a warm cache makes it far shorter)
+        fresh = (lambda: {"TORCHINDUCTOR_CACHE_DIR": str(work / f"inductor-{time.monotonic_ns()}")}) if compiled else dict
+        pairs = pairs_run(a.pairs, lambda: pefttool_run(recipe, sets, work, a.threads, env=fresh()),
+                          lambda: worker("loop", cfg, a.threads, env=fresh()))
+        ratios = [p[key] / l["tokens_per_s"] for p, l in pairs]
+        tool = statistics.median(p[key] for p, _ in pairs)
         loop = statistics.median(l["tokens_per_s"] for _, l in pairs)
-        row = [strategy, f"{tool:.0f}", f"{loop:.0f}", median_spread(ratios)]
+        label = "lora, compiled (train.compile / torch.compile; first step untimed)" if compiled else strategy
+        row = [label, f"{tool:.0f}", f"{loop:.0f}", median_spread(ratios)]
+        if compiled:
+            note = (f"; compiled rows: the first step (compiling, empty inductor cache) took {statistics.median(p['first_step_s'] for p, _ in pairs):.0f} s "
+                    f"in pefttool, {statistics.median(l['warmup_s'] for _, l in pairs):.0f} s in the loop; with it, pefttool's "
+                    f"whole run averaged {statistics.median(p['tokens_per_s'] for p, _ in pairs):.0f} tok/s")
         if mfu:
             flops = (6 if strategy == "full" else 4) * N
             row += [f"{100 * tool * flops / 1e9 / peaks['float32']:.0f} %", f"{100 * loop * flops / 1e9 / peaks['float32']:.0f} %",
@@ -623,15 +676,17 @@ def bench_loop(a, work: Path, mfu: bool = False) -> list[str]:
         header += ["pefttool MFU vs fp32 peak", "loop MFU vs fp32 peak", "pefttool MFU vs bf16 peak"]
         out.append(table("matmul peaks measured in this run (2048², best of 5)", ["dtype", "GFLOP/s", "GFLOP per CPU-s"],
                          [[k, f"{peaks[k]:.1f}", f"{peaks[k + '_cpu']:.1f}"] for k in ("float32", "bfloat16")]))
-        prof = worker("loop", dict(model=str(model), train=str(train), strategy="lora", seq=seq, batch=batch,
-                                   epochs=1, rows=min(n, 32), lr=1e-3, threads=a.threads, profile=1 if a.smoke else 3), a.threads)
-        profile = table("torch.profiler, hand-written LoRA loop, 3 steps (self CPU time)", ["op", "% of self CPU"],
-                        prof["profile"])
-        out += mfu_variants(a, model, train, n, seq, batch, 4 * N, peaks)
+        if "profile" in cases:
+            prof = worker("loop", dict(model=str(model), train=str(train), strategy="lora", seq=seq, batch=batch,
+                                       epochs=1, rows=min(n, 32), lr=1e-3, threads=a.threads, profile=1 if a.smoke else 3), a.threads)
+            profile = table("torch.profiler, hand-written LoRA loop, 3 steps (self CPU time)", ["op", "% of self CPU"],
+                            prof["profile"])
+        if "variants" in cases:
+            out += mfu_variants(a, model, train, n, seq, batch, 4 * N, peaks)
     out.insert(0, table(f"~{N / 1e6:.1f} M Llama (config-built; N = {N / 1e6:.1f} M matmul params incl. tied "
                         f"lm_head), seq {seq}, batch {batch}, {n} docs, 1 epoch, fp32, {a.threads} thread(s)"
-                        + ("; MFU = tok/s × 6N (full) or 4N (LoRA) / peak, attention score FLOPs not counted" if mfu else ""),
-                        header, rows))
+                        + ("; MFU = tok/s × 6N (full) or 4N (LoRA) / peak, attention score FLOPs not counted" if mfu else "")
+                        + note, header, rows))
     if profile:
         out.append(profile)
     return out
@@ -778,7 +833,9 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="the test suite's size: each table from a few steps (figures meaningless)")
     p.add_argument("--sft", action="store_true", help="with --quick: include the SmolLM2 SFT rows (slow)")
     p.add_argument("--cases", type=lambda v: v.split(","), default=None,
-                   help="trainer: which of lora,full,sft to run (default lora,full; +sft without --quick or with --sft)")
+                   help="trainer: which of lora,full,sft to run (default lora,full; +sft without --quick or with --sft); "
+                        "loop/mfu: which of lora,full,lora-compile (rows) and profile,variants (mfu's other tables) "
+                        "(default: loop lora,full; mfu all, --smoke all but lora-compile)")
     p.add_argument("--rows", type=int, default=None, help="trainer: MiniLM train rows (default 2000, --quick 256; eval rows: a quarter of it)")
     p.add_argument("--sft-rows", type=int, default=None, help="trainer: SmolLM2 train rows (default 400, --quick 64)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")

@@ -302,8 +302,11 @@ SMALL_EVAL_ROWS = 50
 MODEL_MANIFEST = ".pefttool-files.json"
 
 # Keys a resumed run may change: they do not change what is trained or in what order.
+# train.compile changes how the steps are computed, not what: a checkpoint holds the plain
+# module's state either way, so a run may resume with compile switched on or off.
 HARMLESS_ON_RESUME = ("description", "train.log_every", "train.threads", "train.keep_checkpoints",
-                      "train.checkpoint_every", "eval.batch_size", "output.dir", "output.overwrite")
+                      "train.checkpoint_every", "train.compile", "eval.batch_size", "output.dir",
+                      "output.overwrite")
 
 
 def _open_new_run(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, list[str]]:
@@ -459,6 +462,7 @@ class _TrainingRun:
         scheduler = self._setup_scheduler(optimizer)
         (self.model, self.optimizer, self.train_dl, self.eval_dl,
          self.scheduler) = self.accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+        self._setup_compile()
         if checkpoint is not None:
             self._restore(checkpoint)
         # One name for this run's temporary checkpoint folders, the same in every process.
@@ -489,11 +493,28 @@ class _TrainingRun:
         torch.set_flush_denormal(True)
         set_seed(r.train.seed)
         use_cpu = r.train.device == "cpu" or (r.train.device == "auto" and not torch.cuda.is_available())
+        from accelerate.utils import TorchDynamoPlugin
+
+        # train.compile: Accelerate's prepare() compiles the model last (torch.compile, inductor).
+        # Dynamic shapes: dynamic padding changes the sequence length (and an epoch's last
+        # batch the batch size) from step to step; one graph with symbolic sizes serves them
+        # all, where static shapes would recompile for each new size until dynamo gives up.
+        # Random ops (dropout) run as eager's kernels (inductor's `fallback_random`): inductor's
+        # own in-kernel RNG would draw other dropout masks than an uncompiled run, so losses
+        # would not match it, nor would a run resumed with compile switched on or off.
+        # Always passed explicitly, so ACCELERATE_DYNAMO_* variables never overrule the recipe.
+        dynamo = TorchDynamoPlugin(backend="inductor" if r.train.compile else "no",
+                                   dynamic=True if r.train.compile else None,
+                                   options={"fallback_random": True} if r.train.compile else None)
         self.accelerator = Accelerator(
             mixed_precision=r.train.mixed_precision,
             gradient_accumulation_steps=r.train.grad_accum,
             cpu=use_cpu,
+            dynamo_plugin=dynamo,
         )
+        # Accelerate's state is shared by the whole process and keeps the *first* Accelerator's
+        # dynamo plugin; one process may run several recipes (tests, the Python API, the TUI).
+        self.accelerator.state.dynamo_plugin = dynamo
         self.main = self.accelerator.is_main_process
         if self.main:
             write_resolved_recipe(r, self.run_dir)
@@ -587,6 +608,32 @@ class _TrainingRun:
             num_warmup_steps=int(r.train.warmup_ratio * self.total_steps) * processes,
             num_training_steps=self.total_steps * processes,
         )
+
+    def _setup_compile(self) -> None:
+        """train.compile: `self.model` is the compiled module that trains; `self.plain_model`
+        the same module uncompiled (same parameters), which evaluates, generates and saves:
+        compiling eval and generate would only add compile time (other shapes, no grad), and
+        the plain module's state has no `_orig_mod.` prefixes."""
+        from accelerate.utils import is_compiled_module
+
+        compiled = is_compiled_module(self.model)
+        if compiled != self.recipe.train.compile:  # Accelerate's state not what we set
+            raise TrainingError(f"train.compile is {str(self.recipe.train.compile).lower()} but the "
+                                f"prepared model is {'' if compiled else 'not '}compiled")
+        self.plain_model = self.model._orig_mod if compiled else self.model
+        self._compile_pending = compiled
+        if compiled:
+            self._graphs_before = self._dynamo_graphs()
+            self.emit.info("torch.compile: on (inductor, dynamic shapes): the first step compiles "
+                           "the model (tens of seconds or more); evaluation and generation run "
+                           "uncompiled")
+
+    @staticmethod
+    def _dynamo_graphs() -> tuple[int, int]:
+        """(graphs compiled, graph breaks) so far in this process (torch._dynamo's counters)."""
+        from torch._dynamo.utils import counters
+
+        return (counters["stats"]["unique_graphs"], sum(counters["graph_break"].values()))
 
     def _restore(self, checkpoint: Path) -> None:
         """A resumed run: model, optimizer, scheduler, RNG and loop state from the checkpoint."""
@@ -686,6 +733,12 @@ class _TrainingRun:
             self._evaluate(before=True)
         self.emit.training = self.strategy.during_training = True
         status = self._train()
+        if self.recipe.train.compile:
+            graphs, breaks = (a - b for a, b in zip(self._dynamo_graphs(), self._graphs_before))
+            hint = ("; each break ends a fused graph (gradient checkpointing causes them, for one): "
+                    "TORCH_LOGS=graph_breaks names them") if breaks else ""
+            self.emit.info(f"torch.compile: {graphs} graph(s) compiled in this run, {breaks} graph "
+                           f"break(s){hint}")
         if self.emit.failure:
             self._stop_for_plugin()
         self.emit.training = False
@@ -709,6 +762,8 @@ class _TrainingRun:
         """The loop. Returns how it ended: completed | early_stopped | interrupted."""
         r, state, acc, meter = self.recipe, self.state, self.accelerator, self.meter
         eval_every = r.eval.every_steps
+        began = time.perf_counter()
+        compiled_window = False
         meter.start_window()
         while state.epoch < r.train.epochs and state.global_step < self.total_steps:
             self.model.train()
@@ -752,6 +807,11 @@ class _TrainingRun:
                     continue
                 meter.end_step()
                 state.global_step += 1
+                if self._compile_pending:
+                    self._compile_pending = False
+                    compiled_window = True  # its speed is not the run's: kept out of the ETA
+                    self.emit.info(f"torch.compile: the first step took {time.perf_counter() - began:.1f} s "
+                                   f"(compiling); the next ones run compiled")
                 last = state.global_step >= self.total_steps
                 if state.global_step % r.train.log_every == 0 or last:
                     # Evaluations and checkpoints inside the window are not training time.
@@ -760,6 +820,8 @@ class _TrainingRun:
                     state.train_seconds += window.seconds
                     state.tokens_seen += window.tokens
                     self._emit_step(window)
+                    if compiled_window:
+                        compiled_window, meter.sec_per_step = False, None
                     meter.start_window()
                 if eval_every and state.global_step % eval_every == 0 and not last:
                     if self._evaluate():
@@ -843,7 +905,7 @@ class _TrainingRun:
         r, state = self.recipe, self.state
         began = time.perf_counter()
         loader = _PhaseProgress(self.eval_dl, self.emit, "evaluating", state.global_step)
-        metrics = evaluate(self.model, loader, self.data, r, self.tokenizer, self.accelerator)
+        metrics = evaluate(self.plain_model, loader, self.data, r, self.tokenizer, self.accelerator)
         value = metrics[r.metric]
         sign = 1 if r.higher_is_better else -1
         # The untrained baseline is "before", never "best": the first trained evaluation is the
@@ -882,7 +944,7 @@ class _TrainingRun:
             return
         from .evaluate import samples
 
-        rows = samples(self.model, self.data, self.recipe, self.tokenizer, self.accelerator)
+        rows = samples(self.plain_model, self.data, self.recipe, self.tokenizer, self.accelerator)
         if not rows:
             return
         path = self.run_dir / "samples.jsonl"
@@ -914,7 +976,7 @@ class _TrainingRun:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             tmp.mkdir()
-            model = self.accelerator.unwrap_model(self.model)
+            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
             self.strategy.save(model, tmp, self.recipe, self.options)
             self.tokenizer.save_pretrained(tmp)
             if self.data.label_names:

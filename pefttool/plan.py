@@ -861,11 +861,15 @@ def calibrate(recipe_path: Path, overrides: list[str], recipe: Recipe, steps: in
         planned = start["steps_per_epoch"] * recipe.train.epochs
         if recipe.train.max_steps:
             planned = min(planned, recipe.train.max_steps)
+    note = "training steps only: evaluations not included; a shared machine makes this noisy"
+    compiling = 0.0
+    if recipe.train.compile:  # the first step compiled the model: a run pays that once
+        compiling = max(first["elapsed_s"] - per_step * first["step"], 0.0)
+        note += f"; includes the first step's compile ({compiling:.0f} s, train.compile)"
     return Calibration(steps=len(step_events), sec_per_step=round(per_step, 4), setup_s=round(setup, 1),
                        peak_rss=usage.ru_maxrss * 1024,
-                       estimated_train_s=round(setup + planned * per_step, 1),
-                       note="training steps only: evaluations not included; a shared machine "
-                            "makes this noisy")
+                       estimated_train_s=round(setup + compiling + planned * per_step, 1),
+                       note=note)
 
 
 # ---------------------------------------------------------------- the text report

@@ -148,6 +148,10 @@ class TrainSection(Section):
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations in backward: far less memory, ~20-40 % slower; "
         "unset: on for causal-lm qlora")
+    compile: bool = Field(
+        False, description="torch.compile (inductor) the model for training: fused kernels, "
+        "faster steps after a first step that compiles (tens of seconds); evaluation and "
+        "generation run uncompiled")
 
 
 # Every metric some task's table lets a recipe choose (pefttool/tasks/).
@@ -524,6 +528,10 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.threads > cores:
         problems.append(f"train.threads: {recipe.train.threads} is more than this machine's {cores} "
                         f"CPU cores; use at most {cores}, or 0 for all of them")
+    if recipe.train.compile:
+        problem = compile_problem(recipe.train.device, _cuda_available)
+        if problem:
+            problems.append(problem)
     from .optim import optimizer_problem
 
     optimizer = optimizer_problem(recipe.train.optimizer, recipe.train.device, _cuda_available)
@@ -604,6 +612,38 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
         elif key.startswith("data.") and path.is_dir():
             problems.append(f"{key}: '{loc}' is a directory; name a CSV, JSONL or Parquet file")
     return problems
+
+
+def compile_problem(device: str, cuda_available: Any) -> str | None:
+    """Why `train.compile = true` cannot run here (one line), or None. torch.compile's
+    inductor backend writes Triton kernels on a GPU and C++ kernels on CPU, which it builds with
+    the C++ compiler torch looks for ($CXX, else g++; clang++ on macOS; cl on Windows) against
+    Python's C headers. Checked without importing torch (`cuda_available` is only called for
+    train.device = "auto")."""
+    import importlib.util
+    import shutil
+    import sys
+    import sysconfig
+
+    fix = "or set train.compile = false"
+    if device == "cuda" or (device == "auto" and cuda_available()):
+        if importlib.util.find_spec("triton") is None:
+            return (f"train.compile: true compiles GPU kernels with Triton, which is not installed; "
+                    f"pip install triton (Linux; on Windows: triton-windows), {fix}")
+        return None
+    default = "cl" if sys.platform == "win32" else "clang++" if sys.platform == "darwin" else "g++"
+    cxx = os.environ.get("CXX") or default
+    if shutil.which(cxx) is None:
+        how = {"win32": "run from a Visual Studio Developer Command Prompt (MSVC cl.exe)",
+               "darwin": "xcode-select --install"}.get(sys.platform, "e.g. apt install g++")
+        return (f"train.compile: true builds C++ kernels on CPU with '{cxx}' (torch inductor; "
+                f"$CXX names another), which is not on PATH; install a C++ compiler ({how}), {fix}")
+    include = sysconfig.get_paths().get("include") or ""
+    if not Path(include, "Python.h").is_file():
+        return (f"train.compile: true builds C++ kernels against Python's C headers, and "
+                f"{include}/Python.h is missing; install your Python's development files (e.g. "
+                f"apt install python3-dev), {fix}")
+    return None
 
 
 def _cuda_available() -> bool:
