@@ -173,18 +173,33 @@ class RunDir:
         `OutputError` naming the live writer when another process holds it."""
         import fcntl
 
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
+        for _ in range(10):
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                    raise
+                holder = self.lock_holder()
+                who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+                raise OutputError(f"the run in {self.path} is being written by another pefttool "
+                                  f"({who}); wait for it to end, or stop it (kill -INT "
+                                  f"{holder.get('pid', 'PID')}) and resume") from None
+            # The holder deletes `.lock` when it ends: if it did so between our open and our
+            # flock, we hold a lock on a deleted file, and a third process would create and
+            # lock a new one. Only a lock on the file that is still at the path counts.
+            mine = os.fstat(fd)
+            try:
+                there = os.stat(self.lock_file)
+            except FileNotFoundError:
+                there = None
+            if there is not None and (there.st_ino, there.st_dev) == (mine.st_ino, mine.st_dev):
+                break
             os.close(fd)
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                raise
-            holder = self.lock_holder()
-            who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
-            raise OutputError(f"the run in {self.path} is being written by another pefttool "
-                              f"({who}); wait for it to end, or stop it (kill -INT "
-                              f"{holder.get('pid', 'PID')}) and resume") from None
+        else:
+            raise OutputError(f"could not lock the run in {self.path}: its .lock file keeps "
+                              f"changing (another pefttool starting and ending); try again")
         previous = self.lock_holder()
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),

@@ -306,3 +306,32 @@ def test_statuses_and_exit_codes_are_what_events_hold():
     assert json.dumps({"s": RunStatus.EARLY_STOPPED}) == '{"s": "early_stopped"}'
     assert ExitCode.for_signal(signal.SIGTERM) == 143 and int(ExitCode.BAD_INPUT) == 2
     assert RunStatus("completed").finished and not RunStatus.INTERRUPTED.finished
+
+
+def test_a_lock_taken_on_a_file_its_holder_just_deleted_is_retaken_on_the_new_one(tmp_path, monkeypatch):
+    """The holder deletes .lock as it ends; a process that opened the old file just before
+    and locks it after would hold a lock on a deleted file while a third process creates and
+    locks a new .lock: two writers. The lock must be on the file still at the path."""
+    import fcntl
+
+    from pefttool.errors import OutputError
+    from pefttool.rundir import RunDir
+
+    holder = RunDir(tmp_path / "run")
+    holder.path.mkdir()
+    holder.acquire()
+    real_flock, raced = fcntl.flock, []
+
+    def flock_after_the_holder_ends(fd, op):
+        if not raced:  # between our open and our flock, the holder releases
+            raced.append(True)
+            holder.release()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_holder_ends)
+    second = RunDir(tmp_path / "run")
+    second.acquire()
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    with pytest.raises(OutputError, match="being written by another pefttool"):
+        RunDir(tmp_path / "run").acquire()  # the third must see the second's lock
+    second.release()
