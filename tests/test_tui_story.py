@@ -104,8 +104,11 @@ async def test_attach_to_a_run_started_headless(tmp_path, tiny_classifier_dir):
 
 
 async def test_stop_makes_the_real_engine_checkpoint_and_stop(tmp_path, tiny_classifier_dir):
+    # Long enough that the stop lands first even when the pilot lags behind a loaded machine
+    # (at 5 epochs the whole run, 940 steps, once finished in 26 s before the stop arrived);
+    # the stop ends it within a step, so the length costs nothing when it works.
     write_tiny_recipe(tmp_path, tiny_classifier_dir, name="long", rows=2000,
-                      overrides={"train.epochs": 5})
+                      overrides={"train.epochs": 50})
     app = make_app(runs_root=Path("runs"), cwd=tmp_path, poll_interval=0.2)
     async with app.run_test(size=SIZE) as pilot:
         await settle(pilot)
