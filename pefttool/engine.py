@@ -789,8 +789,11 @@ class _TrainingRun:
         damage = verify_files(model_dir, MODEL_MANIFEST) if model_dir.is_dir() else None
         if damage is None:
             return
-        best = self.state.best_checkpoint
-        best_dir = self.run_dir / "checkpoints" / best if best else None
+        # The checkpoint of the best step holds model/'s weights. Not `best_checkpoint`: that
+        # names the last checkpoint written at a best step, an older best when the newest best
+        # was found by an `eval.every_steps` evaluation with no checkpoint at its step.
+        best = self.state.best_step
+        best_dir = self.run_dir / "checkpoints" / f"step-{best:07d}" if best is not None else None
         if best_dir is not None and best_dir.is_dir() and verify_checkpoint(best_dir) is None:
             self.accelerator.load_state(str(best_dir))
             self._save_model()

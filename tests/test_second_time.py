@@ -154,6 +154,32 @@ def test_resume_rebuilds_a_finished_runs_damaged_model_from_its_best_checkpoint(
     assert (_logits(again.model, again.tokenizer) == before).all()
 
 
+def test_an_unfinished_runs_damaged_model_is_rebuilt_from_the_best_steps_checkpoint(
+        causal_run, tmp_path, capsys):
+    # `best_checkpoint` names the last checkpoint written at a best step: an older best when
+    # the newest one was found by an eval.every_steps evaluation with no checkpoint at its step.
+    # Resume used it to rebuild model/ (an older model, or, when it named none left, model/ moved
+    # aside and no model at all); the checkpoint of `best_step` is the one model/ came from.
+    from pefttool.trained import load_trained
+
+    run = _copy(causal_run, tmp_path, "killed")
+    trained = load_trained(run)
+    before = _logits(trained.model, trained.tokenizer)
+    _drop_end_event(run)
+    state_file = run / "checkpoints" / "step-0000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["best_step"] == 2
+    state["best_checkpoint"] = "step-0000001"   # a best before the last one, without checkpoint
+    state_file.write_text(json.dumps(state))
+    weights = run / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    rc, out, err = cli(capsys, "resume", run, "--quiet")
+    assert rc == 0, err
+    assert "rebuilt it from the best checkpoint step-0000002" in out, out
+    rebuilt = load_trained(run)
+    assert (_logits(rebuilt.model, rebuilt.tokenizer) == before).all()
+
+
 @pytest.mark.parametrize("loss", ["best checkpoint gone", "best checkpoint damaged"])
 def test_resume_without_the_best_checkpoint_is_one_line_and_changes_nothing(
         loss, causal_run, tmp_path, capsys):
