@@ -154,6 +154,35 @@ def test_resume_rebuilds_a_finished_runs_damaged_model_from_its_best_checkpoint(
     assert (_logits(again.model, again.tokenizer) == before).all()
 
 
+def test_a_multi_process_runs_model_is_rebuilt_in_one_process(causal_run, tmp_path, capsys,
+                                                              monkeypatch):
+    # `pefttool resume` starts a multi-process run's processes again; to rebuild model/ only
+    # (nothing trained) it takes this one. Checked by hand on a real 2-process run: rebuilt
+    # in one process, the same logits (largest difference 0.0). Here the run's recipe says 2.
+    import tomllib
+
+    import tomli_w
+
+    import pefttool.distributed
+
+    run = _copy(causal_run, tmp_path, "two")
+    recipe = tomllib.loads((run / "recipe.toml").read_text())
+    recipe["distributed"]["processes"] = 2
+    (run / "recipe.toml").write_text(tomli_w.dumps(recipe))
+    marker = json.loads((run / ".pefttool-run").read_text())
+    marker["recipe"]["distributed"]["processes"] = 2
+    (run / ".pefttool-run").write_text(json.dumps(marker))
+    weights = run / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("launched processes to rebuild model/")
+
+    monkeypatch.setattr(pefttool.distributed, "run_launched", no_launch)
+    rc, out, err = cli(capsys, "resume", run)
+    assert rc == 0 and "rebuilt it from step-0000002" in out, out + err
+
+
 def test_an_unfinished_runs_damaged_model_is_rebuilt_from_the_best_steps_checkpoint(
         causal_run, tmp_path, capsys):
     # `best_checkpoint` names the last checkpoint written at a best step: an older best when
