@@ -187,7 +187,8 @@ def _rebuild_finished_model(recipe: Recipe, strategy: Any, options: Any, rundir:
             run = _TrainingRun(recipe, strategy, options, rundir.path, quiet, stop)
             run.rebuild_model(checkpoint)
         emitter.info(f"model/ was damaged ({damage}); rebuilt it from {checkpoint.name}, the best "
-                     f"evaluation's checkpoint, without training (the run stays {ended.status})",
+                     f"evaluation's checkpoint, without training (the run stays "
+                     f"{ended.status.replace('_', ' ')})",
                      level="warning")
     finally:
         if log is not None:
