@@ -289,6 +289,8 @@ class Recipe(Section):
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=2e-4` → (['train', 'lr'], 2e-4). The value is read as TOML, else as a string."""
+    if not isinstance(text, str):  # argparse turns `--set=--` into [] (it drops the "--")
+        text = " ".join(map(str, text)) if isinstance(text, (list, tuple)) else str(text)
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):

@@ -131,6 +131,13 @@ def test_a_malformed_override_says_how_to_write_one(project):
     assert lines == ["error: --set: 'train.lr' is not KEY=VALUE; write e.g. --set train.lr=2e-4"]
 
 
+def test_set_equals_double_dash_is_a_malformed_override_not_an_internal_error(project):
+    # argparse hands `--set=--` over as an empty list, not a string (found by the fuzz test)
+    lines = assert_known_error(pefttool("validate", str(project / "recipe.toml"), "--set=--"))
+
+    assert lines == ["error: --set: '' is not KEY=VALUE; write e.g. --set train.lr=2e-4"]
+
+
 def test_run_checks_the_recipe_and_its_overrides_before_anything_loads(project):
     lines = assert_known_error(pefttool("run", str(project / "recipe.toml"),
                                         "--set", "train.batch_size=0"))
