@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = recipe_command("inspect", "show the cleaned, tokenized rows a recipe trains on (no model loads)")
     inspect.add_argument("--rows", type=int, default=3, metavar="N", help="train rows to show (default 3)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
-    resume = sub.add_parser("resume", help="continue a run from its last checkpoint")
+    resume = sub.add_parser("resume", help="continue a run from its last checkpoint (a finished "
+                            "run: rebuild its damaged model/ from its best checkpoint)")
     resume.add_argument("run_dir", type=Path, help="the run's directory (holds events.jsonl)")
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
     predict = sub.add_parser("predict", help="label texts with a finished classification run")
@@ -245,12 +246,26 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from .headless import resume_headless, saved_recipe
 
     recipe = saved_recipe(args.run_dir)
-    if _needs_launch(recipe):  # a multi-process run resumes with as many processes
+    # a multi-process run resumes with as many processes; rebuilding a finished run's model/
+    # trains nothing and takes one
+    if _needs_launch(recipe) and not _rebuilds_only(args.run_dir):
         from .distributed import run_launched
 
         argv = ["resume", str(args.run_dir)] + ["--quiet"] * args.quiet
         return run_launched(argv, recipe.distributed.processes, recipe.distributed)
     return resume_headless(args.run_dir, quiet=args.quiet)
+
+
+def _rebuilds_only(run_dir: Path) -> bool:
+    """A finished run whose model/ is damaged or gone: resume only rebuilds model/."""
+    from .rundir import RunDir, RunStatus
+    from .runs import summarize
+    from .trained import model_damage
+
+    run = RunDir(Path(run_dir).resolve())
+    return (run.events.is_file()
+            and summarize(run.path).status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED)
+            and model_damage(run.model) is not None)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

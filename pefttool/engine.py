@@ -75,14 +75,19 @@ def run_recipe(
     strategy.check(recipe, options)
     distributed.init(cpu=_wants_cpu(recipe))
     main = distributed.is_main()
-    checkpoint = None
+    checkpoint = damage = None
     # The main process decides the run directory (and the checkpoint to resume), and tells
     # the others; a refusal there is one error, which every process exits with.
     decision: tuple[Any, ...]
     if main:
         try:
             if resume:
-                rundir, checkpoint, notes = _open_for_resume(recipe, run_dir)
+                rundir, checkpoint, notes, damage = _open_for_resume(recipe, run_dir)
+                if damage is not None and distributed.world_size() > 1:
+                    rundir.release()
+                    raise OutputError(f"the run in {rundir.path} finished and only its model/ is "
+                                      f"to be rebuilt, which takes one process: pefttool resume "
+                                      f"{rundir.path} (it does not start several for that)")
             else:
                 rundir, notes = _open_new_run(recipe, run_dir)
             decision = ("ok", str(rundir.path), str(checkpoint) if checkpoint else None)
@@ -99,6 +104,9 @@ def run_recipe(
         rundir, notes = RunDir(decision[1]), []
         checkpoint = Path(decision[2]) if decision[2] else None
     run_dir = rundir.path
+    if damage is not None:
+        return _rebuild_finished_model(recipe, strategy, options, rundir, checkpoint, damage,
+                                       host, observers, notes)
     names = [f"observer-{id(o)}" for o in observers] if main else []
     try:
         if main and not resume:
@@ -152,6 +160,46 @@ def run_recipe(
         # the caller back what it had (numerical code after a run in the same process).
         if "torch" in sys.modules and _denormals_flushed() != flushed_before:
             sys.modules["torch"].set_flush_denormal(flushed_before)
+
+
+def _rebuild_finished_model(recipe: Recipe, strategy: Any, options: Any, rundir: RunDir,
+                            checkpoint: Path, damage: str, host: PluginHost,
+                            observers: tuple[Any, ...], notes: list[str]) -> RunResult:
+    """A finished run whose model/ is damaged or gone: model/ is saved again from `checkpoint`
+    (the best evaluation's) as the run saved it, without training. The run stays as it ended:
+    its status, history and metrics.json are untouched, and events.jsonl gains one log line
+    (no start, phase or end event: the run was not resumed)."""
+    from .runs import summarize
+
+    ended = summarize(rundir.path).end
+    names = [f"observer-{id(o)}" for o in observers]
+    log = None
+    try:
+        for name, obs in zip(names, observers):
+            host.register(obs, name)
+        log = EventLog(rundir.path)
+        emitter = _Emitter(host, log, on_error=recipe.plugins.on_error)
+        for note in notes:
+            emitter.info(note, level="warning")
+        # Set-up's own lines (data warnings, "saving") are the training's, not this rebuild's.
+        quiet = _Emitter(host, None)
+        with _stop_on_signals() as stop:
+            run = _TrainingRun(recipe, strategy, options, rundir.path, quiet, stop)
+            run.rebuild_model(checkpoint)
+        emitter.info(f"model/ was damaged ({damage}); rebuilt it from {checkpoint.name}, the best "
+                     f"evaluation's checkpoint, without training (the run stays "
+                     f"{ended.status.replace('_', ' ')})",
+                     level="warning")
+    finally:
+        if log is not None:
+            log.close()
+        rundir.release()
+        for name in names:
+            if host.pm.has_plugin(name):
+                host.unregister(name)
+    return RunResult(run_dir=rundir.path, status=ended.status, metric=recipe.metric,
+                     best=ended.best, best_step=ended.best_step, steps=ended.step,
+                     model_dir=rundir.model)
 
 
 def _wants_cpu(recipe: Recipe) -> bool:
@@ -317,9 +365,35 @@ def _open_new_run(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, list[st
     return run, [note] if note else []
 
 
-def _open_for_resume(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, Path, list[str]]:
-    """The run to continue, locked, and the newest checkpoint that verifies."""
+def final_model_checkpoint(run_dir: Path) -> Path:
+    """The checkpoint a finished run's model/ was saved from: model/ is written at each
+    improving evaluation (`_save_model`), so it holds the weights of the best step, and the
+    checkpoint of that step holds the same weights. Raises `OutputError` saying what is
+    missing when no intact checkpoint of that step is left."""
     from .runs import summarize
+
+    end = summarize(Path(run_dir)).end
+    step = end.best_step if end is not None else None
+    if not isinstance(step, int):
+        raise OutputError("the run recorded no best evaluation, so no checkpoint is known to hold "
+                          "its model")
+    path = Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+    what = f"checkpoints/{path.name} (the best evaluation's, step {step}, which model/ was saved from)"
+    if not (path / "trainer_state.json").is_file():
+        raise OutputError(f"{what} is gone")
+    damage = verify_checkpoint(path)
+    if damage is not None:
+        raise OutputError(f"{what} is damaged ({damage})")
+    return path
+
+
+def _open_for_resume(recipe: Recipe, run_dir: Path | None
+                     ) -> tuple[RunDir, Path, list[str], str | None]:
+    """The run to continue, locked, and the newest checkpoint that verifies; or, for a finished
+    run whose model/ is damaged or gone, the checkpoint to rebuild model/ from and the damage
+    (the 4th value; None for a run that goes on training)."""
+    from .runs import summarize
+    from .trained import model_damage
 
     run = RunDir(run_dir or _newest_run(recipe))
     if not run.events.exists():
@@ -329,8 +403,18 @@ def _open_for_resume(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, Path
     try:
         status = summarize(run.path).status
         if status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED):
-            raise OutputError(f"the run in {run.path} already finished ({status}); its model is in "
-                              f"{run.model}")
+            damage = model_damage(run.model)
+            if damage is None:
+                raise OutputError(f"the run in {run.path} already finished ({status}); its model "
+                                  f"is in {run.model}")
+            _refuse_changed_recipe(recipe, run)
+            try:
+                return run, final_model_checkpoint(run.path), notes, damage
+            except OutputError as exc:
+                raise OutputError(
+                    f"the run in {run.path} finished ({status}) and its model/ is damaged "
+                    f"({damage}), but {exc}: nothing is left to rebuild it from; train it again "
+                    f"with pefttool run {run.recipe} --set output.dir=NEW_FOLDER") from None
         if status == RunStatus.RUNNING and summarize(run.path).pid != os.getpid():
             raise OutputError(f"the run in {run.path} is still running (pid alive); stop it first")
         _refuse_changed_recipe(recipe, run)
@@ -351,7 +435,7 @@ def _open_for_resume(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, Path
     except BaseException:
         run.release()
         raise
-    return run, checkpoint, notes
+    return run, checkpoint, notes, None
 
 
 def _refuse_changed_recipe(recipe: Recipe, run: RunDir) -> None:
@@ -446,6 +530,7 @@ class _TrainingRun:
         self.state = TrainState()
         self.meter = StepMeter()  # loss, tokens, samples and time since the last step event
         self._eval_s = 0.0    # how long the last evaluation took (the ETA counts evaluations)
+        self.rebuilding = False  # only model/ is saved again (rebuild_model): recipe.toml stays
 
     # -- set-up: everything before the first step
 
@@ -516,7 +601,7 @@ class _TrainingRun:
         # dynamo plugin; one process may run several recipes (tests, the Python API, the TUI).
         self.accelerator.state.dynamo_plugin = dynamo
         self.main = self.accelerator.is_main_process
-        if self.main:
+        if self.main and not self.rebuilding:
             write_resolved_recipe(r, self.run_dir)
 
     def _setup_data(self) -> None:
@@ -685,6 +770,15 @@ class _TrainingRun:
                 raise DataError(f"data.strict: {problem}")
             self.emit.info(problem, level="warning")
 
+    def rebuild_model(self, checkpoint: Path) -> None:
+        """A finished run's model/, saved again from `checkpoint` (see `final_model_checkpoint`),
+        through the same set-up and `_save_model` as the run itself; nothing is trained."""
+        self.rebuilding = True
+        self._setup(None)
+        self.accelerator.load_state(str(checkpoint))
+        self.state = TrainState.from_file(checkpoint / "trainer_state.json")
+        self._save_model()
+
     def _repair_model_dir(self, checkpoint: Path) -> None:
         """model/ holds the best model so far; a damaged one (checked against the manifest
         written with it) is rebuilt from the best checkpoint, or moved aside with a warning."""
@@ -696,8 +790,11 @@ class _TrainingRun:
         damage = verify_files(model_dir, MODEL_MANIFEST) if model_dir.is_dir() else None
         if damage is None:
             return
-        best = self.state.best_checkpoint
-        best_dir = self.run_dir / "checkpoints" / best if best else None
+        # The checkpoint of the best step holds model/'s weights. Not `best_checkpoint`: that
+        # names the last checkpoint written at a best step, an older best when the newest best
+        # was found by an `eval.every_steps` evaluation with no checkpoint at its step.
+        best = self.state.best_step
+        best_dir = self.run_dir / "checkpoints" / f"step-{best:07d}" if best is not None else None
         if best_dir is not None and best_dir.is_dir() and verify_checkpoint(best_dir) is None:
             self.accelerator.load_state(str(best_dir))
             self._save_model()

@@ -37,8 +37,6 @@ def saved_run(run_dir: Path) -> tuple[RunDir, Any]:
 
 
 def _run(run_dir: Path) -> tuple[RunDir, Any]:
-    from .checkpoints import verify_files
-    from .engine import MODEL_MANIFEST
     from .recipe import load_recipe
 
     run = RunDir(Path(run_dir).resolve())
@@ -48,10 +46,21 @@ def _run(run_dir: Path) -> tuple[RunDir, Any]:
     if not run.model.is_dir():
         raise OutputError(f"the run in {run.path} has no model/ yet (it saves one at its first "
                           f"evaluation after training); resume it, or pick a finished run")
-    damage = verify_files(run.model, MODEL_MANIFEST) or _unreadable(run.model)
+    damage = model_damage(run.model)
     if damage:
         raise OutputError(f"{run.model} is damaged ({damage}); {_repair_advice(run)}")
     return run, load_recipe(run.recipe, check_files=False)
+
+
+def model_damage(model_dir: Path) -> str | None:
+    """What is wrong with a run's model/ (missing, a file that does not match the manifest
+    written with it, weights or configs that do not read), in words; None when it is intact."""
+    from .checkpoints import verify_files
+    from .engine import MODEL_MANIFEST
+
+    if not model_dir.is_dir():
+        return f"{model_dir.name}/ is missing"
+    return verify_files(model_dir, MODEL_MANIFEST) or _unreadable(model_dir)
 
 
 def _unreadable(model_dir: Path) -> str | None:
@@ -78,15 +87,24 @@ def _unreadable(model_dir: Path) -> str | None:
 
 
 def _repair_advice(run: RunDir) -> str:
-    """The fix for a damaged model/: an unfinished run rebuilds it when resumed; a finished one
-    is not resumed, so it has to be trained again (into a new folder: nothing is overwritten)."""
+    """The fix for a damaged model/: resume rebuilds it from the checkpoint of the best
+    evaluation (an unfinished run as it goes on training; a finished one without training).
+    Only when no checkpoint holds that model is the run to be trained again (into a new
+    folder: nothing is overwritten)."""
+    from .engine import final_model_checkpoint
+    from .errors import PefttoolError
     from .rundir import RunStatus
     from .runs import summarize
 
     status = summarize(run.path).status if run.events.exists() else None
     if status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED):
-        return (f"the run finished, so resume cannot rebuild it: train it again with pefttool run "
-                f"{run.recipe} --set output.dir=NEW_FOLDER")
+        try:
+            final_model_checkpoint(run.path)
+        except PefttoolError as exc:
+            return (f"{exc}, so resume cannot rebuild it: train it again with pefttool run "
+                    f"{run.recipe} --set output.dir=NEW_FOLDER")
+        return (f"rebuild it from its best checkpoint, without training: pefttool resume "
+                f"{run.path}")
     return f"resume it (pefttool resume {run.path}) to rebuild it from its best checkpoint"
 
 

@@ -63,15 +63,13 @@ def test_a_damaged_model_without_its_manifest_is_one_line_not_an_internal_error(
 
 def test_the_fix_for_a_damaged_model_is_what_resume_really_does(causal_run, tmp_path, capsys):
     # It used to say "resume the run to rebuild it" for a finished run too, and resume then
-    # refused ("already finished"): a loop with no way out.
+    # refused ("already finished"): a loop with no way out. A finished run is now rebuilt by
+    # resume (the repair tests below); an unfinished one as it goes on training.
     finished = _copy(causal_run, tmp_path, "finished")
     weights = finished / "model" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     rc, out, err = cli(capsys, "generate", finished, "--prompt", "hi")
-    assert_clean_failure(rc, out, err, "is damaged", "the run finished", "pefttool run",
-                         "output.dir=")
-    rc, out, err = cli(capsys, "resume", finished)   # indeed: resume refuses a finished run
-    assert_clean_failure(rc, out, err, "already finished")
+    assert_clean_failure(rc, out, err, "is damaged", f"pefttool resume {finished}")
 
     killed = _copy(causal_run, tmp_path, "killed")
     _drop_end_event(killed)
@@ -83,6 +81,155 @@ def test_the_fix_for_a_damaged_model_is_what_resume_really_does(causal_run, tmp_
     assert rc == 0, err
     rc, out, err = cli(capsys, "generate", killed, "--prompt", "hi", "--greedy", "--max-new-tokens", "2")
     assert rc == 0, err
+
+
+# ------------------------------------------------------------------ repair: resume rebuilds a finished run's model/
+
+
+def _logits(model, tokenizer):
+    import torch
+
+    enc = tokenizer(["a good film", "slow and boring"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def _snapshot(folder):
+    """Every file under `folder` (relative path → bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_rebuilds_a_finished_runs_damaged_model_from_its_best_checkpoint(
+        causal_run, tmp_path, capsys, tiny_causal_dir):
+    # A finished run's model/ with a cut weight file used to be a dead end: resume refused
+    # ("already finished") and the advice was to train again. Its best checkpoint holds the
+    # same weights; resume now saves model/ again from it, without training.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from pefttool.checkpoints import verify_files
+    from pefttool.runs import summarize
+    from pefttool.trained import load_trained
+
+    run = _copy(causal_run, tmp_path, "finished")
+    model = run / "model"
+    trained = load_trained(run)
+    before = _logits(trained.model, trained.tokenizer)
+    rc, out, err = cli(capsys, "resume", run)       # intact: still refused, nothing rebuilt
+    assert_clean_failure(rc, out, err, "already finished (completed)")
+    kept = {name: (run / name).read_bytes() for name in ("metrics.json", "recipe.toml", ".pefttool-run")}
+    events = (run / "events.jsonl").read_text().splitlines()
+    checkpoints = _snapshot(run / "checkpoints")
+
+    weights = model / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    rc, out, err = cli(capsys, "resume", run)
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1 and "rebuilt it from step-0000002" in lines[0], out
+    assert "without training" in lines[0] and "Traceback" not in out + err
+    # written as the engine writes it: manifest, no temporary folder left
+    assert verify_files(model, MODEL_MANIFEST) is None and (model / MODEL_MANIFEST).is_file()
+    assert not list(run.glob(".model*"))
+    # the run is as it ended: same status, files, events (plus one log line), checkpoints
+    assert {name: (run / name).read_bytes() for name in kept} == kept
+    after = (run / "events.jsonl").read_text().splitlines()
+    assert after[:len(events)] == events and len(after) == len(events) + 1
+    assert json.loads(after[-1])["type"] == "log"
+    assert summarize(run).status == "completed" and summarize(run).segments == 1
+    assert _snapshot(run / "checkpoints") == checkpoints
+    # the same model: pefttool's loader and stock transformers + PEFT give the same logits
+    rebuilt = load_trained(run)
+    assert (_logits(rebuilt.model, rebuilt.tokenizer) == before).all()
+    base = AutoModelForCausalLM.from_pretrained(tiny_causal_dir)
+    stock = PeftModel.from_pretrained(base, str(model)).eval()
+    assert (_logits(stock, trained.tokenizer) == before).all()
+    rc, out, err = cli(capsys, "resume", run)       # intact again: refused again
+    assert_clean_failure(rc, out, err, "already finished (completed)")
+
+    shutil.rmtree(model)                            # model/ gone altogether: rebuilt too
+    rc, out, err = cli(capsys, "resume", run, "--quiet")
+    assert rc == 0 and "model/ is missing" in out, out + err
+    again = load_trained(run)
+    assert (_logits(again.model, again.tokenizer) == before).all()
+
+
+def test_a_multi_process_runs_model_is_rebuilt_in_one_process(causal_run, tmp_path, capsys,
+                                                              monkeypatch):
+    # `pefttool resume` starts a multi-process run's processes again; to rebuild model/ only
+    # (nothing trained) it takes this one. Checked by hand on a real 2-process run: rebuilt
+    # in one process, the same logits (largest difference 0.0). Here the run's recipe says 2.
+    import tomllib
+
+    import tomli_w
+
+    import pefttool.distributed
+
+    run = _copy(causal_run, tmp_path, "two")
+    recipe = tomllib.loads((run / "recipe.toml").read_text())
+    recipe["distributed"]["processes"] = 2
+    (run / "recipe.toml").write_text(tomli_w.dumps(recipe))
+    marker = json.loads((run / ".pefttool-run").read_text())
+    marker["recipe"]["distributed"]["processes"] = 2
+    (run / ".pefttool-run").write_text(json.dumps(marker))
+    weights = run / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("launched processes to rebuild model/")
+
+    monkeypatch.setattr(pefttool.distributed, "run_launched", no_launch)
+    rc, out, err = cli(capsys, "resume", run)
+    assert rc == 0 and "rebuilt it from step-0000002" in out, out + err
+
+
+def test_an_unfinished_runs_damaged_model_is_rebuilt_from_the_best_steps_checkpoint(
+        causal_run, tmp_path, capsys):
+    # `best_checkpoint` names the last checkpoint written at a best step: an older best when
+    # the newest one was found by an eval.every_steps evaluation with no checkpoint at its step.
+    # Resume used it to rebuild model/ (an older model, or, when it named none left, model/ moved
+    # aside and no model at all); the checkpoint of `best_step` is the one model/ came from.
+    from pefttool.trained import load_trained
+
+    run = _copy(causal_run, tmp_path, "killed")
+    trained = load_trained(run)
+    before = _logits(trained.model, trained.tokenizer)
+    _drop_end_event(run)
+    state_file = run / "checkpoints" / "step-0000002" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    assert state["best_step"] == 2
+    state["best_checkpoint"] = "step-0000001"   # a best before the last one, without checkpoint
+    state_file.write_text(json.dumps(state))
+    weights = run / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    rc, out, err = cli(capsys, "resume", run, "--quiet")
+    assert rc == 0, err
+    assert "rebuilt it from the best checkpoint step-0000002" in out, out
+    rebuilt = load_trained(run)
+    assert (_logits(rebuilt.model, rebuilt.tokenizer) == before).all()
+
+
+@pytest.mark.parametrize("loss", ["best checkpoint gone", "best checkpoint damaged"])
+def test_resume_without_the_best_checkpoint_is_one_line_and_changes_nothing(
+        loss, causal_run, tmp_path, capsys):
+    run = _copy(causal_run, tmp_path, "finished")
+    weights = run / "model" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    best = run / "checkpoints" / "step-0000002"
+    if loss == "best checkpoint gone":
+        shutil.rmtree(best)
+        why = "checkpoints/step-0000002 (the best evaluation's, step 2, which model/ was saved from) is gone"
+    else:
+        state = best / "model.safetensors"
+        state.write_bytes(state.read_bytes()[:1000])
+        why = "checkpoints/step-0000002 (the best evaluation's, step 2, which model/ was saved from) is damaged"
+    files = _snapshot(run)
+    rc, out, err = cli(capsys, "resume", run)
+    assert_clean_failure(rc, out, err, "its model/ is damaged", why, "train it again")
+    assert _snapshot(run) == files                  # nothing written, nothing removed
+    # and the advice of generate no longer points at resume
+    rc, out, err = cli(capsys, "generate", run, "--prompt", "hi")
+    assert_clean_failure(rc, out, err, "is damaged", why, "cannot rebuild it", "output.dir=NEW_FOLDER")
 
 
 # ------------------------------------------------------------------ plot: a cut or empty events.jsonl
