@@ -44,10 +44,25 @@ def test_gpu_check_skips_without_cuda():
 
 
 @pytest.mark.parametrize("strategy", ["full", "lora", "qlora"])
-def test_gpu_check_recipes_validate(strategy, tiny_causal_dir, tmp_path):
+def test_gpu_check_recipes_validate(strategy, tiny_causal_dir, tmp_path, monkeypatch):
+    import contextlib
+    import io
+
     import gpu_check
 
     import bench
+    from pefttool.cli import main
+
+    def validate_here(path):
+        """gpu_check.validate, in this process: the same `pefttool validate`, without a fresh
+        interpreter importing torch and bitsandbytes for each of the qlora row's ~10 keys (a
+        minute of the suite)."""
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            rc = main(["validate", str(path)])
+        return rc == 0, out.getvalue().strip()
+
+    monkeypatch.setattr(gpu_check, "validate", validate_here)
 
     train, eval_ = bench.long_texts(tmp_path, 4, 2)
     path, unsupported = gpu_check.build_recipe(tmp_path, f"g-{strategy}", str(tiny_causal_dir), None, train,
