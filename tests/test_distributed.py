@@ -72,6 +72,13 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout
     evals1 = [e.metrics["accuracy"] for e in of_type(events_of(run1), "eval")]
     evals2 = [e.metrics["accuracy"] for e in of_type(events2, "eval")]
     assert evals1 == evals2  # every eval row counted once, over both processes
+    # every process's tokens counted once (the run's tokens_seen, and so metrics.json's
+    # tokens_per_s, once added up the main process's share only: half of them)
+    from pefttool.checkpoints import TrainState
+
+    seen = [TrainState.from_file(list_checkpoints(run)[-1] / "trainer_state.json").tokens_seen
+            for run in (run1, run2)]
+    assert seen[0] == seen[1] > 0, seen
 
 
 def test_a_killed_multi_process_run_resumes_to_the_same_result(tmp_path, no_dropout_model):

@@ -287,48 +287,6 @@ def tokens_seen(run_dir) -> int:
     return TrainState.from_file(list_checkpoints(run_dir)[-1] / "trainer_state.json").tokens_seen
 
 
-@pytest.mark.multiprocess
-def test_chat_packing_in_two_processes_counts_every_token_and_resumes(tmp_path, tiny_causal_dir):
-    # The run's token count (metrics.json tokens_per_s, the checkpoint's tokens_seen) used to
-    # add up the main process's tokens only: half of them with 2 processes.
-    import signal
-    import subprocess
-    import sys
-
-    from fault_helpers import child_env, events_of, metrics_of, of_type
-
-    rows, per_row, epochs = 48, 16, 2            # 64 conversations, 16 held out
-    one = run_recipe(load_recipe(chat_recipe(tmp_path / "one", tiny_causal_dir, **{"train.batch_size": 8})))
-    assert metrics_of(one.run_dir)["data"]["train"]["kept"] == rows
-    assert tokens_seen(one.run_dir) == rows * per_row * epochs
-
-    recipe = chat_recipe(tmp_path / "two", tiny_causal_dir, **{"train.batch_size": 4})
-    run_dir = tmp_path / "two" / "runs" / "recipe"
-    proc = subprocess.Popen([sys.executable, "-m", "pefttool.cli", "run", str(recipe), "--processes", "2"],
-                            cwd=tmp_path, env=child_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    import time
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (
-            (run_dir / "events.jsonl").exists() and of_type(events_of(run_dir), "step")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)   # stopped mid-run (every process after the same step)
-    out, err = proc.communicate(timeout=180)
-    assert proc.returncode == 130, err
-    assert of_type(events_of(run_dir), "end")[-1].status == "interrupted"
-
-    resumed = subprocess.run([sys.executable, "-m", "pefttool.cli", "resume", str(run_dir)], cwd=tmp_path,
-                             env=child_env(), capture_output=True, text=True, timeout=240)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from step-" in resumed.stdout
-    starts = of_type(events_of(run_dir), "start")
-    assert [s.processes for s in starts] == [2, 2]
-    got = metrics_of(run_dir)
-    assert (got["status"], got["steps"]) == ("completed", one.steps)
-    assert tokens_seen(run_dir) == rows * per_row * epochs   # every process's tokens, once
-
-
 # ------------------------------------------------------------------ chat: stopped and resumed = straight
 
 
