@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench setup tools clean chat-data chat-demo
+.PHONY: demo test test-compile bench setup tools clean chat-data chat-demo
 demo: $(STAMP)
 	$(BIN)/pefttool run recipes/lora.toml
 
@@ -22,6 +22,11 @@ chat-demo: chat-data
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q
+
+# The one test that compiles a model (train.compile: 60-90 s with a cold inductor cache), left
+# out of `make test` to keep it under 10 minutes on 2 cores.
+test-compile: $(STAMP)
+	$(BIN)/python -m pytest -q -m compile
 
 # Side-by-side benchmarks (pefttool vs Trainer + PEFT, a hand-written loop, MFU, memory, start-up,
 # bf16): tens of minutes; `make bench BENCH_ARGS=--quick` runs them small. Results: benchmarks/RESULTS.md.
