@@ -53,6 +53,11 @@ class TrainState:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def checkpoint_name(step: int) -> str:
+    """The folder name of the checkpoint written after `step` (`step-0000040`)."""
+    return f"step-{step:07d}"
+
+
 def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
@@ -149,8 +154,8 @@ def save_checkpoint(
     rename, pruning) between barriers.
     """
     root = checkpoint_dir(run_dir)
-    final = root / f"step-{state.global_step:07d}"
-    tmp = root / f".tmp-step-{state.global_step:07d}-{token or os.getpid()}"
+    final = root / checkpoint_name(state.global_step)
+    tmp = root / f".tmp-{checkpoint_name(state.global_step)}-{token or os.getpid()}"
     if main:
         root.mkdir(parents=True, exist_ok=True)
         if tmp.exists():

@@ -337,14 +337,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
                           f"never overwrites a file)")
     if not out.parent.is_dir():
         raise OutputError(f"--out: the folder {out.parent} does not exist")
-    print(f"plot: {plot_runs(args.run_dirs, out)}")
-    from .runs import summarize
-
-    for run_dir in args.run_dirs:  # a partly damaged events.jsonl: drawn, with a word about it
-        bad = summarize(run_dir).bad_lines
-        if bad:
-            print(f"warning: {run_dir}: {bad} line(s) of events.jsonl are not events and were "
-                  f"skipped", file=sys.stderr)
+    written = plot_runs(args.run_dirs, out, warn=lambda line: print(line, file=sys.stderr))
+    print(f"plot: {written}")
     return 0
 
 

@@ -24,8 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checkpoints import (TrainState, latest_checkpoint, list_checkpoints, replace_dir,
-                          save_checkpoint, verify_checkpoint)
+from .checkpoints import (TrainState, checkpoint_dir, checkpoint_name, latest_checkpoint,
+                          list_checkpoints, replace_dir, save_checkpoint, verify_checkpoint)
 from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
 from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent,
                      StartEvent, StepEvent)
@@ -377,7 +377,7 @@ def final_model_checkpoint(run_dir: Path) -> Path:
     if not isinstance(step, int):
         raise OutputError("the run recorded no best evaluation, so no checkpoint is known to hold "
                           "its model")
-    path = Path(run_dir) / "checkpoints" / f"step-{step:07d}"
+    path = checkpoint_dir(Path(run_dir)) / checkpoint_name(step)
     what = f"checkpoints/{path.name} (the best evaluation's, step {step}, which model/ was saved from)"
     if not (path / "trainer_state.json").is_file():
         raise OutputError(f"{what} is gone")
@@ -794,7 +794,7 @@ class _TrainingRun:
         # names the last checkpoint written at a best step, an older best when the newest best
         # was found by an `eval.every_steps` evaluation with no checkpoint at its step.
         best = self.state.best_step
-        best_dir = self.run_dir / "checkpoints" / f"step-{best:07d}" if best is not None else None
+        best_dir = checkpoint_dir(self.run_dir) / checkpoint_name(best) if best is not None else None
         if best_dir is not None and best_dir.is_dir() and verify_checkpoint(best_dir) is None:
             self.accelerator.load_state(str(best_dir))
             self._save_model()
@@ -918,7 +918,8 @@ class _TrainingRun:
                     state.tokens_seen += window.tokens
                     self._emit_step(window)
                     if compiled_window:
-                        compiled_window, meter.sec_per_step = False, None
+                        compiled_window = False
+                        meter.forget_speed()
                     meter.start_window()
                 if eval_every and state.global_step % eval_every == 0 and not last:
                     if self._evaluate():
@@ -1097,7 +1098,7 @@ class _TrainingRun:
         state = self.state
         began = time.perf_counter()
         if state.best_step == state.global_step:
-            state.best_checkpoint = f"step-{state.global_step:07d}"
+            state.best_checkpoint = checkpoint_name(state.global_step)
         self.emit(PhaseEvent(phase="checkpointing", step=state.global_step))
         try:
             state.processes = self.accelerator.num_processes

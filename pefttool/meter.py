@@ -74,6 +74,11 @@ class StepMeter:
         """Time spent on something else than training (an evaluation, a checkpoint)."""
         self._paused_s += seconds
 
+    def forget_speed(self) -> None:
+        """Drop the smoothed speed (after a window that was not the run's pace, such as
+        train.compile's compiling first step); the next window sets it afresh."""
+        self.sec_per_step = None
+
     def close_window(self) -> Window:
         """The window so far; the clock keeps running until `start_window`."""
         seconds = max(time.perf_counter() - self._started - self._paused_s, 1e-9)

@@ -18,7 +18,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import OutputError
 from .hookspecs import hookimpl
@@ -73,10 +73,15 @@ def read_curves(run_dir: Path) -> RunCurves:
                      evals={k: _by_step(v) for k, v in evals.items()}, bad_lines=state.bad_lines)
 
 
-def plot_runs(run_dirs: list[Path], out: Path) -> Path:
+def plot_runs(run_dirs: list[Path], out: Path, warn: Callable[[str], None] | None = None) -> Path:
     """One PNG with three panels (loss, learning rate, eval metric), every run on each.
-    Written to a temporary file, then renamed: never a half-written picture."""
+    Written to a temporary file, then renamed: never a half-written picture. `warn` hears of a
+    partly damaged events.jsonl (drawn from the lines that are events)."""
     curves = [read_curves(d) for d in run_dirs]
+    for run_dir, c in zip(run_dirs, curves):
+        if c.bad_lines and warn is not None:
+            warn(f"warning: {run_dir}: {c.bad_lines} line(s) of events.jsonl are not events and "
+                 f"were skipped")
     if not any(c.loss or c.lr or c.evals for c in curves):
         # a blank picture would look like a plot of a run that learned nothing
         which = run_dirs[0] if len(run_dirs) == 1 else "these runs"
