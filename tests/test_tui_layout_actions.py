@@ -55,17 +55,21 @@ async def test_the_footer_keeps_quit_at_60_columns(fake_app):
             footer_row
 
 
-async def test_the_adjust_footer_keeps_quit_at_60_columns(fake_app):
-    # It ended at "q" (the word cut off): its keys need 65 columns. Escape (Back on every
-    # screen) now leaves the footer first, only when the keys do not fit.
+@pytest.mark.parametrize("size, keys", [
+    (EIGHTY, ("^s Save as…", "^r Launch", "esc Back", "3 Plugins", "q Quit")),
+    # At 60 it ended at "q" (the word cut off): its keys need 65 columns. Escape (Back on
+    # every screen) now leaves the footer first, only when the keys do not fit.
+    (NARROW, ("^s Save as…", "^r Launch", "3 Plugins", "q Quit")),
+], ids=["80-columns-whole", "60-columns-keeps-quit"])
+async def test_the_adjust_footer_keeps_its_keys(fake_app, size, keys):
     app = fake_app()
-    async with app.run_test(size=NARROW) as pilot:
+    async with app.run_test(size=size) as pilot:
         screen = await open_adjust(pilot)
         screen.set_focus(None)    # out of the inputs: the app's keys join the footer
         await pilot.pause()
         await pilot.pause()
         footer_row = screen_text(app).splitlines()[-1]
-        for key in ("^s Save as…", "^r Launch", "3 Plugins", "q Quit"):
+        for key in keys:
             assert key in footer_row, footer_row
         await pilot.press("escape")   # Escape still goes back, shown or not
         await settle(pilot)
@@ -251,17 +255,6 @@ async def test_recipes_and_runs_at_80_columns_cut_nothing(fake_app, workdir):
         started = table.get_row_at(0)[5]
         assert started and started in text, text
         assert table.virtual_size.width <= table.content_region.width + 1
-
-
-async def test_adjust_footer_at_80_columns_is_whole(fake_app):
-    app = fake_app()
-    async with app.run_test(size=EIGHTY) as pilot:
-        screen = await open_adjust(pilot)
-        screen.set_focus(None)    # out of the inputs: the app's keys join the footer
-        await pilot.pause()
-        footer_row = screen_text(app).splitlines()[-1]
-        for key in ("^s Save as…", "^r Launch", "esc Back", "3 Plugins", "q Quit"):
-            assert key in footer_row, footer_row
 
 
 # ---------------------------------------------------------------- 10: in the TUI
