@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -250,6 +249,27 @@ def main(argv=None) -> int:
         if len(peaks) == 3 and None not in peaks.values():
             if not peaks["qlora"] < peaks["lora"] < peaks["full"]:
                 failures.append(f"{label}: peak memory order is not qlora < lora < full ({peaks})")
+    # train.compile on the GPU (Triton kernels), LoRA on the first model: one extra row
+    label, model, gguf = models[0]
+    recipe, _ = build_recipe(work, "compile-lora", model, gguf, train, eval_, "lora", seq=a.seq,
+                             batch=a.batch, steps=a.steps)
+    recipe.write_text(set_key(recipe.read_text(), "train.compile", "true"))
+    ok, message = validate(recipe)
+    if not ok:
+        rows.append([label, "lora + train.compile", "", "", "",
+                     f"not supported here: {message.splitlines()[-1] if message else ''}"[:120]])
+    else:
+        r = run(recipe, work)
+        if "error" in r:
+            rows.append([label, "lora + train.compile", "", "", "", f"failed: {r['error']}"])
+            failures.append(f"{label} lora + train.compile: run failed")
+        else:
+            if not (r["first_loss"] is not None and r["last_loss"] < r["first_loss"]):
+                failures.append(f"{label} lora + train.compile: loss did not fall")
+            rows.append([label, "lora + train.compile", f"{r['tokens_per_s']:.0f}",
+                         f"{r['peak_mb']:.0f}" if r["peak_mb"] else "n/a",
+                         f"{r['first_loss']:.3f} → {r['last_loss']:.3f}",
+                         "tok/s includes the first step's compile"])
     # multi-GPU
     help_text = subprocess.run([*bench.pefttool_cmd(), "run", "--help"], capture_output=True, text=True).stdout
     if n_gpus < 2:
