@@ -31,6 +31,7 @@ from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogE
                      StartEvent, StepEvent)
 from .data.collate import take_counts
 from .meter import StepMeter, Window
+from .model_state import use_trainable_checkpoints
 from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
 from . import distributed
@@ -547,6 +548,7 @@ class _TrainingRun:
         scheduler = self._setup_scheduler(optimizer)
         (self.model, self.optimizer, self.train_dl, self.eval_dl,
          self.scheduler) = self.accelerator.prepare(model, optimizer, train_dl, eval_dl, scheduler)
+        use_trainable_checkpoints(self.accelerator)  # checkpoints hold what trains, not the frozen base
         self._setup_compile()
         if checkpoint is not None:
             self._restore(checkpoint)
