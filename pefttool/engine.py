@@ -1005,7 +1005,8 @@ class _TrainingRun:
         r, state = self.recipe, self.state
         began = time.perf_counter()
         loader = _PhaseProgress(self.eval_dl, self.emit, "evaluating", state.global_step)
-        metrics = evaluate(self.plain_model, loader, self.data, r, self.tokenizer, self.accelerator)
+        with self._own_rng():
+            metrics = evaluate(self.plain_model, loader, self.data, r, self.tokenizer, self.accelerator)
         value = metrics[r.metric]
         sign = 1 if r.higher_is_better else -1
         # The untrained baseline is "before", never "best": the first trained evaluation is the
@@ -1019,7 +1020,8 @@ class _TrainingRun:
             state.bad_evals = 0
             self._save_model()
         if before or improved:
-            self._write_samples("before" if before else "after")
+            with self._own_rng():
+                self._write_samples("before" if before else "after")
         if not before and not improved:
             state.bad_evals += 1
         epoch = round(state.epoch + state.batches_done / self.batches_per_epoch, 4)
@@ -1036,6 +1038,19 @@ class _TrainingRun:
                            f"{r.early_stopping.min_delta} for {state.bad_evals} evaluation(s); "
                            f"best {state.best:.4f} at step {state.best_step}")
         return stop
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        """A pass outside training (evaluation, sample replies) works on a copy of the RNG
+        state: starting a DataLoader pass draws a seed from the global generator, and sampled
+        replies draw many, so without this an evaluation before training (or eval.samples)
+        would change every later dropout mask, and the run's losses with it."""
+        import torch
+
+        device = self.accelerator.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                   device_type=device.type if device.type == "cuda" else "cuda"):
+            yield
 
     def _write_samples(self, when: str) -> None:
         """eval.samples: replies to held-out prompts before training and at the best evaluation,

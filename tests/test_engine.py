@@ -157,3 +157,22 @@ def test_answer_metrics_tell_format_from_knowledge():
     references = ["negative", "positive", "negative", "positive"]
     assert exact_match(predictions, references) == 0.25
     assert contains_answer(predictions, references) == 0.5
+
+
+@pytest.mark.parametrize("task", ["classification", "causal-lm"])
+def test_evaluations_outside_training_leave_the_training_losses_bit_identical(task, tmp_path, request):
+    """An evaluation before training, step evaluations and eval.samples replies draw no random
+    number the training would have drawn: turning them on or off changes no training loss."""
+    model_dir = request.getfixturevalue(f"tiny_{'classifier' if task == 'classification' else 'causal'}_dir")
+    losses = {}
+    for extra in (False, True):
+        overrides = {"train.epochs": 1, "train.batch_size": 8, "method.dropout": 0.1,
+                     "eval.before_training": extra, "eval.every_steps": 2 if extra else None}
+        if task == "causal-lm" and extra:
+            overrides["eval.samples"] = 2  # sampled replies: many random draws
+        result = run_recipe(load_recipe(write_tiny_recipe(tmp_path / str(extra), model_dir, "lora",
+                                                          task, overrides=overrides)))
+        losses[extra] = [e.loss for e in read_events(result.run_dir / "events.jsonl")
+                         if isinstance(e, StepEvent)]
+    assert len(losses[True]) == 6
+    assert losses[True] == losses[False]
