@@ -137,7 +137,7 @@ class TrainSection(Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes initialisation and data order")
-    threads: int = Field(0, ge=0, description="torch threads on CPU (0: all cores)")
+    threads: int = Field(0, ge=0, description="torch threads on CPU (0: the free cores: all of them on an idle machine)")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: epoch ends)")
     keep_checkpoints: int = Field(2, ge=1)

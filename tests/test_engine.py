@@ -176,3 +176,16 @@ def test_evaluations_outside_training_leave_the_training_losses_bit_identical(ta
                          if isinstance(e, StepEvent)]
     assert len(losses[True]) == 6
     assert losses[True] == losses[False]
+
+
+def test_threads_zero_takes_the_free_cores_and_says_so_on_a_busy_machine(monkeypatch):
+    from pefttool import engine
+
+    monkeypatch.setattr(engine.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(engine.os, "getloadavg", lambda: (0.7, 0.5, 0.2))
+    assert engine.cpu_threads(0) == (2, None)
+    monkeypatch.setattr(engine.os, "getloadavg", lambda: (11.2, 10.0, 9.0))
+    threads, warning = engine.cpu_threads(0)
+    assert threads == 1
+    assert "load average 11.2 on 2 cores" in warning and "train.threads" in warning
+    assert engine.cpu_threads(2) == (2, None)  # a number the recipe sets is kept, busy or not

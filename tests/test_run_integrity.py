@@ -296,6 +296,21 @@ def test_tiny_eval_sets_and_labels_without_rows_warn_or_stop_with_strict(tmp_pat
         run_recipe(load_recipe(strict))
 
 
+def test_a_continuous_metric_without_early_stopping_gets_no_small_eval_warning(tmp_path, tiny_causal_dir):
+    """eval_loss does not move in steps of 1/rows, and nothing stops on it: no warning. With
+    early stopping on, the noise of 16 rows matters again."""
+    def small_eval_warnings(folder, **extra):
+        recipe = write_tiny_recipe(folder, tiny_causal_dir, "lora", "causal-lm", overrides={
+            "train.max_steps": 1, "eval.metric": "eval_loss", "eval.before_training": False, **extra})
+        result = run_recipe(load_recipe(recipe))
+        return [e.message for e in of_type(events_of(result.run_dir), "log")
+                if e.level == "warning" and "the eval set has only" in e.message]
+
+    assert small_eval_warnings(tmp_path / "off") == []
+    (warning,) = small_eval_warnings(tmp_path / "on", **{"early_stopping.enabled": True})
+    assert "eval_loss is noisy on so few rows and early stopping follows noise" in warning
+
+
 def test_runs_given_a_file_is_bad_input(capsys, tmp_path):
     (tmp_path / "f.txt").write_text("x")
     rc, out, err = cli(capsys, "runs", tmp_path / "f.txt")

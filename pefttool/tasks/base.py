@@ -17,6 +17,9 @@ class Metric:
     higher_is_better: bool
     selectable: bool = True  # may be eval.metric; else only reported beside it
     description: str = ""
+    # A share of rows (accuracy, exact match): it moves in steps of 1/rows, so a small eval
+    # set makes it coarse. A loss or a ranking score is continuous.
+    share_of_rows: bool = False
 
 
 class Task:

@@ -40,10 +40,12 @@ class CausalLMTask(Task):
         "perplexity": Metric("perplexity", lambda o: perplexity(o.loss), higher_is_better=False,
                              description="exp(eval_loss)"),
         "exact_match": Metric("exact_match", _answers(exact_match), higher_is_better=True,
-                              description="share of greedy answers equal to the reference"),
+                              description="share of greedy answers equal to the reference",
+                              share_of_rows=True),
         "contains_answer": Metric("contains_answer", _answers(contains_answer),
                                   higher_is_better=True, selectable=False,
-                                  description="share of answers containing the reference"),
+                                  description="share of answers containing the reference",
+                                  share_of_rows=True),
     }
 
     def data_kind(self, recipe: Any) -> str:

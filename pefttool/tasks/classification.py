@@ -37,9 +37,10 @@ class ClassificationTask(Task):
     sequence_labels = False
     metrics = {
         "accuracy": Metric("accuracy", lambda o: accuracy(o.preds, o.labels), higher_is_better=True,
-                           description="share of rows labelled right"),
+                           description="share of rows labelled right", share_of_rows=True),
         "macro_f1": Metric("macro_f1", lambda o: macro_f1(o.preds, o.labels, o.num_classes),
-                           higher_is_better=True, description="unweighted mean of per-label F1"),
+                           higher_is_better=True, description="unweighted mean of per-label F1",
+                           share_of_rows=True),
         "auroc": Metric("auroc", _auroc, higher_is_better=True,
                         description="binary tasks: area under the ROC curve of the second label's "
                                     "probability (threshold-free ranking quality)"),
