@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "run: rebuild its damaged model/ from its best checkpoint)")
     resume.add_argument("run_dir", type=Path, help="the run's directory (holds events.jsonl)")
     resume.add_argument("--quiet", action="store_true", help="print only the summary")
+    resume.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a key a resume may change: train.threads, train.log_every, "
+                             "train.keep_checkpoints, train.checkpoint_every, train.compile, "
+                             "eval.batch_size (repeatable)")
     predict = sub.add_parser("predict", help="label texts with a finished classification run")
     predict.add_argument("run_dir", type=Path, help="the run's directory")
     predict.add_argument("texts", nargs="*", help="texts to label (none: read --file or stdin)")
@@ -244,16 +248,19 @@ def _needs_launch(recipe) -> bool:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from .headless import resume_headless, saved_recipe
+    from .rundir import check_resume_overrides
 
-    recipe = saved_recipe(args.run_dir)
+    check_resume_overrides(args.overrides)  # before anything loads
+    recipe = saved_recipe(args.run_dir, args.overrides)
     # a multi-process run resumes with as many processes; rebuilding a finished run's model/
     # trains nothing and takes one
     if _needs_launch(recipe) and not _rebuilds_only(args.run_dir):
         from .distributed import run_launched
 
-        argv = ["resume", str(args.run_dir)] + ["--quiet"] * args.quiet
+        argv = ["resume", str(args.run_dir), *[f"--set={o}" for o in args.overrides]]
+        argv += ["--quiet"] * args.quiet
         return run_launched(argv, recipe.distributed.processes, recipe.distributed)
-    return resume_headless(args.run_dir, quiet=args.quiet)
+    return resume_headless(args.run_dir, quiet=args.quiet, overrides=args.overrides)
 
 
 def _rebuilds_only(run_dir: Path) -> bool:

@@ -38,7 +38,7 @@ from . import distributed
 from .recipe import Recipe
 from .sampling import EpochShuffleSampler, LengthGroupedSampler
 from .strategy import GuardedStrategy
-from .rundir import (EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
+from .rundir import (RESUME_IGNORES, RESUME_MAY_CHANGE, EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
                      claim_new)
 
 
@@ -372,12 +372,7 @@ SMALL_EVAL_ROWS = 50
 # Written into model/ with it: sizes and checksums, so a damaged model/ is found on resume.
 MODEL_MANIFEST = ".pefttool-files.json"
 
-# Keys a resumed run may change: they do not change what is trained or in what order.
-# train.compile changes how the steps are computed, not what: a checkpoint holds the plain
-# module's state either way, so a run may resume with compile switched on or off.
-HARMLESS_ON_RESUME = ("description", "train.log_every", "train.threads", "train.keep_checkpoints",
-                      "train.checkpoint_every", "train.compile", "eval.batch_size", "output.dir",
-                      "output.overwrite")
+HARMLESS_ON_RESUME = RESUME_MAY_CHANGE + RESUME_IGNORES  # pefttool/rundir.py
 
 
 def _open_new_run(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, list[str]]:

@@ -85,6 +85,24 @@ RUN_ARTIFACTS = (MODEL_DIR, CHECKPOINTS_DIR, EVENTS_FILE, RECIPE_FILE, METRICS_F
                  MARKER_FILE, PLOT_FILE, TENSORBOARD_DIR, "samples.jsonl", ".model-tmp", ".model-old")
 MARKER_FORMAT = 1
 
+# Keys a resumed run may change: they do not change what is trained or in what order.
+# train.compile changes how the steps are computed, not what: a checkpoint holds the plain
+# module's state either way, so a run may resume with compile switched on or off.
+RESUME_MAY_CHANGE = ("train.log_every", "train.threads", "train.keep_checkpoints",
+                     "train.checkpoint_every", "train.compile", "eval.batch_size")
+# ...and keys that differ between two folders of the same run (a copied or moved run).
+RESUME_IGNORES = ("description", "output.dir", "output.overwrite")
+
+
+def check_resume_overrides(overrides: list[str]) -> None:
+    """`pefttool resume RUN --set KEY=VALUE`: only the keys a resume may change (one line else)."""
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key not in RESUME_MAY_CHANGE:
+            raise OutputError(f"--set {key}: a resume continues the run as it began, so only "
+                              f"{', '.join(RESUME_MAY_CHANGE)} may change; start a new run to change "
+                              f"{key or 'that'}")
+
 
 class RunDir:
     """The files of one run, and the rules for creating, reusing and locking its folder."""

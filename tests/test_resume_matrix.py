@@ -201,3 +201,26 @@ def test_resume_on_another_base_is_one_line(tmp_path, tiny_classifier_dir, capsy
     after = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*") if p.is_file()}
     changed = [p.name for p in after if before.get(p) != after[p]]
     assert set(changed) <= {"events.jsonl", "recipe.toml", ".lock"}, changed
+
+
+def test_resume_takes_set_for_the_keys_a_resume_may_change(tmp_path, tiny_classifier_dir, capsys):
+    from pefttool.cli import main
+
+    recipe = load_recipe(_recipe(tmp_path, tiny_classifier_dir, "classification", "lora"))
+    run_dir = tmp_path / "runs" / "recipe"
+    assert run_recipe(recipe, observers=(SignalAfter(signal.SIGINT, 2),)).status == "interrupted"
+    capsys.readouterr()
+    # a key that changes what is trained: one line, exit 2, before anything loads
+    assert main(["resume", str(run_dir), "--set", "train.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set train.lr: a resume continues the run as it began") or \
+        "--set train.lr: a resume continues the run as it began" in err, err
+    assert "train.threads" in err and len(err.strip().splitlines()) == 1
+    assert len(of_type(events_of(run_dir), "start")) == 1
+    # the keys it may change are taken, and the run ends as it would have
+    assert main(["resume", str(run_dir), "--quiet", "--set", "train.log_every=3",
+                 "--set", "eval.batch_size=5"]) == 0
+    starts = of_type(events_of(run_dir), "start")
+    assert [s.resumed_from_step for s in starts] == [0, 2]
+    assert starts[-1].recipe["train"]["log_every"] == 3
+    assert [e.step for e in of_type(events_of(run_dir), "step")][-3:] == [6, 9, 12]
