@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="skip reading and tokenizing the data (no steps/tokens per epoch)")
     inspect = recipe_command("inspect", "show the cleaned, tokenized rows a recipe trains on (no model loads)")
     inspect.add_argument("--rows", type=int, default=3, metavar="N", help="train rows to show (default 3)")
+    inspect.add_argument("--start", type=int, default=0, metavar="I",
+                         help="show rows from the I-th train row on (0-based; default 0)")
+    inspect.add_argument("--random", type=int, nargs="?", const=0, default=None, metavar="SEED",
+                         help="show a random sample of train rows instead (seeded: SEED, default 0)")
+    inspect.add_argument("--multi-turn", action="store_true",
+                         help="only chat rows with several assistant replies (loss spans)")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     resume = sub.add_parser("resume", help="continue a run from its last checkpoint (a finished "
                             "run: rebuild its damaged model/ from its best checkpoint)")
@@ -354,10 +360,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     if args.rows < 0:
         raise PefttoolError(f"--rows: {args.rows} is negative; give how many rows to show, e.g. 3")
+    if args.start < 0:
+        raise PefttoolError(f"--start: {args.start} is negative; rows count from 0")
     recipe = load_recipe(args.recipe, args.overrides)
     from .inspection import format_text, inspect_recipe
 
-    preview = inspect_recipe(recipe, rows=args.rows)
+    preview = inspect_recipe(recipe, rows=args.rows, start=args.start, seed=args.random,
+                             multi_turn=args.multi_turn)
     if args.json:
         print(json.dumps(preview.to_dict(), ensure_ascii=False))
     else:

@@ -6,7 +6,8 @@ rendered text, its token ids, and which tokens carry loss; for the whole train a
 splits: the length distribution in tokens and how many rows truncation touched; and the
 cleaning counts the run would log.
 
-    inspect_recipe(recipe, rows=3) -> DataPreview     (.to_dict() for --json, format_text() for people)
+    inspect_recipe(recipe, rows=3, start=0, seed=None, multi_turn=False) -> DataPreview
+        (.to_dict() for --json, format_text() for people)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class RowPreview:
     loss_tokens: int               # tokens whose next-token prediction is trained (labels != -100)
     spans: list[tuple[str, bool]]  # the text in pieces: (piece, carries loss)
     label: str | None = None       # classification: the label the row trains toward
+    index: int = 0                 # its position in the train split (0-based)
 
 
 @dataclass
@@ -83,30 +85,67 @@ def loss_spans(tokenizer: Any, ids: list[int], labels: list[int]) -> list[tuple[
     return spans
 
 
-def inspect_recipe(recipe: Any, rows: int = 3) -> DataPreview:
-    """Encode the recipe's data as a run would (tokenizer only) and describe it."""
+def loss_runs(labels: list[int]) -> int:
+    """How many separate stretches of loss-bearing tokens a row has (a chat row: one per
+    assistant reply)."""
+    runs, inside = 0, False
+    for x in labels:
+        if (x != IGNORE_INDEX) and not inside:
+            runs += 1
+        inside = x != IGNORE_INDEX
+    return runs
+
+
+def pick_rows(data: Any, rows: int, start: int = 0, seed: int | None = None,
+              multi_turn: bool = False) -> list[int]:
+    """Which train rows to show: `rows` from `start` on, or (`seed` given) a seeded random
+    sample; only rows with several loss-bearing replies with `multi_turn`."""
+    import random
+
+    candidates = list(range(len(data.train)))
+    if multi_turn:
+        candidates = [i for i, labels in enumerate(data.train["labels"]) if loss_runs(list(labels)) >= 2]
+    if seed is not None:
+        return sorted(random.Random(seed).sample(candidates, min(rows, len(candidates))))
+    return candidates[start:start + rows]
+
+
+def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None = None,
+                   multi_turn: bool = False) -> DataPreview:
+    """Encode the recipe's data as a run would (tokenizer only) and describe it: `rows` train
+    rows from `start`, or a seeded random sample (`seed`), or only multi-turn rows."""
     from .data import prepare_data
+    from .errors import PefttoolError
     from .models import load_tokenizer
 
+    classification = recipe.task.type == "classification"
+    if multi_turn and classification:
+        raise PefttoolError("--multi-turn: classification rows have no turns; it picks chat rows "
+                            "with several assistant replies")
     tokenizer = load_tokenizer(recipe)
     summary: list[str] = []
     data = prepare_data(recipe, tokenizer, log=summary.append)
-    classification = recipe.task.type == "classification"
+    if start >= len(data.train) and rows:
+        raise PefttoolError(f"--start: {start} is past the last train row ({len(data.train)} rows)")
     previews = []
-    shown = data.train.select(range(min(rows, len(data.train))))
-    for row in shown:
+    picked = pick_rows(data, rows, start, seed, multi_turn)
+    if multi_turn and rows and not picked:
+        summary.append("--multi-turn: no train row has more than one loss-bearing reply")
+    for index in picked:
+        row = data.train[index]
         ids = list(row["input_ids"])
         if classification:
             label_id = int(row["labels"])
             name = data.label_names[label_id] if data.label_names else str(label_id)
             text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             previews.append(RowPreview(text=text, input_ids=ids, tokens=len(ids), loss_tokens=0,
-                                       spans=[(text, False)], label=name))
+                                       spans=[(text, False)], label=name, index=index))
             continue
         labels = list(row["labels"])
         spans = loss_spans(tokenizer, ids, labels)
         previews.append(RowPreview(text="".join(t for t, _ in spans), input_ids=ids, tokens=len(ids),
-                                   loss_tokens=sum(1 for x in labels if x != IGNORE_INDEX), spans=spans))
+                                   loss_tokens=sum(1 for x in labels if x != IGNORE_INDEX), spans=spans,
+                                   index=index))
     # classification rows are cut at max_length by the tokenizer, uncounted: only "at max_length"
     lengths = {split: length_stats([len(x) for x in ds["input_ids"]], recipe.data.max_length,
                                    {} if classification else data.stats[split])
@@ -140,8 +179,8 @@ def format_text(preview: DataPreview, color: bool = False) -> str:
     out = [f"recipe {preview.recipe}: {kind}, max_length {preview.max_length} tokens"]
     if preview.task != "classification":
         out.append("text in [[double brackets]] carries loss (the model is trained to produce it)")
-    for i, row in enumerate(preview.rows, 1):
-        head = f"--- train row {i}: {row.tokens} tokens"
+    for row in preview.rows:
+        head = f"--- train row {row.index + 1}: {row.tokens} tokens"
         head += f", label {row.label!r} (loss on the label, not on tokens)" if row.label is not None \
             else f", {row.loss_tokens} carry loss"
         out += [head, "".join(mark(t, loss) for t, loss in row.spans), f"ids: {row.input_ids}"]

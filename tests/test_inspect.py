@@ -118,3 +118,49 @@ def test_bad_inputs_to_inspect_are_one_line(tmp_path, tiny_classifier_dir, capsy
     assert_clean_failure(rc, out, err, "--rows: -1")
     rc, out, err = cli(capsys, "inspect", path, "--set", "data.text_column=nope")
     assert_clean_failure(rc, out, err, "nope")
+
+
+def _chat_recipe(tmp_path, tiny_causal_dir):
+    """A chat recipe on 40 conversations, every fifth one with two assistant replies."""
+    rows = []
+    for i in range(40):
+        messages = [{"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": f"answer {i}"}]
+        if i % 5 == 0:
+            messages += [{"role": "user", "content": f"and then {i}"},
+                         {"role": "assistant", "content": f"more {i}"}]
+        rows.append({"messages": messages})
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return load_recipe(write_tiny_recipe(tmp_path, tiny_causal_dir, "lora", "causal-lm", overrides={
+        "task.format": "chat", "data.train": str(data), "data.prompt_column": None,
+        "data.response_column": None}))
+
+
+def test_inspect_picks_rows_by_start_random_sample_or_several_turns(tmp_path, tiny_causal_dir):
+    recipe = _chat_recipe(tmp_path, tiny_causal_dir)
+    first = inspect_recipe(recipe, rows=3)
+    assert [r.index for r in first.rows] == [0, 1, 2]
+    later = inspect_recipe(recipe, rows=2, start=5)
+    assert [r.index for r in later.rows] == [5, 6]
+    assert later.rows[0].input_ids == inspect_recipe(recipe, rows=6).rows[5].input_ids
+    sample = inspect_recipe(recipe, rows=4, seed=1)
+    assert len(sample.rows) == 4 and sample.rows != first.rows
+    assert [r.index for r in sample.rows] == [r.index for r in inspect_recipe(recipe, rows=4, seed=1).rows]
+    multi = inspect_recipe(recipe, rows=3, multi_turn=True)
+    assert len(multi.rows) == 3
+    for row in multi.rows:
+        assert sum(1 for _, loss in row.spans if loss) == 2   # two replies carry loss
+        assert "and then" in row.text
+    text = cli_text(tmp_path, "--rows", "1", "--start", "4")
+    assert "--- train row 5:" in text
+
+
+def test_inspect_row_choice_errors_are_one_line(tmp_path, tiny_classifier_dir, capsys):
+    write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
+    rc, out, err = cli(capsys, "inspect", tmp_path / "recipe.toml", "--multi-turn")
+    assert_clean_failure(rc, out, err, "--multi-turn: classification rows have no turns")
+    rc, out, err = cli(capsys, "inspect", tmp_path / "recipe.toml", "--start", "999")
+    assert_clean_failure(rc, out, err, "--start: 999 is past the last train row (48 rows)")
+    rc, out, err = cli(capsys, "inspect", tmp_path / "recipe.toml", "--start", "-1")
+    assert_clean_failure(rc, out, err, "--start: -1 is negative")
