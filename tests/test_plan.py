@@ -161,6 +161,25 @@ def test_qlora_weights_match_bitsandbytes_on_a_real_load(tiny_recipe):
     assert row.cpu.weights < full.cpu.weights
 
 
+@pytest.mark.parametrize("strategy", ["full", "lora", "qlora"])
+def test_checkpoint_size_matches_a_real_checkpoint(strategy, tiny_recipe):
+    """plan's "checkpoint on disk" against the weights and optimizer files a run writes (the
+    whole model for full; for LoRA/QLoRA the trainable tensors only)."""
+    if strategy == "qlora":
+        pytest.importorskip("bitsandbytes")
+    from pefttool.engine import run_recipe
+
+    recipe = load_recipe(tiny_recipe(strategy, **{"train.max_steps": 2, "train.checkpoint_every": 2,
+                                                  "eval.before_training": False}))
+    row = P.estimate(recipe, strategies=(strategy,)).own
+    checkpoint = run_recipe(recipe).run_dir / "checkpoints" / "step-0000002"
+    written = sum((checkpoint / name).stat().st_size for name in ("model.safetensors", "optimizer.bin"))
+    # torch.save's pickle and safetensors' header add a few KB to a tiny model's files
+    assert row.checkpoint == pytest.approx(written, rel=0.1), (row.checkpoint, written)
+    if strategy != "full":
+        assert row.checkpoint < 0.5 * P.estimate(recipe, strategies=("full",)).rows[0].checkpoint
+
+
 def test_gpu_fit_and_headroom(tiny_recipe):
     recipe = load_recipe(tiny_recipe("lora"))
     roomy = P.estimate(recipe, device=24).own.gpu
