@@ -518,9 +518,9 @@ def _newest_run(recipe: Recipe) -> Path:
 def resolved_recipe_dict(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     """The recipe as it runs: defaults filled in, local paths absolute, output.dir = run_dir."""
     data = recipe.to_dict()
-    for section, key in (("model", "path"), ("data", "train"), ("data", "eval")):
+    for section, key in (("model", "path"), ("data", "train"), ("data", "eval"), ("data", "chat_template")):
         loc = data.get(section, {}).get(key)
-        if loc and not loc.startswith("package:"):
+        if isinstance(loc, str) and loc and not loc.startswith("package:"):
             path = recipe.resolve_path(loc)
             if path.exists():
                 data[section][key] = str(path.resolve())

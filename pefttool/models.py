@@ -299,6 +299,32 @@ def _translate(exc: BaseException, loc: str, what: str) -> ModelError:
     return ModelError(f"model.path: cannot load {what} from '{loc}': {msg}")
 
 
+CHAT_TEMPLATE_LIMIT = 1 << 20  # a chat template is a few KB of Jinja
+
+
+def read_chat_template(path: Path) -> str:
+    """`data.chat_template` as a file: its Jinja text, checked to parse (one line if not)."""
+    where = f"data.chat_template: '{path}'"
+    if not path.is_file():
+        raise ModelError(f"{where} is not a regular file; name a Jinja chat template file")
+    if path.stat().st_size > CHAT_TEMPLATE_LIMIT:
+        raise ModelError(f"{where} is {path.stat().st_size:,} bytes; a chat template is Jinja text "
+                         f"of a few KB")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{where} is unreadable ({type(exc).__name__}); save it as UTF-8 text") from None
+    try:
+        import jinja2
+
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ModelError(f"{where} is not a valid Jinja template (line {exc.lineno}: {exc.message})") from None
+    if not text.strip():
+        raise ModelError(f"{where} is empty; write the template, or set data.chat_template = true")
+    return text
+
+
 def load_tokenizer(recipe: Recipe) -> Any:
     """The model's tokenizer; pad = eos when it has no pad token; right padding (training)."""
     from transformers import AutoTokenizer
@@ -314,6 +340,9 @@ def load_tokenizer(recipe: Recipe) -> Any:
             tok = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
         raise _translate(exc, recipe.model.path, "a tokenizer") from exc
+    template = recipe.data.chat_template
+    if isinstance(template, str):  # a Jinja file replaces the model's own chat template
+        tok.chat_template = read_chat_template(recipe.resolve_path(template))
     if tok.pad_token is None:
         if tok.eos_token is not None:
             tok.pad_token = tok.eos_token

@@ -90,7 +90,12 @@ class DataSection(Section):
     response_map: dict[str, str] | None = Field(
         None, description="causal-lm: map raw response values to the target text"
     )
-    chat_template: bool = Field(True, description="causal-lm: render through the model's chat template")
+    chat_template: bool | str = Field(
+        True, description="causal-lm: render through the model's chat template (true), not "
+        "(false), or through a Jinja template file (its path) instead of the model's own")
+    system_prompt: str | None = Field(
+        None, description="chat template: the system turn of every conversation without one "
+        "(replaces the template's default); \"\" leaves the template's default text out")
     messages_column: str | None = Field(
         None, description="chat: the column holding each conversation; unset: 'messages', else "
         "'conversations'")
@@ -566,9 +571,10 @@ def _chat_checks(recipe: Recipe) -> list[str]:
         if task.type != "causal-lm":
             problems.append(f"task.format: 'chat' needs task.type = \"causal-lm\" (got "
                             f"{task.type!r}); set task.type = \"causal-lm\" or remove task.format")
-        if not d.chat_template:
+        if d.chat_template is False:
             problems.append("data.chat_template: false, but task.format = \"chat\" renders "
-                            "conversations with the model's chat template; set it to true")
+                            "conversations with the model's chat template; set it to true (or "
+                            "to a Jinja template file)")
         if d.prompt_template is not None:
             problems.append(f"data.prompt_template: {d.prompt_template!r} does not apply to "
                             f"task.format = \"chat\" (turns are rendered by the chat template); "
@@ -576,7 +582,11 @@ def _chat_checks(recipe: Recipe) -> list[str]:
         if d.response_map is not None:
             problems.append("data.response_map: does not apply to task.format = \"chat\"; "
                             "remove it")
-    else:
+    if d.system_prompt is not None and (task.type != "causal-lm" or d.chat_template is False):
+        problems.append(f"data.system_prompt: {d.system_prompt[:40]!r} goes into a chat template's "
+                        f"system turn, and this recipe renders none (task.type {task.type!r}, "
+                        f"data.chat_template {d.chat_template!r}); remove it")
+    if task.format != "chat":
         # Only a value other than the default: a resolved recipe (run dir) writes defaults out.
         for key, default in (("messages_column", None), ("train_on", "assistant")):
             if getattr(d, key) != default:
@@ -593,8 +603,10 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
     data_section = data.get("data") if isinstance(data.get("data"), dict) else {}
     gguf_file = model.get("gguf_file")
     problems = []
+    template = data_section.get("chat_template")
     for key, loc in (("model.path", model.get("path")), ("data.train", data_section.get("train")),
-                     ("data.eval", data_section.get("eval"))):
+                     ("data.eval", data_section.get("eval")),
+                     ("data.chat_template", template if isinstance(template, str) else None)):
         if not isinstance(loc, str):
             continue
         try:
@@ -611,6 +623,9 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
             problems.append(f"{key}: '{loc}' does not exist (looked at {looked}); fix the path")
         elif key == "model.path" and isinstance(gguf_file, str) and not (path / gguf_file).is_file():
             problems.append(f"model.gguf_file: '{gguf_file}' is not a file in {path}")
+        elif key == "data.chat_template" and not path.is_file():
+            problems.append(f"{key}: '{loc}' is not a file; name a Jinja chat template file, or "
+                            f"set true (the model's own template) or false")
         elif key.startswith("data.") and path.is_dir():
             problems.append(f"{key}: '{loc}' is a directory; name a CSV, JSONL or Parquet file")
     return problems

@@ -304,3 +304,47 @@ def test_a_resolved_recipe_with_the_defaults_written_out_validates_again(tmp_pat
                                 base_dir=tmp_path, check_files=False)
         again = validate_recipe(first.to_dict(), base_dir=tmp_path, check_files=False)
         assert again.data.train_on == "assistant" and again.task.format == first.task.format
+
+
+# ---------------------------------------------------------------- system prompt, template file
+
+
+def test_system_prompt_becomes_each_conversations_system_turn(tmp_path, tok, cache):
+    rows = [{"messages": CONV}] + [{"messages": m} for m in FILLER]
+    data = prep(tmp_path, tok, cache, rows, system_prompt="be brief", max_length=64)
+    texts = [tok.decode(r["input_ids"]) for r in list(data.train) + list(data.eval)]
+    assert all(t.startswith("system : be brief") for t in texts), texts[0]
+    own = [{"role": "system", "content": "my own"}, *FILLER[0]]
+    data = prep(tmp_path, tok, cache, [{"messages": own}] + rows[1:], system_prompt="be brief")
+    texts = [tok.decode(r["input_ids"]) for r in list(data.train) + list(data.eval)]
+    assert sum(t.startswith("system : my own") for t in texts) == 1   # a row's own system turn stays
+    # the loss stays on the replies only
+    row = next(r for r in list(data.train) + list(data.eval)
+               if tok.decode(r["input_ids"]).startswith("system : be brief"))
+    learned_text = tok.decode([row["input_ids"][i] for i in learned(row)])
+    assert "brief" not in learned_text and learned_text.startswith("answer")
+
+
+def test_a_chat_template_file_replaces_the_models_template(tmp_path, tiny_causal_dir):
+    from pefttool.errors import PefttoolError
+    from pefttool.inspection import inspect_recipe
+    from pefttool.recipe import load_recipe
+    from tiny_models import write_tiny_recipe
+
+    template = tmp_path / "turns.jinja"
+    template.write_text("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}"
+                        "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %} {% endfor %}"
+                        "{% if add_generation_prompt %}<assistant> {% endif %}", encoding="utf-8")
+    write_jsonl(tmp_path / "c.jsonl", [{"messages": CONV}] + [{"messages": m} for m in FILLER])
+    recipe_path = write_tiny_recipe(tmp_path, tiny_causal_dir, "lora", "causal-lm", overrides={
+        "task.format": "chat", "data.train": str(tmp_path / "c.jsonl"), "data.prompt_column": None,
+        "data.response_column": None, "data.chat_template": "turns.jinja"})
+    preview = inspect_recipe(load_recipe(recipe_path), rows=1)
+    assert preview.rows[0].text.startswith("< user > question") or "< user >" in preview.rows[0].text
+    # a template that does not parse, and one that is missing: one line each
+    template.write_text("{% for m in messages %}", encoding="utf-8")
+    with pytest.raises(PefttoolError, match=r"data.chat_template: .*turns.jinja' is not a valid Jinja template"):
+        inspect_recipe(load_recipe(recipe_path), rows=1)
+    template.unlink()
+    with pytest.raises(PefttoolError, match=r"data.chat_template: 'turns.jinja' does not exist"):
+        load_recipe(recipe_path)

@@ -105,11 +105,20 @@ def key(messages: list[dict[str, str]]) -> str:
     return json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
 
 
-class Renderer:
-    """Renders conversations with one tokenizer's chat template."""
+def with_system(messages: list[dict[str, str]], system_prompt: str | None) -> list[dict[str, str]]:
+    """The conversation as a recipe renders it: `data.system_prompt` (when set) as its system
+    turn, unless it has its own. The one place training, inspect and generate add it."""
+    if system_prompt is None or (messages and messages[0].get("role") == "system"):
+        return list(messages)
+    return [{"role": "system", "content": system_prompt}, *messages]
 
-    def __init__(self, tokenizer: Any):
+
+class Renderer:
+    """Renders conversations with one tokenizer's chat template (and the recipe's system turn)."""
+
+    def __init__(self, tokenizer: Any, system_prompt: str | None = None):
         self.tok = tokenizer
+        self.system_prompt = system_prompt
 
     def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         try:
@@ -121,6 +130,7 @@ class Renderer:
         return out if isinstance(out, str) else str(out)
 
     def render(self, messages: list[dict[str, str]]) -> Conversation:
+        messages = with_system(messages, self.system_prompt)
         text = self._render(messages, False)
         pos = 0
         for n, msg in enumerate(messages, 1):  # every turn must reach the text, in order

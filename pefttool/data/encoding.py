@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
 from .cleaning import _Row, _Spec
+from .chat import with_system
 from .common import IGNORE_INDEX, _one_line
 
 if TYPE_CHECKING:
@@ -45,13 +46,14 @@ class _Encoder:
         self.eval_prompt_ids: list[list[int]] | None = None
         self.fingerprint = hashlib.sha256(
             json.dumps(recipe.data.model_dump(mode="json"), sort_keys=True).encode()
-            + str(getattr(tokenizer, "name_or_path", "")).encode()).hexdigest()[:16]
+            + str(getattr(tokenizer, "name_or_path", "")).encode()
+            + str(getattr(tokenizer, "chat_template", "")).encode()).hexdigest()[:16]
 
     def render(self, prompt: str) -> str:
         if self.use_chat:
             try:
-                out = self.tok.apply_chat_template([{"role": "user", "content": prompt}],
-                                                   add_generation_prompt=True, tokenize=False)
+                messages = with_system([{"role": "user", "content": prompt}], self.recipe.data.system_prompt)
+                out = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             except Exception as exc:
                 raise DataError(f"the tokenizer's chat template failed ({type(exc).__name__}: "
                                 f"{_one_line(exc)}); set data.chat_template = false") from None

@@ -69,7 +69,7 @@ def prepare_data(
             raise DataError(f"model.path: the tokenizer of '{recipe.model.path}' has no chat "
                             "template, and task.format = \"chat\" renders conversations with "
                             "it; use a chat model's tokenizer (one with a chat_template)")
-        spec.renderer = Renderer(tokenizer)
+        spec.renderer = Renderer(tokenizer, recipe.data.system_prompt)
     cache_root = Path(cache_dir) if cache_dir is not None else None
 
     with _quiet_datasets():
