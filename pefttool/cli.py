@@ -91,6 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--greedy", action="store_true", help="always take the likeliest token (no sampling)")
     gen.add_argument("--seed", type=int, help="fix the sampling, so a prompt gives the same reply again")
     gen.add_argument("--json", action="store_true", help="one JSON object per prompt")
+    gen.add_argument("--system", metavar="TEXT",
+                     help="the system turn of the chat template (default: the run's data.system_prompt)")
+    gen.add_argument("--base", action="store_true",
+                     help="answer with the run's base model (before training), rendered the same way")
     export = sub.add_parser("export", help="write a run's model for use elsewhere")
     export.add_argument("run_dir", type=Path, help="the run's directory")
     export.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
@@ -376,11 +380,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .errors import OutputError
-    from .generate import GenerationOptions, chat, check_causal, generate, prompts_from_file
+    from .generate import (GenerationOptions, chat, check_causal, generate, prompts_from_file,
+                           uses_chat_template)
     from .trained import load_trained, saved_run
 
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_p=args.top_p, greedy=args.greedy, seed=args.seed)
+                                top_p=args.top_p, greedy=args.greedy, seed=args.seed, system=args.system)
     options.check()
     _, recipe = saved_run(args.run_dir)  # a bad run dir or a classification run: before any model loads
     check_causal(recipe)
@@ -395,7 +400,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
                               "or run it on a terminal for a chat")
     if interactive and args.json:
         raise OutputError("--json: give the prompts with --prompt or --file (the chat is for people)")
-    loaded = load_trained(args.run_dir)
+    loaded = load_trained(args.run_dir, base=args.base)
+    if args.system is not None and not uses_chat_template(loaded, conversation=True):
+        raise OutputError("--system: this run's prompts go through no chat template (data.chat_template "
+                          "is false, or the tokenizer has none), so there is no system turn to set")
     if interactive:
         chat(loaded, options)
         return 0

@@ -32,6 +32,7 @@ class GenerationOptions:
     top_p: float = 0.9
     greedy: bool = False           # always the likeliest token (temperature/top_p unused)
     seed: int | None = None        # a fixed seed: the same prompt gives the same reply
+    system: str | None = None      # the system turn (chat template); None: the run's data.system_prompt
 
     def check(self) -> None:
         if self.max_new_tokens < 1:
@@ -62,14 +63,19 @@ def uses_chat_template(loaded: Any, conversation: bool = False) -> bool:
     return bool(getattr(loaded.recipe.data, "chat_template", True)) and (conversation or fmt != "text")
 
 
-def prompt_ids(loaded: Any, prompt: str | Messages) -> list[int]:
-    """The token ids the model continues from, rendered the way the run trained."""
+def prompt_ids(loaded: Any, prompt: str | Messages, system: str | None = None) -> list[int]:
+    """The token ids the model continues from, rendered the way the run trained (with
+    `system`, or else the run's data.system_prompt, as the system turn of a chat template)."""
     tok = loaded.tokenizer
     fmt = getattr(loaded.recipe.task, "format", "instruction")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if not messages:
         raise OutputError("generate: no prompt (an empty conversation)")
     if uses_chat_template(loaded, conversation=not isinstance(prompt, str)):
+        from .data.chat import with_system
+
+        messages = with_system(messages, system if system is not None
+                               else getattr(loaded.recipe.data, "system_prompt", None))
         try:
             text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # a template that rejects these roles, say
@@ -112,14 +118,14 @@ def generate(loaded: Any, messages_or_prompt: str | Messages, *,
     options = options or GenerationOptions(**opts)
     options.check()
     tok, model = loaded.tokenizer, loaded.model
-    ids = prompt_ids(loaded, messages_or_prompt)
+    ids = prompt_ids(loaded, messages_or_prompt, options.system)
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(limit, int) and not isinstance(messages_or_prompt, str):
         # a long conversation forgets its oldest turns rather than overflow the model
         messages = list(messages_or_prompt)
         while len(ids) >= limit and len(messages) > 2:
             messages = messages[2:]
-            ids = prompt_ids(loaded, messages)
+            ids = prompt_ids(loaded, messages, options.system)
     if isinstance(limit, int) and len(ids) >= limit:
         raise OutputError(f"the prompt is {len(ids)} tokens; this model reads at most {limit} "
                           f"(with the reply); shorten it")

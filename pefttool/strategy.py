@@ -7,6 +7,9 @@ calls its methods in this order, each documented below:
     →  wrap()  →  describe()  →  param_groups()  →  make_optimizer()
     →  (each micro-batch: prepare_batch()  →  model(**batch)  →  compute_loss())  →  save()
 
+and, when a finished run's model loads to answer (predict, generate, Try it):
+    load_kwargs()  →  from_pretrained(**kwargs)  →  for_inference()  →  the saved adapter on top
+
 Every method has a default, so a strategy overrides only what its method needs: BitFit only
 `wrap`; LoRA+ `wrap` and `param_groups`; GaLore `make_optimizer`; a distillation or
 label-smoothing method `compute_loss`; an augmentation `prepare_batch`. Methods only gain
@@ -105,6 +108,12 @@ class Strategy:
         for the model's own loss (the default). Evaluation always uses the model's loss."""
         return None
 
+    def for_inference(self, model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.Module:
+        """Called when a finished run's base model is loaded to answer (predict, generate,
+        the TUI's Try it), before its adapter is applied: return the model to use (e.g. with a
+        kernel switched off that would be wrong here). Default: the model unchanged."""
+        return model
+
     def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: Any) -> None:
         """Write what was trained so stock transformers/PEFT load it. Default: the full model."""
         # a transformers/PEFT model; torch types it as a Module
@@ -138,7 +147,7 @@ def _quant_state_bytes(state: Any) -> int:
 
 # The methods the engine calls; an exception from one of them is the strategy's, and named so.
 GUARDED_METHODS = ("check", "load_kwargs", "wrap", "describe", "param_groups", "make_optimizer",
-                   "prepare_batch", "compute_loss", "save")
+                   "prepare_batch", "compute_loss", "for_inference", "save")
 
 
 class GuardedStrategy:

@@ -108,13 +108,16 @@ def _repair_advice(run: RunDir) -> str:
     return f"resume it (pefttool resume {run.path}) to rebuild it from its best checkpoint"
 
 
-def load_trained(run_dir: Path, dequantize: bool = False) -> Trained:
+def load_trained(run_dir: Path, dequantize: bool = False, base: bool = False) -> Trained:
     """The run's best model, ready for inference. `dequantize`: a 4-bit (QLoRA) base is
-    turned into plain float weights, exactly the values it trained against, as merging needs."""
+    turned into plain float weights, exactly the values it trained against, as merging needs.
+    `base`: the model the run started from instead (loaded as the run loaded it, with the
+    same tokenizer and recipe), to compare replies before and after training."""
     import torch
 
     from .models import load_model, load_tokenizer
     from .plugins import get_plugin_host
+    from .strategy import GuardedStrategy
 
     import warnings
 
@@ -129,7 +132,7 @@ def load_trained(run_dir: Path, dequantize: bool = False) -> Trained:
         labels = [id2label[k] for k in sorted(id2label, key=int)]
     tokenizer = load_tokenizer(recipe)
     adapter = (run.model / "adapter_config.json").is_file()
-    if adapter:
+    if adapter or base:
         from peft import PeftModel
 
         host = get_plugin_host()
@@ -137,20 +140,19 @@ def load_trained(run_dir: Path, dequantize: bool = False) -> Trained:
         if strategy is None:
             raise ModelError(f"the run used strategy '{recipe.method.strategy}', whose plugin is not "
                              f"loaded; install it (pefttool plugins lists what is)")
-        base = load_model(recipe, strategy, recipe.strategy_options, label_names=labels,
-                          tokenizer=tokenizer)
-        if getattr(base, "hf_quantizer", None) is not None:
-            if dequantize:
-                base = base.dequantize()
-            else:
-                from pefttool_qlora.quant import guard_cpu_4bit
-
-                guard_cpu_4bit(base)  # the CPU 4-bit inference repack (see pefttool_qlora.quant)
+        base_model = load_model(recipe, strategy, recipe.strategy_options, label_names=labels,
+                                tokenizer=tokenizer)
+        if dequantize and getattr(base_model, "hf_quantizer", None) is not None:
+            base_model = base_model.dequantize()  # a quantized base, as merging needs it
+        else:
+            base_model = GuardedStrategy(strategy).for_inference(base_model, recipe, recipe.strategy_options)
     from safetensors import SafetensorError
 
     try:
-        if adapter:
-            model = PeftModel.from_pretrained(base, str(run.model))
+        if base:
+            model = base_model
+        elif adapter:
+            model = PeftModel.from_pretrained(base_model, str(run.model))
         else:
             model = get_task(recipe).auto_model_class().from_pretrained(str(run.model),
                                                                         dtype=torch.float32)
@@ -160,7 +162,8 @@ def load_trained(run_dir: Path, dequantize: bool = False) -> Trained:
         raise ModelError(f"{run.model} cannot be loaded ({type(exc).__name__}: "
                          f"{_first_line(exc, 160)}); {_repair_advice(run)}") from None
     model.eval()
-    return Trained(model=model, tokenizer=tokenizer, recipe=recipe, labels=labels, adapter=adapter)
+    return Trained(model=model, tokenizer=tokenizer, recipe=recipe, labels=labels,
+                   adapter=adapter and not base)
 
 
 def predict(trained: Trained, texts: list[str], batch_size: int = 32,

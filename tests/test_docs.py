@@ -87,8 +87,8 @@ def test_the_strategy_class_names_what_a_subclass_sets():
 
 
 def test_strategy_methods_are_the_expected_contract():
-    assert STRATEGY_METHODS == ["check", "compute_loss", "describe", "load_kwargs", "make_optimizer",
-                                "param_groups", "prepare_batch", "save", "wrap"]
+    assert STRATEGY_METHODS == ["check", "compute_loss", "describe", "for_inference", "load_kwargs",
+                                "make_optimizer", "param_groups", "prepare_batch", "save", "wrap"]
 
 
 def test_the_call_order_in_strategy_py_names_every_method():

@@ -256,3 +256,40 @@ def test_a_conversation_longer_than_the_model_forgets_its_oldest_turns(loaded_lo
 
     with pytest.raises(OutputError, match="shorten it"):
         generate(loaded_lora, " ".join(["word"] * (limit + 5)), greedy=True)
+
+
+# ------------------------------------------------------------------ system turn, --base
+
+
+def test_system_turn_is_the_runs_by_default_and_system_overrides_it(loaded_lora, causal_runs, capsys):
+    tok = loaded_lora.tokenizer
+    plain = tok.decode(prompt_ids(loaded_lora, "hello"))
+    assert "system:" not in plain      # the tiny template has no default system turn
+    mine = tok.decode(prompt_ids(loaded_lora, "hello", system="be brief"))
+    assert mine.startswith("system : be brief") and mine.endswith(plain.strip())
+    # the CLI's --system gives the same reply as the API with that system turn
+    rc, out, err = cli(capsys, "generate", causal_runs["lora"], "--prompt", "hello", "--greedy",
+                       "--max-new-tokens", "3", "--json", "--system", "be brief")
+    assert rc == 0, err
+    want = generate(loaded_lora, "hello", greedy=True, max_new_tokens=3, system="be brief")
+    assert json.loads(out)["reply"] == want
+
+
+@pytest.mark.parametrize("strategy", ["lora", "qlora", "full"])
+def test_base_answers_with_the_model_the_run_started_from(strategy, causal_runs, tiny_causal_dir, capsys):
+    from transformers import AutoModelForCausalLM
+
+    base = load_trained(causal_runs[strategy], base=True)
+    assert not base.adapter
+    ids = torch.tensor([prompt_ids(base, PROMPT)])
+    if strategy != "qlora":  # the stock base, unwrapped, gives the very same logits
+        stock = AutoModelForCausalLM.from_pretrained(tiny_causal_dir, dtype=torch.float32).eval()
+        with torch.no_grad():
+            assert torch.allclose(base.model(ids).logits, stock(ids).logits, atol=1e-5)
+    with torch.no_grad():
+        trained = load_trained(causal_runs[strategy]).model(ids).logits
+        assert not torch.allclose(base.model(ids).logits, trained, atol=1e-4)
+    rc, out, err = cli(capsys, "generate", causal_runs[strategy], "--base", "--prompt", PROMPT,
+                       "--greedy", "--max-new-tokens", "4", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["reply"] == generate(base, PROMPT, greedy=True, max_new_tokens=4)

@@ -82,6 +82,16 @@ class QloraStrategy(LoraStrategy):
         return model
 
 
+    def for_inference(self, model: torch.nn.Module, recipe: Recipe,  # type: ignore[override]
+                      options: QloraOptions) -> torch.nn.Module:
+        """Strategy contract, called when a finished run's 4-bit base loads to answer: the CPU
+        4-bit layers are guarded against the AVX512-BF16 repack (see `quant.guard_cpu_4bit`)."""
+        from .quant import guard_cpu_4bit
+
+        guard_cpu_4bit(model)
+        return model
+
+
 @hookimpl
 def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
     """Hook `pefttool_register_strategies` (once, at start-up): registers `qlora`. Returns nothing."""
