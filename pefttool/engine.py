@@ -36,7 +36,7 @@ from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
 from . import distributed
 from .recipe import Recipe
-from .sampling import EpochShuffleSampler, LengthGroupedSampler
+from .sampling import EpochShuffleSampler, LengthGroupedSampler, RunLength
 from .strategy import GuardedStrategy
 from .rundir import (RESUME_IGNORES, RESUME_MAY_CHANGE, EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
                      claim_new)
@@ -697,11 +697,9 @@ class _TrainingRun:
                                                generator=torch.Generator().manual_seed(r.train.seed))
         eval_dl = torch.utils.data.DataLoader(self.data.eval, batch_size=r.eval.batch_size,
                                               shuffle=False, collate_fn=self.data.collate)
-        # Each process takes every N-th batch (Accelerate shards the batches, evenly).
-        self.batches_per_epoch = math.ceil(len(train_dl) / self.accelerator.num_processes)
-        self.steps_per_epoch = math.ceil(self.batches_per_epoch / r.train.grad_accum)
-        total = self.steps_per_epoch * r.train.epochs
-        self.total_steps = min(total, r.train.max_steps) if r.train.max_steps else total
+        length = RunLength(len(train_set), r, self.accelerator.num_processes)  # as plan counts it
+        self.batches_per_epoch = length.batches_per_process
+        self.steps_per_epoch, self.total_steps = length.steps_per_epoch, length.total_steps
         return train_dl, eval_dl
 
     def _setup_scheduler(self, optimizer: Any) -> Any:

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PefttoolError
+from .sampling import RunLength
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -814,11 +815,11 @@ def data_estimate(recipe: Recipe, sample_over: int = 20000) -> DataEstimate:
     rng.shuffle(order)
     padded = sum(max(order[i:i + batch]) * len(order[i:i + batch]) for i in range(0, len(order), batch))
     processes = recipe.distributed.processes * recipe.distributed.num_machines
-    batches = math.ceil(n_train / batch)
-    steps = math.ceil(math.ceil(batches / processes) / recipe.train.grad_accum)
-    total = steps * recipe.train.epochs
-    if recipe.train.max_steps:
-        total = min(total, recipe.train.max_steps)
+    # The engine's own count (sampling.RunLength): packed rows with data.packing, scaled like
+    # the examples when only a sample was encoded.
+    rows = round(RunLength.training_rows(lengths, recipe) * scale)
+    length = RunLength(rows, recipe, processes)
+    steps, total = length.steps_per_epoch, length.total_steps
     truncated = int(stats.get("truncated", stats.get("dropped_truncated", 0)) or 0)
     return DataEstimate(
         train_rows=n_train, eval_rows=len(prepared.eval), steps_per_epoch=steps, total_steps=total,

@@ -105,3 +105,29 @@ def pack_rows(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
                 bisect.insort(rooms, left)
             by_room[left].append(row)
     return rows
+
+
+class RunLength:
+    """How long a run is, settled once from the training rows and the recipe: what the engine
+    trains and `pefttool plan` reports (the two computed it apart and disagreed with packing:
+    19 steps an epoch against 4).
+
+    `rows` are what a batch is made of: the examples, or with `data.packing` the packed rows.
+    Each process takes every N-th batch (Accelerate deals them out evenly), and an optimizer
+    step takes `train.grad_accum` of a process's batches."""
+
+    def __init__(self, rows: int, recipe: object, processes: int = 1):
+        train = recipe.train  # type: ignore[attr-defined]
+        self.rows = rows
+        self.batches = -(-rows // train.batch_size)              # per epoch, all processes
+        self.batches_per_process = -(-self.batches // processes)
+        self.steps_per_epoch = -(-self.batches_per_process // train.grad_accum)
+        total = self.steps_per_epoch * train.epochs
+        self.total_steps = min(total, train.max_steps) if train.max_steps else total
+
+    @staticmethod
+    def training_rows(lengths: list[int], recipe: object) -> int:
+        """Rows an epoch trains on, from the examples' token counts: the examples themselves,
+        or the packed rows they make (`data.packing`)."""
+        data, train = recipe.data, recipe.train  # type: ignore[attr-defined]
+        return len(pack_rows(lengths, data.max_length, train.seed)) if data.packing else len(lengths)

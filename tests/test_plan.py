@@ -253,3 +253,34 @@ def test_calibrate_runs_real_steps_and_cleans_up(tiny_recipe, tmp_path, monkeypa
     plan.calibration = cal
     assert "estimated training time" in P.render(plan)
     assert not (tmp_path / "runs").exists()  # and the recipe's own output dir was not used
+
+
+@pytest.mark.parametrize("task, strategy, extra", [
+    ("causal-lm", "lora", {"data.packing": True}),
+    ("causal-lm", "lora", {"data.packing": False}),
+    ("causal-lm", "qlora", {"data.packing": True, "train.grad_accum": 2}),
+    ("classification", "full", {"data.group_by_length": True, "train.batch_size": 5}),
+])
+def test_plan_counts_the_steps_the_run_takes(task, strategy, extra, tiny_recipe):
+    """plan's steps per epoch and total are the run's own (its start event): one count
+    (sampling.RunLength), packing and accumulation included. Packing was 19 vs 4 before."""
+    from pefttool.engine import run_recipe
+    from pefttool.events import StartEvent, read_events
+
+    if strategy == "qlora":
+        pytest.importorskip("bitsandbytes")
+    recipe = load_recipe(tiny_recipe(strategy, task, rows=150, **{
+        "train.epochs": 3, "train.max_steps": None, "eval.before_training": False, **extra}))
+    data = P.data_estimate(recipe)
+
+    class StopAtStart:
+        @__import__("pefttool").hookimpl
+        def pefttool_run_start(self, event):
+            raise RuntimeError("enough")
+
+    with pytest.raises(Exception, match="enough"):
+        run_recipe(recipe, observers=(StopAtStart(),))
+    (start,) = [e for e in read_events(recipe.output_dir() / "events.jsonl") if isinstance(e, StartEvent)]
+    assert (data.steps_per_epoch, data.total_steps) == (start.steps_per_epoch, start.total_steps)
+    if extra.get("data.packing"):
+        assert data.steps_per_epoch < math.ceil(data.train_rows / recipe.train.batch_size)
