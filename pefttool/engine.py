@@ -649,7 +649,7 @@ class _TrainingRun:
                            tokenizer=self.tokenizer)
         self._stop_if_asked("loading the model")
         model = self.strategy.wrap(model, r, self.options)
-        if gradient_checkpointing_wanted(r):
+        if gradient_checkpointing_wanted(r, self.strategy.strategy, self.options):
             import warnings
 
             with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5

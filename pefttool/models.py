@@ -483,12 +483,17 @@ def _reset_head(model: Any) -> None:
             linear.reset_parameters()
 
 
-def gradient_checkpointing_wanted(recipe: Recipe) -> bool:
-    """train.gradient_checkpointing, or when unset: the task's default (on for causal-LM
-    QLoRA, the memory case)."""
+def gradient_checkpointing_wanted(recipe: Recipe, strategy: Any, options: Any) -> bool:
+    """Whether a run recomputes activations in backward, decided once for the engine and
+    `pefttool plan`: train.gradient_checkpointing, or when unset the task's default for this
+    strategy (on for a causal LM under a memory-first strategy such as QLoRA); on in any case
+    when the strategy's own `gradient_checkpointing` option asks for it."""
     if recipe.train.gradient_checkpointing is not None:
-        return recipe.train.gradient_checkpointing
-    return get_task(recipe).gradient_checkpointing_by_default(recipe)
+        wanted = recipe.train.gradient_checkpointing
+    else:
+        wanted = get_task(recipe).gradient_checkpointing_by_default(
+            recipe, memory_first=bool(getattr(strategy, "memory_first", False)))
+    return wanted or bool(getattr(options, "gradient_checkpointing", False))
 
 
 def enable_gradient_checkpointing(model: Any) -> bool:

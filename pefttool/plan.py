@@ -47,14 +47,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PefttoolError
+from .models import gradient_checkpointing_wanted
 from .sampling import RunLength
+from .strategy import GuardedStrategy, QuantizedLayout
 
 if TYPE_CHECKING:
     from .recipe import Recipe
 
 MiB = 2**20
 GiB = 2**30
-SIDE_BY_SIDE = ("full", "lora", "qlora")
 QUANT_BLOCK = 64            # bitsandbytes 4-bit block size
 DOUBLE_QUANT_BLOCK = 256    # blocks per second-level absmax with double quant
 OPT8_BLOCK = 256            # bitsandbytes 8-bit optimizer block size
@@ -567,19 +568,14 @@ def _optimizer_bytes(name: str, trainable: list[tuple[int, tuple[int, ...], int]
     return total
 
 
-def _gc_wanted(recipe: Recipe, options: Any) -> bool:
-    from .models import gradient_checkpointing_wanted
-
-    return gradient_checkpointing_wanted(recipe) or bool(getattr(options, "gradient_checkpointing", False))
-
-
 def _options_for(recipe: Recipe, strategy: str, host: Any) -> Any:
     """The strategy's options: the recipe's own when it is that strategy, else (for the side by
     side rows) the recipe's LoRA keys that the other strategy accepts, over its defaults."""
     if strategy == recipe.method.strategy:
         return recipe.strategy_options
     Options = host.strategies[strategy].Options
-    own = recipe.strategy_options.model_dump() if recipe.method.strategy in SIDE_BY_SIDE else {}
+    own_strategy = host.strategies.get(recipe.method.strategy)
+    own = recipe.strategy_options.model_dump() if getattr(own_strategy, "compare_in_plan", False) else {}
     fields = getattr(Options, "model_fields", {})
     return Options.model_validate({k: v for k, v in own.items() if k in fields and v is not None})
 
@@ -616,19 +612,18 @@ def _model_key(recipe: Recipe, strategy: str, options: Any) -> tuple:
             strategy, options.model_dump_json())
 
 
-def _model_facts(recipe: Recipe, strategy: str, options: Any, host: Any, quantized: bool) -> _ModelFacts:
+def _model_facts(recipe: Recipe, strategy: str, options: Any, host: Any,
+                 layout: QuantizedLayout | None) -> _ModelFacts:
     """The strategy's wrap on the meta model (in its load dtype), and its parameter figures."""
     import torch
 
     config = _config(recipe)
     dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None))
-    model = _meta_model(recipe, torch.float32 if quantized else dtype, recipe.model.attn_implementation)
-    keep = {"classifier", "score", "lm_head", *(getattr(options, "modules_to_save", None) or [])}
-    quant_names = _quantized_linear_names(model, keep) if quantized else set()
-    wrap_strategy = host.strategies["lora"] if quantized and "lora" in host.strategies else host.strategies[strategy]
+    model = _meta_model(recipe, torch.float32 if layout else dtype, recipe.model.attn_implementation)
+    quant_names = _quantized_linear_names(model, set(layout.keep)) if layout else set()
     try:
         with _quiet():
-            model = wrap_strategy.wrap(model, recipe, options)
+            model = host.strategies[strategy].wrap_for_estimate(model, recipe, options)
     except PefttoolError:
         raise
     except Exception as exc:
@@ -637,17 +632,17 @@ def _model_facts(recipe: Recipe, strategy: str, options: Any, host: Any, quantiz
                             f"its memory cannot be estimated without loading weights") from None
     params = _unique_params(model)
     note = ""
-    if quantized:
+    if layout:
         weights = 0
         base_prefix = _base_prefix(model)
         for name, p in params:
             module = _strip(name.rsplit(".", 1)[0], base_prefix).replace(".base_layer", "")
             if name.endswith(".weight") and module in quant_names:
-                weights += _nf4_bytes(p.numel(), options.double_quant)
+                weights += _nf4_bytes(p.numel(), layout.double_quant)
             else:
                 weights += p.numel() * 4
         note = (f"4-bit sizes computed from bitsandbytes' layout ({len(quant_names)} linear layers "
-                f"in {options.quant_type}{', double quant' if options.double_quant else ''})")
+                f"in {layout.format}{', double quant' if layout.double_quant else ''})")
     else:
         weights = sum(p.numel() * p.element_size() for _, p in params)
     weights += sum(b.numel() * b.element_size() for b in model.buffers())
@@ -664,19 +659,17 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     import torch
 
     options = _options_for(recipe, strategy, host)
-    quantized = strategy == "qlora" or hasattr(options, "quant_type")
+    chosen = GuardedStrategy(host.strategies[strategy])
+    layout = chosen.quantized_layout(recipe, options)
     config = _config(recipe)
     dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None))
     mixed = recipe.train.mixed_precision
     act_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed, dtype)
-    if quantized:  # the 4-bit matmuls compute in compute_dtype; the rest is fp32 (prepare_model_for_kbit_training)
-        compute = getattr(options, "compute_dtype", "float32")
-        if compute == "auto":  # as the qlora strategy resolves it on a CPU: follows model.dtype
-            compute = "bfloat16" if recipe.model.dtype == "bfloat16" else "float32"
-        act_dtype = {"bf16": torch.bfloat16}.get(mixed, getattr(torch, compute))
+    if layout:  # the 4-bit matmuls compute in compute_dtype; the rest is fp32 (prepare_model_for_kbit_training)
+        act_dtype = {"bf16": torch.bfloat16}.get(mixed, getattr(torch, layout.compute_dtype))
 
     key = _model_key(recipe, strategy, options)
-    facts = _cached(("model", *key), lambda: _model_facts(recipe, strategy, options, host, quantized))
+    facts = _cached(("model", *key), lambda: _model_facts(recipe, strategy, options, host, layout))
     trainable = facts.trainable
     n_trainable = sum(n for n, _, _ in trainable)
     gradients = sum(n * size for n, _, size in trainable)
@@ -690,7 +683,8 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
 
     saved = _cached(("act", *key, str(act_dtype), recipe.data.max_length), count)
     scale = recipe.train.batch_size / REF_BATCH
-    checkpointing = _gc_wanted(recipe, options) and facts.supports_gc and saved.layers > 0
+    checkpointing = (gradient_checkpointing_wanted(recipe, chosen.strategy, options)
+                     and facts.supports_gc and saved.layers > 0)
     gpu_act, cpu_act, other = saved.figures(scale, checkpointing)
     if mixed == "bf16" and dtype == torch.float32:
         other += sum(n * 2 for n, shape, _ in trainable if len(shape) >= 2)  # autocast's weight cache
@@ -706,6 +700,15 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     return StrategyEstimate(strategy, facts.total, n_trainable, cpu, gpu_mem, checkpointing,
                             own=strategy == recipe.method.strategy, note=facts.note,
                             checkpoint=saved_weights + optimizer + files_overhead)
+
+
+def _could_run(recipe: Recipe, strategy: str, host: Any) -> bool:
+    """A side-by-side row only for a strategy whose own check accepts this recipe."""
+    try:
+        GuardedStrategy(host.strategies[strategy]).check(recipe, _options_for(recipe, strategy, host))
+    except PefttoolError:
+        return False
+    return True
 
 
 def _base_prefix(model: Any) -> str:
@@ -750,14 +753,15 @@ def estimate(recipe: Recipe, device: str | float | int = "cpu", *, strategies: t
     gpu = None if gpu_gib is None else int(gpu_gib * GiB)
     if baseline is None:
         baseline = runtime_baseline()
-    wanted = list(strategies) if strategies else [s for s in SIDE_BY_SIDE if s in host.strategies]
+    wanted = list(strategies) if strategies else [name for name, s in host.strategies.items()
+                                                  if s.compare_in_plan]
     own = recipe.method.strategy
     if own not in wanted:
         wanted.append(own)
     rows = []
     for name in wanted:
-        if name == "qlora" and own != "qlora" and recipe.model.gguf_file:
-            continue  # qlora refuses GGUF models (they load dequantized)
+        if name != own and not _could_run(recipe, name, host):
+            continue  # e.g. a 4-bit strategy beside a GGUF model (it loads dequantized)
         rows.append(_estimate_strategy(recipe, name, host, gpu, baseline))
     config = _config(recipe)
     attention = recipe.model.attn_implementation or getattr(config, "_attn_implementation", None) or "sdpa"

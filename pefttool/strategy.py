@@ -7,6 +7,7 @@ calls its methods in this order, each documented below:
     →  wrap()  →  describe()  →  param_groups()  →  make_optimizer()
     →  (each micro-batch: prepare_batch()  →  model(**batch)  →  compute_loss())  →  save()
 
+`pefttool plan` (no weights load) asks quantized_layout() and wrap_for_estimate() on a meta model;
 and, when a finished run's model loads to answer (predict, generate, Try it):
     load_kwargs()  →  from_pretrained(**kwargs)  →  for_inference()  →  the saved adapter on top
 
@@ -23,6 +24,7 @@ owner, and a second registration of a name is an error naming both plugins.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,18 @@ class StrategyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
+@dataclass(frozen=True)
+class QuantizedLayout:
+    """How a strategy stores the base's linear layers, for `pefttool plan`'s memory model
+    (no weights load): 4-bit in bitsandbytes' layout, matmuls computed in `compute_dtype`,
+    the modules named in `keep` (and their children) left in full precision."""
+
+    format: str               # "nf4" | "fp4"
+    double_quant: bool
+    compute_dtype: str        # "float32" | "bfloat16"
+    keep: tuple[str, ...] = ()
+
+
 class Strategy:
     """Subclass this, set `name`, `description` and `Options`, and override what you need."""
 
@@ -48,6 +62,11 @@ class Strategy:
     Options: type[StrategyOptions] = StrategyOptions
     #: set by the plugin host: the plugin (distribution or module) that registered it
     plugin: str = ""
+    #: `pefttool plan` shows this strategy beside the recipe's own (the built-ins set it)
+    compare_in_plan: bool = False
+    #: a method for fitting a big model in little memory: where the task trains on long
+    #: sequences (causal LM), gradient checkpointing then defaults to on
+    memory_first: bool = False
 
     def check(self, recipe: Recipe, options: Any) -> None:
         """Called before anything loads; raise `PefttoolError` if this machine cannot run it
@@ -108,6 +127,17 @@ class Strategy:
         for the model's own loss (the default). Evaluation always uses the model's loss."""
         return None
 
+    def quantized_layout(self, recipe: Recipe, options: Any) -> QuantizedLayout | None:
+        """For `pefttool plan`: how the base's linear layers are stored, when this strategy
+        quantizes them on load (its `load_kwargs`). Default: None (kept as loaded)."""
+        return None
+
+    def wrap_for_estimate(self, model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.Module:
+        """For `pefttool plan`: `wrap` on a model whose tensors are on PyTorch's `meta` device
+        (shapes only). Override when `wrap` needs real weights (a quantized base): return a
+        model with the same trainable parameters. Default: `wrap`."""
+        return self.wrap(model, recipe, options)
+
     def for_inference(self, model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.Module:
         """Called when a finished run's base model is loaded to answer (predict, generate,
         the TUI's Try it), before its adapter is applied: return the model to use (e.g. with a
@@ -147,7 +177,8 @@ def _quant_state_bytes(state: Any) -> int:
 
 # The methods the engine calls; an exception from one of them is the strategy's, and named so.
 GUARDED_METHODS = ("check", "load_kwargs", "wrap", "describe", "param_groups", "make_optimizer",
-                   "prepare_batch", "compute_loss", "for_inference", "save")
+                   "prepare_batch", "compute_loss", "for_inference", "quantized_layout",
+                   "wrap_for_estimate", "save")
 
 
 class GuardedStrategy:

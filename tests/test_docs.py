@@ -88,7 +88,8 @@ def test_the_strategy_class_names_what_a_subclass_sets():
 
 def test_strategy_methods_are_the_expected_contract():
     assert STRATEGY_METHODS == ["check", "compute_loss", "describe", "for_inference", "load_kwargs",
-                                "make_optimizer", "param_groups", "prepare_batch", "save", "wrap"]
+                                "make_optimizer", "param_groups", "prepare_batch", "quantized_layout",
+                                "save", "wrap", "wrap_for_estimate"]
 
 
 def test_the_call_order_in_strategy_py_names_every_method():

@@ -123,3 +123,17 @@ def test_the_built_in_plugins_and_the_headless_observer_take_hookimpl_from_the_h
     from pefttool import hookspecs
 
     assert pefttool.hookimpl is hookspecs.hookimpl
+
+
+def test_no_core_module_names_a_built_in_strategy():
+    """The built-ins have no special powers: outside plugins/, no module branches on a built-in
+    strategy's name or imports its package. The one name allowed is the default strategy of a
+    recipe without method.strategy (recipe.DEFAULT_STRATEGY)."""
+    name = re.compile(r'"(full|lora|qlora)"|(import|from)\s+pefttool_(full|lora|qlora)\b')
+    found = []
+    for path in sorted((REPO / "pefttool").rglob("*.py")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if name.search(code) and not code.startswith("DEFAULT_STRATEGY = "):
+                found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert found == []

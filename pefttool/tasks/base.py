@@ -53,8 +53,9 @@ class Task:
         (classification | instruction | text | chat)."""
         raise NotImplementedError
 
-    def gradient_checkpointing_by_default(self, recipe: Any) -> bool:
-        """Whether train.gradient_checkpointing, left unset, is on."""
+    def gradient_checkpointing_by_default(self, recipe: Any, memory_first: bool = False) -> bool:
+        """Whether train.gradient_checkpointing, left unset, is on; `memory_first`: the
+        strategy exists to fit a big model in little memory (`Strategy.memory_first`)."""
         return False
 
     def selectable_metrics(self) -> tuple[str, ...]:

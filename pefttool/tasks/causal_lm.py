@@ -51,8 +51,8 @@ class CausalLMTask(Task):
     def data_kind(self, recipe: Any) -> str:
         return recipe.task.format
 
-    def gradient_checkpointing_by_default(self, recipe: Any) -> bool:
-        return recipe.method.strategy == "qlora"  # the memory case: long sequences, small GPU
+    def gradient_checkpointing_by_default(self, recipe: Any, memory_first: bool = False) -> bool:
+        return memory_first  # the memory case: long sequences, a quantized base, a small GPU
 
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:

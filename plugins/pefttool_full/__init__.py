@@ -25,6 +25,7 @@ class FullFineTune(Strategy):
 
     name = "full"
     description = "train every parameter (most memory, no adapter)"
+    compare_in_plan = True
     Options = FullOptions
 
     def wrap(self, model: torch.nn.Module, recipe: Recipe, options: FullOptions) -> torch.nn.Module:

@@ -39,6 +39,7 @@ class LoraStrategy(Strategy):
     name = "lora"
     description = "LoRA adapters on linear layers (PEFT); small, fast, saves an adapter"
     Options: type[LoraOptions] = LoraOptions
+    compare_in_plan = True
 
     def wrap(self, model: torch.nn.Module, recipe: Recipe, options: LoraOptions) -> torch.nn.Module:
         """Strategy contract, called once after loading: returns the `PeftModel` with LoRA

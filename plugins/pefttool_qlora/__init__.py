@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from pefttool.hookspecs import hookimpl
-from pefttool.strategy import Strategy
+from pefttool.strategy import QuantizedLayout, Strategy
 from pefttool_lora import LoraOptions, LoraStrategy
 
 if TYPE_CHECKING:  # only for the annotations: a plugin's import must stay light (no torch)
@@ -39,6 +39,7 @@ class QloraStrategy(LoraStrategy):
     name = "qlora"
     description = "4-bit quantized base (bitsandbytes NF4/FP4) + LoRA adapters"
     Options = QloraOptions
+    memory_first = True  # a causal LM's long sequences: gradient checkpointing on by default
 
     def check(self, recipe: Recipe, options: QloraOptions) -> None:
         """Strategy contract, called before anything loads: raises a one-line `PefttoolError`
@@ -81,6 +82,21 @@ class QloraStrategy(LoraStrategy):
         guard_cpu_4bit(model)  # idempotent; covers layers PEFT may have re-created
         return model
 
+
+    def quantized_layout(self, recipe: Recipe, options: QloraOptions) -> QuantizedLayout:  # type: ignore[override]
+        """Strategy contract, for `pefttool plan`: the linear layers in 4-bit as `load_kwargs`
+        asks bitsandbytes for them (the heads and `modules_to_save` kept in full precision)."""
+        from .quant import KEEP_FULL_PRECISION, compute_dtype
+
+        return QuantizedLayout(format=options.quant_type, double_quant=options.double_quant,
+                               compute_dtype=compute_dtype(recipe, options),
+                               keep=(*KEEP_FULL_PRECISION, *(options.modules_to_save or [])))
+
+    def wrap_for_estimate(self, model: torch.nn.Module, recipe: Recipe,  # type: ignore[override]
+                          options: QloraOptions) -> torch.nn.Module:
+        """Strategy contract, for `pefttool plan` on a meta model: LoRA's wrap (the k-bit
+        preparation and the CPU guard need real 4-bit layers; they add no trainable parameter)."""
+        return LoraStrategy.wrap(self, model, recipe, options)
 
     def for_inference(self, model: torch.nn.Module, recipe: Recipe,  # type: ignore[override]
                       options: QloraOptions) -> torch.nn.Module:

@@ -29,6 +29,7 @@ from ..recipe_edit import (FieldSpec, absolutize_paths, common_fields, data_fiel
                            write_new_file)
 from ..widgets.footer import AppFooter
 from .base import AppScreen
+from ...recipe import DEFAULT_STRATEGY
 
 
 def widget_id(key: str) -> str:
@@ -128,7 +129,7 @@ class AdjustScreen(AppScreen):
             return {}
 
     def _strategy_rows(self) -> list[FieldRow]:
-        strategy = self._strategies().get(str(get_dotted(self.edited, "method.strategy", "lora")))
+        strategy = self._strategies().get(str(get_dotted(self.edited, "method.strategy", DEFAULT_STRATEGY)))
         if strategy is None:
             return []
         rows = []
@@ -153,13 +154,13 @@ class AdjustScreen(AppScreen):
                     yield FieldRow(spec, get_dotted(self.edited, spec.key))
                 yield Label("strategy", classes="form-heading")
                 names = tuple(sorted(self._strategies())) or None
-                # A select whose default is "lora": a recipe without method.strategy shows
-                # lora, and that is not counted as a change (choosing a default leaves it unset).
+                # A select whose default is DEFAULT_STRATEGY: a recipe without method.strategy shows
+                # it, and that is not counted as a change (choosing a default leaves it unset).
                 strategy_spec = FieldSpec("method.strategy", "method.strategy",
                                           "how the model is trained (pefttool plugins lists them)",
-                                          choices=names, default="lora", raw_text=names is None)
+                                          choices=names, default=DEFAULT_STRATEGY, raw_text=names is None)
                 self.specs[strategy_spec.key] = strategy_spec
-                yield FieldRow(strategy_spec, get_dotted(self.edited, "method.strategy", "lora"))
+                yield FieldRow(strategy_spec, get_dotted(self.edited, "method.strategy", DEFAULT_STRATEGY))
                 with Vertical(id="strategy-options"):
                     yield from self._strategy_rows()
             # Scrolls and takes focus (Tab): every problem can be read, however many.

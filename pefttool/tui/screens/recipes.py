@@ -16,6 +16,7 @@ from ..messages import RecipesFound
 from ..widgets.recipe_details import RecipeDetails
 from ..widgets.footer import AppFooter
 from .base import AppScreen
+from ...recipe import DEFAULT_STRATEGY
 
 
 class RecipeTable(DataTable):
@@ -69,7 +70,7 @@ class RecipesScreen(AppScreen):
         for i, entry in enumerate(self.entries):
             origin = "built-in" if entry.origin == "built-in" else display_path(entry.path.parent, self.cwd)
             table.add_row("✗" if entry.problems else "✓", entry.name,
-                          str(entry.get("method.strategy", "lora")), origin, key=str(i))
+                          str(entry.get("method.strategy", DEFAULT_STRATEGY)), origin, key=str(i))
         self.query_one(RecipeDetails).show_entry(self.entries[0] if self.entries else None)
         table.focus()
         self.refresh_bindings()   # the footer names the table's keys once it has focus

@@ -13,6 +13,7 @@ from textual.widgets import Static
 
 from ...catalog import RecipeEntry
 from ..formatting import display_path
+from ...recipe import DEFAULT_STRATEGY
 
 
 def _join(parts: list[str]) -> str:
@@ -37,7 +38,7 @@ def summary_rows(entry: RecipeEntry) -> list[tuple[str, str]]:
                   f"≤{rows} rows" if rows else ""])
     method: dict[str, Any] = get("method", {}) or {}
     options = " ".join(f"{k}={v}" for k, v in method.items() if k != "strategy")
-    strategy = _join([str(method.get("strategy", "lora")), options])
+    strategy = _join([str(method.get("strategy", DEFAULT_STRATEGY)), options])
     train = _join([
         f"{get('train.epochs', 3)} epochs",
         f"max {get('train.max_steps')} steps" if get("train.max_steps", 0) else "",
