@@ -37,6 +37,7 @@ from .plugins import PluginHost, get_plugin_host
 from . import distributed
 from .recipe import Recipe
 from .sampling import EpochShuffleSampler, LengthGroupedSampler, RunLength
+from .saved_model import MODEL_MANIFEST, final_model_checkpoint, model_damage
 from .strategy import GuardedStrategy
 from .rundir import (RESUME_IGNORES, RESUME_MAY_CHANGE, EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
                      claim_new)
@@ -184,9 +185,14 @@ def _rebuild_finished_model(recipe: Recipe, strategy: Any, options: Any, rundir:
             emitter.info(note, level="warning")
         # Set-up's own lines (data warnings, "saving") are the training's, not this rebuild's.
         quiet = _Emitter(host, None)
-        with _stop_on_signals() as stop:
-            run = _TrainingRun(recipe, strategy, options, rundir.path, quiet, stop)
-            run.rebuild_model(checkpoint)
+        flushed_before = _denormals_flushed()
+        try:
+            with _stop_on_signals() as stop:
+                run = _TrainingRun(recipe, strategy, options, rundir.path, quiet, stop)
+                run.rebuild_model(checkpoint)
+        finally:  # set-up flushes denormals: give the caller back its CPU state, as a run does
+            if "torch" in sys.modules and _denormals_flushed() != flushed_before:
+                sys.modules["torch"].set_flush_denormal(flushed_before)
         emitter.info(f"model/ was damaged ({damage}); rebuilt it from {checkpoint.name}, the best "
                      f"evaluation's checkpoint, without training (the run stays "
                      f"{ended.status.replace('_', ' ')})",
@@ -370,7 +376,6 @@ class SetupStopped(PefttoolError):
 # Below this many eval rows a warning says the metrics are noise (an error with data.strict).
 SMALL_EVAL_ROWS = 50
 # Written into model/ with it: sizes and checksums, so a damaged model/ is found on resume.
-MODEL_MANIFEST = ".pefttool-files.json"
 
 HARMLESS_ON_RESUME = RESUME_MAY_CHANGE + RESUME_IGNORES  # pefttool/rundir.py
 
@@ -383,35 +388,12 @@ def _open_new_run(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, list[st
     return run, [note] if note else []
 
 
-def final_model_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a finished run's model/ was saved from: model/ is written at each
-    improving evaluation (`_save_model`), so it holds the weights of the best step, and the
-    checkpoint of that step holds the same weights. Raises `OutputError` saying what is
-    missing when no intact checkpoint of that step is left."""
-    from .runs import summarize
-
-    end = summarize(Path(run_dir)).end
-    step = end.best_step if end is not None else None
-    if not isinstance(step, int):
-        raise OutputError("the run recorded no best evaluation, so no checkpoint is known to hold "
-                          "its model")
-    path = checkpoint_dir(Path(run_dir)) / checkpoint_name(step)
-    what = f"checkpoints/{path.name} (the best evaluation's, step {step}, which model/ was saved from)"
-    if not (path / "trainer_state.json").is_file():
-        raise OutputError(f"{what} is gone")
-    damage = verify_checkpoint(path)
-    if damage is not None:
-        raise OutputError(f"{what} is damaged ({damage})")
-    return path
-
-
 def _open_for_resume(recipe: Recipe, run_dir: Path | None
                      ) -> tuple[RunDir, Path, list[str], str | None]:
     """The run to continue, locked, and the newest checkpoint that verifies; or, for a finished
     run whose model/ is damaged or gone, the checkpoint to rebuild model/ from and the damage
     (the 4th value; None for a run that goes on training)."""
     from .runs import summarize
-    from .trained import model_damage
 
     run = RunDir(run_dir or _newest_run(recipe))
     if not run.events.exists():
