@@ -277,7 +277,7 @@ def _rebuilds_only(run_dir: Path) -> bool:
     """A finished run whose model/ is damaged or gone: resume only rebuilds model/."""
     from .rundir import RunDir, RunStatus
     from .runs import summarize
-    from .trained import model_damage
+    from .saved_model import model_damage
 
     run = RunDir(Path(run_dir).resolve())
     return (run.events.is_file()

@@ -21,7 +21,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError, did_you_mean
-from .recipe import PluginSchemas
+from .schemas import PluginSchemas
 from .strategy import Strategy
 from .tracing import trace, tracing
 

@@ -18,16 +18,15 @@ import re
 import stat
 import tomllib
 import types
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
                       field_validator)
 
 from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
+from .schemas import HasSchemas, PluginSchemas
 from .tasks import all_metric_names, get_task
 
 
@@ -359,31 +358,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(str(path), [f"not valid TOML: {exc}"])
-
-
-@dataclass(frozen=True)
-class PluginSchemas:
-    """What validating a recipe needs from the plugins, handed in rather than looked up.
-
-    `strategies`: each strategy name → its options model (`Strategy.Options`);
-    `settings`: each loaded plugin's name → its `PluginOptions` model (None: it takes none);
-    `left_out`: installed plugins that `PEFTTOOL_PLUGINS` did not load (named in the error
-    for an unknown strategy, since one of them may add it).
-    """
-
-    strategies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
-    settings: Mapping[str, type[BaseModel] | None] = field(default_factory=dict)
-    left_out: tuple[str, ...] = ()
-
-    def options_for(self, strategy: str) -> type[BaseModel] | None:
-        """The options model of strategy `strategy`, or None when no plugin registered it."""
-        return self.strategies.get(strategy)
-
-
-class HasSchemas(Protocol):
-    """Anything that can say what its plugins' schemas are (`pefttool.plugins.PluginHost`)."""
-
-    def schemas(self) -> PluginSchemas: ...
 
 
 def _schemas(plugins: PluginSchemas | HasSchemas | None) -> PluginSchemas:

@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import ModelError, OutputError
 from .rundir import RunDir
+from .saved_model import final_model_checkpoint, model_damage
 from .tasks import get_task
 
 
@@ -52,46 +53,11 @@ def _run(run_dir: Path) -> tuple[RunDir, Any]:
     return run, load_recipe(run.recipe, check_files=False)
 
 
-def model_damage(model_dir: Path) -> str | None:
-    """What is wrong with a run's model/ (missing, a file that does not match the manifest
-    written with it, weights or configs that do not read), in words; None when it is intact."""
-    from .checkpoints import verify_files
-    from .engine import MODEL_MANIFEST
-
-    if not model_dir.is_dir():
-        return f"{model_dir.name}/ is missing"
-    return verify_files(model_dir, MODEL_MANIFEST) or _unreadable(model_dir)
-
-
-def _unreadable(model_dir: Path) -> str | None:
-    """What the manifest cannot tell (a model/ without one, copied or from an older pefttool):
-    weights whose safetensors header or data is cut, a config that is not JSON."""
-    from .models import safetensors_damage
-
-    for file in sorted(model_dir.glob("*.safetensors")):
-        why = safetensors_damage(file)
-        if why:
-            return f"{file.name}: {why}"
-    configs = [model_dir / n for n in ("adapter_config.json", "config.json") if (model_dir / n).is_file()]
-    if not configs:
-        return "neither adapter_config.json nor config.json is there"
-    if (model_dir / "labels.json").is_file():
-        configs.append(model_dir / "labels.json")
-    for config in configs:
-        try:
-            if not isinstance(json.loads(config.read_text(encoding="utf-8")), dict):
-                return f"{config.name} is not a JSON object"
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            return f"{config.name} is unreadable ({type(exc).__name__})"
-    return None
-
-
 def _repair_advice(run: RunDir) -> str:
     """The fix for a damaged model/: resume rebuilds it from the checkpoint of the best
     evaluation (an unfinished run as it goes on training; a finished one without training).
     Only when no checkpoint holds that model is the run to be trained again (into a new
     folder: nothing is overwritten)."""
-    from .engine import final_model_checkpoint
     from .errors import PefttoolError
     from .rundir import RunStatus
     from .runs import summarize

@@ -137,3 +137,75 @@ def test_no_core_module_names_a_built_in_strategy():
             if name.search(code) and not code.startswith("DEFAULT_STRATEGY = "):
                 found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert found == []
+
+
+def test_every_module_imports_alone():
+    """Each module of the package imports on its own, with nothing of pefttool loaded before
+    it: an import order that only works because another module was imported first (the sign
+    of an import circle) fails here. One interpreter; pefttool's modules are dropped from
+    sys.modules before each import."""
+    modules = sorted(".".join(p.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (REPO / "pefttool").rglob("*.py") if p.name != "__main__.py")
+    probe = (
+        "import importlib, sys, traceback\n"
+        f"failed = []\nfor name in {modules!r}:\n"
+        "    for loaded in [m for m in sys.modules if m == 'pefttool' or m.startswith('pefttool.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n        importlib.import_module(name)\n"
+        "    except Exception as exc:\n        failed.append(f'{name}: {type(exc).__name__}: {exc}')\n"
+        "print('\\n'.join(failed))\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "", result.stdout
+    assert len(modules) > 40
+
+
+def _import_edges() -> dict[str, set[str]]:
+    """pefttool module → the pefttool modules it imports, at any depth (function-local imports
+    too, since they are dependencies all the same), except under `if TYPE_CHECKING:`."""
+    import ast
+
+    files = {}
+    for path in (REPO / "pefttool").rglob("*.py"):
+        parts = list(path.relative_to(REPO).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    edges: dict[str, set[str]] = {m: set() for m in files}
+    for module, path in files.items():
+        is_pkg = path.name == "__init__.py"
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        typing_only = {id(sub) for node in ast.walk(tree)
+                       if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+                       for sub in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = module.split(".") if is_pkg else module.split(".")[:-1]
+                if node.level:
+                    base = base[:len(base) - (node.level - 1)]
+                    base_name = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    base_name = node.module or ""
+                targets = [base_name] + [f"{base_name}.{a.name}" for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in files:
+                    target = target.rpartition(".")[0]
+                if target and target != module and not (is_pkg and target.startswith(module + ".")):
+                    edges[module].add(target)
+    return edges
+
+
+def test_the_package_has_no_import_circle():
+    """A lazy import that closes a circle is still a circle (docs/DESIGN.md): none in pefttool."""
+    import graphlib
+
+    try:
+        graphlib.TopologicalSorter(_import_edges()).prepare()
+    except graphlib.CycleError as exc:
+        pytest.fail(f"import circle: {' -> '.join(exc.args[1])}")

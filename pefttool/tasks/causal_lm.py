@@ -56,13 +56,45 @@ class CausalLMTask(Task):
 
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:
-        from ..evaluate import _generate, causal_lm_pass
-
         outputs = CausalLMOutputs(loss=causal_lm_pass(model, eval_dl, accelerator))
         if recipe.metric == "exact_match" and data.eval_prompts:
-            outputs.predictions = _generate(model, data, recipe, tokenizer, accelerator)
+            outputs.predictions = generate_answers(model, data, recipe, tokenizer, accelerator)
             outputs.references = data.eval_answers[:len(outputs.predictions)]
         return self.score(outputs)
+
+
+def causal_lm_pass(model: Any, eval_dl: Any, accelerator: Any) -> float:
+    """The mean loss per trained token, over all processes."""
+    import torch
+
+    # Token-weighted mean: the model's loss is a mean over a batch's unmasked tokens.
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    token_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for batch in eval_dl:
+        out = model(**batch)
+        n = (batch["labels"][:, 1:] != -100).sum()
+        loss_sum += out.loss.double() * n
+        token_sum += n
+    loss_sum, token_sum = accelerator.reduce(loss_sum), accelerator.reduce(token_sum)
+    return (loss_sum / token_sum.clamp(min=1)).item()
+
+
+def generate_answers(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any,
+              limit: int | None = None) -> list[str]:
+    """Greedy-generate an answer for each eval prompt (the first `limit` of them)."""
+    unwrapped = accelerator.unwrap_model(model)
+    predictions: list[str] = []
+    size = recipe.eval.batch_size
+    todo = data.eval_prompts[:limit] if limit is not None else data.eval_prompts
+    for i in range(0, len(todo), size):
+        prompts = todo[i:i + size]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left",
+                        add_special_tokens=False).to(accelerator.device)
+        out = unwrapped.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                 max_new_tokens=recipe.eval.max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id)
+        predictions += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return predictions
 
 
 CAUSAL_LM = CausalLMTask()

@@ -77,10 +77,33 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:
-        from ..evaluate import classification_pass
-
         return self.score(classification_pass(model, eval_dl, len(data.label_names or []),
                                                accelerator))
+
+
+def classification_pass(model: Any, eval_dl: Any, num_classes: int, accelerator: Any) -> Any:
+    """Predictions, labels, mean loss (and, for 2 labels, the second label's probability)."""
+    import torch
+
+    preds: list[int] = []
+    labels: list[int] = []
+    scores: list[float] = []
+    # Summed over processes, so every process computes the same metrics (and so takes the
+    # same early-stopping decision).
+    sums = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for batch in eval_dl:
+        out = model(**batch)
+        sums[0] += out.loss.double()
+        sums[1] += 1
+        positive = out.logits.float().softmax(-1)[:, -1]
+        p, t, s = accelerator.gather_for_metrics((out.logits.argmax(-1), batch["labels"], positive))
+        preds += p.tolist()
+        labels += t.tolist()
+        scores += s.tolist()
+    sums = accelerator.reduce(sums, reduction="sum")
+    return ClassificationOutputs(preds=preds, labels=labels, num_classes=num_classes,
+                                 loss=float(sums[0] / sums[1].clamp(min=1)),
+                                 positive_scores=scores if num_classes == 2 else None)
 
 
 CLASSIFICATION = ClassificationTask()
