@@ -8,10 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .adapters import peft_wrap
-from .errors import (DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError,
-                     TrainingError)
-from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, LogEvent, PhaseEvent, StartEvent,
-                     StepEvent)
+from .errors import DataError, ModelError, OutputError, PefttoolError, PluginError, RecipeError, TrainingError
+from .events import CheckpointEvent, EndEvent, EvalEvent, Event, LogEvent, PhaseEvent, StartEvent, StepEvent
 from .hookspecs import hookimpl
 from .recipe import Recipe, load_recipe, validate_recipe
 from .strategy import Strategy, StrategyOptions

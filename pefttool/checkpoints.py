@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .rundir import CHECKPOINTS_DIR as CHECKPOINTS  # noqa: E402
+
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
 

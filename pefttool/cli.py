@@ -380,8 +380,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .errors import OutputError
-    from .generate import (GenerationOptions, chat, check_causal, generate, prompts_from_file,
-                           uses_chat_template)
+    from .generate import GenerationOptions, chat, check_causal, generate, prompts_from_file, uses_chat_template
     from .trained import load_trained, saved_run
 
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,

@@ -24,23 +24,40 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
-from .checkpoints import (TrainState, checkpoint_dir, checkpoint_name, latest_checkpoint,
-                          list_checkpoints, replace_dir, save_checkpoint, verify_checkpoint)
-from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
-from .events import (CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent,
-                     StartEvent, StepEvent)
+from . import distributed
+from .checkpoints import (
+    TrainState,
+    checkpoint_dir,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    replace_dir,
+    save_checkpoint,
+    verify_checkpoint,
+)
 from .data.collate import take_counts
+from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
+from .events import CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent, StartEvent, StepEvent
 from .meter import StepMeter, Window
 from .model_state import use_trainable_checkpoints
 from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
-from . import distributed
 from .recipe import Recipe
+from .rundir import (
+    EVENTS_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    RECIPE_FILE,
+    RESUME_IGNORES,
+    RESUME_MAY_CHANGE,
+    ExitCode,
+    RunDir,
+    RunStatus,
+    claim_new,
+)
 from .sampling import EpochShuffleSampler, LengthGroupedSampler, RunLength
 from .saved_model import MODEL_MANIFEST, final_model_checkpoint, model_damage
 from .strategy import GuardedStrategy
-from .rundir import (RESUME_IGNORES, RESUME_MAY_CHANGE, EVENTS_FILE, METRICS_FILE, MODEL_DIR, RECIPE_FILE, ExitCode, RunDir, RunStatus,
-                     claim_new)
 
 
 @dataclass
@@ -623,8 +640,7 @@ class _TrainingRun:
 
     def _setup_model(self) -> Any:
         """The base model, wrapped by the strategy (adapters, quantization...), described."""
-        from .models import (enable_gradient_checkpointing, gradient_checkpointing_wanted,
-                             load_model, safety_summary)
+        from .models import enable_gradient_checkpointing, gradient_checkpointing_wanted, load_model, safety_summary
 
         r = self.recipe
         model = load_model(r, self.strategy, self.options, label_names=self.data.label_names,

@@ -257,7 +257,7 @@ def chat(loaded: Any, options: GenerationOptions, read: Callable[[str], str] = i
         messages.append({"role": "user", "content": text})
         stop = threading.Event()
         in_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) if in_main else None
+        previous = signal.signal(signal.SIGINT, lambda *_, stop=stop: stop.set()) if in_main else None
         write("model> ")
         try:
             reply = generate(loaded, messages, options=options, on_text=write, stop=stop)

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from .hookspecs import hookimpl
 from .errors import OutputError
 from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, PhaseEvent, StartEvent, StepEvent
+from .hookspecs import hookimpl
 from .runs import format_duration
 
 PLAIN_INTERVAL_ENV = "PEFTTOOL_PROGRESS_SECONDS"

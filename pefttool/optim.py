@@ -33,7 +33,8 @@ def optimizer_problem(name: str, device: str, cuda_available: Callable[[], bool]
                 f"it, or use one of {', '.join(runnable)}")
     if name in NEEDS_CUDA and (device == "cpu" or not cuda_available()):
         return (f"train.optimizer: '{name}' pages its state through CUDA memory and no GPU "
-                f"{'is used (train.device = cpu)' if device == 'cpu' else 'visible'}; on this machine use one of {', '.join(runnable)}")
+                f"{'is used (train.device = cpu)' if device == 'cpu' else 'visible'}; on this machine "
+                f"use one of {', '.join(runnable)}")
     return None
 
 

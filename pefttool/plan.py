@@ -65,7 +65,7 @@ OPT8_MIN_SIZE = 4096        # smaller tensors keep fp32 state (bitsandbytes' min
 CHECKPOINT_TENSOR_OVERHEAD = 1024
 CUDA_CONTEXT = 512 * MiB    # assumed, not measured on this machine (no GPU here)
 GLIBC_MMAP_MAX = 32 * MiB   # glibc's largest dynamic mmap threshold (64-bit): bigger blocks are
-                            # mmapped and returned on free; smaller ones stay in the heap    # assumed, not measured on this machine (no GPU here)
+                            # mmapped and returned on free; smaller ones stay in the heap
 BASELINE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pefttool" / "runtime-baseline.json"
 
 
@@ -406,10 +406,9 @@ _NO_ALLOC = ("view", "_unsafe_view", "t", "transpose", "expand", "permute", "uns
 
 def _alloc_counter(on_alloc: Any) -> Any:
     """A TorchDispatchMode calling `on_alloc(bytes)` for each new tensor an op returns."""
+    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
-
-    import torch
 
     class _Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
@@ -929,7 +928,7 @@ def render(plan: Plan) -> str:
     for row in [headers, *table]:
         lines.append("  " + "  ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i])
                                       for i, cell in enumerate(row)).rstrip())
-    lines.append(f"  (* the recipe's own strategy; the others with its [method] keys where they apply)")
+    lines.append("  (* the recipe's own strategy; the others with its [method] keys where they apply)")
     for r in plan.rows:
         if r.note:
             lines.append(f"  {r.strategy}: {r.note}")

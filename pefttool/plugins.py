@@ -12,8 +12,8 @@ import contextlib
 import importlib.metadata as md
 import inspect
 import os
-import time
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 

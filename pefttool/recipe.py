@@ -21,14 +21,12 @@ import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo,
-                      field_validator)
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
 from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
 from .schemas import HasSchemas, PluginSchemas
 from .tasks import all_metric_names, get_task
-
 
 # numpy's and torch's seeding accept 0 .. 2**32 - 1 (numpy refuses more).
 MAX_SEED = 2**32 - 1
@@ -146,7 +144,8 @@ class TrainSection(Section):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes initialisation and data order")
-    threads: int = Field(0, ge=0, description="torch threads on CPU (0: the free cores: all of them on an idle machine)")
+    threads: int = Field(0, ge=0, description="torch threads on CPU (0: the free cores: all of them "
+                         "on an idle machine)")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="also checkpoint every N steps (0: epoch ends)")
     keep_checkpoints: int = Field(2, ge=1)
@@ -332,9 +331,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         info = path.stat()
     except FileNotFoundError:
-        raise RecipeError(str(path), ["file not found; check the path (pefttool recipes lists them)"])
+        raise RecipeError(str(path), ["file not found; check the path (pefttool recipes lists them)"]) from None
     except OSError as exc:
-        raise RecipeError(str(path), [f"cannot read: {exc.strerror}"])
+        raise RecipeError(str(path), [f"cannot read: {exc.strerror}"]) from None
     if stat.S_ISDIR(info.st_mode):
         raise RecipeError(str(path), ["is a directory, not a recipe file"])
     if not stat.S_ISREG(info.st_mode):
@@ -347,17 +346,17 @@ def read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise RecipeError(str(path), ["file not found; check the path (pefttool recipes lists them)"])
+        raise RecipeError(str(path), ["file not found; check the path (pefttool recipes lists them)"]) from None
     except IsADirectoryError:
-        raise RecipeError(str(path), ["is a directory, not a recipe file"])
+        raise RecipeError(str(path), ["is a directory, not a recipe file"]) from None
     except UnicodeDecodeError as exc:
-        raise RecipeError(str(path), [f"not UTF-8 text (byte {exc.start}); save it as UTF-8"])
+        raise RecipeError(str(path), [f"not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
     except OSError as exc:
-        raise RecipeError(str(path), [f"cannot read: {exc.strerror}"])
+        raise RecipeError(str(path), [f"cannot read: {exc.strerror}"]) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(str(path), [f"not valid TOML: {exc}"])
+        raise RecipeError(str(path), [f"not valid TOML: {exc}"]) from None
 
 
 def _schemas(plugins: PluginSchemas | HasSchemas | None) -> PluginSchemas:

@@ -16,8 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .events import (EVENTS_FILE, CheckpointEvent, EndEvent, EvalEvent, Event, EventFollower, LogEvent,
-                     PhaseEvent, StartEvent, StepEvent)
+from .events import (
+    EVENTS_FILE,
+    CheckpointEvent,
+    EndEvent,
+    EvalEvent,
+    Event,
+    EventFollower,
+    LogEvent,
+    PhaseEvent,
+    StartEvent,
+    StepEvent,
+)
 
 
 @dataclass

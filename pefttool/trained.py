@@ -79,15 +79,14 @@ def load_trained(run_dir: Path, dequantize: bool = False, base: bool = False) ->
     turned into plain float weights, exactly the values it trained against, as merging needs.
     `base`: the model the run started from instead (loaded as the run loaded it, with the
     same tokenizer and recipe), to compare replies before and after training."""
+    import warnings
+
     import torch
+    from transformers.utils import logging as hf_logging
 
     from .models import load_model, load_tokenizer
     from .plugins import get_plugin_host
     from .strategy import GuardedStrategy
-
-    import warnings
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars in a command's output
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DataError, did_you_mean
 from . import chat
 from .common import _EXAMPLES, _INT, SKIP_HINT, _one_line
-from .reading import _Problem, _load, _make_copy, _scan, content_digest
+from .reading import _load, _make_copy, _Problem, _scan, content_digest
 from .sources import _Source
 
 if TYPE_CHECKING:

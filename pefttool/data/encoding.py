@@ -7,8 +7,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
-from .cleaning import _Row, _Spec
 from .chat import with_system
+from .cleaning import _Row, _Spec
 from .common import IGNORE_INDEX, _one_line
 
 if TYPE_CHECKING:

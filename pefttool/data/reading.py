@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
 from .common import _CACHE_VERSION, _SURROGATE, SKIP_HINT, _one_line
-from .sources import _Source, _cache_root
+from .sources import _cache_root, _Source
 
 if TYPE_CHECKING:
     import datasets
@@ -341,7 +341,6 @@ def _make_copy(src: _Source, cache_root: Path | None, digest: str) -> Path:
 def _quiet_datasets():
     import datasets
     from datasets.utils import logging as ds_logging
-
     from datasets.utils.tqdm import are_progress_bars_disabled
 
     bars_were_on = not are_progress_bars_disabled()

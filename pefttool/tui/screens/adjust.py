@@ -22,14 +22,26 @@ from textual.widgets import Header, Input, Label, Select, Static
 
 from ...catalog import RecipeEntry
 from ...errors import PefttoolError, RecipeError
+from ...recipe import DEFAULT_STRATEGY
 from ..messages import PlanEstimated, RecipeChecked
-from ..recipe_edit import (FieldSpec, absolutize_paths, common_fields, data_fields,
-                           format_value, free_path, get_dotted, overrides_between, parse_text,
-                           problems_for, recipe_text, set_dotted, strategy_fields,
-                           write_new_file)
+from ..recipe_edit import (
+    FieldSpec,
+    absolutize_paths,
+    common_fields,
+    data_fields,
+    format_value,
+    free_path,
+    get_dotted,
+    overrides_between,
+    parse_text,
+    problems_for,
+    recipe_text,
+    set_dotted,
+    strategy_fields,
+    write_new_file,
+)
 from ..widgets.footer import AppFooter
 from .base import AppScreen
-from ...recipe import DEFAULT_STRATEGY
 
 
 def widget_id(key: str) -> str:

@@ -29,10 +29,10 @@ from ..child import INTERRUPTED_CODES, TrainingChild, describe_exit, find_stderr
 from ..messages import RunEventsPending, RunProcessEnded
 from ..widgets.error_panel import ErrorPanel
 from ..widgets.eval_table import EvalTable
+from ..widgets.footer import AppFooter
 from ..widgets.log_pane import LogPane
 from ..widgets.loss_curve import LossCurve
 from ..widgets.run_progress import RunProgress, update_wrapped
-from ..widgets.footer import AppFooter
 from .base import AppScreen
 
 # When the engine has written its end event, its process may take a moment to exit.

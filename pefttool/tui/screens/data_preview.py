@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widgets import Header, Static
-from textual import work
 
 from ..widgets.footer import AppFooter
 from .base import AppScreen

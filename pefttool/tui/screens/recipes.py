@@ -11,12 +11,12 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import DataTable, Header
 
 from ...catalog import RecipeEntry, find_recipes
+from ...recipe import DEFAULT_STRATEGY
 from ..formatting import display_path
 from ..messages import RecipesFound
-from ..widgets.recipe_details import RecipeDetails
 from ..widgets.footer import AppFooter
+from ..widgets.recipe_details import RecipeDetails
 from .base import AppScreen
-from ...recipe import DEFAULT_STRATEGY
 
 
 class RecipeTable(DataTable):

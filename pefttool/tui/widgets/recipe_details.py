@@ -12,8 +12,8 @@ from rich.text import Text
 from textual.widgets import Static
 
 from ...catalog import RecipeEntry
-from ..formatting import display_path
 from ...recipe import DEFAULT_STRATEGY
+from ..formatting import display_path
 
 
 def _join(parts: list[str]) -> str:

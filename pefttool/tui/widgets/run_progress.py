@@ -6,9 +6,8 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import ProgressBar, Static
 
-from .. import formatting as fmt
 from ...runs import RunState
-
+from .. import formatting as fmt
 
 PHASES = {"loading": "loading the model and data", "evaluating": "evaluating",
           "checkpointing": "saving a checkpoint", "saving": "saving the model"}
