@@ -60,11 +60,8 @@ def test_each_observer_hook_receives_one_kind_of_event():
     assert received == sorted(cls.__name__ for cls in EVENT_TYPES.values())
 
 
-def test_the_readme_names_every_hook():
-    readme = REPO / "README.md"
-    if not readme.exists():
-        pytest.skip("no README.md yet")
-    text = readme.read_text(encoding="utf-8")
+def test_the_plugin_guide_names_every_hook():
+    text = (REPO / "docs" / "plugins.md").read_text(encoding="utf-8")
 
     assert [name for name in HOOKS if name not in text] == []
 
@@ -148,3 +145,64 @@ def test_the_plugin_guide_lists_every_event_field():
         section = GUIDE.split(f"### `{cls.__name__}`", 1)[1].split("\n### ", 1)[0]
         for f in dataclasses.fields(cls):
             assert f"- `{f.name}`" in section, f"docs/plugins.md: {cls.__name__}.{f.name} undocumented"
+
+
+# ------------------------------------------------------------------ the pages name what exists
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PAGES = [REPO_ROOT / "README.md", REPO_ROOT / "benchmarks" / "README.md",
+         *sorted((REPO_ROOT / "docs").glob("*.md"))]
+SECTIONS = ("model", "task", "data", "method", "train", "eval", "early_stopping", "output",
+            "distributed")
+
+
+def _code(text: str) -> list[str]:
+    """The code in a Markdown page: fenced blocks and `inline spans`."""
+    import re
+
+    fenced = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+    inline = re.findall(r"`([^`\n]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+    return fenced + inline
+
+
+def _recipe_keys() -> dict[str, set[str]]:
+    from pefttool.recipe import Recipe
+
+    keys = {s: set(Recipe.model_fields[s].annotation.model_fields) for s in SECTIONS}
+    for strategy in get_plugin_host().strategies.values():
+        keys["method"] |= set(strategy.Options.model_fields)
+    return keys
+
+
+def test_the_readme_is_a_landing_page():
+    assert len((REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 150
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_every_command_and_recipe_key_a_page_names_exists(page):
+    import re
+    import tomllib
+
+    from pefttool.cli import build_parser
+
+    commands = set(next(a for a in build_parser()._actions if a.dest == "command").choices)
+    keys = _recipe_keys()
+    wrong = []
+    for code in _code(page.read_text(encoding="utf-8")):
+        for command in re.findall(r"(?:^|[\s(`$])(?<!from )(?<!import )pefttool ([a-z][a-z-]*)", code,
+                                  flags=re.M):
+            if command not in commands:
+                wrong.append(f"pefttool {command}")
+        # a recipe key: not part of a dotted module path or a file name (model.safetensors)
+        for section, key in re.findall(rf"(?<![\w./])({'|'.join(SECTIONS)})\.([a-z_]+)\b(?![.(/])", code):
+            if key not in keys[section] and key not in ("safetensors", "bin", "json"):
+                wrong.append(f"{section}.{key}")
+    for block in re.findall(r"```toml\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+        try:
+            table = tomllib.loads(block)
+        except tomllib.TOMLDecodeError:
+            continue  # a fragment (an entry-point table, say)
+        for section, values in table.items():
+            if section in keys and isinstance(values, dict):
+                wrong += [f"[{section}] {k}" for k in values if k not in keys[section]]
+    assert wrong == [], f"{page.name} names what does not exist: {sorted(set(wrong))}"
