@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import distributed
 from .checkpoints import (
@@ -58,6 +58,9 @@ from .rundir import (
 from .sampling import EpochShuffleSampler, LengthGroupedSampler, RunLength
 from .saved_model import MODEL_MANIFEST, final_model_checkpoint, model_damage
 from .strategy import GuardedStrategy
+
+if TYPE_CHECKING:
+    from .data.collate import Collator, PackedCollator
 
 
 @dataclass
@@ -124,6 +127,7 @@ def run_recipe(
         checkpoint = Path(decision[2]) if decision[2] else None
     run_dir = rundir.path
     if damage is not None:
+        assert checkpoint is not None  # a damaged finished run comes with the checkpoint to rebuild from
         return _rebuild_finished_model(recipe, strategy, options, rundir, checkpoint, damage,
                                        host, observers, notes)
     names = [f"observer-{id(o)}" for o in observers] if main else []
@@ -191,6 +195,7 @@ def _rebuild_finished_model(recipe: Recipe, strategy: Any, options: Any, rundir:
     from .runs import summarize
 
     ended = summarize(rundir.path).end
+    assert ended is not None  # the run finished (_open_for_resume): its end event is read
     names = [f"observer-{id(o)}" for o in observers]
     log = None
     try:
@@ -675,6 +680,7 @@ class _TrainingRun:
         import torch
 
         r = self.recipe
+        train_collate: Collator | PackedCollator
         train_set, train_collate = self.data.train, self.data.collate
         if r.data.packing:  # a batch is batch_size rows of several examples (data/collate.py)
             from .data.collate import pack_for_training
@@ -684,7 +690,7 @@ class _TrainingRun:
                            f"up to {r.data.max_length} tokens")
         if r.data.group_by_length:
             lengths = [len(ids) for ids in self.data.train["input_ids"]]
-            self.sampler = LengthGroupedSampler(lengths, r.train.batch_size, r.train.seed)
+            self.sampler: EpochShuffleSampler = LengthGroupedSampler(lengths, r.train.batch_size, r.train.seed)
         else:
             self.sampler = EpochShuffleSampler(len(train_set), r.train.seed)
         # Its own generator: starting a pass over a DataLoader otherwise draws from the global
@@ -764,6 +770,7 @@ class _TrainingRun:
         """A stop signal during set-up ends the run here: before the first step, with nothing
         half-written (the loop's own checks only start with the first step)."""
         if self.stop.requested:
+            assert self.stop.signal is not None  # `requested`: a signal was recorded
             raise SetupStopped(self.stop.name, self.stop.signal, phase)
 
     def _warn_about_small_data(self) -> None:
@@ -1001,11 +1008,20 @@ class _TrainingRun:
         self.emit(StepEvent(
             step=state.global_step, total_steps=self.total_steps,
             epoch=round(state.epoch + state.batches_done / self.batches_per_epoch, 4),
-            loss=round(window.mean_loss, 6), lr=self.scheduler.get_last_lr()[0],
+            loss=round(window.mean_loss, 6), lr=self._scheduled_lr(), lrs=list(self.scheduler.get_last_lr()),
             tokens_per_s=round(window.tokens_per_s, 1), samples_per_s=round(window.samples_per_s, 2),
             elapsed_s=round(state.train_seconds, 2),
             eta_s=round(remaining * self.meter.sec_per_step + self._evals_left() * self._eval_s, 1),
             rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1), gpu_mem_mb=gpu))
+
+    def _scheduled_lr(self) -> float:
+        """train.lr as the schedule has it now: the first group's rate over its own start rate
+        is the schedule's factor (every group is scaled alike), whatever lr that group has."""
+        group, base = self.optimizer.param_groups[0], self.recipe.train.lr
+        start = group.get("initial_lr") or group["lr"]
+        if start == base or not start:
+            return float(group["lr"]) if start else base
+        return base * (group["lr"] / start)
 
     def _evals_left(self) -> int:
         """Evaluations still to come (for the ETA): every `eval.every_steps`, or each epoch's
@@ -1145,10 +1161,10 @@ class _TrainingRun:
                                    keep=self.recipe.train.keep_checkpoints, main=self.main,
                                    token=self._token, barrier=self.accelerator.wait_for_everyone)
         except Exception as exc:
-            reason = write_failure(exc)
-            if reason is None:
+            why = write_failure(exc)
+            if why is None:
                 raise
-            raise OutputError(f"cannot write a checkpoint in {self.run_dir} ({reason}); "
+            raise OutputError(f"cannot write a checkpoint in {self.run_dir} ({why}); "
                               f"free disk space, then resume (earlier checkpoints are intact)") from exc
         self.meter.pause(time.perf_counter() - began)
         self.emit(CheckpointEvent(step=state.global_step, path=str(path), reason=reason))

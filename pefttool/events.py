@@ -64,13 +64,16 @@ class StepEvent(Event):
     total_steps: int
     epoch: float                      # fractional: 1.5 = halfway through the second epoch
     loss: float                       # mean train loss over the steps since the last event
-    lr: float
+    lr: float                         # train.lr as the schedule has it now (warm-up, decay)
     tokens_per_s: float
     samples_per_s: float
     elapsed_s: float
     eta_s: float
     rss_mb: float
     gpu_mem_mb: float | None = None
+    # each optimizer parameter group's own rate (a strategy's param_groups may give groups
+    # their own lr; the schedule scales each), in group order
+    lrs: list[float] | None = None
 
 
 @dataclass

@@ -81,10 +81,35 @@ def build_optimizer(strategy: Any, model: torch.nn.Module, recipe: Recipe,
     groups = strategy.param_groups(model, recipe, options)
     if groups is None:
         groups = default_param_groups(model, recipe.train.weight_decay)
+    else:
+        check_groups(strategy, model, groups)
     optimizer = strategy.make_optimizer(groups, recipe, options)
     if optimizer is None:
         optimizer = make_optimizer(recipe.train.optimizer, groups, recipe.train.lr)
     return optimizer
+
+
+def check_groups(strategy: Any, model: torch.nn.Module, groups: list[dict[str, Any]]) -> None:
+    """A strategy's parameter groups cover every trainable parameter once: one left out would
+    silently never train (the run still said "N of N parameters train"), one in two groups is
+    torch's error. A strategy that means to leave some out sets `partial_param_groups = True`."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    seen: set[int] = set()
+    twice: list[str] = []
+    for group in groups:
+        for p in group["params"]:
+            if id(p) in seen:
+                twice.append(names.get(id(p), "?"))
+            seen.add(id(p))
+    if twice:
+        raise strategy.problem(f"put {len(twice)} parameter(s) in more than one group from param_groups "
+                               f"({', '.join(twice[:3])}): give each parameter one group")
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing and not getattr(strategy, "partial_param_groups", False):
+        raise strategy.problem(
+            f"left {len(missing)} trainable parameter(s) out of param_groups ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): they would never train; add them to a group, "
+            f"freeze them in wrap, or set partial_param_groups = True on the strategy if you mean it")
 
 
 def state_bytes(optimizer: torch.optim.Optimizer) -> int:

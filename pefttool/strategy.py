@@ -64,6 +64,8 @@ class Strategy:
     plugin: str = ""
     #: `pefttool plan` shows this strategy beside the recipe's own (the built-ins set it)
     compare_in_plan: bool = False
+    #: `param_groups` leaves some trainable parameters out on purpose (else that is an error)
+    partial_param_groups: bool = False
     #: a method for fitting a big model in little memory: where the task trains on long
     #: sequences (causal LM), gradient checkpointing then defaults to on
     memory_first: bool = False
@@ -181,39 +183,114 @@ GUARDED_METHODS = ("check", "load_kwargs", "wrap", "describe", "param_groups", "
                    "wrap_for_estimate", "save")
 
 
+def _is_module(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.nn.Module)
+
+
+def _is_mapping(value: Any) -> bool:
+    from collections.abc import Mapping
+
+    return isinstance(value, Mapping)
+
+
+def _is_groups(value: Any) -> bool:
+    return value is None or (isinstance(value, (list, tuple)) and all(
+        _is_mapping(g) and "params" in g for g in value))
+
+
+def _is_optimizer(value: Any) -> bool:
+    import torch
+
+    return value is None or isinstance(value, torch.optim.Optimizer)
+
+
+def _loss_problem(value: Any) -> str | None:
+    """What is wrong with a `compute_loss` result (None is fine: the model's own loss)."""
+    import torch
+
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        return f"returned a {type(value).__name__} from compute_loss: return a scalar loss tensor, or None"
+    if value.ndim != 0:
+        return (f"returned a loss of shape {tuple(value.shape)} from compute_loss: reduce it to a "
+                f"scalar (e.g. .mean())")
+    if torch.is_grad_enabled() and not value.requires_grad:
+        return ("returned a loss without grad from compute_loss (detached, or computed under "
+                "no_grad / from .item()): build it from outputs.logits so it backpropagates")
+    return None
+
+
+# What each method must return, and the fix to say when it does not (a value's type is named,
+# never its repr: a model's repr is dozens of lines).
+RETURNS: dict[str, tuple[Any, str]] = {
+    "wrap": (_is_module, "return the model to train (a torch.nn.Module)"),
+    "wrap_for_estimate": (_is_module, "return the wrapped model (a torch.nn.Module)"),
+    "for_inference": (_is_module, "return the model to use (a torch.nn.Module)"),
+    "load_kwargs": (_is_mapping, "return a dict of from_pretrained keyword arguments ({} for none)"),
+    "describe": (_is_mapping, "return a dict (params_total, params_trainable, model_memory_mb)"),
+    "prepare_batch": (_is_mapping, "return the batch (a dict of the model's inputs)"),
+    "param_groups": (_is_groups, "return a list of {'params': [...], ...} groups, or None for the default"),
+    "make_optimizer": (_is_optimizer, "return a torch.optim.Optimizer, or None for train.optimizer"),
+    "quantized_layout": (lambda v: v is None or isinstance(v, QuantizedLayout),
+                         "return a pefttool.strategy.QuantizedLayout, or None"),
+}
+
+
 class GuardedStrategy:
     """A strategy as the engine calls it: an exception that is not a `PefttoolError` becomes
-    `strategy 'NAME' (PLUGIN) failed in METHOD: ...`, exit 2 before training and 3 during it
-    (a bug in a plugin is not pefttool's 'internal error', and the message says whose it is)."""
+    `strategy 'NAME' (PLUGIN) failed in METHOD: ...`, and a result of the wrong kind (None from
+    `wrap`, a loss without grad...) `strategy 'NAME' (PLUGIN) returned ... from METHOD: FIX`;
+    exit 2 before training and 3 during it (a bug in a plugin is not pefttool's 'internal
+    error', and the message says whose it is)."""
 
     def __init__(self, strategy: Strategy):
         self.strategy = strategy
         self.during_training = False
+
+    def problem(self, text: str) -> Exception:
+        """A one-line error naming this strategy and its plugin (exit 2, or 3 in training)."""
+        from .errors import PluginError
+
+        error = PluginError(f"strategy '{self.strategy.name}' ({self.strategy.plugin or 'unknown plugin'}) "
+                            f"{text}")
+        error.exit_code = 3 if self.during_training else 2
+        return error
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.strategy, name)
         if name not in GUARDED_METHODS or not callable(attr):
             return attr
 
-        traced = getattr(type(self.strategy), name, None) is not getattr(Strategy, name, None)
+        # The plugin's own answer (its class's method, or one set on the instance), not the default
+        traced = getattr(attr, "__func__", attr) is not getattr(Strategy, name, None)
 
         def call(*args: Any, **kwargs: Any) -> Any:
-            from .errors import PefttoolError, PluginError
+            from .errors import PefttoolError
             from .tracing import trace, tracing
 
             began = time.perf_counter()
             try:
-                return attr(*args, **kwargs)
+                result = attr(*args, **kwargs)
             except PefttoolError:
                 raise
             except Exception as exc:
                 text = " ".join(str(exc).split())
-                error = PluginError(f"strategy '{self.strategy.name}' ({self.strategy.plugin or 'unknown plugin'}) "
-                                    f"failed in {name}: {type(exc).__name__}: {text[:300]}")
-                error.exit_code = 3 if self.during_training else 2
-                raise error from exc
+                raise self.problem(f"failed in {name}: {type(exc).__name__}: {text[:300]}") from exc
             finally:
                 if traced and tracing():  # only the methods the plugin itself answers
                     trace(f"{self.strategy.name}.{name}", self.strategy.plugin or "?", began)
+            if not traced:
+                return result  # pefttool's own default: right by construction
+            if name == "compute_loss":
+                why = _loss_problem(result)
+                if why:
+                    raise self.problem(why)
+            elif name in RETURNS and not RETURNS[name][0](result):
+                what = "None" if result is None else f"a {type(result).__name__}"
+                raise self.problem(f"returned {what} from {name}: {RETURNS[name][1]}")
+            return result
 
         return call

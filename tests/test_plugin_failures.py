@@ -192,3 +192,110 @@ def test_trace_hooks_prints_each_call_with_its_time(capsys, monkeypatch, registe
     get_plugin_host().fire("pefttool_log", event=LogEvent(level="info", message="x"))
     err = capsys.readouterr().err
     assert "[hook] pefttool_log → quiet:" in err and " ms" in err
+
+
+# ------------------------------------------------------------------ what a strategy returns
+
+
+class _Lora(LoraStrategy):
+    """LoRA with one method broken in the way the test names."""
+
+    Options = LoraStrategy.Options
+
+    def __init__(self, name, **methods):
+        self.name = name
+        for method, fn in methods.items():
+            setattr(self, method, fn)
+
+
+def _frozen_loss(outputs, batch, recipe, options):
+    return outputs.loss.detach()
+
+
+MISTAKES = {
+    "wrap returns None": (dict(wrap=lambda model, recipe, options: None),
+                          "returned None from wrap: return the model to train"),
+    "prepare_batch returns None": (dict(prepare_batch=lambda batch, recipe, options: None),
+                                   "returned None from prepare_batch: return the batch"),
+    "compute_loss without grad": (dict(compute_loss=_frozen_loss),
+                                  "returned a loss without grad from compute_loss"),
+    "compute_loss not a scalar": (dict(compute_loss=lambda outputs, batch, r, o: outputs.logits.sum(-1)),
+                                  "returned a loss of shape (8,) from compute_loss"),
+    "param_groups not a list": (dict(param_groups=lambda model, recipe, options: "all"),
+                                "returned a str from param_groups"),
+    "make_optimizer returns a dict": (dict(make_optimizer=lambda groups, recipe, options: {}),
+                                      "returned a dict from make_optimizer"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES))
+def test_a_strategy_returning_the_wrong_thing_is_one_line_naming_it(mistake, capsys, registered,
+                                                                     tmp_path, tiny_classifier_dir):
+    methods, needle = MISTAKES[mistake]
+    name = "broken_" + mistake.split()[0]
+
+    class Plugin:
+        @pefttool.hookimpl
+        def pefttool_register_strategies(self, register):
+            register(_Lora(name, **methods))
+
+    registered(Plugin(), "pefttool-broken")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, name, overrides={
+        "train.max_steps": 2, "eval.before_training": False, "method.r": 4})
+    rc, out, err = cli(capsys, "run", recipe)
+    in_training = methods.keys() & {"prepare_batch", "compute_loss"}   # 3: failed while training
+    assert_clean_failure(rc, out, err, f"strategy '{name}' (pefttool-broken) {needle}",
+                         code=3 if in_training else 2)
+    assert "BertFor" not in err and "internal error" not in err   # never a model's repr
+
+
+def _groups_without_the_head(model, recipe, options):
+    return [{"params": [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]}]
+
+
+def _groups_twice(model, recipe, options):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": params}, {"params": params[:1]}]
+
+
+@pytest.mark.parametrize("groups, needle", [
+    (_groups_without_the_head, "left 2 trainable parameter(s) out of param_groups"),
+    (_groups_twice, "put 1 parameter(s) in more than one group from param_groups"),
+])
+def test_param_groups_must_cover_every_trainable_parameter_once(groups, needle, capsys, registered,
+                                                                tmp_path, tiny_classifier_dir):
+    class Plugin:
+        @pefttool.hookimpl
+        def pefttool_register_strategies(self, register):
+            register(_Lora("grouped", param_groups=groups))
+
+    registered(Plugin(), "pefttool-grouped")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "grouped", overrides={
+        "train.max_steps": 1, "method.r": 4})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, f"strategy 'grouped' (pefttool-grouped) {needle}")
+    assert "classifier" in err or "lora_A" in err   # the left-out or doubled names are shown
+
+
+def test_step_events_report_the_schedule_of_train_lr_and_each_groups_rate(registered, tmp_path,
+                                                                          tiny_classifier_dir):
+    from pefttool.engine import run_recipe
+    from pefttool.recipe import load_recipe
+
+    def groups(model, recipe, options):  # group 0 at a tenth of the rate, as for embeddings
+        lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+        rest = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+        return [{"params": lora, "lr": recipe.train.lr / 10}, {"params": rest}]
+
+    class Plugin:
+        @pefttool.hookimpl
+        def pefttool_register_strategies(self, register):
+            register(_Lora("tenth", param_groups=groups))
+
+    registered(Plugin(), "pefttool-tenth")
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "tenth", overrides={
+        "train.max_steps": 4, "train.lr": 5e-3, "train.scheduler": "constant",
+        "eval.before_training": False, "method.r": 4}))
+    steps = of_type(events_of(run_recipe(recipe).run_dir), "step")
+    assert [e.lr for e in steps] == pytest.approx([5e-3] * 4)
+    assert steps[-1].lrs == pytest.approx([5e-4, 5e-3])

@@ -107,14 +107,17 @@ def test_trace_hooks_also_traces_the_strategy_methods_a_plugin_overrides(capsys,
         def wrap(self, model, recipe, options):
             return model
 
+    import torch
+
+    model = torch.nn.Linear(2, 2)   # wrap's result is checked to be a module
     strategy = Bitfit()
     strategy.plugin = "pefttool-bitfit"
     guarded = GuardedStrategy(strategy)
     monkeypatch.setenv("PEFTTOOL_TRACE_HOOKS", "1")
-    guarded.wrap("model", None, None)
-    guarded.param_groups("model", None, None)  # the default answers: not the plugin's call
+    guarded.wrap(model, None, None)
+    guarded.param_groups(model, None, None)  # the default answers: not the plugin's call
     monkeypatch.delenv("PEFTTOOL_TRACE_HOOKS")
-    guarded.wrap("model", None, None)
+    guarded.wrap(model, None, None)
 
     err = capsys.readouterr().err
     assert err.count("[hook] bitfit.wrap → pefttool-bitfit:") == 1 and " ms" in err

@@ -9,7 +9,8 @@ from pefttool.testing import check_strategy, tiny_recipe
 
 
 def test_loraplus_trains_saves_and_reloads(tmp_path):
-    result = check_strategy("loraplus", tmp_path, options={"r": 4, "lr_ratio": 16.0})
+    # B learns 16x faster: a base rate of 2e-3 keeps that stable on the tiny model
+    result = check_strategy("loraplus", tmp_path, options={"r": 4, "lr_ratio": 16.0}, lr=2e-3)
     assert (result.model_dir / "adapter_config.json").is_file()
 
 
