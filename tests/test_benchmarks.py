@@ -43,6 +43,21 @@ def test_gpu_check_skips_without_cuda():
     assert p.stdout.strip().splitlines()[-1].startswith("gpu_check: skipped: CUDA is not available")
 
 
+def test_gpu_scripts_parse_and_pin_one_version_of_each_wheel():
+    """The GPU machine's set-up (benchmarks/gpu_setup.sh) and the wheels' rebuild
+    (scripts/gpu_wheels.sh) run once per lent GPU: a syntax error there costs a device call.
+    Two versions of one wheel would stop the install there."""
+    import re
+
+    for script in (BENCH / "gpu_setup.sh", ROOT / "scripts" / "gpu_wheels.sh"):
+        p = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    pins = re.findall(r"([A-Za-z0-9_.-]+)==(\d[\w.]*)", (ROOT / "scripts" / "gpu_wheels.sh").read_text())
+    names = [re.sub(r"[-_.]+", "-", name).lower() for name, _ in pins]
+    assert len(names) == len(set(names)), names
+    assert {"bitsandbytes", "pydantic", "pydantic-core", "datasets", "tomli-w"} <= set(names)
+
+
 @pytest.mark.parametrize("strategy", ["full", "lora", "qlora"])
 def test_gpu_check_recipes_validate(strategy, tiny_causal_dir, tmp_path, monkeypatch):
     import contextlib
