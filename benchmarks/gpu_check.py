@@ -98,7 +98,7 @@ max_eval_rows = 16
 {method}[train]
 epochs = 1
 batch_size = {batch}
-lr = {2e-5 if strategy == "full" else 2e-4}
+lr = {1e-4 if strategy == "full" else 2e-4}
 warmup_ratio = 0.0
 scheduler = "constant"
 log_every = 1
