@@ -80,9 +80,12 @@ class PefttoolApp(App[int]):
 
     def confirm_launch(self, what: str, start: Callable[[], object]) -> None:
         """Launching starts training (minutes to hours of compute): ask first."""
+        def answer(yes: bool | None) -> None:
+            if yes:
+                start()
+
         self.push_screen(ConfirmModal(f"Launch {what}?", yes="Launch", no="Cancel",
-                                      yes_variant="primary"),
-                         lambda yes: start() if yes else None)
+                                      yes_variant="primary"), answer)
 
     def resume_run(self, run_dir: Path) -> TrainingChild | None:
         """`pefttool resume RUN_DIR` in a child process; its dashboard follows it."""

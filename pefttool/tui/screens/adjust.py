@@ -285,7 +285,7 @@ class AdjustScreen(AppScreen):
         for key in self.specs:
             mine = problems_for(key, self.problems)
             shown.update(mine)
-            for box in self.query(f"#p-{widget_id(key)}"):
+            for box in self.query(f"#p-{widget_id(key)}").results(Static):   # FieldRow's problem line
                 box.update("\n".join(f"✗ {p}" for p in mine))
                 box.display = bool(mine)
         status = self.query_one("#adjust-status", Static)
@@ -327,10 +327,10 @@ class AdjustScreen(AppScreen):
         try:
             write_new_file(path, text)
         except FileExistsError:
-            self.app.show_error("Not saved", f"{path} already exists; files are never overwritten.")
+            self.pefttool_app.show_error("Not saved", f"{path} already exists; files are never overwritten.")
             return
         except OSError as exc:
-            self.app.show_error("Not saved", f"{path}: {exc.strerror or exc}")
+            self.pefttool_app.show_error("Not saved", f"{path}: {exc.strerror or exc}")
             return
         self.saved = (path, self.revision)
         self.notify(f"saved {path}", title="Recipe saved")
@@ -340,20 +340,21 @@ class AdjustScreen(AppScreen):
         if problems:
             self.problems = problems
             self._show_problems()
-            self.app.show_error("The adjusted recipe does not validate",
+            self.pefttool_app.show_error("The adjusted recipe does not validate",
                                 "\n".join(f"- {p}" for p in problems))
             return
         name = str(self.edited.get("name") or self.entry.path.stem)
         edited = copy.deepcopy(self.edited)
         if self.saved is not None and self.saved[1] == self.revision:
             saved = self.saved[0]
-            self.app.confirm_launch(f"{name} ({saved.name})", lambda: self.app.launch(saved, [], name))
+            self.pefttool_app.confirm_launch(f"{name} ({saved.name})",
+                                             lambda: self.pefttool_app.launch(saved, [], name))
             return
         overrides = overrides_between(self.original, edited)
         if overrides is not None:
-            start = lambda: self.app.launch(self.entry.path, overrides, name)  # noqa: E731
+            start = lambda: self.pefttool_app.launch(self.entry.path, overrides, name)  # noqa: E731
         else:
-            start = lambda: self.app.launch(None, [], name, adjusted=(  # noqa: E731
+            start = lambda: self.pefttool_app.launch(None, [], name, adjusted=(  # noqa: E731
                 edited, self.original_text, self.entry.path))
         changes = f" with {len(overrides)} change(s)" if overrides else " as adjusted"
-        self.app.confirm_launch(f"{name}{changes}", start)
+        self.pefttool_app.confirm_launch(f"{name}{changes}", start)

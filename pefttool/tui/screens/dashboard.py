@@ -223,14 +223,14 @@ class DashboardScreen(AppScreen):
             log.add_line("the run continues (resumed)", "note")
         self.state.apply(events)
         if self.state.start is not None and self.live:
-            self.app.note_live_run(self.run_dir, self.pid)
+            self.pefttool_app.note_live_run(self.run_dir, self.pid)
         if self.state.end is not None:
-            self.app.note_live_run(self.run_dir, None)
+            self.pefttool_app.note_live_run(self.run_dir, None)
         self._render_state()
 
     def on_run_process_ended(self, message: RunProcessEnded) -> None:
         self.process_ended = True
-        self.app.note_live_run(self.run_dir, None)
+        self.pefttool_app.note_live_run(self.run_dir, None)
         code = message.returncode
         end = self.state.end
         log = self.query_one(LogPane)
@@ -249,7 +249,7 @@ class DashboardScreen(AppScreen):
             else:
                 summary = f"Training stopped: exit status {code}, {describe_exit(code)}."
             where = self.child.stderr_file if self.child else find_stderr(self.run_dir)
-            summary += f"\nLast lines of {fmt.display_path(where, self.app.cwd)}:"
+            summary += f"\nLast lines of {fmt.display_path(where, self.pefttool_app.cwd)}:"
             self.query_one(ErrorPanel).show_error(summary, message.stderr_tail)
         self._render_state()
 
@@ -307,11 +307,11 @@ class DashboardScreen(AppScreen):
 
     def action_resume(self) -> None:
         if self.check_action("resume", ()):
-            self.app.resume_run(self.run_dir)
+            self.pefttool_app.resume_run(self.run_dir)
 
     def action_try_it(self) -> None:
         if self.check_action("try_it", ()):
-            self.app.try_run(self.run_dir)
+            self.pefttool_app.try_run(self.run_dir)
 
     def action_stop(self) -> None:
         from .modals import ConfirmModal

@@ -34,7 +34,7 @@ class ErrorModal(ModalScreen[None]):
     def _close(self) -> None:
         self.dismiss(None)
 
-    def action_dismiss(self, result: None = None) -> None:
+    async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(None)
 
 

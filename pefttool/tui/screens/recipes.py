@@ -110,7 +110,7 @@ class RecipesScreen(AppScreen):
         """The highlighted recipe if it validates; else its problems in a dialog, and None."""
         entry = self.current
         if entry is not None and entry.problems:
-            self.app.show_error(f"{entry.name} does not validate",
+            self.pefttool_app.show_error(f"{entry.name} does not validate",
                                 "\n".join(f"- {p}" for p in entry.problems) +
                                 f"\n\nAdjust it (Enter) or fix the file, then {then}.")
             return None
@@ -130,7 +130,7 @@ class RecipesScreen(AppScreen):
         steps = entry.get("train.max_steps", 0)
         what = (f"{entry.name} as it is ({entry.get('method.strategy', 'lora')}, "
                 f"{f'max {steps} steps' if steps else str(entry.get('train.epochs', 3)) + ' epochs'})")
-        self.app.confirm_launch(what, lambda: self.app.launch(entry.path, [], entry.name))
+        self.pefttool_app.confirm_launch(what, lambda: self.pefttool_app.launch(entry.path, [], entry.name))
 
     def action_reload(self) -> None:
         self.query_one(DataTable).loading = True

@@ -121,7 +121,7 @@ class RunsScreen(AppScreen):
     def action_open(self) -> None:
         run = self.current
         if run is not None:
-            self.app.open_run(run.path)
+            self.pefttool_app.open_run(run.path)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         run = self.current if self.is_mounted else None
@@ -139,15 +139,15 @@ class RunsScreen(AppScreen):
 
     def action_resume(self) -> None:
         if self.current is not None:
-            self.app.resume_run(self.current.path)
+            self.pefttool_app.resume_run(self.current.path)
 
     def action_try_it(self) -> None:
         if self.current is not None:
-            self.app.try_run(self.current.path)
+            self.pefttool_app.try_run(self.current.path)
 
     def action_delete(self) -> None:
         if self.current is not None:
-            self.app.delete_run(self.current.path, done=self.load_runs)
+            self.pefttool_app.delete_run(self.current.path, done=self.load_runs)
 
     def action_reload(self) -> None:
         self.load_runs()

@@ -72,10 +72,11 @@ class LossCurve(PlotextPlot):
         plt.clear_data()
         plt.title("")
         plt.xlabel("step")
-        plt.ylabel("train loss", yside="left")
+        # plotext's ylabel takes `yside`; textual-plotext's stub spells it `xside` (a stub typo)
+        plt.ylabel("train loss", yside="left")  # type: ignore[call-arg]
         state = self._state
         if state is None or not state.steps:
-            plt.ylabel("", yside="right")
+            plt.ylabel("", yside="right")  # type: ignore[call-arg]
             plt.xlim(0, max(1, state.total_steps if state else 1))
             plt.ylim(0, 1)
             return
@@ -89,11 +90,11 @@ class LossCurve(PlotextPlot):
             plt.plot([e.step for e in state.evals], [e.value for e in state.evals],
                      yside="right", label=metric, color=self._color("loss-curve--eval"),
                      marker="dot" if len(state.evals) > 1 else "hd")
-            plt.ylabel(metric, yside="right")
+            plt.ylabel(metric, yside="right")  # type: ignore[call-arg]
         else:
-            plt.ylabel("", yside="right")
+            plt.ylabel("", yside="right")  # type: ignore[call-arg]
         right = max(state.total_steps, xs[-1], 1)
         plt.xlim(0, right)
-        ticks = sorted({round(right * i / 4) for i in range(5)})   # whole steps, not 93.8
+        ticks: list[float] = sorted({round(right * i / 4) for i in range(5)})   # whole steps, not 93.8
         plt.xticks(ticks, [str(t) for t in ticks])
         plt.ylim(None, None)
