@@ -31,6 +31,17 @@ class _Row:
     label: str | None = None  # classification: label name; instruction: the response
     conversation: chat.Conversation | None = None  # chat: the rendered conversation
 
+    def label_text(self) -> str:
+        """The label (classification) or the response (instruction, chat): every row but a
+        plain-text one has it."""
+        assert self.label is not None, "a plain-text row has no label or response"
+        return self.label
+
+    def chat_conversation(self) -> chat.Conversation:
+        """A chat row's conversation (`_chat_row` always sets it)."""
+        assert self.conversation is not None, "only a chat row has a conversation"
+        return self.conversation
+
 
 @dataclass
 class _Spec:
@@ -81,7 +92,7 @@ class _Spec:
     def label_names(self, rows: list[_Row]) -> list[str]:
         if self.declared is not None:
             return list(self.declared)
-        return _sorted_labels({r.label for r in rows})
+        return _sorted_labels({r.label_text() for r in rows})
 
 
 def _template_fields(template: str) -> list[str]:
@@ -189,6 +200,7 @@ def _response(value: Any, spec: _Spec, column: str) -> str:
         if key not in spec.response_map:
             raise _Unknown(key)
         return spec.response_map[key].strip()
+    assert spec.declared is not None  # neither a response map nor a label set returned above
     if key not in spec.declared:
         raise _Unknown(key)
     return key

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import re
+from collections.abc import Callable
 
 IGNORE_INDEX = -100
-COMPRESSIONS = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
+# suffix → its `open(path, mode)`; the data stages open with "rb": a BZ2File, GzipFile or LZMAFile
+COMPRESSIONS: dict[str, Callable[..., io.BufferedIOBase]] = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}
 EXTENSIONS = {
     ".csv": "csv", ".tsv": "csv",
     ".json": "json", ".jsonl": "json", ".ndjson": "json",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
@@ -64,15 +65,15 @@ class _Encoder:
         import datasets
 
         if self.kind == "classification":
-            data = {"text": [r.text for r in rows], "label": [self.label_ids[r.label] for r in rows]}
+            data = {"text": [r.text for r in rows], "label": [self.label_ids[r.label_text()] for r in rows]}
             fn = self._classification
         elif self.kind == "text":
             data = {"text": [r.text for r in rows]}
             fn = self._plain
         elif self.kind == "chat":
             data = {"text": [r.text for r in rows],
-                    "spans": [[list(s) for s in r.conversation.spans] for r in rows],
-                    "prompt": [r.conversation.prompt for r in rows]}
+                    "spans": [[list(s) for s in r.chat_conversation().spans] for r in rows],
+                    "prompt": [r.chat_conversation().prompt for r in rows]}
             fn = self._chat
         else:
             data = {"prompt": [r.text for r in rows], "response": [r.label for r in rows]}
@@ -88,11 +89,11 @@ class _Encoder:
             counts["dropped_truncated"] = sum(drop)
             if split == "eval":
                 kept = [i for i, dropped in enumerate(drop) if not dropped]
-                self.eval_answers = [rows[i].label for i in kept]
+                self.eval_answers = [rows[i].label_text() for i in kept]
                 if self.kind == "chat":
                     # The conversation up to its last reply, as the template writes it (with
                     # the generation prompt), and its ids as the whole row was tokenized.
-                    self.eval_prompts = [rows[i].conversation.prompt for i in kept]
+                    self.eval_prompts = [rows[i].chat_conversation().prompt for i in kept]
                     prompt_ids = list(ds["_prompt_ids"])
                     self.eval_prompt_ids = [list(prompt_ids[i]) for i in kept]
                 else:
@@ -154,6 +155,7 @@ class _Encoder:
         nothing to learn.
         """
         texts = batch["text"]
+        pieces: Iterable[tuple[Any, Any]]   # (ids, character offsets) per text
         if getattr(self.tok, "is_fast", False):
             enc = self.tok(texts, add_special_tokens=False, return_offsets_mapping=True)
             pieces = zip(enc["input_ids"], enc["offset_mapping"])

@@ -20,7 +20,6 @@ from .sources import _source
 
 if TYPE_CHECKING:
     import datasets
-    import torch
 
     from ..recipe import Recipe
 
@@ -41,7 +40,7 @@ class PreparedData:
     eval: datasets.Dataset
     label_names: list[str] | None
     stats: dict[str, dict[str, Any]]
-    collate: Callable[[list[dict]], dict[str, torch.Tensor]]
+    collate: Collator
     eval_prompts: list[str] | None = None
     eval_answers: list[str] | None = None
     eval_prompt_ids: list[list[int]] | None = None

@@ -175,13 +175,14 @@ def _csv_records(src: _Source) -> Iterator[tuple[Any, ...]]:
 
 
 def _scan_csv(src: _Source, skip: bool) -> _Scan:
-    scan = _Scan(lines=array("L"))
+    lines: array[int] = array("L")
+    scan = _Scan(lines=lines)
     records = _csv_records(src)
     header = next(records)[1]
     scan.columns = _csv_header_names(header, src.delimiter)
     for row, line, _record, problem in records:
         scan.rows = row
-        scan.lines.append(line)
+        lines.append(line)
         if problem is not None:
             if not skip:
                 raise DataError(f"{src.name}: {problem.where()} {problem.what}; "
@@ -246,11 +247,12 @@ def _scan_json(src: _Source, skip: bool) -> _Scan:
         head = fh.read(4096)
     if head.lstrip()[:1] == b"[":
         return _scan_json_array(src)
-    scan = _Scan(lines=array("L"))
+    lines: array[int] = array("L")
+    scan = _Scan(lines=lines)
     blank_lines = False
     for row, line, _raw, problem in _json_lines(src):
         scan.rows = row
-        scan.lines.append(line)
+        lines.append(line)
         if line != row:
             blank_lines = True
         if problem is not None:
@@ -300,7 +302,7 @@ def _write_json_copy(src: _Source, dest: Path) -> None:
 def _atomic(dest: Path, mode: str):
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    kwargs = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
+    kwargs: dict[str, Any] = {"encoding": "utf-8", "newline": ""} if "b" not in mode else {}
     try:
         with open(tmp, mode, **kwargs) as out:
             yield out
@@ -365,6 +367,7 @@ def _load(src: _Source, scan: _Scan, cache_root: Path | None, digest: str) -> da
     if src.fmt == "csv":
         # Every cell as the text written in the file: no "NA"/"null" → missing, no int/float
         # guessing that would turn label "01" into 1 or a text "1e5" into 100000.0.
+        assert scan.columns is not None  # _scan_csv read the header
         kwargs = dict(keep_default_na=False, sep=src.delimiter,
                       features=datasets.Features({c: datasets.Value("string") for c in scan.columns}))
     cache = str(_cache_root(cache_root) / "pefttool-by-content" / digest)

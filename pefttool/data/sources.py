@@ -63,7 +63,7 @@ def _source(recipe: Recipe, key: str, location: str) -> _Source:
     suffixes = [s.lower() for s in path.suffixes]
     compression = suffixes.pop() if suffixes and suffixes[-1] in COMPRESSIONS else None
     ext = suffixes[-1] if suffixes else ""
-    fmt = recipe.data.format
+    fmt: str = recipe.data.format
     if fmt == "auto":
         if ext not in EXTENSIONS:
             raise DataError(
