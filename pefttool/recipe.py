@@ -19,7 +19,7 @@ import stat
 import tomllib
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
 
@@ -27,6 +27,9 @@ from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
 from .schemas import HasSchemas, PluginSchemas
 from .tasks import all_metric_names, get_task
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 # numpy's and torch's seeding accept 0 .. 2**32 - 1 (numpy refuses more).
 MAX_SEED = 2**32 - 1
@@ -162,8 +165,12 @@ class TrainSection(Section):
         "generation run uncompiled")
 
 
-# Every metric some task's table lets a recipe choose (pefttool/tasks/).
-Metric = Literal[all_metric_names()]  # type: ignore[valid-type]
+# Every metric some task's table lets a recipe choose (pefttool/tasks/). The names are only
+# known at run time, so to a type checker a metric is a str.
+if TYPE_CHECKING:
+    Metric = str
+else:
+    Metric = Literal[all_metric_names()]
 
 
 class EvalSection(Section):
@@ -577,8 +584,9 @@ def _chat_checks(recipe: Recipe) -> list[str]:
 def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
     """The model and data files named in raw recipe data exist (values of the wrong type are
     skipped: the schema already reports those)."""
-    model = data.get("model") if isinstance(data.get("model"), dict) else {}
-    data_section = data.get("data") if isinstance(data.get("data"), dict) else {}
+    model_value, data_value = data.get("model"), data.get("data")
+    model: dict[str, Any] = model_value if isinstance(model_value, dict) else {}
+    data_section: dict[str, Any] = data_value if isinstance(data_value, dict) else {}
     gguf_file = model.get("gguf_file")
     problems = []
     template = data_section.get("chat_template")
@@ -666,7 +674,7 @@ def _describe_all(exc: ValidationError, model: type[BaseModel], data: Any,
     return problems
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel], prefix: str = "",
+def _describe(err: ErrorDetails, model: type[BaseModel], prefix: str = "",
               also_allowed: list[str] | None = None) -> str:
     loc = [str(p) for p in err["loc"]]
     key = ".".join(([prefix] if prefix else []) + loc)
