@@ -420,7 +420,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .errors import PefttoolError as Bad
     from .trained import export, gguf_converter
 
-    if args.gguf and gguf_converter() is None:
+    converter = gguf_converter() if args.gguf else None
+    if args.gguf and converter is None:
         raise Bad("--gguf: converting to GGUF needs llama.cpp's convert_hf_to_gguf.py on PATH (from "
                   "a llama.cpp checkout); export with --merge, then run it on the folder")
     out = export(args.run_dir, args.out, merge=args.merge or args.gguf, dtype=args.dtype)
@@ -429,7 +430,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         import subprocess
 
         target = out / "model.gguf"
-        done = subprocess.run([gguf_converter(), str(out), "--outfile", str(target)])
+        assert converter is not None  # --gguf without a converter was refused above
+        done = subprocess.run([converter, str(out), "--outfile", str(target)])
         if done.returncode != 0:
             raise Bad(f"--gguf: the converter failed (exit {done.returncode}); the merged model is "
                       f"in {out}")

@@ -149,10 +149,12 @@ def generate(loaded: Any, messages_or_prompt: str | Messages, *,
     if stop is not None:
         kwargs["stopping_criteria"] = StoppingCriteriaList([_Stop()])
     if on_text is not None:
+        emit = on_text   # narrowed: a class body does not keep `on_text is not None`
+
         class _Streamer(TextStreamer):
             def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
                 if text:
-                    on_text(text)
+                    emit(text)
 
         kwargs["streamer"] = _Streamer(tok, skip_prompt=True, skip_special_tokens=True)
     device = next(model.parameters()).device

@@ -43,7 +43,7 @@ def use_trainable_checkpoints(accelerator: Accelerator) -> None:
     main = accelerator.is_main_process
 
     def save_hook(models: list[Any], weights: list[dict[str, Any]], output_dir: str) -> None:
-        entries = []
+        entries: list[dict[str, Any]] = []
         for i, model in enumerate(models):
             keep = trainable_keys(model, weights[i])
             if keep is None:  # every parameter trains: the whole state dict, as Accelerate saves it

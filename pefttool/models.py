@@ -256,7 +256,7 @@ def quiet_transformers() -> Iterator[None]:
     bars = hf_logging.is_progress_bar_enabled()
     if bars:
         hf_logging.disable_progress_bar()
-    patched = None
+    patched: tuple[Any, Any] | None = None   # (module, its tqdm before the patch)
     try:
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
 

@@ -303,6 +303,7 @@ def _meta_model(recipe: Recipe, dtype: Any, attention: str | None) -> Any:
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attention:
         kwargs["attn_implementation"] = attention
+    cls: type[transformers.AutoModelForSequenceClassification] | type[transformers.AutoModelForCausalLM]
     if recipe.task.type == "classification":
         labels = list(recipe.task.labels or ["0", "1"])
         config.num_labels = len(labels)
@@ -378,9 +379,9 @@ class _Saved:
         GPU: what autograd saves (the caching allocator reuses every freed block). CPU: what
         autograd saves plus every freed temporary under glibc's mmap threshold, because those
         stay in the heap (RSS) once freed; bigger ones are mmapped and go back to the system."""
-        saved = [0] * (self.layers + 1)
-        heap = [0] * (self.layers + 1)
-        largest = 0
+        saved: list[float] = [0] * (self.layers + 1)
+        heap: list[float] = [0] * (self.layers + 1)
+        largest: float = 0
         for nbytes, is_saved, layer in self.allocs:
             size = nbytes * scale
             if is_saved:

@@ -193,9 +193,9 @@ def tensorboard_writer_class() -> Any:
             pass
     if importlib.util.find_spec("tensorboardX") is not None:
         try:
-            from tensorboardX import SummaryWriter
+            from tensorboardX import SummaryWriter as TensorboardXWriter
 
-            return SummaryWriter
+            return TensorboardXWriter
         except ImportError:
             pass
     return None

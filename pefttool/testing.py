@@ -32,18 +32,20 @@ def build_tiny_classifier(out_dir: Path, seed: int = 0) -> Path:
     """A random 2-layer BERT classifier (hidden 32) and a word-level tokenizer, saved like a
     real model (safetensors, config, tokenizer files)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     words = sorted(set(_POSITIVE + _NEGATIVE + _THINGS + ["a", "truly", "number", ","]))
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words + [str(i) for i in range(200)]
-    tok = BertTokenizerFast(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, intermediate_size=128, max_position_embeddings=64,
-                        num_labels=2, id2label=dict(enumerate(LABELS)),
-                        label2id={n: i for i, n in enumerate(LABELS)}, pad_token_id=0,
-                        initializer_range=0.1)
+    # transformers 5 has one (tokenizers-backed) BertTokenizer; BertTokenizerFast is an alias of it
+    tok = BertTokenizer(vocab={word: i for i, word in enumerate(vocab)}, do_lower_case=True)
+    # num_labels reaches PreTrainedConfig through the **kwargs its dataclass __init__ accepts at
+    # run time (`wrap_init_to_accept_kwargs`) but does not declare
+    config = BertConfig(  # type: ignore[call-arg]
+        vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64, num_labels=2, id2label=dict(enumerate(LABELS)),
+        label2id={n: i for i, n in enumerate(LABELS)}, pad_token_id=0, initializer_range=0.1)
     torch.manual_seed(seed)
     BertForSequenceClassification(config).save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)

@@ -83,7 +83,7 @@ class QloraStrategy(LoraStrategy):
         return model
 
 
-    def quantized_layout(self, recipe: Recipe, options: QloraOptions) -> QuantizedLayout:  # type: ignore[override]
+    def quantized_layout(self, recipe: Recipe, options: QloraOptions) -> QuantizedLayout:
         """Strategy contract, for `pefttool plan`: the linear layers in 4-bit as `load_kwargs`
         asks bitsandbytes for them (the heads and `modules_to_save` kept in full precision)."""
         from .quant import KEEP_FULL_PRECISION, compute_dtype
@@ -92,13 +92,13 @@ class QloraStrategy(LoraStrategy):
                                compute_dtype=compute_dtype(recipe, options),
                                keep=(*KEEP_FULL_PRECISION, *(options.modules_to_save or [])))
 
-    def wrap_for_estimate(self, model: torch.nn.Module, recipe: Recipe,  # type: ignore[override]
+    def wrap_for_estimate(self, model: torch.nn.Module, recipe: Recipe,
                           options: QloraOptions) -> torch.nn.Module:
         """Strategy contract, for `pefttool plan` on a meta model: LoRA's wrap (the k-bit
         preparation and the CPU guard need real 4-bit layers; they add no trainable parameter)."""
         return LoraStrategy.wrap(self, model, recipe, options)
 
-    def for_inference(self, model: torch.nn.Module, recipe: Recipe,  # type: ignore[override]
+    def for_inference(self, model: torch.nn.Module, recipe: Recipe,
                       options: QloraOptions) -> torch.nn.Module:
         """Strategy contract, called when a finished run's 4-bit base loads to answer: the CPU
         4-bit layers are guarded against the AVX512-BF16 repack (see `quant.guard_cpu_4bit`)."""
