@@ -453,6 +453,11 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for row in rows:
+        if "broken" in row:
+            print(f"{row['name']:<12} BROKEN: {row['broken']}")
+            if os.environ.get("PEFTTOOL_DEBUG"):
+                print(host.broken_tracebacks[row["name"]], end="")
+            continue
         source = f"{row['distribution']} {row['version']}".strip() or row["module"]
         print(f"{row['name']:<12} {source:<24} strategies: {', '.join(row['strategies']) or '-'}")
         for name in row["strategies"]:
@@ -465,11 +470,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_recipes() -> int:
     from .catalog import find_recipes
+    from .recipe import DEFAULT_STRATEGY
 
     for entry in find_recipes():
         status = "ok" if not entry.problems else f"{len(entry.problems)} problem(s)"
         # str(): a broken recipe may hold a table or a number where a name belongs.
-        print(f"{entry.origin:<9} {str(entry.path):<40} {str(entry.get('method.strategy', 'lora')):<7} "
+        print(f"{entry.origin:<9} {str(entry.path):<40} {str(entry.get('method.strategy', DEFAULT_STRATEGY)):<7} "
               f"{str(entry.get('task.type')):<15} {entry.get('model.path')}  [{status}]")
     return 0
 

@@ -51,6 +51,11 @@ class PluginHost:
         self.strategies: dict[str, Strategy] = {}
         self.infos: dict[str, PluginInfo] = {}
         self.left_out: list[str] = []  # installed plugins PEFTTOOL_PLUGINS did not load
+        # installed plugins that failed to load (import error, invalid hooks): name → the
+        # one-line error, and the traceback that PEFTTOOL_DEBUG=1 shows. They block nothing
+        # else: `pefttool plugins` lists them, a recipe needing an unknown strategy names them.
+        self.broken: dict[str, str] = {}
+        self.broken_tracebacks: dict[str, str] = {}
 
     @property
     def hook(self) -> Any:
@@ -82,12 +87,17 @@ class PluginHost:
             except (Exception, SystemExit) as exc:  # any import failure is the plugin's, and named as such
                 what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
                 detail = "" if isinstance(exc, SystemExit) else f": {_one_line(exc)}"
-                raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to import: {what}{detail}; fix or "
-                    f"uninstall it, or skip it with {ENV_SELECT}=-{ep.name}"
-                ) from None
+                self._broken(ep.name, f"plugin '{ep.name}' ({ep.value}) failed to import: {what}{detail}; "
+                                      f"fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}", exc)
+                continue
             took = time.perf_counter() - began
-            self.register(module, ep.name, distribution=dist, version=version)
+            try:
+                self.register(module, ep.name, distribution=dist, version=version)
+            except PluginError as exc:
+                if "is registered by both" in str(exc):
+                    raise  # two plugins claim one strategy: which one runs must not be left to chance
+                self._broken(ep.name, str(exc), exc)
+                continue
             self.infos[ep.name].import_s = round(took, 3)
             if took > SLOW_IMPORT_S:
                 print(f"warning: plugin '{ep.name}' took {took:.1f}s to import, which every "
@@ -96,6 +106,16 @@ class PluginHost:
         for name in sorted(selector.wanted - seen.keys()):
             raise PluginError(f"{ENV_SELECT} names '{name}', but no plugin of that name is installed "
                               f"(pefttool plugins lists them)")
+
+    def _broken(self, name: str, message: str, exc: BaseException) -> None:
+        """Keep a plugin that failed to load out, with its error: one warning line now."""
+        import traceback
+
+        self.broken[name] = message
+        self.broken_tracebacks[name] = "".join(traceback.format_exception(exc))
+        print(f"warning: {message} (skipped; the rest of pefttool works without it)", file=sys.stderr)
+        if os.environ.get("PEFTTOOL_DEBUG"):
+            print(self.broken_tracebacks[name], file=sys.stderr, end="")
 
     def register(self, plugin: Any, name: str, distribution: str = "", version: str = "") -> None:
         """Register one plugin object (module or instance) and collect its strategies.
@@ -178,7 +198,7 @@ class PluginHost:
             strategies={name: s.Options for name, s in self.strategies.items()},
             settings={name: getattr(plugin, "PluginOptions", None)
                       for name, plugin in self.pm.list_name_plugin() if name is not None},
-            left_out=tuple(self.left_out))
+            left_out=tuple(self.left_out), broken=dict(self.broken))
 
     def describe(self) -> list[dict[str, Any]]:
         """Each plugin with its hooks, strategies and each strategy's options (JSON schema)."""
@@ -188,6 +208,7 @@ class PluginHost:
             row["strategy_options"] = {
                 s: self.strategies[s].Options.model_json_schema() for s in info.strategies}
             rows.append(row)
+        rows += [{"name": name, "broken": message} for name, message in self.broken.items()]
         return rows
 
 

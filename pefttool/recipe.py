@@ -424,6 +424,8 @@ def validate_recipe(
             if schemas.left_out:
                 hint += (f"; PEFTTOOL_PLUGINS left out the installed plugin(s) "
                          f"{', '.join(schemas.left_out)}, which may add it: include them to use it")
+            for broken in schemas.broken.values():  # the plugin that would have added it, maybe
+                hint += f"; {broken}"
             problems.append(
                 f"method.strategy: no strategy named '{strategy_name}'{hint}; loaded: "
                 f"{', '.join(known) or 'none'} (pefttool plugins lists them)"

@@ -18,12 +18,14 @@ class PluginSchemas:
     `strategies`: each strategy name → its options model (`Strategy.Options`);
     `settings`: each loaded plugin's name → its `PluginOptions` model (None: it takes none);
     `left_out`: installed plugins that `PEFTTOOL_PLUGINS` did not load (named in the error
-    for an unknown strategy, since one of them may add it).
+    for an unknown strategy, since one of them may add it); `broken`: installed plugins that
+    failed to load, with their error (named likewise).
     """
 
     strategies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
     settings: Mapping[str, type[BaseModel] | None] = field(default_factory=dict)
     left_out: tuple[str, ...] = ()
+    broken: Mapping[str, str] = field(default_factory=dict)   # plugin name → why it did not load
 
     def options_for(self, strategy: str) -> type[BaseModel] | None:
         """The options model of strategy `strategy`, or None when no plugin registered it."""

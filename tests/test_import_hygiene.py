@@ -129,7 +129,7 @@ def test_no_core_module_names_a_built_in_strategy():
     """The built-ins have no special powers: outside plugins/, no module branches on a built-in
     strategy's name or imports its package. The one name allowed is the default strategy of a
     recipe without method.strategy (recipe.DEFAULT_STRATEGY)."""
-    name = re.compile(r'"(full|lora|qlora)"|(import|from)\s+pefttool_(full|lora|qlora)\b')
+    name = re.compile(r'["\'](full|lora|qlora)["\']|(import|from)\s+pefttool_(full|lora|qlora)\b')
     found = []
     for path in sorted((REPO / "pefttool").rglob("*.py")):
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

@@ -140,10 +140,10 @@ def test_a_plugin_that_fails_to_import_is_named_in_one_line(site):
         import a_dependency_nobody_installed
     """)
 
-    with pytest.raises(PluginError) as caught:
-        loaded()
+    host = loaded()   # the others load; the broken one is kept aside with its error
 
-    message = str(caught.value)
+    message = host.broken["broken"]
+    assert "broken" not in host.infos and "lora" in host.strategies
     assert "\n" not in message
     assert message.startswith("plugin 'broken' (pefttool_broken_plugin) failed to import: "
                               "ModuleNotFoundError: No module named 'a_dependency_nobody_installed'")
@@ -167,10 +167,9 @@ def test_a_misspelled_hook_is_an_error_not_silence(site):
             print("never called")
     """)
 
-    with pytest.raises(PluginError) as caught:
-        loaded()
+    host = loaded()   # not silence: the plugin is kept out, with the error `pefttool plugins` shows
 
-    assert str(caught.value) == (
+    assert "typo" not in host.infos and host.broken["typo"] == (
         "plugin 'typo' implements 'pefttool_run_strat', which is not a pefttool hook "
         "(did you mean 'pefttool_run_start'?); check the spelling against pefttool/hookspecs.py")
 

@@ -128,7 +128,7 @@ class RecipesScreen(AppScreen):
         if entry is None:
             return
         steps = entry.get("train.max_steps", 0)
-        what = (f"{entry.name} as it is ({entry.get('method.strategy', 'lora')}, "
+        what = (f"{entry.name} as it is ({entry.get('method.strategy', DEFAULT_STRATEGY)}, "
                 f"{f'max {steps} steps' if steps else str(entry.get('train.epochs', 3)) + ' epochs'})")
         self.pefttool_app.confirm_launch(what, lambda: self.pefttool_app.launch(entry.path, [], entry.name))
 
