@@ -38,8 +38,8 @@ def pefttool(*args, cwd: Path, timeout: float = 240, **kwargs) -> subprocess.Com
                           env=child_env(), capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
-def recipe_for(folder: Path, model: Path, batch: int) -> Path:
-    return write_tiny_recipe(folder, model, "lora", overrides={
+def recipe_for(folder: Path, model: Path, batch: int, strategy: str = "lora") -> Path:
+    return write_tiny_recipe(folder, model, strategy, overrides={
         "train.batch_size": batch, "train.epochs": 2, "train.log_every": 1,
         "train.checkpoint_every": 4, "train.lr": 0.02})
 
@@ -81,12 +81,15 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout
     assert seen[0] == seen[1] > 0, seen
 
 
-def test_a_killed_multi_process_run_resumes_to_the_same_result(tmp_path, no_dropout_model):
-    reference = recipe_for(tmp_path / "ref", no_dropout_model, batch=4)
+@pytest.mark.parametrize("strategy", ["lora", "qlora"])
+def test_a_killed_multi_process_run_resumes_to_the_same_result(strategy, tmp_path, no_dropout_model):
+    if strategy == "qlora":
+        pytest.importorskip("bitsandbytes")
+    reference = recipe_for(tmp_path / "ref", no_dropout_model, batch=4, strategy=strategy)
     assert pefttool("run", reference, "--processes", 2, cwd=tmp_path).returncode == 0
     ref_weights = tensors(tmp_path / "ref" / "runs" / "recipe" / "model" / "adapter_model.safetensors")
 
-    killed = recipe_for(tmp_path / "killed", no_dropout_model, batch=4)
+    killed = recipe_for(tmp_path / "killed", no_dropout_model, batch=4, strategy=strategy)
     run_dir = tmp_path / "killed" / "runs" / "recipe"
     proc = subprocess.Popen([sys.executable, "-m", "pefttool.cli", "run", str(killed),
                              "--processes", "2"], cwd=tmp_path, env=child_env(),
