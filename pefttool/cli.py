@@ -418,8 +418,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .errors import PefttoolError as Bad
-    from .trained import export, gguf_converter
+    from .trained import check_export_out, export, gguf_converter
 
+    check_export_out(args.out)  # before anything loads
     converter = gguf_converter() if args.gguf else None
     if args.gguf and converter is None:
         raise Bad("--gguf: converting to GGUF needs llama.cpp's convert_hf_to_gguf.py on PATH (from "

@@ -94,6 +94,17 @@ RESUME_MAY_CHANGE = ("train.log_every", "train.threads", "train.keep_checkpoints
 RESUME_IGNORES = ("description", "output.dir", "output.overwrite")
 
 
+def enclosing_run(path: Path | str) -> Path | None:
+    """The run folder that holds `path` (or is it), by its marker or events.jsonl + recipe.toml,
+    looking up from the path as resolved (links followed); None outside every run folder."""
+    here = Path(path).expanduser().resolve()
+    for folder in (here, *here.parents):
+        with contextlib.suppress(OSError):
+            if RunDir(folder).is_run():
+                return folder
+    return None
+
+
 def check_resume_overrides(overrides: list[str]) -> None:
     """`pefttool resume RUN --set KEY=VALUE`: only the keys a resume may change (one line else)."""
     for override in overrides:

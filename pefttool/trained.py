@@ -155,6 +155,18 @@ def predict(trained: Trained, texts: list[str], batch_size: int = 32,
     return out
 
 
+def check_export_out(out: Path) -> None:
+    """An export never goes inside a run folder (or its model/): resume and overwrite replace
+    what a run holds, and would remove it without a word."""
+    from .rundir import enclosing_run
+
+    inside = enclosing_run(out)
+    if inside is not None:
+        raise OutputError(f"--out: {out} is inside the run folder {inside}, whose files pefttool "
+                          f"replaces (resume rebuilds model/); choose a folder outside every run "
+                          f"folder, e.g. exports/{inside.name}")
+
+
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -162,6 +174,7 @@ def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -
     """Write the run's model to `out` (which must not exist, or be empty): the adapter as is,
     or (`merge`) merged into its base as a plain transformers model (no PEFT needed to load
     it; a QLoRA base is dequantized first). Written into a temporary folder, then renamed."""
+    check_export_out(out)
     import torch
 
     out = Path(out).resolve()

@@ -91,6 +91,25 @@ def test_bad_inputs_to_predict_and_export_are_one_line(capsys, runs, tmp_path, t
     assert not (tmp_path / "g").exists()
 
 
+def test_export_into_a_run_folder_is_refused_before_anything_loads(capsys, runs, tmp_path, monkeypatch):
+    import pefttool.trained as trained_module
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(trained_module, "load_trained", no_loading)
+    run = runs["lora"]
+    for out in (run / "model" / "exp", run / "exp", run / "checkpoints" / "a" / "b", run):
+        rc, o, err = cli(capsys, "export", run, "--out", out, "--merge")
+        assert_clean_failure(rc, o, err, f"--out: {out} is inside the run folder {run}",
+                             "choose a folder outside every run folder")
+        assert not (run / "model" / "exp").exists() and not (run / "exp").exists()
+    # another run's folder too, through a link to it
+    (tmp_path / "link").symlink_to(runs["full"])
+    rc, o, err = cli(capsys, "export", run, "--out", tmp_path / "link" / "model" / "x")
+    assert_clean_failure(rc, o, err, f"inside the run folder {runs['full']}")
+
+
 def test_an_adapter_names_its_base_as_the_recipe_does_not_as_a_local_path(runs):
     from pefttool.recipe import load_recipe as load
 
