@@ -200,11 +200,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     recipe = load_recipe(args.recipe, args.overrides)
     # The strategy's own check (a missing library, an impossible option) needs no model.
-    from .plugins import get_plugin_host
-    from .strategy import GuardedStrategy
+    from .settled import settle
 
-    GuardedStrategy(get_plugin_host().strategies[recipe.method.strategy]).check(
-        recipe, recipe.strategy_options)
+    settle(recipe)
     print(f"{args.recipe}: ok ({recipe.task.type}, strategy {recipe.method.strategy}, "
           f"model {recipe.model.path})")
     return 0

@@ -54,10 +54,11 @@ from .rundir import (
     RunDir,
     RunStatus,
     claim_new,
+    replace_file,
 )
-from .sampling import EpochShuffleSampler, LengthGroupedSampler, RunLength
+from .sampling import EpochShuffleSampler, LengthGroupedSampler
 from .saved_model import MODEL_MANIFEST, final_model_checkpoint, model_damage
-from .strategy import GuardedStrategy
+from .settled import SettledRun, settle
 
 if TYPE_CHECKING:
     from .data.collate import Collator, PackedCollator
@@ -92,10 +93,8 @@ def run_recipe(
     """Fine-tune as the recipe says. `observers` are plugin objects (with hookimpls) that see
     this run's events only. Raises `PefttoolError` for bad input or a failed run."""
     host = host or get_plugin_host()
-    strategy = GuardedStrategy(host.strategies[recipe.method.strategy])
-    options = recipe.strategy_options
-    strategy.check(recipe, options)
-    distributed.init(cpu=_wants_cpu(recipe))
+    settled = settle(recipe, host)  # the strategy (checked), device, checkpointing: decided once
+    distributed.init(cpu=settled.on_cpu)
     main = distributed.is_main()
     checkpoint = damage = None
     # The main process decides the run directory (and the checkpoint to resume), and tells
@@ -128,7 +127,7 @@ def run_recipe(
     run_dir = rundir.path
     if damage is not None:
         assert checkpoint is not None  # a damaged finished run comes with the checkpoint to rebuild from
-        return _rebuild_finished_model(recipe, strategy, options, rundir, checkpoint, damage,
+        return _rebuild_finished_model(settled, rundir, checkpoint, damage,
                                        host, observers, notes)
     names = [f"observer-{id(o)}" for o in observers] if main else []
     try:
@@ -150,7 +149,7 @@ def run_recipe(
         for note in notes:
             emitter.info(note, level="warning" if note.startswith(("skipped", "took over")) else "info")
         with _stop_on_signals() as stop:
-            run = _TrainingRun(recipe, strategy, options, run_dir, emitter, stop)
+            run = _TrainingRun(settled, run_dir, emitter, stop)
             result = run.execute(checkpoint, started)
             result.plugin_errors = list(emitter.end_errors)
             return result
@@ -185,7 +184,7 @@ def run_recipe(
             sys.modules["torch"].set_flush_denormal(flushed_before)
 
 
-def _rebuild_finished_model(recipe: Recipe, strategy: Any, options: Any, rundir: RunDir,
+def _rebuild_finished_model(settled: SettledRun, rundir: RunDir,
                             checkpoint: Path, damage: str, host: PluginHost,
                             observers: tuple[Any, ...], notes: list[str]) -> RunResult:
     """A finished run whose model/ is damaged or gone: model/ is saved again from `checkpoint`
@@ -202,7 +201,7 @@ def _rebuild_finished_model(recipe: Recipe, strategy: Any, options: Any, rundir:
         for name, obs in zip(names, observers):
             host.register(obs, name)
         log = EventLog(rundir.path)
-        emitter = _Emitter(host, log, on_error=recipe.plugins.on_error)
+        emitter = _Emitter(host, log, on_error=settled.recipe.plugins.on_error)
         for note in notes:
             emitter.info(note, level="warning")
         # Set-up's own lines (data warnings, "saving") are the training's, not this rebuild's.
@@ -210,7 +209,7 @@ def _rebuild_finished_model(recipe: Recipe, strategy: Any, options: Any, rundir:
         flushed_before = _denormals_flushed()
         try:
             with _stop_on_signals() as stop:
-                run = _TrainingRun(recipe, strategy, options, rundir.path, quiet, stop)
+                run = _TrainingRun(settled, rundir.path, quiet, stop)
                 run.rebuild_model(checkpoint)
         finally:  # set-up flushes denormals: give the caller back its CPU state, as a run does
             if "torch" in sys.modules and _denormals_flushed() != flushed_before:
@@ -226,19 +225,9 @@ def _rebuild_finished_model(recipe: Recipe, strategy: Any, options: Any, rundir:
         for name in names:
             if host.pm.has_plugin(name):
                 host.unregister(name)
-    return RunResult(run_dir=rundir.path, status=ended.status, metric=recipe.metric,
+    return RunResult(run_dir=rundir.path, status=ended.status, metric=settled.recipe.metric,
                      best=ended.best, best_step=ended.best_step, steps=ended.step,
                      model_dir=rundir.model)
-
-
-def _wants_cpu(recipe: Recipe) -> bool:
-    if recipe.train.device == "cpu":
-        return True
-    if recipe.train.device == "cuda":
-        return False
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def cpu_threads(requested: int) -> tuple[int, str | None]:
@@ -536,18 +525,17 @@ def write_resolved_recipe(recipe: Recipe, run_dir: Path) -> None:
     """Save the recipe as it runs into RUN_DIR/recipe.toml (atomically)."""
     import tomli_w
 
-    tmp = run_dir / f".{RECIPE_FILE}.tmp"
-    tmp.write_text(tomli_w.dumps(resolved_recipe_dict(recipe, run_dir)), encoding="utf-8")
-    os.replace(tmp, run_dir / RECIPE_FILE)
+    replace_file(run_dir / RECIPE_FILE, tomli_w.dumps(resolved_recipe_dict(recipe, run_dir)))
 
 
 # ----------------------------------------------------------------------------- the run
 
 
 class _TrainingRun:
-    def __init__(self, recipe: Recipe, strategy: Any, options: Any, run_dir: Path,
+    def __init__(self, settled: SettledRun, run_dir: Path,
                  emit: _Emitter, stop: _StopFlag):
-        self.recipe, self.strategy, self.options = recipe, strategy, options
+        self.settled = settled
+        self.recipe, self.strategy, self.options = settled.recipe, settled.strategy, settled.options
         self.run_dir, self.emit, self.stop = run_dir, emit, stop
         self.state = TrainState()
         self.meter = StepMeter()  # loss, tokens, samples and time since the last step event
@@ -602,7 +590,6 @@ class _TrainingRun:
         # SmolLM2-135M on CPU).
         torch.set_flush_denormal(True)
         set_seed(r.train.seed)
-        use_cpu = r.train.device == "cpu" or (r.train.device == "auto" and not torch.cuda.is_available())
         from accelerate.utils import TorchDynamoPlugin
 
         # train.compile: Accelerate's prepare() compiles the model last (torch.compile, inductor).
@@ -619,7 +606,7 @@ class _TrainingRun:
         self.accelerator = Accelerator(
             mixed_precision=r.train.mixed_precision,
             gradient_accumulation_steps=r.train.grad_accum,
-            cpu=use_cpu,
+            cpu=self.settled.on_cpu,
             dynamo_plugin=dynamo,
         )
         # Accelerate's state is shared by the whole process and keeps the *first* Accelerator's
@@ -645,22 +632,26 @@ class _TrainingRun:
 
     def _setup_model(self) -> Any:
         """The base model, wrapped by the strategy (adapters, quantization...), described."""
-        from .models import enable_gradient_checkpointing, gradient_checkpointing_wanted, load_model, safety_summary
+        from .models import enable_gradient_checkpointing, load_model, safety_summary
 
         r = self.recipe
         model = load_model(r, self.strategy, self.options, label_names=self.data.label_names,
                            tokenizer=self.tokenizer)
         self._stop_if_asked("loading the model")
         model = self.strategy.wrap(model, r, self.options)
-        if gradient_checkpointing_wanted(r, self.strategy.strategy, self.options):
+        self.checkpointing = False
+        if self.settled.gradient_checkpointing:
             import warnings
 
             with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5
                 warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
-                on = enable_gradient_checkpointing(model)
-            self.emit.info("gradient checkpointing: on (activations recomputed in backward)" if on
+                self.checkpointing = enable_gradient_checkpointing(model)
+            self.emit.info(f"gradient checkpointing: on ({self.settled.gradient_checkpointing_why}; "
+                           f"activations recomputed in backward)" if self.checkpointing
                            else "gradient checkpointing: this model does not support it; off",
-                           level="info" if on else "warning")
+                           level="info" if self.checkpointing else "warning")
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.trainable_dtype = str(trainable[0].dtype).removeprefix("torch.") if trainable else ""
         self.description = self.strategy.describe(model)
         self.safety = safety_summary(r)
         if not any(p.requires_grad for p in model.parameters()):
@@ -701,7 +692,7 @@ class _TrainingRun:
                                                generator=torch.Generator().manual_seed(r.train.seed))
         eval_dl = torch.utils.data.DataLoader(self.data.eval, batch_size=r.eval.batch_size,
                                               shuffle=False, collate_fn=self.data.collate)
-        length = RunLength(len(train_set), r, self.accelerator.num_processes)  # as plan counts it
+        length = self.settled.length(len(train_set), self.accelerator.num_processes)  # as plan counts it
         self.batches_per_epoch = length.batches_per_process
         self.steps_per_epoch, self.total_steps = length.steps_per_epoch, length.total_steps
         return train_dl, eval_dl
@@ -853,7 +844,8 @@ class _TrainingRun:
             params_trainable=self.description["params_trainable"],
             model_memory_mb=self.description["model_memory_mb"], device=str(self.accelerator.device),
             resumed_from_step=state.global_step, data=self.data.stats, safety=self.safety,
-            processes=self.accelerator.num_processes))
+            processes=self.accelerator.num_processes, gradient_checkpointing=self.checkpointing,
+            dtype=self.trainable_dtype))
         if checkpoint is not None:
             self.emit.info(f"resumed from {checkpoint.name} (step {state.global_step}, epoch "
                            f"{state.epoch + 1}, batch {state.batches_done})")
@@ -1114,10 +1106,7 @@ class _TrainingRun:
             if when == "after":
                 entry["after_step"] = self.state.global_step
         self._samples = kept
-        tmp = path.with_name(".samples.jsonl.tmp")
-        tmp.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept.values()),
-                       encoding="utf-8")
-        os.replace(tmp, path)
+        replace_file(path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept.values()))
 
     def _save_model(self) -> None:
         """Write the current model as the run's result, atomically (old or new, never half)."""
@@ -1187,7 +1176,7 @@ class _TrainingRun:
             "nan_skipped": state.nan_skipped, "data": self.data.stats, **self.description,
         }
         if self.main:
-            (self.run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=1))
+            replace_file(self.run_dir / METRICS_FILE, json.dumps(metrics, indent=1))
         message = ""
         if status == RunStatus.INTERRUPTED:
             message = (f"stopped by {self.stop.name} after step {state.global_step}; continue with "

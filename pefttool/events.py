@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from .rundir import EVENTS_FILE  # noqa: E402  (the run directory's names live in one place)
+from .rundir import EVENTS_FILE, open_append  # noqa: E402  (the run directory's names live in one place)
 
 
 @dataclass
@@ -52,6 +52,8 @@ class StartEvent(Event):
     data: dict[str, Any] = field(default_factory=dict)   # cleaning counts per split
     safety: dict[str, Any] = field(default_factory=dict)  # allow_pickle, trust_remote_code
     processes: int = 1                # training processes (DDP/FSDP ranks); 1 = a single process
+    gradient_checkpointing: bool = False  # activations recomputed in backward (on and supported)
+    dtype: str = ""                   # the trainable parameters' dtype (float32, bfloat16...)
 
 
 @dataclass
@@ -179,7 +181,7 @@ class EventLog:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / EVENTS_FILE
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open_append(self.path)  # a link there: refused (ELOOP), never followed
 
     def write(self, event: Event) -> None:
         self._fh.write(event.to_json() + "\n")

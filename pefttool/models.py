@@ -30,7 +30,7 @@ from .tasks import get_task
 
 if TYPE_CHECKING:
     from .recipe import Recipe
-    from .strategy import Strategy
+    from .strategy import GuardedStrategy, Strategy
 
 SAFE_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -356,7 +356,7 @@ def load_tokenizer(recipe: Recipe) -> Any:
 
 def load_model(
     recipe: Recipe,
-    strategy: Strategy,
+    strategy: Strategy | GuardedStrategy,
     options: Any,
     label_names: list[str] | None = None,
     tokenizer: Any = None,

@@ -47,9 +47,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PefttoolError
-from .models import gradient_checkpointing_wanted
 from .sampling import RunLength
-from .strategy import GuardedStrategy, QuantizedLayout
+from .settled import settle
+from .strategy import QuantizedLayout
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -118,6 +118,7 @@ class StrategyEstimate:
     gradient_checkpointing: bool
     own: bool = False
     note: str = ""
+    trainable_dtype: str = ""      # as the run's start event reports it
     # One checkpoint on disk: the trainable tensors (the whole model when every parameter
     # trains) plus the optimizer state; the RNG, scheduler and trainer state add ~20 KB.
     checkpoint: int = 0
@@ -126,6 +127,7 @@ class StrategyEstimate:
         return {"strategy": self.strategy, "own": self.own, "params_total": self.params_total,
                 "params_trainable": self.params_trainable,
                 "gradient_checkpointing": self.gradient_checkpointing, "checkpoint": self.checkpoint,
+                "trainable_dtype": self.trainable_dtype,
                 "cpu": self.cpu.to_dict(), "gpu": self.gpu.to_dict() if self.gpu else None,
                 "note": self.note}
 
@@ -588,6 +590,7 @@ class _ModelFacts:
     weights: int
     supports_gc: bool
     note: str
+    trainable_dtype: str = ""
 
 
 _CACHE: dict[tuple, Any] = {}
@@ -651,16 +654,18 @@ def _model_facts(recipe: Recipe, strategy: str, options: Any, host: Any,
         model=model, total=sum(p.numel() for _, p in params),
         trainable=[(p.numel(), tuple(p.shape), p.element_size()) for _, p in params if p.requires_grad],
         weights=weights, supports_gc=bool(getattr(base, "supports_gradient_checkpointing", True)),
-        note=note)
+        note=note, trainable_dtype=next((str(p.dtype).removeprefix("torch.") for _, p in params
+                                         if p.requires_grad), ""))
 
 
 def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None,
                        baseline: int) -> StrategyEstimate:
     import torch
 
-    options = _options_for(recipe, strategy, host)
-    chosen = GuardedStrategy(host.strategies[strategy])
-    layout = chosen.quantized_layout(recipe, options)
+    # The run as the engine would settle it, as this strategy (plan's side-by-side rows).
+    settled = settle(recipe, host, strategy=strategy, options=_options_for(recipe, strategy, host),
+                     check=False)
+    options, layout = settled.options, settled.layout
     config = _config(recipe)
     dtype = _torch_dtype(recipe.model.dtype, getattr(config, "dtype", None))
     mixed = recipe.train.mixed_precision
@@ -683,8 +688,7 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
 
     saved = _cached(("act", *key, str(act_dtype), recipe.data.max_length), count)
     scale = recipe.train.batch_size / REF_BATCH
-    checkpointing = (gradient_checkpointing_wanted(recipe, chosen.strategy, options)
-                     and facts.supports_gc and saved.layers > 0)
+    checkpointing = settled.gradient_checkpointing and facts.supports_gc and saved.layers > 0
     gpu_act, cpu_act, other = saved.figures(scale, checkpointing)
     if mixed == "bf16" and dtype == torch.float32:
         other += sum(n * 2 for n, shape, _ in trainable if len(shape) >= 2)  # autocast's weight cache
@@ -699,13 +703,14 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     files_overhead = CHECKPOINT_TENSOR_OVERHEAD * len(trainable)
     return StrategyEstimate(strategy, facts.total, n_trainable, cpu, gpu_mem, checkpointing,
                             own=strategy == recipe.method.strategy, note=facts.note,
-                            checkpoint=saved_weights + optimizer + files_overhead)
+                            checkpoint=saved_weights + optimizer + files_overhead,
+                            trainable_dtype=facts.trainable_dtype)
 
 
 def _could_run(recipe: Recipe, strategy: str, host: Any) -> bool:
     """A side-by-side row only for a strategy whose own check accepts this recipe."""
     try:
-        GuardedStrategy(host.strategies[strategy]).check(recipe, _options_for(recipe, strategy, host))
+        settle(recipe, host, strategy=strategy, options=_options_for(recipe, strategy, host))
     except PefttoolError:
         return False
     return True
@@ -822,7 +827,7 @@ def data_estimate(recipe: Recipe, sample_over: int = 20000) -> DataEstimate:
     # The engine's own count (sampling.RunLength): packed rows with data.packing, scaled like
     # the examples when only a sample was encoded.
     rows = round(RunLength.training_rows(lengths, recipe) * scale)
-    length = RunLength(rows, recipe, processes)
+    length = settle(recipe, check=False).length(rows, processes)
     steps, total = length.steps_per_epoch, length.total_steps
     truncated = int(stats.get("truncated", stats.get("dropped_truncated", 0)) or 0)
     return DataEstimate(

@@ -124,6 +124,7 @@ def plot_runs(run_dirs: list[Path], out: Path, warn: Callable[[str], None] | Non
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.png")
+    tmp.unlink(missing_ok=True)  # a link there is removed, not written through
     try:
         fig.savefig(tmp, format="png")
         os.replace(tmp, out)

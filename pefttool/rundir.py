@@ -94,6 +94,29 @@ RESUME_MAY_CHANGE = ("train.log_every", "train.threads", "train.keep_checkpoints
 RESUME_IGNORES = ("description", "output.dir", "output.overwrite")
 
 
+def replace_file(path: Path, data: str | bytes) -> None:
+    """Write `path` by replacing it: a new file beside it (never opened through a link), then
+    renamed over the path, so a link at the path is replaced, never written through."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def open_append(path: Path) -> Any:
+    """`path` opened for appending text, refusing a link there (ELOOP) instead of following it."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 def enclosing_run(path: Path | str) -> Path | None:
     """The run folder that holds `path` (or is it), by its marker or events.jsonl + recipe.toml,
     looking up from the path as resolved (links followed); None outside every run folder."""
@@ -190,9 +213,23 @@ class RunDir:
         """Written once, when the run is created: what it is, and the recipe it started with
         (resume compares against this, whatever happens to recipe.toml later)."""
         data = {"format": MARKER_FORMAT, "created": time.time(), "recipe": resolved_recipe}
-        tmp = self.path / f".{MARKER_FILE}.tmp"
-        tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-        os.replace(tmp, self.marker)
+        replace_file(self.marker, json.dumps(data, indent=1))
+
+    def check_links(self) -> None:
+        """Refuse a run folder whose own files (the ones pefttool writes) are symbolic links
+        pointing outside it: writing the run would change files elsewhere."""
+        base = self.path.resolve()
+        for name in (*RUN_ARTIFACTS, LOCK_FILE):
+            target = self.path / name
+            if not target.is_symlink():
+                continue
+            points_to = Path(os.path.realpath(target))
+            if points_to == base or base in points_to.parents:
+                continue
+            raise OutputError(f"{target} is a symbolic link to {os.readlink(target)}, outside the run "
+                              f"folder; pefttool writes its own files there, so it would change that "
+                              f"file: replace the link by a copy of the file (cp --remove-destination) "
+                              f"or remove it, then try again")
 
     # -- one writer
 
@@ -203,7 +240,8 @@ class RunDir:
         import fcntl
 
         for _ in range(10):
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            self.check_links()
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
@@ -280,6 +318,7 @@ class RunDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
+            probe.unlink(missing_ok=True)  # a link there is removed, not written through
             probe.write_text("ok")
             probe.unlink()
         except OSError as exc:

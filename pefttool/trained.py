@@ -85,8 +85,7 @@ def load_trained(run_dir: Path, dequantize: bool = False, base: bool = False) ->
     from transformers.utils import logging as hf_logging
 
     from .models import load_model, load_tokenizer
-    from .plugins import get_plugin_host
-    from .strategy import GuardedStrategy
+    from .settled import settle
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars in a command's output
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
@@ -100,17 +99,13 @@ def load_trained(run_dir: Path, dequantize: bool = False, base: bool = False) ->
     if adapter or base:
         from peft import PeftModel
 
-        host = get_plugin_host()
-        strategy = host.strategies.get(recipe.method.strategy)
-        if strategy is None:
-            raise ModelError(f"the run used strategy '{recipe.method.strategy}', whose plugin is not "
-                             f"loaded; install it (pefttool plugins lists what is)")
-        base_model = load_model(recipe, strategy, recipe.strategy_options, label_names=labels,
+        settled = settle(recipe, check=False)   # the strategy as the run had it
+        base_model = load_model(recipe, settled.strategy, settled.options, label_names=labels,
                                 tokenizer=tokenizer)
         if dequantize and getattr(base_model, "hf_quantizer", None) is not None:
             base_model = base_model.dequantize()  # a quantized base, as merging needs it
         else:
-            base_model = GuardedStrategy(strategy).for_inference(base_model, recipe, recipe.strategy_options)
+            base_model = settled.strategy.for_inference(base_model, recipe, settled.options)
     from safetensors import SafetensorError
 
     try:
@@ -187,8 +182,7 @@ def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if not merge:
-            shutil.copytree(run.model, tmp)
-            (tmp / ".pefttool-files.json").unlink(missing_ok=True)
+            _copy_listed(run.model, tmp)
         elif not adapter:  # a full model is "merged" already; only the dtype may change
             trained = load_trained(run.path)
             trained.model.to(getattr(torch, DTYPES[dtype])).save_pretrained(tmp, safe_serialization=True)
@@ -213,6 +207,35 @@ def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _copy_listed(model_dir: Path, dest: Path) -> None:
+    """Copy the files model/'s manifest lists (all of them regular files inside model/), never
+    anything else there (a link, a file a user put in). A model/ from before manifests: its
+    regular files, links left out."""
+    from .saved_model import MODEL_MANIFEST
+
+    def through_link(name: str) -> bool:
+        parts = Path(name).parts
+        return any(model_dir.joinpath(*parts[:i + 1]).is_symlink() for i in range(len(parts)))
+
+    try:
+        listed = list(json.loads((model_dir / MODEL_MANIFEST).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        listed = [n for n in (str(p.relative_to(model_dir)) for p in sorted(model_dir.rglob("*")))
+                  if (model_dir / n).is_file() and not through_link(n)]
+    except (OSError, ValueError, TypeError) as exc:
+        raise OutputError(f"{model_dir / MODEL_MANIFEST} is unreadable ({type(exc).__name__}); "
+                          f"resume the run to rebuild model/") from None
+    dest.mkdir(parents=True)
+    for name in listed:
+        if (not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts
+                or through_link(name) or not (model_dir / name).is_file()):
+            raise OutputError(f"{model_dir}: its manifest lists {name!r}, which is not a regular "
+                              f"file inside model/ (a link, or a path outside it); export copies no "
+                              f"such file: resume the run to rebuild model/")
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(model_dir / name, dest / name, follow_symlinks=False)
 
 
 def gguf_converter() -> str | None:

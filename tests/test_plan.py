@@ -259,11 +259,13 @@ def test_calibrate_runs_real_steps_and_cleans_up(tiny_recipe, tmp_path, monkeypa
     ("causal-lm", "lora", {"data.packing": True}),
     ("causal-lm", "lora", {"data.packing": False}),
     ("causal-lm", "qlora", {"data.packing": True, "train.grad_accum": 2}),
-    ("classification", "full", {"data.group_by_length": True, "train.batch_size": 5}),
+    ("classification", "full", {"data.group_by_length": True, "train.batch_size": 5,
+                                "train.gradient_checkpointing": True, "model.dtype": "bfloat16"}),
 ])
 def test_plan_counts_the_steps_the_run_takes(task, strategy, extra, tiny_recipe):
-    """plan's steps per epoch and total are the run's own (its start event): one count
-    (sampling.RunLength), packing and accumulation included. Packing was 19 vs 4 before."""
+    """plan's steps per epoch and total, gradient checkpointing and trainable dtype are the
+    run's own (its start event): one settled run (pefttool/settled.py), packing, accumulation
+    and a memory-first strategy's checkpointing default included. Packing was 19 vs 4 before."""
     from pefttool.engine import run_recipe
     from pefttool.events import StartEvent, read_events
 
@@ -282,5 +284,8 @@ def test_plan_counts_the_steps_the_run_takes(task, strategy, extra, tiny_recipe)
         run_recipe(recipe, observers=(StopAtStart(),))
     (start,) = [e for e in read_events(recipe.output_dir() / "events.jsonl") if isinstance(e, StartEvent)]
     assert (data.steps_per_epoch, data.total_steps) == (start.steps_per_epoch, start.total_steps)
+    own = P.estimate(recipe, strategies=(strategy,)).own
+    assert (own.gradient_checkpointing, own.trainable_dtype) == (start.gradient_checkpointing, start.dtype)
+    assert start.gradient_checkpointing == (strategy == "qlora" or "train.gradient_checkpointing" in extra)
     if extra.get("data.packing"):
         assert data.steps_per_epoch < math.ceil(data.train_rows / recipe.train.batch_size)

@@ -211,6 +211,48 @@ def test_a_damaged_newest_checkpoint_is_skipped_for_the_newest_that_verifies(cap
                          "every checkpoint failed its check")
 
 
+def test_a_run_folder_whose_own_files_link_outside_it_is_refused(capsys, tmp_path, tiny_classifier_dir):
+    _, run_dir = interrupted_run(tmp_path, tiny_classifier_dir)
+    outside = tmp_path / "outside.json"
+    outside.write_text("the user's own file")
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "metrics.json").symlink_to(outside)
+    rc, out, err = cli(capsys, "resume", run_dir)
+    assert_clean_failure(rc, out, err, f"{run_dir / 'metrics.json'} is a symbolic link to {outside}",
+                         "outside the run folder", "replace the link")
+    assert outside.read_text() == "the user's own file"
+    assert not (run_dir / ".lock").exists()
+    # a link that stays inside the run folder is not refused: the run replaces it with its file
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "old-metrics.json").write_text("{}")
+    (run_dir / "metrics.json").symlink_to(run_dir / "old-metrics.json")
+    rc, out, err = cli(capsys, "resume", run_dir)
+    assert rc == 0, err
+    assert not (run_dir / "metrics.json").is_symlink()
+    assert (run_dir / "old-metrics.json").read_text() == "{}"
+    assert outside.read_text() == "the user's own file"
+
+
+def test_pefttools_own_files_are_written_by_replacing_the_path(tmp_path):
+    from pefttool.events import EventLog
+    from pefttool.rundir import replace_file
+
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").symlink_to(outside)
+    replace_file(run / "metrics.json", "{}")
+    assert not (run / "metrics.json").is_symlink() and (run / "metrics.json").read_text() == "{}"
+    (run / ".metrics.json.tmp-{}".format(os.getpid())).symlink_to(outside)  # a planted temporary name
+    replace_file(run / "metrics.json", "[]")
+    assert (run / "metrics.json").read_text() == "[]"
+    (run / "events.jsonl").symlink_to(outside)
+    with pytest.raises(OSError):
+        EventLog(run)  # appending never follows a link
+    assert outside.read_text() == "keep"
+
+
 def test_checkpoint_pickles_load_with_weights_only(tmp_path, tiny_classifier_dir):
     """Accelerate's optimizer, scheduler and RNG files are pickles: they must load with
     torch's restricted unpickler (no arbitrary code), which is what resume uses."""

@@ -110,6 +110,22 @@ def test_export_into_a_run_folder_is_refused_before_anything_loads(capsys, runs,
     assert_clean_failure(rc, o, err, f"inside the run folder {runs['full']}")
 
 
+def test_an_export_copies_only_the_files_the_manifest_lists(runs, tmp_path):
+    model = runs["lora"] / "model"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for export")
+    (model / "notes.txt").symlink_to(secret)
+    (model / "extra.txt").write_text("a user's file")
+    try:
+        out = export(runs["lora"], tmp_path / "adapter")
+        listed = set(json.loads((model / ".pefttool-files.json").read_text()))
+        assert {str(p.relative_to(out)) for p in out.rglob("*")} == listed
+        assert not any(p.is_symlink() for p in out.rglob("*"))
+    finally:
+        (model / "notes.txt").unlink()
+        (model / "extra.txt").unlink()
+
+
 def test_an_adapter_names_its_base_as_the_recipe_does_not_as_a_local_path(runs):
     from pefttool.recipe import load_recipe as load
 
