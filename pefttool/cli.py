@@ -273,14 +273,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _rebuilds_only(run_dir: Path) -> bool:
     """A finished run whose model/ is damaged or gone: resume only rebuilds model/."""
-    from .rundir import RunDir, RunStatus
-    from .runs import summarize
-    from .saved_model import model_damage
+    from .resumable import resumability
 
-    run = RunDir(Path(run_dir).resolve())
-    return (run.events.is_file()
-            and summarize(run.path).status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED)
-            and model_damage(run.model) is not None)
+    return resumability(Path(run_dir).resolve()).action == "rebuild"
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

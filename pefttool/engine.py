@@ -43,6 +43,7 @@ from .model_state import use_trainable_checkpoints
 from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
 from .recipe import Recipe
+from .resumable import resumability
 from .rundir import (
     EVENTS_FILE,
     METRICS_FILE,
@@ -57,7 +58,7 @@ from .rundir import (
     replace_file,
 )
 from .sampling import EpochShuffleSampler, LengthGroupedSampler
-from .saved_model import MODEL_MANIFEST, final_model_checkpoint, model_damage
+from .saved_model import MODEL_MANIFEST, final_model_checkpoint
 from .settled import SettledRun, settle
 
 if TYPE_CHECKING:
@@ -404,20 +405,16 @@ def _open_for_resume(recipe: Recipe, run_dir: Path | None
     """The run to continue, locked, and the newest checkpoint that verifies; or, for a finished
     run whose model/ is damaged or gone, the checkpoint to rebuild model/ from and the damage
     (the 4th value; None for a run that goes on training)."""
-    from .runs import summarize
-
     run = RunDir(run_dir or _newest_run(recipe))
     if not run.events.exists():
-        raise OutputError(f"{run.path} holds no run to resume (no {EVENTS_FILE}); start it with "
-                          f"pefttool run")
+        raise OutputError(resumability(run.path).reason)
     notes = [n for n in [run.acquire()] if n]
     try:
-        status = summarize(run.path).status
-        if status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED):
-            damage = model_damage(run.model)
-            if damage is None:
-                raise OutputError(f"the run in {run.path} already finished ({status}); its model "
-                                  f"is in {run.model}")
+        answer = resumability(run.path)   # the one answer the CLI and the TUI read too
+        status = answer.status
+        if answer.action == "rebuild":
+            damage = answer.damage
+            assert damage is not None
             _refuse_changed_recipe(recipe, run)
             try:
                 return run, final_model_checkpoint(run.path), notes, damage
@@ -426,8 +423,8 @@ def _open_for_resume(recipe: Recipe, run_dir: Path | None
                     f"the run in {run.path} finished ({status}) and its model/ is damaged "
                     f"({damage}), but {exc}: nothing is left to rebuild it from; train it again "
                     f"with pefttool run {run.recipe} --set output.dir=NEW_FOLDER") from None
-        if status == RunStatus.RUNNING and summarize(run.path).pid != os.getpid():
-            raise OutputError(f"the run in {run.path} is still running (pid alive); stop it first")
+        if answer.action == "none" and "no checkpoint left" not in answer.reason:
+            raise OutputError(answer.reason)   # finished, or still running
         _refuse_changed_recipe(recipe, run)
         run.recover_after_kill()
         checkpoint = None

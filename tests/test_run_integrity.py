@@ -392,3 +392,31 @@ def test_a_lock_taken_on_a_file_its_holder_just_deleted_is_retaken_on_the_new_on
     with pytest.raises(OutputError, match="being written by another pefttool"):
         RunDir(tmp_path / "run").acquire()  # the third must see the second's lock
     second.release()
+
+
+def test_a_run_stopped_while_loading_is_not_offered_for_resume(tmp_path, tiny_classifier_dir, capsys):
+    """Stopped before its first step, a run has no checkpoint: the one answer (resumable.py)
+    says so to the CLI and to the TUI alike (the TUI offered `r`, which then failed in
+    stderr.log), and pefttool resume says it in one line."""
+    from pefttool.cli import main
+    from pefttool.errors import PefttoolError
+    from pefttool.resumable import resumability
+    from pefttool.tui.run_actions import can_resume
+
+    class StopWhileLoading:
+        @pefttool.hookimpl
+        def pefttool_phase(self, event):
+            if event.phase == "loading":
+                os.kill(os.getpid(), signal.SIGINT)
+
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora"))
+    with pytest.raises(PefttoolError):
+        run_recipe(recipe, observers=(StopWhileLoading(),))
+    run_dir = tmp_path / "runs" / "recipe"
+    answer = resumability(run_dir)
+    assert answer.action == "none" and "no checkpoint left" in answer.reason
+    assert not can_resume(run_dir)
+    capsys.readouterr()
+    assert main(["resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "has no checkpoint left to resume from" in err and len(err.strip().splitlines()) == 1

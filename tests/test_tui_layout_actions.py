@@ -385,6 +385,9 @@ async def test_an_interrupted_runs_dashboard_resumes_it(workdir, tmp_path):
     script = tmp_path / "fake_resumer.py"
     script.write_text(FAKE_RESUMER)
     run = write_canned_run(workdir / "runs", "res-20250101-000000", status="interrupted")
+    # an interrupted run has the checkpoint it stopped at (one without any is not resumable)
+    (run / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000002" / "trainer_state.json").write_text("{}")
     app = make_app(runs_root=Path("runs"), cwd=workdir, run_command=[sys.executable, str(script), "run"],
                    poll_interval=0.05)
     async with app.run_test(size=EIGHTY) as pilot:

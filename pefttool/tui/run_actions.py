@@ -10,14 +10,12 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from ..resumable import resumability
 from ..rundir import LOCK_FILE, RunDir
 from ..runs import pid_alive, summarize
 
 # Files the UI itself writes into a run folder (besides the run's own, RUN_ARTIFACTS).
 UI_FILES = ("adjusted-recipe.toml", LOCK_FILE)
-
-RESUMABLE = ("interrupted", "crashed")
-
 
 class RunActionError(Exception):
     """A one-line reason a run cannot be resumed or deleted."""
@@ -32,8 +30,9 @@ def resume_command(run_command: list[str], run_dir: Path) -> list[str]:
 
 
 def can_resume(run_dir: Path) -> bool:
-    """An interrupted run, or one whose process died, can be taken up where it stopped."""
-    return summarize(Path(run_dir)).status in RESUMABLE
+    """An interrupted, crashed or failed run with a checkpoint goes on where it stopped; a
+    finished one whose model/ is damaged is rebuilt (pefttool/resumable.py: the CLI's answer)."""
+    return resumability(Path(run_dir)).action != "none"
 
 
 def delete_run(run_dir: Path) -> list[str]:
