@@ -349,9 +349,17 @@ async def test_delete_asks_and_never_touches_a_folder_pefttool_did_not_write(fak
 
         await delete("ours-20250102-000000", "n")
         assert ours.is_dir()
-        await delete("foreign-20250101-000000", "y")
+        # a folder without pefttool's marker is refused before the confirm: a user's own folder
+        # that merely holds an events.jsonl, a recipe.toml and their data keeps every file
+        (foreign / "recipe.toml").write_text("# the user's own recipe\n")
+        (foreign / "mydata.csv").write_text("text,label\n")
+        before = sorted(p.name for p in foreign.iterdir())
+        screen.query_one(DataTable).move_cursor(row=names.index("foreign-20250101-000000"))
+        await pilot.pause()
+        await pilot.press("d")
+        await settle(pilot)
         assert isinstance(app.screen, ErrorModal) and "not written by pefttool" in app.screen.detail
-        assert (foreign / "events.jsonl").is_file()
+        assert sorted(p.name for p in foreign.iterdir()) == before
         await pilot.press("escape")
         await delete("ours-20250102-000000", "y")
         assert not ours.exists()

@@ -108,7 +108,7 @@ class PefttoolApp(App[int]):
 
     def delete_run(self, run_dir: Path, done: Callable[[], object] | None = None) -> None:
         """Delete a stopped pefttool run after a confirm (never a folder pefttool did not write)."""
-        from .run_actions import RunActionError, delete_run
+        from .run_actions import RunActionError, check_deletable, delete_run
 
         def answer(yes: bool | None) -> None:
             if not yes:
@@ -128,6 +128,11 @@ class PefttoolApp(App[int]):
 
         if run_dir.resolve() in {p.resolve() for p in self.running()}:
             self.show_error("Not deleted", f"{run_dir.name} is still running: stop it first")
+            return
+        try:
+            check_deletable(run_dir)   # a folder pefttool did not write is refused before asking
+        except (OSError, RunActionError) as exc:
+            self.show_error("Not deleted", str(exc))
             return
         self.push_screen(ConfirmModal(f"Delete the run {run_dir.name}? Its model, checkpoints "
                                       f"and logs are removed; files pefttool did not write "

@@ -35,20 +35,28 @@ def can_resume(run_dir: Path) -> bool:
     return resumability(Path(run_dir)).action != "none"
 
 
-def delete_run(run_dir: Path) -> list[str]:
-    """Delete a finished or stopped pefttool run. Returns the names of the files left because
-    pefttool did not write them (the folder stays then); raises RunActionError if the folder
-    is not a pefttool run or the run is still going."""
+def check_deletable(run_dir: Path) -> RunDir:
+    """The run folder, if the UI may delete it: a folder with pefttool's run marker (a folder
+    that merely holds an events.jsonl and a recipe.toml may be the user's own: refused, always)
+    whose run is not going. Raises RunActionError saying why not; asked before the confirm."""
     run = RunDir(Path(run_dir))
     if not run.path.is_dir():
         raise RunActionError(f"{run.path} is not a folder")
-    if not run.is_run():
+    if not run.marker.is_file():
         raise RunActionError(f"{run.path} was not written by pefttool (no run marker): "
                              f"left as it is")
     state = summarize(run.path)
     holder = run.lock_holder().get("pid")
     if state.status == "running" or (isinstance(holder, int) and pid_alive(holder)):
         raise RunActionError(f"{run.path.name} is still running: stop it first")
+    return run
+
+
+def delete_run(run_dir: Path) -> list[str]:
+    """Delete a finished or stopped pefttool run. Returns the names of the files left because
+    pefttool did not write them (the folder stays then); raises RunActionError if the folder
+    is not a pefttool run or the run is still going."""
+    run = check_deletable(run_dir)
     run.clear_artifacts()
     for name in UI_FILES:
         with contextlib.suppress(FileNotFoundError):
