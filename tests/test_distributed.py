@@ -44,20 +44,38 @@ def recipe_for(folder: Path, model: Path, batch: int, strategy: str = "lora") ->
         "train.checkpoint_every": 4, "train.lr": 0.02})
 
 
-def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout_model):
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, no_dropout_model):
+    """The finished 2-process run (batch 4 per process) of each strategy asked for, run once:
+    strategy → (run folder, the launcher's CompletedProcess). Read-only."""
+    done: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
+
+    def get(strategy: str) -> tuple[Path, subprocess.CompletedProcess]:
+        if strategy not in done:
+            folder = tmp_path_factory.mktemp(f"two-{strategy}")
+            recipe = recipe_for(folder, no_dropout_model, batch=4, strategy=strategy)
+            result = pefttool("run", recipe, "--processes", 2, cwd=folder)
+            assert result.returncode == 0, result.stderr
+            done[strategy] = folder / "runs" / "recipe", result
+        return done[strategy]
+
+    return get
+
+
+def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout_model, two_process_run):
+    from pefttool.engine import run_recipe  # the one-process run in this process
+    from pefttool.recipe import load_recipe
+
     one = recipe_for(tmp_path / "one", no_dropout_model, batch=8)
-    two = recipe_for(tmp_path / "two", no_dropout_model, batch=4)
-    r1 = pefttool("run", one, cwd=tmp_path)
-    r2 = pefttool("run", two, "--processes", 2, cwd=tmp_path)
-    assert r1.returncode == 0, r1.stderr
-    assert r2.returncode == 0, r2.stderr
-    run1, run2 = tmp_path / "one" / "runs" / "recipe", tmp_path / "two" / "runs" / "recipe"
+    assert run_recipe(load_recipe(one)).status == "completed"
+    run2, r2 = two_process_run("lora")
+    run1 = tmp_path / "one" / "runs" / "recipe"
 
     events2 = events_of(run2)
     (start,) = of_type(events2, "start")  # one writer: one start event, one end event
     assert start.processes == 2 and len(of_type(events2, "end")) == 1
     assert "× 2 processes" in r2.stdout
-    listed = pefttool("runs", tmp_path / "two" / "runs", cwd=tmp_path)
+    listed = pefttool("runs", run2.parent, cwd=tmp_path)
     assert "2 processes" in listed.stdout  # a multi-process run is listed like any other
     losses1 = [e.loss for e in of_type(events_of(run1), "step")]
     losses2 = [e.loss for e in of_type(events2, "step")]
@@ -82,12 +100,12 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout
 
 
 @pytest.mark.parametrize("strategy", ["lora", "qlora"])
-def test_a_killed_multi_process_run_resumes_to_the_same_result(strategy, tmp_path, no_dropout_model):
+def test_a_killed_multi_process_run_resumes_to_the_same_result(strategy, tmp_path, no_dropout_model,
+                                                              two_process_run):
     if strategy == "qlora":
         pytest.importorskip("bitsandbytes")
-    reference = recipe_for(tmp_path / "ref", no_dropout_model, batch=4, strategy=strategy)
-    assert pefttool("run", reference, "--processes", 2, cwd=tmp_path).returncode == 0
-    ref_weights = tensors(tmp_path / "ref" / "runs" / "recipe" / "model" / "adapter_model.safetensors")
+    reference, _ = two_process_run(strategy)  # the same recipe, not interrupted
+    ref_weights = tensors(reference / "model" / "adapter_model.safetensors")
 
     killed = recipe_for(tmp_path / "killed", no_dropout_model, batch=4, strategy=strategy)
     run_dir = tmp_path / "killed" / "runs" / "recipe"
