@@ -1,6 +1,8 @@
-"""The example plugins under examples/ are separate distributions: each is 'installed' into an
-isolated site folder (its package plus a dist-info with its entry points, as pip would) and its
-own test suite runs against it, training a recipe end to end on a tiny model."""
+"""The example plugins under examples/ are separate distributions: each is 'installed' into a
+site folder (its package plus a dist-info with its entry points, as pip would) and its own test
+suite runs against it, training a recipe end to end on a tiny model. The examples and a freshly
+scaffolded plugin (`pefttool new-plugin`) share one site folder and one pytest child: each
+suite must pass with the other plugins installed beside it, as on a user's machine."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ import pytest
 from plugin_pkg.sitedir import add_distribution
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SHIPPED = ["pefttool-loraplus", "pefttool-ia3"]
 
 
 def install_example(project: Path, site: Path) -> Path:
@@ -26,36 +30,64 @@ def install_example(project: Path, site: Path) -> Path:
                             meta["project"]["entry-points"]["pefttool"])
 
 
-@pytest.mark.parametrize("example", ["pefttool-loraplus", "pefttool-ia3"])
-def test_an_example_plugin_installs_and_passes_its_own_tests(example, tmp_path):
-    site = install_example(EXAMPLES / example, tmp_path / "site")
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """Scaffold pefttool-bitfit, install it and the shipped examples into one site folder, list
+    the plugins, and run every project's own tests in one pytest child (one interpreter start
+    instead of three). Returns what the tests below check."""
+    from pefttool.cli import main
+
+    root = tmp_path_factory.mktemp("examples")
+    scaffolded = [main(["new-plugin", "bitfit", "--dir", str(root)])]
+    scaffolded.append(main(["new-plugin", "bitfit", "--dir", str(root)]))  # never overwrites
+    scaffolded.append(main(["new-plugin", "Bad-Name", "--dir", str(root)]))
+    projects = {name: EXAMPLES / name for name in SHIPPED}
+    if (root / "pefttool-bitfit").is_dir():
+        projects["pefttool-bitfit"] = root / "pefttool-bitfit"
+    site = root / "site"
+    for project in projects.values():
+        install_example(project, site)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     listed = subprocess.run([sys.executable, "-m", "pefttool.cli", "plugins"], env=env,
                             capture_output=True, text=True, timeout=120)
+    junit = root / "junit.xml"
+    work = root / "work"
+    work.mkdir()
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--rootdir", str(root), f"--junitxml={junit}",
+                             *[str(p / "tests") for p in projects.values()]],
+                            env=env, capture_output=True, text=True, timeout=600, cwd=work)
+    owner = {test.stem: name for name, project in projects.items()
+             for test in (project / "tests").glob("test_*.py")}
+    outcomes: dict[str, dict[str, str]] = {}
+    if junit.is_file():
+        for case in ET.parse(junit).getroot().iter("testcase"):
+            name = next((owner[part] for part in case.get("classname", "").split(".") if part in owner), "?")
+            bad = [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+            outcomes.setdefault(name, {})[case.get("name")] = bad[0] if bad else "passed"
+    return scaffolded, listed, result, outcomes
+
+
+def _report(result: subprocess.CompletedProcess) -> str:
+    return result.stdout[-3000:] + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("example", SHIPPED)
+def test_an_example_plugin_installs_and_passes_its_own_tests(example, installed):
+    _, listed, result, outcomes = installed
     assert listed.returncode == 0, listed.stderr
     assert example.removeprefix("pefttool-") in listed.stdout
-
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "--rootdir", str(EXAMPLES / example), str(EXAMPLES / example / "tests")],
-                            env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    mine = outcomes.get(example, {})
+    assert mine, f"no test of {example} ran\n" + _report(result)
+    assert set(mine.values()) == {"passed"}, f"{mine}\n" + _report(result)
     assert " passed" in result.stdout
 
 
-def test_new_plugin_scaffolds_a_package_that_passes_its_own_test(tmp_path):
-    from pefttool.cli import main
-
-    assert main(["new-plugin", "bitfit", "--dir", str(tmp_path)]) == 0
-    project = tmp_path / "pefttool-bitfit"
-    assert main(["new-plugin", "bitfit", "--dir", str(tmp_path)]) == 2  # never overwrites
-    assert main(["new-plugin", "Bad-Name", "--dir", str(tmp_path)]) == 2
-
-    site = install_example(project, tmp_path / "site")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "--rootdir", str(project), str(project / "tests")],
-                            env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "1 passed" in result.stdout
+def test_new_plugin_scaffolds_a_package_that_passes_its_own_test(installed):
+    scaffolded, listed, result, outcomes = installed
+    assert scaffolded == [0, 2, 2]  # made; never overwrites; a bad name is refused
+    assert "bitfit" in listed.stdout
+    assert outcomes.get("pefttool-bitfit") and list(outcomes["pefttool-bitfit"].values()) == ["passed"], \
+        f"{outcomes.get('pefttool-bitfit')}\n" + _report(result)
+    assert "?" not in outcomes, f"{outcomes['?']}\n" + _report(result)  # none unaccounted for
