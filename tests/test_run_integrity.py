@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import pefttool
-from fault_helpers import child_env, events_of, metrics_of, of_type, start_pefttool, tree
+from fault_helpers import events_of, metrics_of, of_type, start_pefttool, tree
 from pefttool.checkpoints import STATE_FILE, list_checkpoints
 from pefttool.engine import run_recipe
 from pefttool.errors import DataError, OutputError, RecipeError
@@ -283,7 +283,7 @@ def test_a_damaged_model_dir_is_rebuilt_from_the_best_checkpoint(capsys, tmp_pat
 # ================================================================ stops and small data
 
 
-def test_sigint_during_set_up_stops_before_the_first_step(tmp_path, tiny_classifier_dir):
+def test_sigint_during_set_up_stops_before_the_first_step(capsys, monkeypatch, tmp_path, tiny_classifier_dir):
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
     run_dir = tmp_path / "runs" / "recipe"
     proc = start_pefttool("run", recipe, cwd=tmp_path)
@@ -299,11 +299,11 @@ def test_sigint_during_set_up_stops_before_the_first_step(tmp_path, tiny_classif
     assert not (run_dir / "model").exists() and not list_checkpoints(run_dir)
     (end,) = of_type(events_of(run_dir), "end")
     assert end.status == RunStatus.INTERRUPTED and end.exit_code == 130
-    # The same command then runs (the folder of a run that never started is reused).
-    rerun = subprocess.run([sys.executable, "-m", "pefttool.cli", "run", str(recipe), "--set",
-                            "train.max_steps=1"], cwd=tmp_path, env=child_env(),
-                           capture_output=True, text=True, timeout=120)
-    assert rerun.returncode == 0, rerun.stderr
+    # The same command then runs (the folder of a run that never started is reused); in this
+    # process, from the same folder.
+    monkeypatch.chdir(tmp_path)
+    rc, _, rerun_err = cli(capsys, "run", recipe, "--set", "train.max_steps=1")
+    assert rc == 0, rerun_err
 
 
 def test_sigint_during_the_final_evaluation_completes_then_reports_the_stop(tmp_path,
