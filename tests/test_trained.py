@@ -37,25 +37,39 @@ def logits(model, tokenizer, texts=TEXTS):
         return model(**tokenizer(texts, padding=True, return_tensors="pt")).logits.float()
 
 
+@pytest.fixture(scope="module")
+def merged(runs, tmp_path_factory):
+    """Each run exported merged, and what one child without PEFT importable made of each export
+    (one interpreter start for the three): strategy → (export folder, the child's line)."""
+    outs = {strategy: export(run_dir, tmp_path_factory.mktemp(f"merged-{strategy}") / "merged", merge=True)
+            for strategy, run_dir in runs.items()}
+    probe = ("import sys; sys.modules['peft'] = None\n"
+             "from transformers import AutoModelForSequenceClassification as A\n"
+             "for strategy, out in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+             "    try:\n"
+             "        A.from_pretrained(out); print(strategy, 'ok', flush=True)\n"
+             "    except Exception as e:\n"
+             "        print(strategy, repr(e).replace(chr(10), ' '), flush=True)\n")
+    args = [str(a) for strategy, out in outs.items() for a in (strategy, out)]
+    done = subprocess.run([sys.executable, "-c", probe, *args], env=child_env(), capture_output=True,
+                          text=True, timeout=180)
+    said = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    return {strategy: (out, said.get(strategy, done.stderr[-2000:])) for strategy, out in outs.items()}
+
+
 @pytest.mark.parametrize("strategy", ["lora", "full", "qlora"])
-def test_a_merged_export_loads_in_plain_transformers_and_agrees(strategy, runs, tmp_path):
+def test_a_merged_export_loads_in_plain_transformers_and_agrees(strategy, runs, merged):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     run_dir = runs[strategy]
     trained = load_trained(run_dir, dequantize=True)
     expected = logits(trained.model, trained.tokenizer)
-    out = export(run_dir, tmp_path / "merged", merge=True)
+    out, probed = merged[strategy]
     assert not (out / "adapter_config.json").exists()
-    merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
-    assert (logits(merged, AutoTokenizer.from_pretrained(out)) - expected).abs().max() < 1e-4
+    merged_model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert (logits(merged_model, AutoTokenizer.from_pretrained(out)) - expected).abs().max() < 1e-4
     assert json.loads((out / "labels.json").read_text())["id2label"]["0"] == "negative"
-    # ...and with PEFT not importable at all
-    probe = (f"import sys; sys.modules['peft'] = None\n"
-             f"from transformers import AutoModelForSequenceClassification as A\n"
-             f"A.from_pretrained({str(out)!r}); print('ok')")
-    done = subprocess.run([sys.executable, "-c", probe], env=child_env(), capture_output=True,
-                          text=True, timeout=120)
-    assert done.stdout.strip() == "ok", done.stderr
+    assert probed == "ok"  # ...and with PEFT not importable at all
 
 
 def test_an_unmerged_export_is_the_adapter_and_never_overwrites(capsys, runs, tmp_path):
