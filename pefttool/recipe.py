@@ -538,16 +538,33 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if unknown:
         problems.append(f"output.dir: '{{{unknown[0]}}}' is not a placeholder; use {{name}} and "
                         f"{{time}} only (or write the folder name out)")
+    control = [c for c in out if ord(c) < 32 or ord(c) == 127]
     if "\x00" in out:
         problems.append("output.dir: contains a NUL character, which no path can hold; write a "
                         "plain path")
+    elif control:
+        what = "a newline" if control[0] in "\r\n" else f"the control character {control[0]!r}"
+        problems.append(f"output.dir: contains {what} ({out!r}), which would split the run's "
+                        f"folder name over lines in pefttool runs and logs; write the path on "
+                        f"one line, without control characters")
     else:
         try:
             Path(out).expanduser()
         except RuntimeError:
             problems.append(f"output.dir: cannot expand '~' in '{out}' (no such user, or no home "
                             f"directory); write the full path")
+    # {time} becomes 20261128-141500, and a taken name gets -2... -999
+    filled = out.replace("{name}", recipe.name).replace("{time}", "00000000-000000-999")
+    long = [part for part in Path(filled).parts if len(part.encode("utf-8", "surrogatepass")) > NAME_MAX]
+    if long:
+        problems.append(f"output.dir: the folder name '{long[0][:40]}...' is "
+                        f"{len(long[0].encode('utf-8', 'surrogatepass'))} bytes (with {{name}} and "
+                        f"{{time}} filled in); file systems take at most {NAME_MAX} bytes per name, "
+                        f"so shorten it")
     return problems
+
+
+NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
 
 
 def _chat_checks(recipe: Recipe) -> list[str]:

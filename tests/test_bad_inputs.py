@@ -74,6 +74,21 @@ def test_numbers_the_libraries_or_the_machine_refuse_fail_validation(capsys, tmp
     assert_clean_failure(rc, out, err, needle)
 
 
+@pytest.mark.parametrize("value,needles", [
+    ("runs/a\nb", ["output.dir: contains a newline", "write the path on one line"]),
+    ("runs/a\tb", ["output.dir: contains the control character '\\t'"]),
+    ("runs/" + "x" * 300 + "/{time}", ["output.dir: the folder name 'xxxx", "is 300 bytes",
+                                       "at most 255 bytes per name"]),
+    ("runs/" + "é" * 120 + "-{name}-{time}", ["is 267 bytes"]),   # 240 bytes of é + -recipe- + {time}
+])
+def test_an_output_dir_no_file_system_takes_fails_validation(capsys, tmp_path, tiny_classifier_dir,
+                                                             value, needles):
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={"output.dir": value})
+    rc, out, err = cli(capsys, "validate", recipe)
+    assert_clean_failure(rc, out, err, *needles)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_the_logged_loss_is_a_mean_when_grad_accum_exceeds_the_batches_left(tmp_path,
                                                                               tiny_classifier_dir):
     """grad_accum 50 with 6 batches an epoch: each step accumulates 6 micro-batches, and the
