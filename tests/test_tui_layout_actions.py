@@ -415,6 +415,25 @@ async def test_an_interrupted_runs_dashboard_resumes_it(workdir, tmp_path):
         assert len(app.screen_stack) == 2    # the old read-only dashboard was replaced
 
 
+async def test_r_in_a_burst_starts_one_resume(workdir, tmp_path):
+    """Keys arrive in bursts over SSH: `r` three times starts one resume; the others are told
+    it is running (a second resume was refused by the lock, and its exit 2 became the
+    dashboard's status)."""
+    script = tmp_path / "fake_resumer.py"
+    script.write_text(FAKE_RESUMER)
+    run = write_canned_run(workdir / "runs", "res-20250101-000000", status="interrupted")
+    (run / "checkpoints" / "step-0000002").mkdir(parents=True)
+    (run / "checkpoints" / "step-0000002" / "trainer_state.json").write_text("{}")
+    app = make_app(runs_root=Path("runs"), cwd=workdir, run_command=[sys.executable, str(script), "run"],
+                   poll_interval=0.05)
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        started = [app.resume_run(run) for _ in range(3)]   # one tick: the first child is alive
+        assert started[0] is not None and started[1:] == [None, None]
+        assert len(app.training) == 1
+        await wait_for(pilot, lambda: not started[0].running, what="the resumed run")
+
+
 # ---------------------------------------------------------------- Try it (issue 11)
 
 

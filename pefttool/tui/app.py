@@ -93,6 +93,11 @@ class PefttoolApp(App[int]):
         from .screens.dashboard import DashboardScreen
 
         run_dir = Path(run_dir).resolve()
+        if run_dir in {p.resolve() for p in self.running()}:
+            # one resume at a time: a second would be refused by the run's lock and its exit
+            # (bad input) would stand in for the run's status on the dashboard
+            self.notify(f"{run_dir.name} is already running: its dashboard follows it", title="Resume")
+            return None
         try:
             if not can_resume(run_dir):
                 raise RunActionError(f"{run_dir.name} is not an interrupted run")
