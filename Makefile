@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-compile bench setup tools clean chat-data chat-demo
+.PHONY: demo test lint test-compile bench setup tools clean chat-data chat-demo
 demo: $(STAMP)
 	$(BIN)/pefttool run recipes/lora.toml
 
@@ -20,8 +20,16 @@ chat-data: $(STAMP)
 chat-demo: chat-data
 	$(BIN)/pefttool run recipes/chat-qlora.toml
 
+# Two pytest-xdist workers (CI has 2 cores); tests sharing a module-scoped fixture stay on one
+# worker (tests/conftest.py). `make test TEST_WORKERS=0` runs it in one process, as `pytest -q` does.
+TEST_WORKERS ?= 2
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
+# ruff and mypy on the package and the built-in plugins (CI runs this before the tests).
+lint: $(STAMP)
+	$(BIN)/ruff check pefttool plugins
+	$(BIN)/mypy
 
 # The one test that compiles a model (train.compile: 60-90 s with a cold inductor cache), left
 # out of `make test` to keep it under 10 minutes on 2 cores.

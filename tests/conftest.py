@@ -58,3 +58,27 @@ def tiny_recipe(request, tmp_path):
         return write_tiny_recipe(tmp_path, request.getfixturevalue(fixture), strategy, task, **kwargs)
 
     return make
+
+
+# ---------------------------------------------------------------- parallel runs (pytest-xdist)
+# `make test` runs the suite in 2 workers (`-n 2 --dist loadgroup`). A module-scoped fixture is
+# built once per worker that runs one of its tests, and several cost seconds (finished runs,
+# signalled children, 2-process runs): the tests using one stay together on one worker.
+# Modules are handed out last file first (each module's own order kept): the long end-to-end
+# modules (test_signals, test_tui_story, test_tui_terminal...) sort late, and run last they left
+# one worker idle for ~25 s at the end. Without xdist (plain `pytest -q`, or xdist not
+# installed) nothing is marked or reordered.
+
+
+@pytest.hookimpl(tryfirst=True)   # before xdist reads the marks (it suffixes node ids with them)
+def pytest_collection_modifyitems(config, items):
+    if not getattr(config.option, "loadgroup", False):  # set in each xdist worker by --dist loadgroup
+        return
+    order = {path: i for i, path in enumerate(dict.fromkeys(item.path for item in items))}
+    items.sort(key=lambda item: -order[item.path])
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None:
+            continue
+        if any(d.scope == "module" for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
