@@ -389,15 +389,21 @@ FAKE_RESUMER = textwrap.dedent('''
 ''')
 
 
-async def test_an_interrupted_runs_dashboard_resumes_it(workdir, tmp_path):
+def _interrupted_run_and_app(workdir, tmp_path):
+    """A canned interrupted run (with the checkpoint it stopped at: one without any is not
+    resumable) and an app whose `resume` is the fake resumer."""
     script = tmp_path / "fake_resumer.py"
     script.write_text(FAKE_RESUMER)
     run = write_canned_run(workdir / "runs", "res-20250101-000000", status="interrupted")
-    # an interrupted run has the checkpoint it stopped at (one without any is not resumable)
     (run / "checkpoints" / "step-0000002").mkdir(parents=True)
     (run / "checkpoints" / "step-0000002" / "trainer_state.json").write_text("{}")
     app = make_app(runs_root=Path("runs"), cwd=workdir, run_command=[sys.executable, str(script), "run"],
                    poll_interval=0.05)
+    return run, app
+
+
+async def test_an_interrupted_runs_dashboard_resumes_it(workdir, tmp_path):
+    run, app = _interrupted_run_and_app(workdir, tmp_path)
     async with app.run_test(size=EIGHTY) as pilot:
         await settle(pilot)
         app.open_run(run)
@@ -419,13 +425,7 @@ async def test_r_in_a_burst_starts_one_resume(workdir, tmp_path):
     """Keys arrive in bursts over SSH: `r` three times starts one resume; the others are told
     it is running (a second resume was refused by the lock, and its exit 2 became the
     dashboard's status)."""
-    script = tmp_path / "fake_resumer.py"
-    script.write_text(FAKE_RESUMER)
-    run = write_canned_run(workdir / "runs", "res-20250101-000000", status="interrupted")
-    (run / "checkpoints" / "step-0000002").mkdir(parents=True)
-    (run / "checkpoints" / "step-0000002" / "trainer_state.json").write_text("{}")
-    app = make_app(runs_root=Path("runs"), cwd=workdir, run_command=[sys.executable, str(script), "run"],
-                   poll_interval=0.05)
+    run, app = _interrupted_run_and_app(workdir, tmp_path)
     async with app.run_test(size=EIGHTY) as pilot:
         await settle(pilot)
         started = [app.resume_run(run) for _ in range(3)]   # one tick: the first child is alive
