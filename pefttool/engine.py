@@ -365,7 +365,17 @@ def write_failure(exc: BaseException) -> str | None:
     import re
 
     match = re.search(r"os error (\d+)", str(exc))
-    return os.strerror(int(match.group(1))) if match else None
+    if match:
+        return os.strerror(int(match.group(1)))
+    if isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "PytorchStreamWriter" in str(exc)):
+        # torch.save's archive writer (optimizer.bin) reports a short write without its errno:
+        # a file-size limit in force explains it, else the disk filled up.
+        import errno
+        import resource
+
+        limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+        return os.strerror(errno.EFBIG if limited else errno.ENOSPC)
+    return None
 
 
 class PluginFailedDuringTraining(PluginError):

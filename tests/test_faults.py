@@ -332,12 +332,15 @@ def test_output_dir_not_empty_is_never_touched(capsys, tmp_path, tiny_classifier
 
 
 def test_disk_full_while_writing_a_checkpoint(tmp_path, tiny_classifier_dir):
-    # A 1 MB file-size limit: the run's small files and the model (adapter + tokenizer) fit,
-    # the first checkpoint (the whole model's tensors, ~4 MB) does not: EFBIG, as on a full disk.
+    # A 2.5 MB file-size limit: the run's small files and the model (a rank-512 adapter,
+    # ~1.8 MB, + tokenizer) fit; the first checkpoint's optimizer state (two moments per
+    # adapter weight, ~3.7 MB) does not: EFBIG, as on a full disk. (A checkpoint holds only
+    # what trains, so the adapter is made large enough for its state to pass the limit.)
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
-                               overrides={"train.checkpoint_every": 2, "eval.every_steps": 1})
+                               overrides={"train.checkpoint_every": 2, "eval.every_steps": 1,
+                                          "method.r": 512})
     run_dir = tmp_path / "runs" / "recipe"
-    result = run_pefttool("run", recipe, cwd=tmp_path, preexec_fn=file_size_limit(1_000_000))
+    result = run_pefttool("run", recipe, cwd=tmp_path, preexec_fn=file_size_limit(2_500_000))
     assert_clean_failure(result.returncode, result.stdout, result.stderr,
                          f"cannot write a checkpoint in {run_dir} (File too large)", "free disk space",
                          "then resume")

@@ -305,7 +305,8 @@ async def test_launch_asks_first_and_no_starts_nothing(fake_app, workdir):
 
 
 async def test_the_palette_offers_every_screen_action(fake_app, workdir):
-    write_canned_run(workdir / "runs", "lora-20250101-000000")
+    run = write_canned_run(workdir / "runs", "lora-20250101-000000")
+    (run / ".pefttool-run").write_text("{}")   # a pefttool run (Delete refuses any other folder)
     app = fake_app()
     async with app.run_test(size=EIGHTY) as pilot:
         await settle(pilot)
