@@ -255,8 +255,9 @@ def _needs_launch(recipe) -> bool:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .headless import resume_headless, saved_recipe
-    from .rundir import check_resume_overrides
+    from .headless import resume_headless
+    from .runfolder.lifecycle import saved_recipe
+    from .runfolder.rundir import check_resume_overrides
 
     check_resume_overrides(args.overrides)  # before anything loads
     recipe = saved_recipe(args.run_dir, args.overrides)
@@ -273,7 +274,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def _rebuilds_only(run_dir: Path) -> bool:
     """A finished run whose model/ is damaged or gone: resume only rebuilds model/."""
-    from .resumable import resumability
+    from .runfolder.resumable import resumability
 
     return resumability(Path(run_dir).resolve()).action == "rebuild"
 
@@ -334,7 +335,7 @@ def _texts_from_file(path: Path) -> list[str]:
 def cmd_plot(args: argparse.Namespace) -> int:
     from .errors import OutputError
     from .plots import plot_runs
-    from .rundir import PLOT_FILE
+    from .runfolder.rundir import PLOT_FILE
 
     own = len(args.run_dirs) == 1 and args.out is None
     out = args.run_dirs[0] / PLOT_FILE if own else (args.out or Path(PLOT_FILE))
@@ -374,7 +375,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .errors import OutputError
     from .generate import GenerationOptions, chat, check_causal, generate, prompts_from_file, uses_chat_template
-    from .trained import load_trained, saved_run
+    from .runfolder.lifecycle import saved_run
+    from .trained import load_trained
 
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_p=args.top_p, greedy=args.greedy, seed=args.seed, system=args.system)
@@ -411,7 +413,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .errors import PefttoolError as Bad
-    from .trained import check_export_out, export, gguf_converter
+    from .runfolder.model_dir import check_export_out
+    from .trained import export, gguf_converter
 
     check_export_out(args.out)  # before anything loads
     converter = gguf_converter() if args.gguf else None
@@ -476,7 +479,7 @@ def cmd_recipes() -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from .errors import OutputError
-    from .runs import format_duration, list_runs
+    from .runfolder.summary import format_duration, list_runs
 
     if args.root.exists() and not args.root.is_dir():
         raise OutputError(f"{args.root} is a file; pefttool runs takes the folder that holds run "

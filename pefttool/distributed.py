@@ -146,7 +146,7 @@ def run_launched(argv: list[str], processes: int, section: Any) -> int:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
     if forwarded and not shown_error:
-        from .rundir import ExitCode
+        from .runfolder.rundir import ExitCode
 
         return ExitCode.for_signal(forwarded[0])  # every process stopped after the same step
     worker = _worker_exit_code(captured)

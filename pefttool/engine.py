@@ -9,56 +9,42 @@ reports only through events (observer hooks + `RUN_DIR/events.jsonl`) and never 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from . import distributed
-from .checkpoints import (
-    TrainState,
-    checkpoint_dir,
-    checkpoint_name,
-    latest_checkpoint,
-    list_checkpoints,
-    replace_dir,
-    save_checkpoint,
-    verify_checkpoint,
-)
 from .data.collate import take_counts
 from .errors import DataError, OutputError, PefttoolError, PluginError, TrainingError
 from .events import CheckpointEvent, EndEvent, EvalEvent, Event, EventLog, LogEvent, PhaseEvent, StartEvent, StepEvent
 from .meter import StepMeter, Window
-from .model_state import use_trainable_checkpoints
 from .optim import build_optimizer
 from .plugins import PluginHost, get_plugin_host
 from .recipe import Recipe
-from .resumable import resumability
-from .rundir import (
-    EVENTS_FILE,
-    METRICS_FILE,
-    MODEL_DIR,
-    RECIPE_FILE,
-    RESUME_IGNORES,
-    RESUME_MAY_CHANGE,
-    ExitCode,
-    RunDir,
-    RunStatus,
-    claim_new,
-    replace_file,
+from .runfolder.checkpoints import (
+    STATE_FILE,
+    TrainState,
+    checkpoint_dir,
+    checkpoint_name,
+    latest_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
 )
+from .runfolder.lifecycle import open_for_resume, open_new_run, resolved_recipe_dict, write_resolved_recipe
+from .runfolder.model_dir import manifest_damage, write_model_dir
+from .runfolder.model_state import use_trainable_checkpoints
+from .runfolder.results import SampleReplies, write_metrics
+from .runfolder.rundir import MODEL_DIR, ExitCode, RunDir, RunStatus
+from .runfolder.summary import summarize
 from .sampling import EpochShuffleSampler, LengthGroupedSampler
-from .saved_model import MODEL_MANIFEST, final_model_checkpoint
 from .settled import SettledRun, settle
 
 if TYPE_CHECKING:
@@ -104,14 +90,14 @@ def run_recipe(
     if main:
         try:
             if resume:
-                rundir, checkpoint, notes, damage = _open_for_resume(recipe, run_dir)
+                rundir, checkpoint, notes, damage = open_for_resume(recipe, run_dir)
                 if damage is not None and distributed.world_size() > 1:
                     rundir.release()
                     raise OutputError(f"the run in {rundir.path} finished and only its model/ is "
                                       f"to be rebuilt, which takes one process: pefttool resume "
                                       f"{rundir.path} (it does not start several for that)")
             else:
-                rundir, notes = _open_new_run(recipe, run_dir)
+                rundir, notes = open_new_run(recipe, run_dir)
             decision = ("ok", str(rundir.path), str(checkpoint) if checkpoint else None)
         except PefttoolError as exc:
             distributed.broadcast(("error", str(exc), exc.exit_code))
@@ -192,10 +178,8 @@ def _rebuild_finished_model(settled: SettledRun, rundir: RunDir,
     (the best evaluation's) as the run saved it, without training. The run stays as it ended:
     its status, history and metrics.json are untouched, and events.jsonl gains one log line
     (no start, phase or end event: the run was not resumed)."""
-    from .runs import summarize
-
     ended = summarize(rundir.path).end
-    assert ended is not None  # the run finished (_open_for_resume): its end event is read
+    assert ended is not None  # the run finished (open_for_resume): its end event is read
     names = [f"observer-{id(o)}" for o in observers]
     log = None
     try:
@@ -356,28 +340,6 @@ def _stop_on_signals() -> Iterator[_StopFlag]:
             signal.signal(s, h)
 
 
-def write_failure(exc: BaseException) -> str | None:
-    """Why a write failed (disk full, file too large...), or None if `exc` is no I/O error.
-    The Rust writers (safetensors, tokenizers) raise plain exceptions such as
-    'File too large (os error 27)' rather than OSError."""
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    import re
-
-    match = re.search(r"os error (\d+)", str(exc))
-    if match:
-        return os.strerror(int(match.group(1)))
-    if isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "PytorchStreamWriter" in str(exc)):
-        # torch.save's archive writer (optimizer.bin) reports a short write without its errno:
-        # a file-size limit in force explains it, else the disk filled up.
-        import errno
-        import resource
-
-        limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
-        return os.strerror(errno.EFBIG if limited else errno.ENOSPC)
-    return None
-
-
 class PluginFailedDuringTraining(PluginError):
     """A plugin failed mid-run: training failed (exit 3), and the run is resumable."""
 
@@ -397,143 +359,6 @@ class SetupStopped(PefttoolError):
 
 # Below this many eval rows a warning says the metrics are noise (an error with data.strict).
 SMALL_EVAL_ROWS = 50
-# Written into model/ with it: sizes and checksums, so a damaged model/ is found on resume.
-
-HARMLESS_ON_RESUME = RESUME_MAY_CHANGE + RESUME_IGNORES  # pefttool/rundir.py
-
-
-def _open_new_run(recipe: Recipe, run_dir: Path | None) -> tuple[RunDir, list[str]]:
-    """The folder of a new run, created and locked; refuses to clobber anything."""
-    templated = run_dir is None and "{time}" in recipe.output.dir
-    path = run_dir or recipe.output_dir(datetime.now().strftime("%Y%m%d-%H%M%S"))
-    run, note = claim_new(Path(path), recipe.output.overwrite, templated)
-    return run, [note] if note else []
-
-
-def _open_for_resume(recipe: Recipe, run_dir: Path | None
-                     ) -> tuple[RunDir, Path, list[str], str | None]:
-    """The run to continue, locked, and the newest checkpoint that verifies; or, for a finished
-    run whose model/ is damaged or gone, the checkpoint to rebuild model/ from and the damage
-    (the 4th value; None for a run that goes on training)."""
-    run = RunDir(run_dir or _newest_run(recipe))
-    if not run.events.exists():
-        raise OutputError(resumability(run.path).reason)
-    notes = [n for n in [run.acquire()] if n]
-    try:
-        answer = resumability(run.path)   # the one answer the CLI and the TUI read too
-        status = answer.status
-        if answer.action == "rebuild":
-            damage = answer.damage
-            assert damage is not None
-            _refuse_changed_recipe(recipe, run)
-            try:
-                return run, final_model_checkpoint(run.path), notes, damage
-            except OutputError as exc:
-                raise OutputError(
-                    f"the run in {run.path} finished ({status}) and its model/ is damaged "
-                    f"({damage}), but {exc}: nothing is left to rebuild it from; train it again "
-                    f"with pefttool run {run.recipe} --set output.dir=NEW_FOLDER") from None
-        if answer.action == "none" and "no checkpoint left" not in answer.reason:
-            raise OutputError(answer.reason)   # finished, or still running
-        _refuse_changed_recipe(recipe, run)
-        run.recover_after_kill()
-        checkpoint = None
-        for candidate in reversed(list_checkpoints(run.path)):
-            damage = verify_checkpoint(candidate)
-            if damage is None:
-                checkpoint = candidate
-                break
-            notes.append(f"skipped checkpoint {candidate.name}: {damage}")
-        if checkpoint is None:
-            why = "every checkpoint failed its check" if notes else "checkpoints/ is empty or gone"
-            raise OutputError(
-                f"the run in {run.path} has no checkpoint left to resume from ({why}); start it "
-                f"again with pefttool run RECIPE --set output.dir={run.path} --set "
-                f"output.overwrite=true, or choose a fresh output.dir")
-    except BaseException:
-        run.release()
-        raise
-    return run, checkpoint, notes, None
-
-
-def _refuse_changed_recipe(recipe: Recipe, run: RunDir) -> None:
-    """Resume continues the run it was: a recipe that would change what is trained, or in
-    which order (model, data, method, batch, schedule, steps, seed...), is refused with every
-    difference listed. Compared with the recipe saved when the run was created."""
-    saved = run.read_marker().get("recipe")
-    if not isinstance(saved, dict):  # a run from before markers: its recipe.toml
-        from .recipe import read_toml
-
-        try:
-            saved = read_toml(run.recipe)
-        except PefttoolError:
-            return
-    from .recipe import validate_recipe
-
-    try:  # defaults filled in, as `given` has them
-        saved = validate_recipe(saved, check_files=False, base_dir=run.path).to_dict()
-    except PefttoolError:
-        pass
-    given = resolved_recipe_dict(recipe, run.path)
-    old, new = _flatten(saved), _flatten(given)
-    changed = [k for k in sorted(old.keys() | new.keys())
-               if old.get(k) != new.get(k) and not k.startswith(HARMLESS_ON_RESUME)]
-    if changed:
-        lines = [f"{k}: {old.get(k, '(unset)')!r} → {new.get(k, '(unset)')!r}" for k in changed]
-        raise OutputError(f"the run in {run.path} started with another recipe; resume continues it "
-                          f"as it began, so these must match: {'; '.join(lines)} (start a new run "
-                          f"to train with them)")
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _newest_run(recipe: Recipe) -> Path:
-    pattern = recipe.output_dir("")  # {time} → '*'
-    names = [pattern.name] + ([pattern.name + "-[0-9]*"] if "{time}" in recipe.output.dir else [])
-    candidates = sorted((p for name in names for p in pattern.parent.glob(name)
-                         if (p / EVENTS_FILE).exists()),
-                        key=lambda p: (p / EVENTS_FILE).stat().st_mtime)
-    if not candidates:
-        raise OutputError(f"no earlier run of '{recipe.name}' to resume under {pattern.parent}; "
-                          f"run it without --resume first")
-    from .runs import summarize
-
-    # The newest *unfinished* run: a finished run started later must not hide an interrupted one.
-    unfinished = [p for p in candidates
-                  if summarize(p).status not in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED)]
-    if not unfinished:
-        raise OutputError(f"every run of '{recipe.name}' under {pattern.parent} already finished "
-                          f"(newest: {candidates[-1]}); run it without --resume to start a new one")
-    return unfinished[-1]
-
-
-def resolved_recipe_dict(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
-    """The recipe as it runs: defaults filled in, local paths absolute, output.dir = run_dir."""
-    data = recipe.to_dict()
-    for section, key in (("model", "path"), ("data", "train"), ("data", "eval"), ("data", "chat_template")):
-        loc = data.get(section, {}).get(key)
-        if isinstance(loc, str) and loc and not loc.startswith("package:"):
-            path = recipe.resolve_path(loc)
-            if path.exists():
-                data[section][key] = str(path.resolve())
-    data["output"]["dir"] = str(run_dir)
-    return data
-
-
-def write_resolved_recipe(recipe: Recipe, run_dir: Path) -> None:
-    """Save the recipe as it runs into RUN_DIR/recipe.toml (atomically)."""
-    import tomli_w
-
-    replace_file(run_dir / RECIPE_FILE, tomli_w.dumps(resolved_recipe_dict(recipe, run_dir)))
-
 
 # ----------------------------------------------------------------------------- the run
 
@@ -548,6 +373,7 @@ class _TrainingRun:
         self.meter = StepMeter()  # loss, tokens, samples and time since the last step event
         self._eval_s = 0.0    # how long the last evaluation took (the ETA counts evaluations)
         self.rebuilding = False  # only model/ is saved again (rebuild_model): recipe.toml stays
+        self.sample_replies = SampleReplies(run_dir)  # eval.samples' replies, samples.jsonl
 
     # -- set-up: everything before the first step
 
@@ -744,7 +570,7 @@ class _TrainingRun:
     def _restore(self, checkpoint: Path) -> None:
         """A resumed run: model, optimizer, scheduler, RNG and loop state from the checkpoint."""
         self.accelerator.load_state(str(checkpoint))
-        self.state = TrainState.from_file(checkpoint / "trainer_state.json")
+        self.state = TrainState.from_file(checkpoint / STATE_FILE)
         if self.state.processes != self.accelerator.num_processes:
             raise OutputError(
                 f"the run in {self.run_dir} was trained by {self.state.processes} process(es) "
@@ -805,18 +631,16 @@ class _TrainingRun:
         self.rebuilding = True
         self._setup(None)
         self.accelerator.load_state(str(checkpoint))
-        self.state = TrainState.from_file(checkpoint / "trainer_state.json")
+        self.state = TrainState.from_file(checkpoint / STATE_FILE)
         self._save_model()
 
     def _repair_model_dir(self, checkpoint: Path) -> None:
         """model/ holds the best model so far; a damaged one (checked against the manifest
         written with it) is rebuilt from the best checkpoint, or moved aside with a warning."""
-        from .checkpoints import verify_files
-
         if not self.main:
             return
         model_dir = self.run_dir / MODEL_DIR
-        damage = verify_files(model_dir, MODEL_MANIFEST) if model_dir.is_dir() else None
+        damage = manifest_damage(model_dir) if model_dir.is_dir() else None
         if damage is None:
             return
         # The checkpoint of the best step holds model/'s weights. Not `best_checkpoint`: that
@@ -1097,51 +921,24 @@ class _TrainingRun:
         from .evaluate import samples
 
         rows = samples(self.plain_model, self.data, self.recipe, self.tokenizer, self.accelerator)
-        if not rows:
-            return
-        path = self.run_dir / "samples.jsonl"
-        kept = getattr(self, "_samples", None)
-        if kept is None:  # a resumed run keeps the replies written before it stopped
-            kept = {}
-            if path.is_file():
-                for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-                    with contextlib.suppress(ValueError):
-                        kept[i] = json.loads(line)
-        for i, row in enumerate(rows):
-            entry = kept.setdefault(i, {"prompt": row["prompt"], "reference": row["reference"]})
-            entry[when] = row["reply"]
-            if when == "after":
-                entry["after_step"] = self.state.global_step
-        self._samples = kept
-        replace_file(path, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in kept.values()))
+        if rows:
+            self.sample_replies.record(rows, when, self.state.global_step)
 
     def _save_model(self) -> None:
         """Write the current model as the run's result, atomically (old or new, never half)."""
         if not self.accelerator.is_main_process:
             return
         self.emit(PhaseEvent(phase="saving", step=self.state.global_step))
-        target = self.run_dir / MODEL_DIR
-        tmp = self.run_dir / f".{MODEL_DIR}-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir()
-            model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-            self.strategy.save(model, tmp, self.recipe, self.options)
-            self.tokenizer.save_pretrained(tmp)
-            if self.data.label_names:
-                (tmp / "labels.json").write_text(json.dumps(
-                    {"id2label": dict(enumerate(self.data.label_names))}, indent=1))
-            from .checkpoints import manifest
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
-            (tmp / MODEL_MANIFEST).write_text(json.dumps(manifest(tmp), indent=1))
-            replace_dir(tmp, target)
-        except Exception as exc:
-            shutil.rmtree(tmp, ignore_errors=True)
-            reason = write_failure(exc)
-            if reason is None:
-                raise
-            raise OutputError(f"cannot save the model to {target} ({reason}); free disk "
-                              f"space, then resume (the previous model and checkpoints are intact)") from exc
+        def save(folder: Path) -> None:
+            self.strategy.save(model, folder, self.recipe, self.options)
+            self.tokenizer.save_pretrained(folder)
+            if self.data.label_names:
+                (folder / "labels.json").write_text(json.dumps(
+                    {"id2label": dict(enumerate(self.data.label_names))}, indent=1))
+
+        write_model_dir(self.run_dir, save)
 
     # -- checkpoints and the end
 
@@ -1151,17 +948,10 @@ class _TrainingRun:
         if state.best_step == state.global_step:
             state.best_checkpoint = checkpoint_name(state.global_step)
         self.emit(PhaseEvent(phase="checkpointing", step=state.global_step))
-        try:
-            state.processes = self.accelerator.num_processes
-            path = save_checkpoint(self.run_dir, state, lambda d: self.accelerator.save_state(str(d)),
-                                   keep=self.recipe.train.keep_checkpoints, main=self.main,
-                                   token=self._token, barrier=self.accelerator.wait_for_everyone)
-        except Exception as exc:
-            why = write_failure(exc)
-            if why is None:
-                raise
-            raise OutputError(f"cannot write a checkpoint in {self.run_dir} ({why}); "
-                              f"free disk space, then resume (earlier checkpoints are intact)") from exc
+        state.processes = self.accelerator.num_processes
+        path = save_checkpoint(self.run_dir, state, lambda d: self.accelerator.save_state(str(d)),
+                               keep=self.recipe.train.keep_checkpoints, main=self.main,
+                               token=self._token, barrier=self.accelerator.wait_for_everyone)
         self.meter.pause(time.perf_counter() - began)
         self.emit(CheckpointEvent(step=state.global_step, path=str(path), reason=reason))
 
@@ -1183,7 +973,7 @@ class _TrainingRun:
             "nan_skipped": state.nan_skipped, "data": self.data.stats, **self.description,
         }
         if self.main:
-            replace_file(self.run_dir / METRICS_FILE, json.dumps(metrics, indent=1))
+            write_metrics(self.run_dir, metrics)
         message = ""
         if status == RunStatus.INTERRUPTED:
             message = (f"stopped by {self.stop.name} after step {state.global_step}; continue with "

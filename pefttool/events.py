@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-from .rundir import EVENTS_FILE, open_append  # noqa: E402  (the run directory's names live in one place)
+from .runfolder.rundir import EVENTS_FILE, open_append  # noqa: E402  (the run directory's names live in one place)
 
 
 @dataclass

@@ -14,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from .errors import OutputError
 from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, PhaseEvent, StartEvent, StepEvent
 from .hookspecs import hookimpl
-from .runs import format_duration
+from .runfolder.summary import format_duration
 
 PLAIN_INTERVAL_ENV = "PEFTTOOL_PROGRESS_SECONDS"
 
@@ -159,21 +158,10 @@ def run_headless(recipe: Any, resume: bool = False, quiet: bool = False, run_dir
     return result.exit_code
 
 
-def saved_recipe(run_dir: Path, overrides: list[str] | None = None) -> Any:
-    """The recipe a run directory was run with (its recipe.toml), with `overrides` applied."""
-    from .recipe import load_recipe
-    from .rundir import RECIPE_FILE
-
-    run_dir = Path(run_dir).resolve()
-    recipe_path = run_dir / RECIPE_FILE
-    if not recipe_path.is_file():
-        raise OutputError(f"{run_dir} is not a pefttool run (no {RECIPE_FILE}); pass the folder "
-                          f"that `pefttool run` printed")
-    return load_recipe(recipe_path, overrides or [])
-
-
 def resume_headless(run_dir: Path, quiet: bool = False, overrides: list[str] | None = None) -> int:
     """Continue the run in `run_dir` from its last checkpoint, with the recipe it ran with
     (and `overrides` of the keys a resume may change)."""
+    from .runfolder.lifecycle import saved_recipe
+
     recipe = saved_recipe(run_dir, overrides)
     return run_headless(recipe, resume=True, quiet=quiet, run_dir=Path(run_dir).resolve())

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import PefttoolError
+from .runfolder.rundir import EVENTS_FILE
 from .sampling import RunLength
 from .settled import settle
 from .strategy import QuantizedLayout
@@ -697,7 +698,7 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     gpu_mem = None
     if gpu is not None:
         gpu_mem = Memory(facts.weights, gradients, optimizer, gpu_act, other, CUDA_CONTEXT, capacity=gpu)
-    # As pefttool/model_state.py saves: the whole model when every parameter trains, else
+    # As pefttool/runfolder/model_state.py saves: the whole model when every parameter trains, else
     # only the trainable tensors (gradients has their bytes), plus the optimizer state.
     saved_weights = facts.weights if n_trainable == facts.total else gradients
     files_overhead = CHECKPOINT_TENSOR_OVERHEAD * len(trainable)
@@ -864,7 +865,7 @@ def calibrate(recipe_path: Path, overrides: list[str], recipe: Recipe, steps: in
         if code != 0:
             last = (output.strip().splitlines() or ["?"])[-1]
             raise PefttoolError(f"plan --calibrate: the calibration run failed (exit {code}): {last}")
-        events = [json.loads(line) for line in (out / "run" / "events.jsonl").read_text().splitlines()
+        events = [json.loads(line) for line in (out / "run" / EVENTS_FILE).read_text().splitlines()
                   if line.strip()]
     finally:
         shutil.rmtree(out, ignore_errors=True)

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .errors import OutputError
 from .hookspecs import hookimpl
-from .rundir import PLOT_FILE, TENSORBOARD_DIR
+from .runfolder.rundir import EVENTS_FILE, PLOT_FILE, TENSORBOARD_DIR
 
 Points = list[tuple[int, float]]
 
@@ -49,7 +49,7 @@ def _by_step(points: dict[int, float]) -> Points:
 
 def read_curves(run_dir: Path) -> RunCurves:
     """A run's curves from its events.jsonl (lines that are not events are skipped)."""
-    from .runs import is_run_dir, summarize
+    from .runfolder.summary import is_run_dir, summarize
 
     run_dir = Path(run_dir)
     if not is_run_dir(run_dir):
@@ -57,7 +57,7 @@ def read_curves(run_dir: Path) -> RunCurves:
                           f"pefttool run printed (pefttool runs lists them)")
     state = summarize(run_dir, keep_history=True)
     if state.bad_lines and state.start is None and not state.steps and not state.evals:
-        raise OutputError(f"{run_dir / 'events.jsonl'} is damaged: none of its {state.bad_lines} "
+        raise OutputError(f"{run_dir / EVENTS_FILE} is damaged: none of its {state.bad_lines} "
                           f"line(s) is an event, so there is nothing to plot; plot another run")
     loss: dict[int, float] = {}
     lr: dict[int, float] = {}

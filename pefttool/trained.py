@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError, OutputError
-from .rundir import RunDir
-from .saved_model import final_model_checkpoint, model_damage
+from .runfolder.lifecycle import saved_run
+from .runfolder.model_dir import check_export_out, copy_model_files, repair_advice
 from .tasks import get_task
 
 
@@ -30,48 +30,6 @@ class Trained:
     recipe: Any
     labels: list[str] | None
     adapter: bool          # model/ held a PEFT adapter (the model is base + adapter)
-
-
-def saved_run(run_dir: Path) -> tuple[RunDir, Any]:
-    """The run folder and its saved recipe, checked to hold a model (no model is loaded)."""
-    return _run(run_dir)
-
-
-def _run(run_dir: Path) -> tuple[RunDir, Any]:
-    from .recipe import load_recipe
-
-    run = RunDir(Path(run_dir).resolve())
-    if not run.recipe.is_file():
-        raise OutputError(f"{run.path} is not a pefttool run (no recipe.toml); pass the folder "
-                          f"that pefttool run printed")
-    if not run.model.is_dir():
-        raise OutputError(f"the run in {run.path} has no model/ yet (it saves one at its first "
-                          f"evaluation after training); resume it, or pick a finished run")
-    damage = model_damage(run.model)
-    if damage:
-        raise OutputError(f"{run.model} is damaged ({damage}); {_repair_advice(run)}")
-    return run, load_recipe(run.recipe, check_files=False)
-
-
-def _repair_advice(run: RunDir) -> str:
-    """The fix for a damaged model/: resume rebuilds it from the checkpoint of the best
-    evaluation (an unfinished run as it goes on training; a finished one without training).
-    Only when no checkpoint holds that model is the run to be trained again (into a new
-    folder: nothing is overwritten)."""
-    from .errors import PefttoolError
-    from .rundir import RunStatus
-    from .runs import summarize
-
-    status = summarize(run.path).status if run.events.exists() else None
-    if status in (RunStatus.COMPLETED, RunStatus.EARLY_STOPPED):
-        try:
-            final_model_checkpoint(run.path)
-        except PefttoolError as exc:
-            return (f"{exc}, so resume cannot rebuild it: train it again with pefttool run "
-                    f"{run.recipe} --set output.dir=NEW_FOLDER")
-        return (f"rebuild it from its best checkpoint, without training: pefttool resume "
-                f"{run.path}")
-    return f"resume it (pefttool resume {run.path}) to rebuild it from its best checkpoint"
 
 
 def load_trained(run_dir: Path, dequantize: bool = False, base: bool = False) -> Trained:
@@ -89,7 +47,7 @@ def load_trained(run_dir: Path, dequantize: bool = False, base: bool = False) ->
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars in a command's output
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
-    run, recipe = _run(run_dir)
+    run, recipe = saved_run(run_dir)
     labels = None
     if (run.model / "labels.json").is_file():
         id2label = json.loads((run.model / "labels.json").read_text())["id2label"]
@@ -120,7 +78,7 @@ def load_trained(run_dir: Path, dequantize: bool = False, base: bool = False) ->
         from .models import _first_line
 
         raise ModelError(f"{run.model} cannot be loaded ({type(exc).__name__}: "
-                         f"{_first_line(exc, 160)}); {_repair_advice(run)}") from None
+                         f"{_first_line(exc, 160)}); {repair_advice(run)}") from None
     model.eval()
     return Trained(model=model, tokenizer=tokenizer, recipe=recipe, labels=labels,
                    adapter=adapter and not base)
@@ -150,18 +108,6 @@ def predict(trained: Trained, texts: list[str], batch_size: int = 32,
     return out
 
 
-def check_export_out(out: Path) -> None:
-    """An export never goes inside a run folder (or its model/): resume and overwrite replace
-    what a run holds, and would remove it without a word."""
-    from .rundir import enclosing_run
-
-    inside = enclosing_run(out)
-    if inside is not None:
-        raise OutputError(f"--out: {out} is inside the run folder {inside}, whose files pefttool "
-                          f"replaces (resume rebuilds model/); choose a folder outside every run "
-                          f"folder, e.g. exports/{inside.name}")
-
-
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -176,13 +122,13 @@ def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"--out: {out} exists and is not empty; choose a new folder (export "
                           f"never overwrites)")
-    run, recipe = _run(run_dir)
+    run, recipe = saved_run(run_dir)
     adapter = (run.model / "adapter_config.json").is_file()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         if not merge:
-            _copy_listed(run.model, tmp)
+            copy_model_files(run.model, tmp)
         elif not adapter:  # a full model is "merged" already; only the dtype may change
             trained = load_trained(run.path)
             trained.model.to(getattr(torch, DTYPES[dtype])).save_pretrained(tmp, safe_serialization=True)
@@ -207,35 +153,6 @@ def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _copy_listed(model_dir: Path, dest: Path) -> None:
-    """Copy the files model/'s manifest lists (all of them regular files inside model/), never
-    anything else there (a link, a file a user put in). A model/ from before manifests: its
-    regular files, links left out."""
-    from .saved_model import MODEL_MANIFEST
-
-    def through_link(name: str) -> bool:
-        parts = Path(name).parts
-        return any(model_dir.joinpath(*parts[:i + 1]).is_symlink() for i in range(len(parts)))
-
-    try:
-        listed = list(json.loads((model_dir / MODEL_MANIFEST).read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        listed = [n for n in (str(p.relative_to(model_dir)) for p in sorted(model_dir.rglob("*")))
-                  if (model_dir / n).is_file() and not through_link(n)]
-    except (OSError, ValueError, TypeError) as exc:
-        raise OutputError(f"{model_dir / MODEL_MANIFEST} is unreadable ({type(exc).__name__}); "
-                          f"resume the run to rebuild model/") from None
-    dest.mkdir(parents=True)
-    for name in listed:
-        if (not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts
-                or through_link(name) or not (model_dir / name).is_file()):
-            raise OutputError(f"{model_dir}: its manifest lists {name!r}, which is not a regular "
-                              f"file inside model/ (a link, or a path outside it); export copies no "
-                              f"such file: resume the run to rebuild model/")
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(model_dir / name, dest / name, follow_symlinks=False)
 
 
 def gguf_converter() -> str | None:

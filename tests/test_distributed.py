@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fault_helpers import child_env, events_of, of_type, tensors
-from pefttool.checkpoints import list_checkpoints
+from pefttool.runfolder.checkpoints import list_checkpoints
 from tiny_models import write_tiny_recipe
 
 pytestmark = pytest.mark.multiprocess
@@ -92,7 +92,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, no_dropout
     assert evals1 == evals2  # every eval row counted once, over both processes
     # every process's tokens counted once (the run's tokens_seen, and so metrics.json's
     # tokens_per_s, once added up the main process's share only: half of them)
-    from pefttool.checkpoints import TrainState
+    from pefttool.runfolder.checkpoints import TrainState
 
     seen = [TrainState.from_file(list_checkpoints(run)[-1] / "trainer_state.json").tokens_seen
             for run in (run1, run2)]

@@ -22,7 +22,7 @@ import pytest
 import pefttool
 from fault_helpers import (child_env, events_of, leftovers, metrics_of, of_type, run_pefttool,
                            tensors, tree)
-from pefttool.checkpoints import TrainState, list_checkpoints
+from pefttool.runfolder.checkpoints import TrainState, list_checkpoints
 from pefttool.cli import main
 from pefttool.plugins import get_plugin_host
 from pefttool_lora import LoraStrategy

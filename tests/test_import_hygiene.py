@@ -36,7 +36,7 @@ def cli(*argv: str) -> str:
 
 def test_importing_the_api_loads_neither_torch_nor_textual():
     loaded = heavy_modules_after("import pefttool, pefttool.recipe, pefttool.plugins, "
-                                 "pefttool.events, pefttool.runs, pefttool.cli")
+                                 "pefttool.events, pefttool.runfolder.summary, pefttool.cli")
 
     assert loaded == []
 
@@ -136,6 +136,22 @@ def test_no_core_module_names_a_built_in_strategy():
             code = line.split("#", 1)[0]
             if name.search(code) and not code.startswith("DEFAULT_STRATEGY = "):
                 found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert found == []
+
+
+def test_only_the_run_package_names_the_run_folders_files():
+    """The run folder's layout has one owner, pefttool/runfolder/: no other module (plugins
+    included) spells one of its file names; they import the constants instead."""
+    name = re.compile(r'["\'](events\.jsonl|trainer_state\.json|stderr\.log|metrics\.json|samples\.jsonl'
+                      r'|plots\.png|\.pefttool-run)["\']')
+    found = []
+    for root in ("pefttool", "plugins"):
+        for path in sorted((REPO / root).rglob("*.py")):
+            if "runfolder" in path.relative_to(REPO).parts:
+                continue
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if name.search(line.split("#", 1)[0]):
+                    found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
     assert found == []
 
 

@@ -16,7 +16,7 @@ import torch
 
 from pefttool.engine import run_recipe
 from pefttool.recipe import load_recipe
-from pefttool.checkpoints import TrainState, list_checkpoints
+from pefttool.runfolder.checkpoints import TrainState, list_checkpoints
 from pefttool.data.collate import (COUNTS_KEY, Collator, PackedCollator, check_packed_attention,
                                    take_counts)
 from pefttool.errors import ModelError, RecipeError

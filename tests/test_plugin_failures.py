@@ -9,7 +9,7 @@ import pytest
 
 import pefttool
 from fault_helpers import events_of, metrics_of, of_type
-from pefttool.checkpoints import list_checkpoints
+from pefttool.runfolder.checkpoints import list_checkpoints
 from pefttool.plugins import get_plugin_host
 from pefttool.strategy import Strategy, StrategyOptions
 from pefttool_lora import LoraStrategy

@@ -18,7 +18,7 @@ import pytest
 import pefttool
 from fault_helpers import (checkpoint_names, events_of, finish, leftovers, max_abs_diff, metrics_of,
                            of_type, run_pefttool, start_pefttool, tensors, tree, wait_for_events)
-from pefttool.checkpoints import TrainState, list_checkpoints
+from pefttool.runfolder.checkpoints import TrainState, list_checkpoints
 from pefttool.cli import main
 from pefttool.engine import run_recipe
 from pefttool.errors import PefttoolError

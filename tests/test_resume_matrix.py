@@ -24,7 +24,7 @@ from safetensors import safe_open
 
 import pefttool
 from fault_helpers import events_of, max_abs_diff, metrics_of, of_type, tensors
-from pefttool.checkpoints import TrainState, list_checkpoints
+from pefttool.runfolder.checkpoints import TrainState, list_checkpoints
 from pefttool.engine import run_recipe
 from pefttool.errors import PefttoolError
 from pefttool.recipe import load_recipe

@@ -20,11 +20,11 @@ import torch
 
 import pefttool
 from fault_helpers import events_of, metrics_of, of_type, start_pefttool, tree
-from pefttool.checkpoints import STATE_FILE, list_checkpoints
+from pefttool.runfolder.checkpoints import STATE_FILE, list_checkpoints
 from pefttool.engine import run_recipe
 from pefttool.errors import DataError, OutputError, RecipeError
 from pefttool.recipe import load_recipe
-from pefttool.rundir import ExitCode, RunDir, RunStatus, claim_new
+from pefttool.runfolder.rundir import ExitCode, RunDir, RunStatus, claim_new
 from test_faults import assert_clean_failure, cli
 from tiny_models import write_tiny_recipe
 
@@ -235,7 +235,7 @@ def test_a_run_folder_whose_own_files_link_outside_it_is_refused(capsys, tmp_pat
 
 def test_pefttools_own_files_are_written_by_replacing_the_path(tmp_path):
     from pefttool.events import EventLog
-    from pefttool.rundir import replace_file
+    from pefttool.runfolder.rundir import replace_file
 
     outside = tmp_path / "outside.txt"
     outside.write_text("keep")
@@ -372,7 +372,7 @@ def test_a_lock_taken_on_a_file_its_holder_just_deleted_is_retaken_on_the_new_on
     import fcntl
 
     from pefttool.errors import OutputError
-    from pefttool.rundir import RunDir
+    from pefttool.runfolder.rundir import RunDir
 
     holder = RunDir(tmp_path / "run")
     holder.path.mkdir()
@@ -400,7 +400,7 @@ def test_a_run_stopped_while_loading_is_not_offered_for_resume(tmp_path, tiny_cl
     stderr.log), and pefttool resume says it in one line."""
     from pefttool.cli import main
     from pefttool.errors import PefttoolError
-    from pefttool.resumable import resumability
+    from pefttool.runfolder.resumable import resumability
     from pefttool.tui.run_actions import can_resume
 
     class StopWhileLoading:

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from pefttool.engine import run_recipe
-from pefttool.saved_model import MODEL_MANIFEST
+from pefttool.runfolder.model_dir import MODEL_MANIFEST
 from pefttool.recipe import load_recipe
 from test_faults import assert_clean_failure, cli
 from tiny_models import write_tiny_recipe
@@ -108,8 +108,8 @@ def test_resume_rebuilds_a_finished_runs_damaged_model_from_its_best_checkpoint(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from pefttool.checkpoints import verify_files
-    from pefttool.runs import summarize
+    from pefttool.runfolder.checkpoints import verify_files
+    from pefttool.runfolder.summary import summarize
     from pefttool.trained import load_trained
 
     run = _copy(causal_run, tmp_path, "finished")
@@ -288,7 +288,7 @@ def chat_recipe(folder, model_dir, **overrides):
 
 
 def tokens_seen(run_dir) -> int:
-    from pefttool.checkpoints import TrainState, list_checkpoints
+    from pefttool.runfolder.checkpoints import TrainState, list_checkpoints
 
     return TrainState.from_file(list_checkpoints(run_dir)[-1] / "trainer_state.json").tokens_seen
 
@@ -302,7 +302,7 @@ def tokens_seen(run_dir) -> int:
 def test_a_chat_run_crashed_and_resumed_ends_as_an_uninterrupted_one(layout, tmp_path, tiny_causal_dir):
     # checked, no defect found (also by hand with kill -9 on `pefttool run`): kept as coverage
     # of task.format = "chat" with each batch layout, which the resume tests did not run.
-    from pefttool.checkpoints import list_checkpoints
+    from pefttool.runfolder.checkpoints import list_checkpoints
     from pefttool.errors import PefttoolError
     from fault_helpers import max_abs_diff, metrics_of, tensors
     from test_resume import _CrashAt

@@ -18,7 +18,7 @@ from fault_helpers import (SIGNAL_EXIT, checkpoint_names, events_of, finish, lef
                            of_type, start_pefttool, wait_for_events)
 from pefttool.cli import main
 from pefttool.events import EventFollower
-from pefttool.checkpoints import TrainState, list_checkpoints
+from pefttool.runfolder.checkpoints import TrainState, list_checkpoints
 from tiny_models import write_tiny_recipe
 
 # 12 steps per epoch × 2 epochs: far more than can run between the first step and the signal.

@@ -120,7 +120,7 @@ def test_long_curves_are_thinned_but_keep_their_last_point():
 
 def test_the_runs_list_rereads_only_runs_that_changed(tmp_path):
     from pefttool.events import EventLog, LogEvent
-    from pefttool.runs import list_runs as scan_runs
+    from pefttool.runfolder.summary import list_runs as scan_runs
     from test_tui_support import write_canned_run
 
     done = write_canned_run(tmp_path, "done-1")
@@ -136,7 +136,7 @@ def test_the_runs_list_rereads_only_runs_that_changed(tmp_path):
 
 
 def test_a_line_that_is_not_an_event_is_skipped_and_counted_and_hides_no_run(tmp_path):
-    from pefttool.runs import list_runs
+    from pefttool.runfolder.summary import list_runs
     from test_tui_support import write_canned_run
 
     bad = write_canned_run(tmp_path, "bad-1")
@@ -150,7 +150,7 @@ def test_a_line_that_is_not_an_event_is_skipped_and_counted_and_hides_no_run(tmp
 
 def test_the_baseline_is_before_never_best_and_a_resume_continues_the_run(tmp_path):
     from pefttool.events import EndEvent, StartEvent, StepEvent
-    from pefttool.runs import RunState
+    from pefttool.runfolder.summary import RunState
     from test_tui_support import canned_events
 
     events = canned_events(tmp_path, upto=10, pid=999_999_999)

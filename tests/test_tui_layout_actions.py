@@ -15,7 +15,7 @@ import pytest
 from textual.widgets import DataTable, Input, RichLog
 
 from pefttool.events import EndEvent, EventLog, PhaseEvent, StartEvent, StepEvent
-from pefttool.runs import RunState, summarize
+from pefttool.runfolder.summary import RunState, summarize
 from pefttool.tui.app import make_app
 from pefttool.tui.screens.dashboard import DashboardScreen
 from pefttool.tui.screens.modals import ConfirmModal, ErrorModal

@@ -17,7 +17,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
 
-from ..runs import pid_alive
+from ..runfolder.summary import pid_alive
 from .child import TrainingChild, default_command, new_run_dir, staged_path
 from .formatting import display_path
 from .screens.modals import ConfirmModal, ErrorModal, QuitModal

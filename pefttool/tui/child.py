@@ -27,9 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..events import EVENTS_FILE
+from ..runfolder.rundir import STDERR_FILE
 from .recipe_edit import free_path
-
-STDERR_FILE = "stderr.log"
 
 EXIT_MEANINGS = {
     0: "done",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..runs import format_duration as duration  # one duration format for every output
+from ..runfolder.summary import format_duration as duration  # one duration format for every output
 
 __all__ = ["count", "display_path", "duration", "learning_rate", "megabytes", "number", "rate", "timestamp"]
 

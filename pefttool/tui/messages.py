@@ -12,7 +12,7 @@ from typing import Any
 from textual.message import Message
 
 from ..catalog import RecipeEntry
-from ..runs import RunState
+from ..runfolder.summary import RunState
 
 
 @dataclass

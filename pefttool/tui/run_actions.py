@@ -1,6 +1,6 @@
 """What the UI does to a run folder besides watching it: resume it, delete it.
 
-No textual here. Deleting is careful in the way `output.overwrite` is (pefttool/rundir.py):
+No textual here. Deleting is careful in the way `output.overwrite` is (pefttool/runfolder/rundir.py):
 only a folder a pefttool run wrote, only the files a run (or this UI) writes there, never a
 run that is still going; the folder itself goes only once nothing else is left in it.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ..resumable import resumability
-from ..rundir import LOCK_FILE, RunDir
-from ..runs import pid_alive, summarize
+from ..runfolder.resumable import resumability
+from ..runfolder.rundir import LOCK_FILE, RunDir
+from ..runfolder.summary import pid_alive, summarize
 
 # Files the UI itself writes into a run folder (besides the run's own, RUN_ARTIFACTS).
 UI_FILES = ("adjusted-recipe.toml", LOCK_FILE)
@@ -31,7 +31,7 @@ def resume_command(run_command: list[str], run_dir: Path) -> list[str]:
 
 def can_resume(run_dir: Path) -> bool:
     """An interrupted, crashed or failed run with a checkpoint goes on where it stopped; a
-    finished one whose model/ is damaged is rebuilt (pefttool/resumable.py: the CLI's answer)."""
+    finished one whose model/ is damaged is rebuilt (pefttool/runfolder/resumable.py: the CLI's answer)."""
     return resumability(Path(run_dir)).action != "none"
 
 

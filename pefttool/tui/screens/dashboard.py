@@ -23,7 +23,7 @@ from textual.widgets import Header, Static
 from textual.worker import get_current_worker
 
 from ...events import EVENTS_FILE, EndEvent, Event, EventFollower, LineTail, PhaseEvent, StartEvent
-from ...runs import RunState, pid_alive
+from ...runfolder.summary import RunState, pid_alive
 from .. import formatting as fmt
 from ..child import INTERRUPTED_CODES, TrainingChild, describe_exit, find_stderr, tail
 from ..messages import RunEventsPending, RunProcessEnded

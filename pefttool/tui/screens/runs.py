@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header, Static
 
-from ...runs import RunState, list_runs
+from ...runfolder.summary import RunState, list_runs
 from .. import formatting as fmt
 from ..messages import RunsListed
 from ..widgets.footer import AppFooter

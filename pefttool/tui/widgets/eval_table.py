@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from ...runs import RunState
+from ...runfolder.summary import RunState
 
 
 class EvalTable(DataTable):

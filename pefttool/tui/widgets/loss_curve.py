@@ -7,7 +7,7 @@ import time
 from textual.timer import Timer
 from textual_plotext import PlotextPlot
 
-from ...runs import RunState
+from ...runfolder.summary import RunState
 
 MAX_POINTS = 600   # all points are kept in the RunState; a plot shows ~2 per column at most
 # Building a plot costs tens of milliseconds, on the cores training needs: redraw at most

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.widgets import ProgressBar, Static
 
-from ...runs import RunState
+from ...runfolder.summary import RunState
 from .. import formatting as fmt
 
 PHASES = {"loading": "loading the model and data", "evaluating": "evaluating",

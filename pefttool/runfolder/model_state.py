@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import OutputError
+from ..errors import OutputError
 
 if TYPE_CHECKING:
     import torch

@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import OutputError  # noqa: E402
 from .rundir import CHECKPOINTS_DIR as CHECKPOINTS  # noqa: E402
+from .rundir import write_failure  # noqa: E402
 
 STATE_FILE = "trainer_state.json"
 _NAME = re.compile(r"^step-(\d+)$")
@@ -154,6 +156,18 @@ def save_checkpoint(
     temporary folder, named by `token`); the main one finishes it (manifest, state file,
     rename, pruning) between barriers.
     """
+    try:
+        return _save_checkpoint(run_dir, state, save_tensors, keep, main, token, barrier)
+    except Exception as exc:
+        why = write_failure(exc)
+        if why is None:
+            raise
+        raise OutputError(f"cannot write a checkpoint in {run_dir} ({why}); free disk space, "
+                          f"then resume (earlier checkpoints are intact)") from exc
+
+
+def _save_checkpoint(run_dir: Path, state: TrainState, save_tensors: Callable[[Path], None],
+                     keep: int, main: bool, token: str | None, barrier: Callable[[], None]) -> Path:
     root = checkpoint_dir(run_dir)
     final = root / checkpoint_name(state.global_step)
     tmp = root / f".tmp-{checkpoint_name(state.global_step)}-{token or os.getpid()}"

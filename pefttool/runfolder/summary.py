@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from .events import (
+from ..events import (
     EVENTS_FILE,
     CheckpointEvent,
     EndEvent,

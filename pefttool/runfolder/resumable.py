@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoints import list_checkpoints
+from .model_dir import model_damage
 from .rundir import EVENTS_FILE, RunDir, RunStatus
-from .runs import summarize
-from .saved_model import model_damage
+from .summary import summarize
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ RUN_DIR/
   .lock              held (flock) by the one process writing this run; holds its pid and host
   recipe.toml        the recipe as it ran (defaults filled in, local paths absolute)
   events.jsonl       one JSON event per line
-  checkpoints/       step-NNNNNNN/ (see checkpoints.py)
+  checkpoints/       step-NNNNNNN/ (see checkpoints.py, model_state.py)
   model/             the best model so far
   metrics.json       before/best metrics, data counts, timings
+  samples.jsonl      (eval.samples) replies to held-out prompts before and after training
   stderr.log         (runs launched from the TUI) the child's stderr
   plots.png          loss, learning rate and eval curves, drawn at the end (needs matplotlib)
   tensorboard/       TensorBoard event files (when tensorboard is installed)
@@ -37,7 +38,7 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError
+from ..errors import OutputError
 
 
 class RunStatus(StrEnum):
@@ -77,12 +78,13 @@ EVENTS_FILE = "events.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 METRICS_FILE = "metrics.json"
+SAMPLES_FILE = "samples.jsonl"
 STDERR_FILE = "stderr.log"
 PLOT_FILE = "plots.png"
 TENSORBOARD_DIR = "tensorboard"
 # What a run writes; `output.overwrite = true` removes only these, never anything else.
 RUN_ARTIFACTS = (MODEL_DIR, CHECKPOINTS_DIR, EVENTS_FILE, RECIPE_FILE, METRICS_FILE, STDERR_FILE,
-                 MARKER_FILE, PLOT_FILE, TENSORBOARD_DIR, "samples.jsonl", ".model-tmp", ".model-old")
+                 MARKER_FILE, PLOT_FILE, TENSORBOARD_DIR, SAMPLES_FILE, ".model-tmp", ".model-old")
 MARKER_FORMAT = 1
 
 # Keys a resumed run may change: they do not change what is trained or in what order.
@@ -109,6 +111,28 @@ def replace_file(path: Path, data: str | bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed (disk full, file too large...), or None if `exc` is no I/O error.
+    The Rust writers (safetensors, tokenizers) raise plain exceptions such as
+    'File too large (os error 27)' rather than OSError."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    import re
+
+    match = re.search(r"os error (\d+)", str(exc))
+    if match:
+        return os.strerror(int(match.group(1)))
+    if isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "PytorchStreamWriter" in str(exc)):
+        # torch.save's archive writer (optimizer.bin) reports a short write without its errno:
+        # a file-size limit in force explains it, else the disk filled up.
+        import errno
+        import resource
+
+        limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+        return os.strerror(errno.EFBIG if limited else errno.ENOSPC)
+    return None
 
 
 def open_append(path: Path) -> Any:
