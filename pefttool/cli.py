@@ -509,5 +509,7 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return app.return_code or 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # how the launcher starts each process of a multi-process run
+    from .distributed import leave
+
+    leave(main())

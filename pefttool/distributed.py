@@ -68,6 +68,18 @@ def any_process(flag: bool) -> bool:
     return bool(t.item() > 0)
 
 
+def leave(code: int) -> None:
+    """End a failing process of a multi-process run with its own exit code. Its process group is
+    left alone: gloo's teardown at interpreter exit can abort (SIGABRT) while a peer closes the
+    same connection, and the launcher would then report a signal instead of the 2 or 3 the
+    process chose. Everything pefttool wrote is flushed first; a single process exits as usual."""
+    if code == 0 or world_size() == 1:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def barrier() -> None:
     if world_size() > 1:
         from accelerate.state import PartialState
