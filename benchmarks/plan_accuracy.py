@@ -52,9 +52,10 @@ def measure_run(recipe: Path, steps: int, out_root: Path, overrides: list[str] |
            "--set=train.threads=1", "--set=train.log_every=1",
            f"--set=output.dir=\"{out}\"", "--set=output.overwrite=true"]
     cmd += _eval_rows(recipe)
+    # cwd: the repository, where chat-qlora.toml's build/chat paths (make chat-data) resolve
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     started = time.time()
-    proc = subprocess.Popen(cmd, cwd=out_root, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -82,6 +83,8 @@ def estimate(recipe: Path, overrides: list[str] | None = None) -> dict:
     own = plan.own
     return {"estimate_mib": own.cpu.total / MiB, "seconds": round(time.time() - started, 2),
             "parts": {k: round(v / MiB, 1) for k, v in own.cpu.parts().items()},
+            "phase": own.peak_phase("cpu"),
+            "phases": {k: round(v / MiB, 1) for k, v in own.phases.get("cpu", {}).items()},
             "trainable": own.params_trainable}
 
 
@@ -125,12 +128,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out_root, ignore_errors=True)
     print()
     print(f"### `pefttool plan` CPU estimate vs measured peak RSS ({args.steps} steps, 1 thread)")
-    print("| recipe (overrides) | estimate MiB | measured peak RSS MiB | estimate / measured | estimate parts MiB (baseline, weights, grads, optimizer, activations, other) |")
-    print("|---|---|---|---|---|")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (RSS is not a timing; the runs are slower under load)")
+    print("| recipe (overrides) | estimate MiB | measured peak RSS MiB | estimate / measured | estimated peak during "
+          "(training / eval MiB) | estimate parts MiB (baseline, weights, grads, optimizer, activations, other) |")
+    print("|---|---|---|---|---|---|")
     for name, row in rows.items():
         parts = ", ".join(f"{v:.0f}" for v in row["parts"].values())
         what = f"{name}.toml" if not row["overrides"] else f"{name} ({', '.join(row['overrides'])})"
-        print(f"| {what} | {row['estimate_mib']:.0f} | {row['peak_rss_mib']:.0f} | {row['ratio']:.2f} | {parts} |")
+        phases = " / ".join(f"{v:.0f}" for v in row.get("phases", {}).values())
+        print(f"| {what} | {row['estimate_mib']:.0f} | {row['peak_rss_mib']:.0f} | {row['ratio']:.2f} | "
+              f"{row.get('phase', 'training')} ({phases}) | {parts} |")
     print()
     print("### `pefttool.plan.estimate` call time on lora.toml after a first call (what the TUI's Adjust screen pays)")
     from pefttool.plan import estimate as plan_estimate

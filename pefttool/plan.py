@@ -123,6 +123,18 @@ class StrategyEstimate:
     # One checkpoint on disk: the trainable tensors (the whole model when every parameter
     # trains) plus the optimizer state; the RNG, scheduler and trainer state add ~20 KB.
     checkpoint: int = 0
+    # `cpu` and `gpu` are the run's peak: the training step's or the evaluation's, whichever is
+    # larger. Both phases' totals, by device ("cpu", "gpu"), as {"training": b, "evaluation": b}.
+    phases: dict[str, dict[str, int]] = field(default_factory=dict)
+    by_phase: dict[tuple[str, str], Memory] = field(default_factory=dict, repr=False)
+
+    def peak_phase(self, device: str = "cpu") -> str:
+        totals = self.phases.get(device, {})
+        return max(totals, key=lambda k: totals[k]) if totals else "training"
+
+    def memory(self, phase: str, device: str = "cpu") -> Memory | None:
+        """One phase's figures ("training" or "evaluation") on "cpu" or "gpu"."""
+        return self.by_phase.get((phase, device))
 
     def to_dict(self) -> dict[str, Any]:
         return {"strategy": self.strategy, "own": self.own, "params_total": self.params_total,
@@ -130,7 +142,7 @@ class StrategyEstimate:
                 "gradient_checkpointing": self.gradient_checkpointing, "checkpoint": self.checkpoint,
                 "trainable_dtype": self.trainable_dtype,
                 "cpu": self.cpu.to_dict(), "gpu": self.gpu.to_dict() if self.gpu else None,
-                "note": self.note}
+                "phases": self.phases, "note": self.note}
 
 
 @dataclass
@@ -401,6 +413,29 @@ class _Saved:
                     round(outside_cpu + keep + max(inside_cpu)), round(largest))
         return round(outside_gpu + sum(inside_gpu)), round(outside_cpu + sum(inside_cpu)), round(largest)
 
+    def retained_heap(self, scale: float, checkpointing: bool) -> int:
+        """What a training step leaves in glibc's heap at `scale` × REF_BATCH: its blocks under
+        the mmap threshold, saved or not, stay resident once freed (the CPU figure without the
+        large, mmapped tensors, which go back to the system)."""
+        small = _Saved([a for a in self.allocs if a[0] * scale < GLIBC_MMAP_MAX], self.layers, self.layer_input)
+        return small.figures(scale, checkpointing)[1]
+
+    def live_peak(self, scale: float) -> tuple[int, int]:
+        """An evaluation forward's peak at `scale` × REF_BATCH (counted under no_grad, so nothing
+        is saved), as (blocks under glibc's mmap threshold, larger ones): everything made outside
+        the repeated layers (embeddings, the head's logits and the loss's copies of them, alive
+        together at the loss) plus the largest layer's temporaries (one layer runs at a time)."""
+        out = []
+        for large in (False, True):
+            allocs = [(n, layer) for n, _, layer in self.allocs if (n * scale >= GLIBC_MMAP_MAX) == large]
+            per_layer = [0] * self.layers
+            for n, layer in allocs:
+                if layer >= 0:
+                    per_layer[layer] += n
+            outside = sum(n for n, layer in allocs if layer < 0)
+            out.append(round((outside + max(per_layer, default=0)) * scale))
+        return out[0], out[1]
+
 
 # Ops whose output shares its input's storage (no new memory).
 _NO_ALLOC = ("view", "_unsafe_view", "t", "transpose", "expand", "permute", "unsqueeze", "slice",
@@ -457,9 +492,11 @@ def _fused_sdpa() -> Any:
         F.scaled_dot_product_attention = original
 
 
-def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _Saved:
+def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int,
+                       training: bool = True) -> _Saved:
     """Run one training forward on the meta device; record every tensor it allocates and
-    which of them autograd saves for backward (parameters excluded, shared storage once)."""
+    which of them autograd saves for backward (parameters excluded, shared storage once).
+    `training=False`: an evaluation forward instead (eval mode, no_grad: nothing is saved)."""
     import torch
 
     params = {_storage_key(p) for p in model.parameters()}
@@ -502,7 +539,7 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _
 
         handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(layer.register_forward_hook(post))
-    model.train()
+    model.train(training)
     ids = torch.zeros((batch, length), dtype=torch.long, device="meta")
     inputs: dict[str, Any] = {"input_ids": ids}
     if recipe.task.type == "classification":
@@ -511,7 +548,7 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _
         inputs["labels"] = ids
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _fused_sdpa(), \
-                _alloc_counter(on_alloc):
+                _alloc_counter(on_alloc), torch.set_grad_enabled(training):
             model(**inputs)
     except Exception as exc:
         raise PefttoolError(f"plan: cannot run this model on the meta device to count its "
@@ -519,6 +556,7 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int) -> _
     finally:
         for h in handles:
             h.remove()
+        model.train()
     return _Saved(allocs=[(n, saved, layer) for n, saved, layer in made.values()],
                   layers=len(layers), layer_input=first_input[0])
 
@@ -681,23 +719,43 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     gradients = sum(n * size for n, _, size in trainable)
     optimizer = _optimizer_bytes(recipe.train.optimizer, trainable)
 
-    def count() -> _Saved:
+    def count(training: bool) -> _Saved:
         model = facts.model
         if next(model.parameters()).dtype != act_dtype:
             model.to(act_dtype)  # autocast: matmul outputs in bf16 (softmax/norms stay fp32: ~)
-        return _saved_activations(model, recipe, REF_BATCH, recipe.data.max_length)
+        return _saved_activations(model, recipe, REF_BATCH, recipe.data.max_length, training)
 
-    saved = _cached(("act", *key, str(act_dtype), recipe.data.max_length), count)
+    saved = _cached(("act", *key, str(act_dtype), recipe.data.max_length), lambda: count(True))
     scale = recipe.train.batch_size / REF_BATCH
     checkpointing = settled.gradient_checkpointing and facts.supports_gc and saved.layers > 0
     gpu_act, cpu_act, other = saved.figures(scale, checkpointing)
+    autocast_cache = 0
     if mixed == "bf16" and dtype == torch.float32:
-        other += sum(n * 2 for n, shape, _ in trainable if len(shape) >= 2)  # autocast's weight cache
+        autocast_cache = sum(n * 2 for n, shape, _ in trainable if len(shape) >= 2)
+    other += autocast_cache
 
-    cpu = Memory(facts.weights, gradients, optimizer, cpu_act, other, baseline)
-    gpu_mem = None
-    if gpu is not None:
-        gpu_mem = Memory(facts.weights, gradients, optimizer, gpu_act, other, CUDA_CONTEXT, capacity=gpu)
+    # The evaluation (before training, every eval.every, at the end): eval.batch_size rows
+    # through a no_grad forward, never checkpointed; the gradients are gone (zero_grad sets
+    # them to None), the weights and optimizer state stay.
+    evaluated = _cached(("eval-act", *key, str(act_dtype), recipe.data.max_length), lambda: count(False))
+    eval_small, eval_large = evaluated.live_peak(recipe.eval.batch_size / REF_BATCH)
+    # On the CPU the training step's freed small blocks stay in the heap (RSS): the evaluation's
+    # small tensors reuse them, its large ones (the logits of a big vocabulary) come on top.
+    # Before the first step that heap is not there yet, but the peak is the later evaluations'.
+    eval_cpu_act = max(saved.retained_heap(scale, checkpointing), eval_small) + eval_large
+    by_phase = {("training", "cpu"): Memory(facts.weights, gradients, optimizer, cpu_act, other, baseline),
+                ("evaluation", "cpu"): Memory(facts.weights, 0, optimizer, eval_cpu_act, autocast_cache, baseline)}
+    if gpu is not None:  # the caching allocator hands the step's freed blocks to the evaluation
+        by_phase["training", "gpu"] = Memory(facts.weights, gradients, optimizer, gpu_act, other,
+                                             CUDA_CONTEXT, capacity=gpu)
+        by_phase["evaluation", "gpu"] = Memory(facts.weights, 0, optimizer, eval_small + eval_large,
+                                               autocast_cache, CUDA_CONTEXT, capacity=gpu)
+    totals: dict[str, dict[str, int]] = {}
+    for (phase, device), memory in by_phase.items():
+        totals.setdefault(device, {})[phase] = memory.total
+    cpu = max(by_phase["training", "cpu"], by_phase["evaluation", "cpu"], key=lambda m: m.total)
+    gpu_mem = (max(by_phase["training", "gpu"], by_phase["evaluation", "gpu"], key=lambda m: m.total)
+               if gpu is not None else None)
     # As pefttool/runfolder/model_state.py saves: the whole model when every parameter trains, else
     # only the trainable tensors (gradients has their bytes), plus the optimizer state.
     saved_weights = facts.weights if n_trainable == facts.total else gradients
@@ -705,7 +763,7 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     return StrategyEstimate(strategy, facts.total, n_trainable, cpu, gpu_mem, checkpointing,
                             own=strategy == recipe.method.strategy, note=facts.note,
                             checkpoint=saved_weights + optimizer + files_overhead,
-                            trainable_dtype=facts.trainable_dtype)
+                            trainable_dtype=facts.trainable_dtype, phases=totals, by_phase=by_phase)
 
 
 def _could_run(recipe: Recipe, strategy: str, host: Any) -> bool:
@@ -774,7 +832,10 @@ def estimate(recipe: Recipe, device: str | float | int = "cpu", *, strategies: t
     assumptions = [
         f"CPU runtime baseline {baseline / MiB:.0f} MiB: a fresh process importing torch, "
         f"transformers, PEFT, Accelerate and datasets (measured, cached)",
-        "activations: one batch of train.batch_size x data.max_length (the longest batch)",
+        "activations: one batch of train.batch_size x data.max_length (the longest batch); the "
+        "evaluation's: one no_grad batch of eval.batch_size x data.max_length (eval.samples' "
+        "generation not counted)",
+        "the peak is the training step's or the evaluation's, whichever is larger; its parts are shown",
     ]
     if gpu is not None:
         assumptions.append(f"GPU: {CUDA_CONTEXT / MiB:.0f} MiB CUDA context assumed (not measured "
@@ -926,9 +987,12 @@ def render(plan: Plan) -> str:
     for part in ("runtime", "weights", "gradients", "optimizer", "activations", "other"):
         table.append([f"  {part}", *[_mib(r.cpu.parts()[part]) for r in plan.rows]])
     table.append(["CPU peak (RSS)", *[_mib(r.cpu.total) for r in plan.rows]])
+    table.append(["  training / eval", *[f"{_mib(r.phases['cpu']['training'])} / {_mib(r.phases['cpu']['evaluation'])}"
+                                         if "cpu" in r.phases else "-" for r in plan.rows]])
     table.append(["checkpoint on disk", *[_mib(r.checkpoint) for r in plan.rows]])
     if plan.gpu_gib is not None:
         table.append([f"GPU {plan.gpu_gib:g} GiB peak", *[_mib(r.gpu.total) for r in plan.rows if r.gpu]])
+        table.append(["  peak during", *[r.peak_phase("gpu") for r in plan.rows if r.gpu]])
         table.append(["  fits / headroom", *[f"{'yes' if r.gpu.fits else 'NO'} {_mib(r.gpu.headroom)}"
                                               for r in plan.rows if r.gpu]])
     widths = [max(len(row[i]) for row in [headers, *table]) for i in range(len(headers))]

@@ -111,20 +111,92 @@ def test_meta_activation_count_equals_a_real_cpu_forward(tiny_recipe):
 
     row = P.estimate(recipe.model_copy(update={"train": recipe.train.model_copy(update={"batch_size": batch})}),
                      device=24, strategies=("lora",)).own
-    assert row.gpu.activations == pytest.approx(real, rel=0.05)
-    assert row.cpu.activations >= row.gpu.activations  # + freed temporaries kept in the heap
+    step_gpu, step_cpu = row.memory("training", "gpu"), row.memory("training", "cpu")
+    assert step_gpu.activations == pytest.approx(real, rel=0.05)
+    assert step_cpu.activations >= step_gpu.activations  # + freed temporaries kept in the heap
+
+
+def _step_activations(recipe) -> int:
+    return P.estimate(recipe, device=8, strategies=("lora",)).own.memory("training", "gpu").activations
 
 
 def test_activations_scale_with_batch_and_checkpointing_and_eager_attention(tiny_recipe, tmp_path):
     base = load_recipe(tiny_recipe("lora", "causal-lm"))
-    small = P.estimate(base, device=8, strategies=("lora",)).own.gpu.activations
+    small = _step_activations(base)
     double = load_recipe(tiny_recipe("lora", "causal-lm", **{"train.batch_size": 16}))
-    assert P.estimate(double, device=8, strategies=("lora",)).own.gpu.activations == pytest.approx(2 * small, rel=0.01)
+    assert _step_activations(double) == pytest.approx(2 * small, rel=0.01)
     gc = load_recipe(tiny_recipe("lora", "causal-lm", **{"train.gradient_checkpointing": True}))
     gc_row = P.estimate(gc, device=8, strategies=("lora",)).own
-    assert gc_row.gradient_checkpointing and gc_row.gpu.activations < small
+    assert gc_row.gradient_checkpointing and gc_row.memory("training", "gpu").activations < small
     eager = load_recipe(tiny_recipe("lora", "causal-lm", **{"model.attn_implementation": "eager"}))
-    assert P.estimate(eager, device=8, strategies=("lora",)).own.gpu.activations > small
+    assert _step_activations(eager) > small
+
+
+class _LiveBytes:
+    """A real forward's live tensor bytes over time (a dispatch mode: each new storage counts
+    until its last tensor dies), and their peak. Parameters, buffers and inputs excluded."""
+
+    def __init__(self, known):
+        import weakref
+
+        from torch.utils import _pytree as pytree
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+        self.seen, self.live, self.peak = {id(t.untyped_storage()) for t in known}, 0, 0
+
+        def free(n, key):
+            counter.live -= n
+            counter.seen.discard(key)
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in pytree.tree_leaves(out):
+                    if hasattr(t, "untyped_storage") and id(t.untyped_storage()) not in counter.seen:
+                        storage = t.untyped_storage()
+                        counter.seen.add(id(storage))
+                        counter.live += storage.nbytes()
+                        counter.peak = max(counter.peak, counter.live)
+                        weakref.finalize(storage, free, storage.nbytes(), id(storage))
+                return out
+
+        self.mode = Mode()
+
+
+def test_the_evaluation_peak_bounds_a_real_no_grad_forward(tiny_recipe):
+    """An evaluation batch much larger than the training batch makes the evaluation the peak
+    (issue 31: a chat run's peak was its evaluation, which plan left out): its activations are
+    at least a real eval forward's live peak, and not far above it; no gradients then."""
+    import torch
+
+    from pefttool.models import load_model
+    from pefttool.plugins import get_plugin_host
+
+    recipe = load_recipe(tiny_recipe("lora", "causal-lm", **{"eval.batch_size": 64, "train.batch_size": 2}))
+    st = get_plugin_host().strategies["lora"]
+    model = st.wrap(load_model(recipe, st, recipe.strategy_options), recipe, recipe.strategy_options)
+    model.eval()
+    ids = torch.randint(5, 100, (64, recipe.data.max_length))
+    live = _LiveBytes([*model.parameters(), *model.buffers(), ids])
+    with torch.no_grad(), live.mode:
+        model(input_ids=ids, labels=ids)
+    assert live.live == 0 < live.peak
+
+    row = P.estimate(recipe, device=8, strategies=("lora",)).own
+    assert row.peak_phase("gpu") == "evaluation" and row.peak_phase("cpu") == "evaluation"
+    assert row.gpu.total == row.phases["gpu"]["evaluation"] > row.phases["gpu"]["training"]
+    assert row.gpu.gradients == 0 and row.gpu.optimizer > 0
+    assert live.peak <= row.gpu.activations <= 1.25 * live.peak
+    # The CPU keeps the training step's freed small blocks in its heap: the evaluation comes on top.
+    assert row.cpu.activations >= row.gpu.activations
+
+    double = load_recipe(tiny_recipe("lora", "causal-lm", **{"eval.batch_size": 128, "train.batch_size": 2}))
+    assert P.estimate(double, device=8, strategies=("lora",)).own.gpu.activations == pytest.approx(
+        2 * row.gpu.activations, rel=0.01)
+    small = load_recipe(tiny_recipe("lora", "causal-lm", **{"eval.batch_size": 1, "train.batch_size": 16}))
+    small_row = P.estimate(small, device=8, strategies=("lora",)).own
+    assert small_row.peak_phase("gpu") == "training" and small_row.gpu.gradients > 0
 
 
 def test_optimizer_state_arithmetic():
@@ -198,6 +270,7 @@ def test_cli_text_and_json(tiny_recipe, capsys):
     assert main(["plan", str(path), "--gpu-gib", "24"]) == 0
     out = capsys.readouterr().out
     assert "lora *" in out and "CPU peak (RSS)" in out and "GPU 24 GiB peak" in out
+    assert "training / eval" in out and "peak during" in out
     assert "steps/epoch" in out
     assert main(["plan", str(path), "--json", "--set", "train.batch_size=4"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -205,6 +278,7 @@ def test_cli_text_and_json(tiny_recipe, capsys):
     own = next(s for s in data["strategies"] if s["own"])
     assert own["strategy"] == "lora" and own["cpu"]["total"] == sum(
         own["cpu"][k] for k in ("runtime", "weights", "gradients", "optimizer", "activations", "other"))
+    assert own["cpu"]["total"] == max(own["phases"]["cpu"].values())  # the peak is the larger phase
     assert data["batch_size"] == 4
     d = data["data"]  # 80 rows, 25 % held out, batch 4, 2 epochs
     assert d["train_rows"] == 60 and d["eval_rows"] == 20
