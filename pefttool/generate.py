@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import OutputError
+from .tasks import get_task
 
 Messages = list[dict[str, str]]
 
@@ -45,10 +46,11 @@ class GenerationOptions:
 
 
 def check_causal(recipe: Any) -> None:
-    """A classification run cannot generate: say which command it wants."""
-    if recipe.task.type != "causal-lm":
-        raise OutputError("pefttool generate is for causal-lm runs; this run is a classification run "
-                          "(use pefttool predict RUN_DIR TEXT)")
+    """A run whose task labels rather than writes cannot generate: say which command it wants."""
+    task = get_task(recipe)
+    if task.inference_command != "generate":
+        raise OutputError(f"pefttool generate is for runs that write text; this run is a {task.type} run "
+                          f"(use pefttool {task.inference_command} RUN_DIR TEXT)")
 
 
 def uses_chat_template(loaded: Any, conversation: bool = False) -> bool:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .data.common import IGNORE_INDEX
+from .tasks import get_task
 
 
 @dataclass
@@ -118,9 +119,9 @@ def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None 
     from .errors import PefttoolError
     from .models import load_tokenizer
 
-    classification = recipe.task.type == "classification"
-    if multi_turn and classification:
-        raise PefttoolError("--multi-turn: classification rows have no turns; it picks chat rows "
+    task = get_task(recipe)
+    if multi_turn and "chat" not in task.formats:
+        raise PefttoolError(f"--multi-turn: {recipe.task.type} rows have no turns; it picks chat rows "
                             "with several assistant replies")
     tokenizer = load_tokenizer(recipe)
     summary: list[str] = []
@@ -134,7 +135,7 @@ def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None 
     for index in picked:
         row = data.train[index]
         ids = list(row["input_ids"])
-        if classification:
+        if task.has_labels:  # one label per row: the text, and the label it trains toward
             label_id = int(row["labels"])
             name = data.label_names[label_id] if data.label_names else str(label_id)
             text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -146,12 +147,12 @@ def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None 
         previews.append(RowPreview(text="".join(t for t, _ in spans), input_ids=ids, tokens=len(ids),
                                    loss_tokens=sum(1 for x in labels if x != IGNORE_INDEX), spans=spans,
                                    index=index))
-    # classification rows are cut at max_length by the tokenizer, uncounted: only "at max_length"
+    # labelled rows are cut at max_length by the tokenizer, uncounted: only "at max_length"
     lengths = {split: length_stats([len(x) for x in ds["input_ids"]], recipe.data.max_length,
-                                   {} if classification else data.stats[split])
+                                   {} if task.has_labels else data.stats[split])
                for split, ds in (("train", data.train), ("eval", data.eval))}
     return DataPreview(recipe=str(recipe.name), task=recipe.task.type,
-                       format=None if classification else getattr(recipe.task, "format", None),
+                       format=getattr(recipe.task, "format", None) if task.formats else None,
                        max_length=recipe.data.max_length, rows=previews, lengths=lengths,
                        cleaning=_plain(data.stats), summary=summary)
 
@@ -177,7 +178,7 @@ def format_text(preview: DataPreview, color: bool = False) -> str:
 
     kind = preview.task + (f" ({preview.format})" if preview.format else "")
     out = [f"recipe {preview.recipe}: {kind}, max_length {preview.max_length} tokens"]
-    if preview.task != "classification":
+    if any(row.label is None for row in preview.rows):  # rows whose loss is on their tokens
         out.append("text in [[double brackets]] carries loss (the model is trained to produce it)")
     for row in preview.rows:
         head = f"--- train row {row.index + 1}: {row.tokens} tokens"

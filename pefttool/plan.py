@@ -51,6 +51,7 @@ from .runfolder.rundir import EVENTS_FILE
 from .sampling import RunLength
 from .settled import settle
 from .strategy import QuantizedLayout
+from .tasks import get_task
 
 if TYPE_CHECKING:
     from .recipe import Recipe
@@ -309,7 +310,6 @@ def _config(recipe: Recipe) -> Any:
 def _meta_model(recipe: Recipe, dtype: Any, attention: str | None) -> Any:
     """The recipe's model class built from its config on the meta device (no weights)."""
     import torch
-    import transformers
 
     from .models import check_length_fits, quiet_transformers
 
@@ -318,15 +318,13 @@ def _meta_model(recipe: Recipe, dtype: Any, attention: str | None) -> Any:
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attention:
         kwargs["attn_implementation"] = attention
-    cls: type[transformers.AutoModelForSequenceClassification] | type[transformers.AutoModelForCausalLM]
-    if recipe.task.type == "classification":
+    task = get_task(recipe)
+    if task.has_labels:  # the head's size: the recipe's labels (two when the data names them)
         labels = list(recipe.task.labels or ["0", "1"])
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {n: i for i, n in enumerate(labels)}
-        cls = transformers.AutoModelForSequenceClassification
-    else:
-        cls = transformers.AutoModelForCausalLM
+    cls = task.auto_model_class()
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0  # decoder classifiers need one to find each row's end
     with quiet_transformers(), torch.device("meta"):
@@ -542,7 +540,7 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int,
     model.train(training)
     ids = torch.zeros((batch, length), dtype=torch.long, device="meta")
     inputs: dict[str, Any] = {"input_ids": ids}
-    if recipe.task.type == "classification":
+    if get_task(recipe).has_labels:  # one label per row; else the loss is over the tokens
         inputs["labels"] = torch.zeros((batch,), dtype=torch.long, device="meta")
     else:
         inputs["labels"] = ids

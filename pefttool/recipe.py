@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
 from .schemas import HasSchemas, PluginSchemas
-from .tasks import all_metric_names, get_task
+from .tasks import TASKS, all_metric_names, get_task
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -67,7 +67,8 @@ class TaskSection(Section):
     @field_validator("labels")
     @classmethod
     def _labels_fit_task(cls, labels: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        if info.data.get("type") == "classification" and labels is not None:
+        task = TASKS.get(info.data.get("type", ""))
+        if task is not None and task.has_labels and labels is not None:
             if len(labels) < 2:
                 raise ValueError("a classification task needs at least 2 labels")
             if len(set(labels)) != len(labels):
@@ -495,7 +496,7 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
-    if recipe.data.packing and recipe.task.type != "causal-lm":
+    if recipe.data.packing and not get_task(recipe).packs:
         problems.append(f"data.packing: true, but task.type is '{recipe.task.type}'; packing joins causal-LM "
                         "examples into rows, set data.packing = false (data.group_by_length "
                         "reduces padding for any task)")
@@ -572,7 +573,7 @@ def _chat_checks(recipe: Recipe) -> list[str]:
     task, d = recipe.task, recipe.data
     problems = []
     if task.format == "chat":
-        if task.type != "causal-lm":
+        if "chat" not in get_task(recipe).formats:
             problems.append(f"task.format: 'chat' needs task.type = \"causal-lm\" (got "
                             f"{task.type!r}); set task.type = \"causal-lm\" or remove task.format")
         if d.chat_template is False:
@@ -586,7 +587,7 @@ def _chat_checks(recipe: Recipe) -> list[str]:
         if d.response_map is not None:
             problems.append("data.response_map: does not apply to task.format = \"chat\"; "
                             "remove it")
-    if d.system_prompt is not None and (task.type != "causal-lm" or d.chat_template is False):
+    if d.system_prompt is not None and ("chat" not in get_task(recipe).formats or d.chat_template is False):
         problems.append(f"data.system_prompt: {d.system_prompt[:40]!r} goes into a chat template's "
                         f"system turn, and this recipe renders none (task.type {task.type!r}, "
                         f"data.chat_template {d.chat_template!r}); remove it")

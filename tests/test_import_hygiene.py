@@ -139,6 +139,33 @@ def test_no_core_module_names_a_built_in_strategy():
     assert found == []
 
 
+# Where a built-in task's name still decides something outside pefttool/tasks/ (issue 24 moves
+# these into task plugins; the list only shrinks): the recipe schema's task.type and the data
+# package's row kinds. Anything new goes through the Task contract instead.
+TASK_NAME_ALLOWED = {
+    "pefttool/recipe.py": 2,          # TaskSection.type's Literal (both names)
+    "pefttool/data/cleaning.py": 5,
+    "pefttool/data/pipeline.py": 2,
+    "pefttool/data/encoding.py": 2,
+    "pefttool/testing.py": 1,         # check_strategy's recipe (a classification run)
+}
+
+
+def test_no_core_module_branches_on_a_task_name_beyond_the_known_few():
+    """plan, generate, inspect, the TUI and recipe checks ask the task object (has_labels,
+    formats, packs, data_keys, inference_command, prompt_noun), never its name."""
+    name = re.compile(r'["\'](classification|causal-lm)["\']')
+    found: dict[str, int] = {}
+    for path in sorted((REPO / "pefttool").rglob("*.py")):
+        rel = str(path.relative_to(REPO))
+        if rel.startswith("pefttool/tasks/"):
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            code = line.split("#", 1)[0]
+            found[rel] = found.get(rel, 0) + len(name.findall(code))
+    assert {k: v for k, v in found.items() if v} == TASK_NAME_ALLOWED
+
+
 def test_only_the_run_package_names_the_run_folders_files():
     """The run folder's layout has one owner, pefttool/runfolder/: no other module (plugins
     included) spells one of its file names; they import the constants instead."""

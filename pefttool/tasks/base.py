@@ -33,6 +33,14 @@ class Task:
     has_labels: ClassVar[bool]        # one label per row, from a label set (a classifier head)
     sequence_labels: ClassVar[bool]   # the loss is over each row's tokens (batches need padding)
     metrics: ClassVar[dict[str, Metric]]
+    # task.format values it reads (the first is the default); () when it has no formats.
+    formats: ClassVar[tuple[str, ...]] = ()
+    packs: ClassVar[bool] = False     # data.packing may join its examples into full rows
+    # The recipe keys naming the model, the data files and the columns it reads (the TUI's form).
+    data_keys: ClassVar[tuple[str, ...]] = ("model.path", "data.train", "data.eval")
+    # What a finished run of it answers with: the command, and what the user types to it.
+    inference_command: ClassVar[str] = "predict"   # "predict" (labels) | "generate" (text)
+    prompt_noun: ClassVar[str] = "a text"
 
     def auto_model_class(self) -> Any:
         import transformers

@@ -34,6 +34,11 @@ class CausalLMTask(Task):
     default_metric = "eval_loss"
     has_labels = False
     sequence_labels = True
+    formats = ("instruction", "text", "chat")
+    packs = True
+    data_keys = ("model.path", "data.train", "data.eval", "data.prompt_column", "data.response_column")
+    inference_command = "generate"
+    prompt_noun = "a prompt (the model replies)"
     metrics = {
         "eval_loss": Metric("eval_loss", lambda o: o.loss, higher_is_better=False,
                             description="mean cross-entropy per trained token"),

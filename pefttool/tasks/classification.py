@@ -35,6 +35,8 @@ class ClassificationTask(Task):
     default_metric = "accuracy"
     has_labels = True
     sequence_labels = False
+    data_keys = ("model.path", "data.train", "data.eval", "data.text_column", "data.label_column")
+    prompt_noun = "a text to classify"
     metrics = {
         "accuracy": Metric("accuracy", lambda o: accuracy(o.preds, o.labels), higher_is_better=True,
                            description="share of rows labelled right", share_of_rows=True),

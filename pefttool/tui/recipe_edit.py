@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from ..recipe import Recipe
+from ..tasks import TASKS, Task
 
 # The fields most recipes are adjusted on, in the order the form shows them.
 COMMON_KEYS = (
@@ -29,13 +30,6 @@ COMMON_KEYS = (
     "train.scheduler", "train.mixed_precision", "early_stopping.enabled", "output.dir",
 )
 PATH_KEYS = ("model.path", "data.train", "data.eval")
-# The model and data fields, per task type (the columns a task reads).
-DATA_KEYS = {
-    "classification": ("model.path", "data.train", "data.eval", "data.text_column",
-                       "data.label_column"),
-    "causal-lm": ("model.path", "data.train", "data.eval", "data.prompt_column",
-                  "data.response_column"),
-}
 
 # What each common value trades, for the fields whose schema carries no description.
 HELP = {
@@ -117,7 +111,8 @@ def common_fields() -> list[FieldSpec]:
 def data_fields(task_type: str) -> list[FieldSpec]:
     """model.path and the data files and columns the recipe's task reads."""
     specs = []
-    for key in DATA_KEYS.get(task_type, DATA_KEYS["classification"]):
+    task = TASKS.get(task_type)
+    for key in task.data_keys if task is not None else Task.data_keys:
         section, _, name = key.rpartition(".")
         model: type[BaseModel] = Recipe.model_fields[section].annotation  # type: ignore[assignment]
         specs.append(field_spec(model, name, key))

@@ -20,6 +20,7 @@ from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import Header, Input, RichLog, Static
 
+from ...tasks import get_task
 from ..widgets.footer import AppFooter
 from .base import AppScreen
 
@@ -125,7 +126,7 @@ class TryScreen(AppScreen):
           name="answering")
     def answer(self, text: str) -> None:
         try:
-            if self.task_type == "classification":
+            if get_task(self.task_type).has_labels:
                 label, probs = classify(self.loaded, text)
                 self.post_message(Answered(text, label=label, probabilities=probs))
             else:
@@ -150,8 +151,7 @@ class TryScreen(AppScreen):
             field.disabled = True
             return
         self.loaded = message.loaded
-        kind = ("a text to classify" if self.task_type == "classification"
-                else "a prompt (the model replies)")
+        kind = get_task(self.task_type).prompt_noun
         self._status(f"✓ {self.run_dir.name} loaded ({self.task_type}): type {kind}, Enter")
         field.placeholder = f"type {kind}, then Enter"
         pending = field.value.strip()

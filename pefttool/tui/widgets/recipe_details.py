@@ -13,6 +13,7 @@ from textual.widgets import Static
 
 from ...catalog import RecipeEntry
 from ...recipe import DEFAULT_STRATEGY
+from ...tasks import TASKS
 from ..formatting import display_path
 
 
@@ -28,8 +29,9 @@ def summary_rows(entry: RecipeEntry) -> list[tuple[str, str]]:
     task_type = str(get("task.type", "?"))
     labels = get("task.labels", None)
     task = task_type + (f": {', '.join(map(str, labels))}" if labels else "")
-    if task_type == "causal-lm":
-        task += f" ({get('task.format', 'instruction')})"
+    known = TASKS.get(task_type)
+    if known is not None and known.formats:
+        task += f" ({get('task.format', known.formats[0])})"
     eval_part = (f"eval {get('data.eval')}" if get("data.eval", None)
                  else f"eval {float(get('data.eval_fraction', 0.2)):.0%} held out")
     rows = get("data.max_train_rows", None)
