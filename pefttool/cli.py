@@ -137,7 +137,12 @@ def _positive_float(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return dispatch(args)
+        code = dispatch(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is caught below
+        return code
+    except BrokenPipeError:  # `pefttool plan … | head -1`: the reader left; so do we, quietly
+        _stdout_to_devnull()
+        return CLOSED_PIPE
     except PefttoolError as exc:
         if os.environ.get(DEBUG_ENV):
             # The traceback for whoever asked, and still the exit code scripts rely on
@@ -158,6 +163,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(exc).__name__}: {exc} (rerun with {DEBUG_ENV}=1 for the "
               f"traceback, and please report it)", file=sys.stderr)
         return 1
+
+
+CLOSED_PIPE = 141  # 128 + SIGPIPE, as a command killed by the closed pipe would exit
+
+
+def _stdout_to_devnull() -> None:
+    """Point standard output at /dev/null, so the interpreter's last flush at exit does not hit
+    the closed pipe again (Python's documented way to leave on EPIPE)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture): nothing is flushed at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def dispatch(args: argparse.Namespace) -> int:

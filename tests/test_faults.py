@@ -453,3 +453,31 @@ def test_on_nan_skip_skips_the_batch_and_finishes(capsys, nan_strategy, tmp_path
     assert all(loss == loss for loss in losses), "a NaN reached the logged loss"
     weights = tensors(run_dir / "model" / "adapter_model.safetensors")
     assert all(bool(t.isfinite().all()) for t in weights.values())
+
+
+def test_a_closed_pipe_ends_a_command_quietly():
+    """`pefttool recipes | head -0` (issue 30, item 9): the reader is gone before anything is
+    printed; the command leaves with 141 (128 + SIGPIPE), no 'internal error', no traceback."""
+    import subprocess
+
+    from fault_helpers import pefttool_cmd
+
+    proc = subprocess.Popen(pefttool_cmd("recipes"), cwd=Path(pefttool.__file__).parents[1], env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_a_closed_pipe_in_process_returns_141(capsys, monkeypatch):
+    class Closed:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", Closed())
+    assert main(["recipes"]) == 141
+    assert capsys.readouterr().err == ""
