@@ -301,6 +301,8 @@ def _rebuilds_only(run_dir: Path) -> bool:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .errors import PefttoolError as Bad
+    from .runfolder.lifecycle import saved_run
+    from .tasks import check_command
     from .trained import load_trained, predict
 
     texts = list(args.texts)
@@ -310,6 +312,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise Bad("predict: no texts; give them as arguments, with --file, or on stdin")
+    _, recipe = saved_run(args.run_dir)  # a bad run dir or a run that writes text: before any model loads
+    check_command(recipe, "predict")
     trained = load_trained(args.run_dir)
     show = sys.stderr.isatty() and len(texts) > 64
 

@@ -13,13 +13,14 @@ The CLI (`pefttool generate`) and the TUI's "Try it" screen both call `generate`
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import OutputError
-from .tasks import get_task
+from .tasks import check_command
 
 Messages = list[dict[str, str]]
 
@@ -39,18 +40,18 @@ class GenerationOptions:
         if self.max_new_tokens < 1:
             raise OutputError(f"--max-new-tokens: {self.max_new_tokens} is not a positive number of "
                               f"tokens; give e.g. 128")
-        if self.temperature < 0:
-            raise OutputError(f"--temperature: {self.temperature} is negative; give 0 (greedy) to 2")
-        if not 0 < self.top_p <= 1:
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise OutputError(f"--temperature: {self.temperature} is not a number from 0 (greedy) to 2; "
+                              f"give e.g. 0.7")
+        if not 0 < self.top_p <= 1:  # also false for nan
             raise OutputError(f"--top-p: {self.top_p} is not in (0, 1]; give e.g. 0.9")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise OutputError(f"--seed: {self.seed} is not a seed torch takes (0 to 2**64 - 1); give e.g. 0")
 
 
 def check_causal(recipe: Any) -> None:
     """A run whose task labels rather than writes cannot generate: say which command it wants."""
-    task = get_task(recipe)
-    if task.inference_command != "generate":
-        raise OutputError(f"pefttool generate is for runs that write text; this run is a {task.type} run "
-                          f"(use pefttool {task.inference_command} RUN_DIR TEXT)")
+    check_command(recipe, "generate")
 
 
 def uses_chat_template(loaded: Any, conversation: bool = False) -> bool:

@@ -20,7 +20,7 @@ from typing import Any
 from .errors import ModelError, OutputError
 from .runfolder.lifecycle import saved_run
 from .runfolder.model_dir import check_export_out, copy_model_files, repair_advice
-from .tasks import get_task
+from .tasks import check_command, get_task
 
 
 @dataclass
@@ -89,9 +89,7 @@ def predict(trained: Trained, texts: list[str], batch_size: int = 32,
     """Label and class probabilities for each text (classification runs)."""
     import torch
 
-    if not get_task(trained.recipe).has_labels:
-        raise OutputError("pefttool predict is for classification runs; this run is a causal LM "
-                          "(use pefttool generate)")
+    check_command(trained.recipe, "predict")  # the API's callers too (the CLI checks before loading)
     labels = trained.labels or [str(i) for i in range(trained.model.config.num_labels)]
     out: list[tuple[str, dict[str, float]]] = []
     with torch.no_grad():

@@ -198,6 +198,18 @@ def test_bad_inputs_to_generate_are_one_line(causal_runs, capsys, tmp_path, tiny
     rc, out, err = cli(capsys, "generate", run)
     assert_clean_failure(rc, out, err, "no prompts")
 
+    # Issue 30, item 10: arguments and the run's task are checked before any model loads.
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("pefttool.trained.load_trained", no_loading)
+    rc, out, err = cli(capsys, "generate", run, "--prompt", "x", "--temperature", "nan")
+    assert_clean_failure(rc, out, err, "--temperature: nan")
+    rc, out, err = cli(capsys, "generate", run, "--prompt", "x", "--seed", str(2**70))
+    assert_clean_failure(rc, out, err, f"--seed: {2**70}")
+    rc, out, err = cli(capsys, "predict", run, "some text")
+    assert_clean_failure(rc, out, err, "does not answer a causal-lm run", "pefttool generate")
+
 
 def _read_until(fd: int, needle: bytes, seen: bytearray, limit_s: float = 180) -> None:
     """Read the terminal until `needle` has appeared once more (a guard, not a timing check)."""

@@ -26,6 +26,17 @@ def get_task(recipe_or_type: Any) -> Task:
         raise ValueError(f"task.type: {name!r} is not a task; use one of {', '.join(TASKS)}") from None
 
 
+def check_command(recipe: Any, command: str) -> None:
+    """A finished run answers through its task's command (`predict` labels, `generate` writes);
+    another command is refused in one line, before any model loads."""
+    from ..errors import OutputError
+
+    task = get_task(recipe)
+    if task.inference_command != command:
+        raise OutputError(f"pefttool {command} does not answer a {task.type} run; use pefttool "
+                          f"{task.inference_command} RUN_DIR TEXT")
+
+
 def all_metric_names() -> tuple[str, ...]:
     """Every metric a recipe may choose as eval.metric, over all tasks (in table order)."""
     names: list[str] = []
@@ -35,4 +46,4 @@ def all_metric_names() -> tuple[str, ...]:
 
 
 __all__ = ["CAUSAL_LM", "CLASSIFICATION", "TASKS", "CausalLMTask", "ClassificationTask", "Metric",
-           "Task", "all_metric_names", "get_task"]
+           "Task", "all_metric_names", "check_command", "get_task"]
