@@ -523,6 +523,15 @@ def _cross_checks(recipe: Recipe) -> list[str]:
     if recipe.train.threads > cores:
         problems.append(f"train.threads: {recipe.train.threads} is more than this machine's {cores} "
                         f"CPU cores; use at most {cores}, or 0 for all of them")
+    if dist.processes > 1:  # processes on this machine: one per GPU, or one per core on gloo
+        gpus = _cuda_device_count() if recipe.train.device != "cpu" else 0
+        if gpus and dist.processes > gpus:
+            problems.append(f"distributed.processes: {dist.processes} is more than this machine's {gpus} "
+                            f"visible GPU(s); use at most {gpus} (one process per GPU)")
+        elif not gpus and dist.processes > cores:
+            problems.append(f"distributed.processes: {dist.processes} is more than this machine's {cores} "
+                            f"CPU cores, and no GPU is {'used' if recipe.train.device == 'cpu' else 'visible'} "
+                            f"(gloo: one process per core); use at most {cores}")
     if recipe.train.compile:
         problem = compile_problem(recipe.train.device, _cuda_available)
         if problem:
@@ -667,6 +676,12 @@ def compile_problem(device: str, cuda_available: Any) -> str | None:
                 f"{include}/Python.h is missing; install your Python's development files (e.g. "
                 f"apt install python3-dev), {fix}")
     return None
+
+
+def _cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _cuda_available() -> bool:

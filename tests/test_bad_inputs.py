@@ -65,6 +65,8 @@ def test_a_truncated_gguf_file_names_the_file(capsys, tmp_path, tiny_classifier_
     ("train.lr", float("nan"), "train.lr: Input should be a finite number"),
     ("method.alpha", float("inf"), "method.alpha: Input should be a finite number"),
     ("train.threads", 100000, "train.threads: 100000 is more than this machine's"),
+    # issue 30, item 16: 512 processes on a machine without 512 GPUs (or cores, on gloo)
+    ("distributed.processes", 512, "distributed.processes: 512 is more than this machine's"),
 ])
 def test_numbers_the_libraries_or_the_machine_refuse_fail_validation(capsys, tmp_path,
                                                                       tiny_classifier_dir, key,
