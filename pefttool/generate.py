@@ -187,9 +187,10 @@ def prompts_from_file(path: Any, recipe: Any) -> list[str | Messages]:
     jsonl = path.suffix in (".jsonl", ".ndjson", ".json") or (lines and lines[0].lstrip().startswith("{"))
     if not jsonl:
         return lines
+    from .data import chat as chat_rows
+
     d, fmt = recipe.data, getattr(recipe.task, "format", "instruction")
-    column = (getattr(d, "messages_column", "messages") if fmt == "chat"
-              else d.text_column if fmt == "text" else d.prompt_column)
+    column = d.text_column if fmt == "text" else d.prompt_column
     out: list[str | Messages] = []
     for number, line in enumerate(lines, 1):
         try:
@@ -199,6 +200,9 @@ def prompts_from_file(path: Any, recipe: Any) -> list[str | Messages]:
                               f"line, or plain text with one prompt per line") from None
         if not isinstance(row, dict):
             raise OutputError(f"--file: {path} line {number} is not a JSON object")
+        if fmt == "chat":  # the run's conversations, as its training read them (messages / ShareGPT)
+            out.append(_conversation(row, d, f"--file: {path} line {number}", chat_rows))
+            continue
         value = row.get(column)
         if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
             while value and value[-1].get("role") == "assistant":
@@ -219,6 +223,26 @@ def prompts_from_file(path: Any, recipe: Any) -> list[str | Messages]:
                               f"prompt column); give JSONL with a '{column}' field, or one prompt per line")
         out.append(value)
     return out
+
+
+def _conversation(row: dict, d: Any, where: str, chat_rows: Any) -> Messages:
+    """A chat run's JSONL row → the conversation to continue (its last assistant turns, the
+    reference replies, left out)."""
+    column = chat_rows.pick_column(getattr(d, "messages_column", None), list(row))
+    if column is None:
+        names = d.messages_column or " or ".join(chat_rows.MESSAGES_COLUMNS)
+        raise OutputError(f"{where} has no {names} list (the run is a chat run); give JSONL rows "
+                          f"like {{\"messages\": [{{\"role\": \"user\", \"content\": \"…\"}}]}}, "
+                          f"or one prompt per line")
+    try:
+        messages = chat_rows.normalize(row[column], need_reply=False)
+    except chat_rows.ChatProblem as exc:
+        raise OutputError(f"{where}: '{column}' {exc}") from None
+    while messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages or messages[-1]["role"] == "system":
+        raise OutputError(f"{where}: '{column}' has no user turn to answer")
+    return messages
 
 
 CHAT_HELP = "/exit or Ctrl-D ends, Ctrl-C stops a reply, /reset starts a new conversation"

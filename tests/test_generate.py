@@ -305,3 +305,30 @@ def test_base_answers_with_the_model_the_run_started_from(strategy, causal_runs,
                        "--greedy", "--max-new-tokens", "4", "--json")
     assert rc == 0, err
     assert json.loads(out)["reply"] == generate(base, PROMPT, greedy=True, max_new_tokens=4)
+
+
+def test_a_chat_runs_jsonl_file_gives_conversations(tmp_path):
+    """generate --file on a chat run (issue 30, item 13: every row was refused as having no
+    'None' text): messages and ShareGPT rows are read as training read them, the reference
+    reply left out; a row without either column is one line naming both."""
+    import types
+
+    from pefttool.errors import OutputError
+    from pefttool.generate import prompts_from_file
+
+    recipe = types.SimpleNamespace(task=types.SimpleNamespace(format="chat"), data=types.SimpleNamespace(
+        messages_column=None, prompt_template=None, text_column="text", prompt_column="prompt"))
+    rows = tmp_path / "chat.jsonl"
+    rows.write_text("\n".join(json.dumps(r) for r in (
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {"conversations": [{"from": "system", "value": "Be brief"}, {"from": "human", "value": "Why?"}]},
+    )) + "\n")
+    assert prompts_from_file(rows, recipe) == [
+        [{"role": "user", "content": "Hi"}],
+        [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Why?"}]]
+    rows.write_text(json.dumps({"prompt": "no conversation"}) + "\n")
+    with pytest.raises(OutputError, match="line 1 has no messages or conversations list"):
+        prompts_from_file(rows, recipe)
+    rows.write_text(json.dumps({"messages": [{"role": "assistant", "content": "only a reply"}]}) + "\n")
+    with pytest.raises(OutputError, match="has no user turn to answer"):
+        prompts_from_file(rows, recipe)

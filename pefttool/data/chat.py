@@ -53,8 +53,9 @@ def pick_column(configured: str | None, columns: list[str]) -> str | None:
     return next((c for c in MESSAGES_COLUMNS if c in columns), None)
 
 
-def normalize(value: Any) -> list[dict[str, str]]:
-    """A cell → [{"role", "content"}, ...]; raises ChatProblem naming the turn."""
+def normalize(value: Any, need_reply: bool = True) -> list[dict[str, str]]:
+    """A cell → [{"role", "content"}, ...]; raises ChatProblem naming the turn. `need_reply`:
+    it must end with an assistant turn (training data; a prompt to answer need not)."""
     if isinstance(value, str):  # a CSV cell holding JSON
         try:
             value = json.loads(value)
@@ -94,7 +95,7 @@ def normalize(value: Any) -> list[dict[str, str]]:
         if not content:
             raise ChatProblem(f"message {n} ({allowed[role]}) is empty")
         out.append({"role": allowed[role], "content": content})
-    if out[-1]["role"] != "assistant":
+    if need_reply and out[-1]["role"] != "assistant":
         raise ChatProblem(f"ends with a {out[-1]['role']} turn (message {len(out)}), not an "
                           "assistant turn; a conversation must end with the reply to learn")
     return out
