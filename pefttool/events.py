@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -206,6 +207,7 @@ class LineTail:
         self.chunk = chunk
         self._offset = 0
         self._partial = b""
+        self.irregular = False  # the path is a pipe, device or socket: never opened
 
     @property
     def offset(self) -> int:
@@ -213,6 +215,14 @@ class LineTail:
         return self._offset
 
     def poll(self) -> list[bytes]:
+        # Only a regular file (through any link): opening a FIFO blocks until a writer comes,
+        # and /dev/zero never ends. Anything else reads as no lines, and `irregular` says why.
+        try:
+            self.irregular = not stat.S_ISREG(os.stat(self.path).st_mode)
+        except OSError:
+            return []
+        if self.irregular:
+            return []
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self._offset)

@@ -643,6 +643,9 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
                             f"set true (the model's own template) or false")
         elif key.startswith("data.") and path.is_dir():
             problems.append(f"{key}: '{loc}' is a directory; name a CSV, JSONL or Parquet file")
+        elif key.startswith("data.") and not path.is_file():  # a FIFO would hang the read, /dev/zero never end
+            problems.append(f"{key}: '{loc}' is not a regular file (a pipe, device or socket); name a "
+                            f"CSV, JSONL or Parquet file")
     return problems
 
 

@@ -481,3 +481,32 @@ def test_a_closed_pipe_in_process_returns_141(capsys, monkeypatch):
     monkeypatch.setattr("sys.stdout", Closed())
     assert main(["recipes"]) == 141
     assert capsys.readouterr().err == ""
+
+
+def test_pipes_and_devices_are_never_read(capsys, tmp_path, tiny_classifier_dir):
+    """Issue 30, item 4: a FIFO or /dev/zero as data.train is a validation problem (it blocked
+    forever); an events.jsonl that is a FIFO or a link to /dev/zero reads as no events (pefttool
+    runs hung, or grew to 13.7 GB), so the listing still ends."""
+    import os
+
+    fifo = tmp_path / "train.csv"
+    os.mkfifo(fifo)
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={"data.train": str(fifo)})
+    rc, out, err = cli(capsys, "validate", recipe)
+    assert_clean_failure(rc, out, err, "data.train:", "is not a regular file (a pipe, device or socket)")
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={"data.train": "/dev/zero"})
+    rc, out, err = cli(capsys, "validate", recipe)
+    assert_clean_failure(rc, out, err, "data.train: '/dev/zero' is not a regular file")
+
+    root = tmp_path / "runs"
+    for name, make in (("fifo", os.mkfifo), ("zero", lambda p: os.symlink("/dev/zero", p))):
+        (root / name).mkdir(parents=True)
+        (root / name / ".pefttool-run").write_text("{}")
+        make(root / name / "events.jsonl")
+    signal.signal(signal.SIGALRM, lambda *a: (_ for _ in ()).throw(TimeoutError("pefttool runs hung")))
+    signal.alarm(60)
+    try:
+        rc, out, err = cli(capsys, "runs", root)
+    finally:
+        signal.alarm(0)
+    assert rc == 0 and "fifo" in out and "zero" in out
