@@ -40,8 +40,10 @@ import importlib.metadata
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -899,6 +901,34 @@ def data_estimate(recipe: Recipe, sample_over: int = 20000) -> DataEstimate:
                 else f"encoded every row ({encoded:,})"))
 
 
+def _die_with_parent() -> None:
+    """In the calibration child, before exec: Linux ends it when pefttool plan dies, even by
+    SIGKILL (prctl PR_SET_PDEATHSIG); elsewhere the parent's `finally` is the only guard."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Any:
+    """SIGTERM and SIGHUP raise SystemExit (128 + the signal) while the block runs, so the
+    `finally` clauses around it run: by default they end Python at once."""
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+        yield
+        return
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def calibrate(recipe_path: Path, overrides: list[str], recipe: Recipe, steps: int = 5,
               total_steps: int | None = None) -> Calibration:
     """Run `steps` real optimizer steps of the recipe (`pefttool run` in a child process, into
@@ -916,17 +946,23 @@ def calibrate(recipe_path: Path, overrides: list[str], recipe: Recipe, steps: in
            "--set=train.checkpoint_every=0", "--set=early_stopping.enabled=false",
            f"--set=output.dir={json.dumps(str(out / 'run'))}", "--set=output.overwrite=true"]
     started = time.time()
+    proc: subprocess.Popen | None = None
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        output = proc.stdout.read() if proc.stdout else ""
-        _, status, usage = os.wait4(proc.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+        with _signals_raise():  # SIGTERM/SIGHUP (timeout, a closed SSH session) reach `finally`
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    preexec_fn=_die_with_parent)
+            output = proc.stdout.read() if proc.stdout else ""
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = code = os.waitstatus_to_exitcode(status)
         if code != 0:
             last = (output.strip().splitlines() or ["?"])[-1]
             raise PefttoolError(f"plan --calibrate: the calibration run failed (exit {code}): {last}")
         events = [json.loads(line) for line in (out / "run" / EVENTS_FILE).read_text().splitlines()
                   if line.strip()]
     finally:
+        if proc is not None and proc.returncode is None:  # stopped while the child trains
+            proc.kill()
+            proc.wait()
         shutil.rmtree(out, ignore_errors=True)
     step_events = [e for e in events if e.get("type") == "step"]
     start = next((e for e in events if e.get("type") == "start"), None)

@@ -363,3 +363,35 @@ def test_plan_counts_the_steps_the_run_takes(task, strategy, extra, tiny_recipe)
     assert start.gradient_checkpointing == (strategy == "qlora" or "train.gradient_checkpointing" in extra)
     if extra.get("data.packing"):
         assert data.steps_per_epoch < math.ceil(data.train_rows / recipe.train.batch_size)
+
+
+def test_stopping_calibrate_ends_its_child_and_removes_its_folder(tiny_recipe, tmp_path):
+    """Issue 30, item 6: SIGTERM to `pefttool plan --calibrate` (timeout, a closed session) left
+    the training child running and a /tmp/pefttool-calibrate-* folder behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from fault_helpers import child_env
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    path = tiny_recipe("lora", **{"train.max_steps": 100000, "train.epochs": 1000})
+    proc = subprocess.Popen([sys.executable, "-m", "pefttool.cli", "plan", str(path), "--calibrate",
+                             "--calibrate-steps", "100000", "--no-data"],
+                            env=child_env(TMPDIR=str(scratch)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    children: list = []
+    while time.time() < deadline and not (children and list(scratch.glob("pefttool-calibrate-*/run"))):
+        time.sleep(0.5)
+        children = psutil.Process(proc.pid).children()
+    assert children, "the calibration child never started"
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == []
+    assert list(scratch.iterdir()) == []
