@@ -465,9 +465,12 @@ class _TrainingRun:
 
     def _setup_model(self) -> Any:
         """The base model, wrapped by the strategy (adapters, quantization...), described."""
-        from .models import enable_gradient_checkpointing, load_model, safety_summary
+        from .models import enable_gradient_checkpointing, load_model, remote_code_warning, safety_summary
 
         r = self.recipe
+        warning = remote_code_warning(r)
+        if warning:
+            self.emit.info(warning, level="warning")
         model = load_model(r, self.strategy, self.options, label_names=self.data.label_names,
                            tokenizer=self.tokenizer)
         self._stop_if_asked("loading the model")

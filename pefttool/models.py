@@ -94,11 +94,34 @@ def weights_format(recipe: Recipe) -> str:
 
 def safety_summary(recipe: Recipe) -> dict[str, Any]:
     """What the start event reports about how the model is loaded (cheap: lists files only)."""
-    return {
+    out: dict[str, Any] = {
         "allow_pickle": recipe.model.allow_pickle,
         "trust_remote_code": recipe.model.trust_remote_code,
         "weights_format": weights_format(recipe),
     }
+    if recipe.model.trust_remote_code:
+        out["remote_code_files"] = remote_code_files(recipe)
+    return out
+
+
+def remote_code_files(recipe: Recipe) -> list[str]:
+    """The Python files in a local model folder: what trust_remote_code lets transformers run
+    (a hub id's files are fetched at load time and cannot be listed here)."""
+    try:
+        _, path = _location(recipe)
+    except ModelError:
+        return []
+    return sorted(p.name for p in path.glob("*.py")) if path.is_dir() else []
+
+
+def remote_code_warning(recipe: Recipe) -> str | None:
+    """One warning line when the recipe lets the model run its own code, naming the files."""
+    if not recipe.model.trust_remote_code:
+        return None
+    files = remote_code_files(recipe)
+    named = ", ".join(files) if files else "no .py file in the folder; a hub model fetches its own"
+    return (f"model.trust_remote_code = true: loading runs the Python code shipped with the model "
+            f"({named}) with your permissions; keep it only for a source you trust")
 
 
 def check_model_source(recipe: Recipe) -> tuple[Path | str, dict[str, Any]]:

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import ModelError, OutputError
 from .runfolder.lifecycle import saved_run
 from .runfolder.model_dir import check_export_out, copy_model_files, repair_advice
+from .runfolder.summary import pid_alive
 from .tasks import check_command, get_task
 
 
@@ -124,6 +125,7 @@ def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -
     adapter = (run.model / "adapter_config.json").is_file()
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    _remove_stale_exports(out)
     try:
         if not merge:
             copy_model_files(run.model, tmp)
@@ -151,6 +153,17 @@ def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _remove_stale_exports(out: Path) -> None:
+    """Hidden `.OUT.tmp-PID` folders of earlier exports to `out` whose process is gone (killed
+    while writing): nothing else would ever remove them."""
+    import glob
+
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def gguf_converter() -> str | None:

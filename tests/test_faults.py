@@ -240,12 +240,15 @@ def test_pickle_weights_are_refused_unless_allowed(capsys, tmp_path, tiny_classi
     assert_nothing_half_written(tmp_path / "runs" / "recipe")
 
     # Allowed on purpose: it loads, and the start of the run says so (as it does for
-    # trust_remote_code, off unless the recipe turns it on).
+    # trust_remote_code, off unless the recipe turns it on; then a warning names the code files).
+    (model / "modeling_extra.py").write_text("# code shipped with the model\n")
     rc, out, err = cli(capsys, "run", recipe, "--set", "model.allow_pickle=true", "--set",
                        "model.trust_remote_code=true", "--set", "train.max_steps=1", "--set",
                        "eval.before_training=false", "--set", "output.overwrite=true")
     assert rc == 0, err
     assert "safety: weights pickle, allow_pickle=true, trust_remote_code=true" in out
+    assert "model.trust_remote_code = true: loading runs the Python code shipped with the model " \
+           "(modeling_extra.py)" in out + err
     start = of_type(events_of(tmp_path / "runs" / "recipe"), "start")[-1]
     assert start.safety["allow_pickle"] is True and start.safety["trust_remote_code"] is True
 

@@ -4,6 +4,7 @@ plain transformers loads it), for every built-in strategy."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -77,6 +78,19 @@ def test_an_unmerged_export_is_the_adapter_and_never_overwrites(capsys, runs, tm
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     rc, o, err = cli(capsys, "export", runs["lora"], "--out", out)
     assert_clean_failure(rc, o, err, "exists and is not empty", "export never overwrites")
+
+
+def test_an_export_removes_what_killed_exports_left(runs, tmp_path):
+    """Issue 30, item 17: a killed export leaves a hidden .OUT.tmp-PID folder; the next export
+    to that --out removes those whose process is gone, and leaves a live one alone."""
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    stale, live = tmp_path / f".adapter.tmp-{gone}", tmp_path / f".adapter.tmp-{os.getppid()}"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"half")
+    export(runs["lora"], tmp_path / "adapter")
+    assert not stale.exists() and live.exists()
 
 
 def test_predict_labels_texts_with_probabilities(capsys, runs):
