@@ -305,54 +305,61 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .tasks import check_command
     from .trained import load_trained, predict
 
+    _, recipe = saved_run(args.run_dir)  # a bad run dir or a run that writes text: before any model loads
+    check_command(recipe, "predict")
     texts = list(args.texts)
     if args.file is not None:
-        texts += _texts_from_file(args.file)
+        texts += _texts_from_file(args.file, recipe.data.text_column)
     if not texts and not sys.stdin.isatty():
         texts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise Bad("predict: no texts; give them as arguments, with --file, or on stdin")
-    _, recipe = saved_run(args.run_dir)  # a bad run dir or a run that writes text: before any model loads
-    check_command(recipe, "predict")
     trained = load_trained(args.run_dir)
     show = sys.stderr.isatty() and len(texts) > 64
-
-    def progress(done: int, total: int) -> None:
+    batch = 32
+    for first in range(0, len(texts), batch):  # printed as they are labelled: Ctrl-C keeps what is out
+        chunk = texts[first:first + batch]
+        for text, (label, probs) in zip(chunk, predict(trained, chunk, batch_size=batch)):
+            if args.json:
+                print(json.dumps({"text": text, "label": label, "probabilities": probs}))
+            else:
+                print(f"{label}\t{probs[label]:.3f}\t{text}")
+        sys.stdout.flush()
         if show:
-            print(f"\r{done}/{total}", end="", file=sys.stderr, flush=True)
-
-    results = predict(trained, texts, progress=progress)
+            print(f"\r{min(first + batch, len(texts))}/{len(texts)}", end="", file=sys.stderr, flush=True)
     if show:
         print(file=sys.stderr)
-    for text, (label, probs) in zip(texts, results):
-        if args.json:
-            print(json.dumps({"text": text, "label": label, "probabilities": probs}))
-        else:
-            print(f"{label}\t{probs[label]:.3f}\t{text}")
     return 0
 
 
-def _texts_from_file(path: Path) -> list[str]:
+def _texts_from_file(path: Path, column: str = "text") -> list[str]:
     """The text column of a CSV/JSONL file, read like training data (its column name is the
-    run's data.text_column, default 'text')."""
+    run's data.text_column, default 'text'); a byte-order mark is ignored, a CSV header that
+    names a column twice is refused (which one would be meant?)."""
     import csv
 
     from .errors import DataError
 
     if not path.is_file():
         raise DataError(f"--file: {path} is not a file")
-    column = "text"
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
             if path.suffix in (".jsonl", ".json", ".ndjson"):
                 rows = [json.loads(line) for line in fh if line.strip()]
             else:
-                rows = list(csv.DictReader(fh, delimiter="\t" if path.suffix == ".tsv" else ","))
+                reader = csv.reader(fh, delimiter="\t" if path.suffix == ".tsv" else ",")
+                header = next(reader, [])
+                twice = sorted({name for name in header if header.count(name) > 1})
+                if twice:
+                    raise DataError(f"--file: {path} names the column '{twice[0]}' twice in its header; "
+                                    f"rename one")
+                rows = [dict(zip(header, values)) for values in reader]
     except (UnicodeDecodeError, ValueError, csv.Error) as exc:
         raise DataError(f"--file: {path} cannot be read ({type(exc).__name__}: {exc}); give UTF-8 "
                         f"CSV or JSONL with a '{column}' column") from None
     if not rows or not all(isinstance(r, dict) and isinstance(r.get(column), str) for r in rows):
-        raise DataError(f"--file: {path} has no '{column}' text in every row")
+        raise DataError(f"--file: {path} has no '{column}' text in every row (the run's "
+                        f"data.text_column)")
     return [r[column] for r in rows]
 
 
@@ -526,6 +533,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_tui(args: argparse.Namespace) -> int:
+    from .errors import OutputError
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):  # it would write escape codes forever
+        raise OutputError("pefttool tui needs a terminal (its input and output are not one); "
+                          "without one, use pefttool runs, and tail -f RUN_DIR/events.jsonl to "
+                          "follow a run")
     from .tui.app import make_app
 
     app = make_app(runs_root=getattr(args, "runs_root", Path("runs")), attach=getattr(args, "attach", None))

@@ -513,3 +513,9 @@ def test_pipes_and_devices_are_never_read(capsys, tmp_path, tiny_classifier_dir)
     finally:
         signal.alarm(0)
     assert rc == 0 and "fifo" in out and "zero" in out
+
+
+def test_the_tui_without_a_terminal_is_one_line(capsys, tmp_path):
+    """Issue 30, item 7: `pefttool tui --attach RUN </dev/null >file` wrote escape codes forever."""
+    rc, out, err = cli(capsys, "tui", "--attach", str(tmp_path))
+    assert_clean_failure(rc, out, err, "pefttool tui needs a terminal")

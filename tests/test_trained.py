@@ -106,6 +106,21 @@ def test_predict_labels_texts_with_probabilities(capsys, runs):
     assert [r["text"] for r in rows] == TEXTS and [r["label"] for r in rows] == [l for l, _ in results]
 
 
+def test_predict_reads_a_file_as_training_reads_data(capsys, runs, tmp_path):
+    """Issue 30, item 14: a CSV with a byte-order mark is read (it had "no 'text' text"), a
+    header naming a column twice is refused, and 70 texts come out in order, in chunks."""
+    texts = [TEXTS[i % len(TEXTS)] + f" {i}" for i in range(70)]
+    bom = tmp_path / "bom.csv"
+    bom.write_text("text\n" + "\n".join(f'"{t}"' for t in texts) + "\n", encoding="utf-8-sig")
+    rc, out, err = cli(capsys, "predict", "--json", runs["lora"], "--file", bom)
+    assert rc == 0, err
+    assert [json.loads(line)["text"] for line in out.splitlines()] == texts
+    twice = tmp_path / "twice.csv"
+    twice.write_text("text,text\na,b\n")
+    rc, out, err = cli(capsys, "predict", runs["lora"], "--file", twice)
+    assert_clean_failure(rc, out, err, "names the column 'text' twice", "rename one")
+
+
 def test_bad_inputs_to_predict_and_export_are_one_line(capsys, runs, tmp_path, tiny_classifier_dir):
     rc, out, err = cli(capsys, "predict", tmp_path, "x")
     assert_clean_failure(rc, out, err, "is not a pefttool run")
