@@ -160,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, with the way to see more
         if os.environ.get(DEBUG_ENV):
             raise
-        print(f"internal error: {type(exc).__name__}: {exc} (rerun with {DEBUG_ENV}=1 for the "
+        text = " ".join(str(exc).split())  # one line, however many the library's message has
+        text = text if len(text) <= 300 else text[:297] + "..."
+        print(f"internal error: {type(exc).__name__}: {text} (rerun with {DEBUG_ENV}=1 for the "
               f"traceback, and please report it)", file=sys.stderr)
         return 1
 

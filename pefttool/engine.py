@@ -35,6 +35,7 @@ from .runfolder.checkpoints import (
     checkpoint_dir,
     checkpoint_name,
     latest_checkpoint,
+    load_checkpoint_state,
     save_checkpoint,
     verify_checkpoint,
 )
@@ -572,7 +573,7 @@ class _TrainingRun:
 
     def _restore(self, checkpoint: Path) -> None:
         """A resumed run: model, optimizer, scheduler, RNG and loop state from the checkpoint."""
-        self.accelerator.load_state(str(checkpoint))
+        load_checkpoint_state(self.accelerator, checkpoint)
         self.state = TrainState.from_file(checkpoint / STATE_FILE)
         if self.state.processes != self.accelerator.num_processes:
             raise OutputError(
@@ -633,7 +634,7 @@ class _TrainingRun:
         through the same set-up and `_save_model` as the run itself; nothing is trained."""
         self.rebuilding = True
         self._setup(None)
-        self.accelerator.load_state(str(checkpoint))
+        load_checkpoint_state(self.accelerator, checkpoint)
         self.state = TrainState.from_file(checkpoint / STATE_FILE)
         self._save_model()
 
@@ -652,9 +653,9 @@ class _TrainingRun:
         best = self.state.best_step
         best_dir = checkpoint_dir(self.run_dir) / checkpoint_name(best) if best is not None else None
         if best_dir is not None and best_dir.is_dir() and verify_checkpoint(best_dir) is None:
-            self.accelerator.load_state(str(best_dir))
+            load_checkpoint_state(self.accelerator, best_dir)
             self._save_model()
-            self.accelerator.load_state(str(checkpoint))
+            load_checkpoint_state(self.accelerator, checkpoint)
             self.emit.info(f"model/ was damaged ({damage}); rebuilt it from the best checkpoint "
                            f"{best_dir.name}", level="warning")
             return

@@ -519,3 +519,35 @@ def test_the_tui_without_a_terminal_is_one_line(capsys, tmp_path):
     """Issue 30, item 7: `pefttool tui --attach RUN </dev/null >file` wrote escape codes forever."""
     rc, out, err = cli(capsys, "tui", "--attach", str(tmp_path))
     assert_clean_failure(rc, out, err, "pefttool tui needs a terminal")
+
+
+class _Payload:
+    """What a forged pickle carries: code run on unpickling (safe loading refuses it)."""
+
+    def __reduce__(self):
+        return (print, ("the payload ran",))
+
+
+@pytest.mark.parametrize("name", ["random_states_0.pkl", "optimizer.bin"])
+def test_a_forged_checkpoint_file_is_refused_in_one_line(name, capsys, tmp_path, tiny_classifier_dir):
+    """Issue 30, item 11: a forged random_states_0.pkl was skipped silently (the resume exited 0
+    without restoring the RNG), a forged optimizer.bin was a multi-line UnpicklingError. The
+    forger fixed the manifest too, so only loading can tell."""
+    import json
+
+    import torch
+
+    from pefttool.runfolder.checkpoints import _crc32, latest_checkpoint
+    from test_run_integrity import interrupted_run
+
+    recipe, run_dir = interrupted_run(tmp_path, tiny_classifier_dir, step=2)
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None
+    torch.save({"state": _Payload()}, checkpoint / name)
+    state_file = checkpoint / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["files"][name] = [(checkpoint / name).stat().st_size, _crc32(checkpoint / name)]
+    state_file.write_text(json.dumps(state))
+    rc, out, err = cli(capsys, "resume", run_dir)
+    assert_clean_failure(rc, out, err, name, f"Remove {checkpoint.name}")
+    assert "the payload ran" not in out + err

@@ -136,6 +136,41 @@ def verify_files(folder: Path, manifest_name: str, key: str | None = None) -> st
     return None
 
 
+def load_checkpoint_state(accelerator: Any, checkpoint: Path) -> None:
+    """`accelerator.load_state(checkpoint)`, with its two quiet or sprawling failures made one
+    line: a random-state file that does not load (Accelerate logs it at info level and goes on
+    without restoring the RNG, so the resume is not exact) is refused, and a pickle that
+    weights-only loading refuses (a forged optimizer.bin: a multi-line UnpicklingError) names
+    its file."""
+    import pickle
+
+    from accelerate.utils import load
+
+    def first_line(exc: BaseException) -> str:
+        return (str(exc).strip().splitlines() or [""])[0][:200]
+
+    rng = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    try:
+        load(rng)
+    except Exception as exc:
+        raise OutputError(f"{rng} does not load ({type(exc).__name__}: {first_line(exc)}); without "
+                          f"it the resume is not exact. Remove {checkpoint.name} to resume from the "
+                          f"checkpoint before it") from None
+    try:
+        accelerator.load_state(str(checkpoint))
+    except pickle.UnpicklingError as exc:
+        bad = "a file"
+        for candidate in sorted(checkpoint.glob("*.bin")):
+            try:
+                load(candidate)
+            except Exception:
+                bad = candidate.name
+                break
+        raise OutputError(f"{checkpoint}: {bad} holds a pickle that safe loading refuses "
+                          f"({first_line(exc)}); pefttool did not write it. Remove {checkpoint.name} "
+                          f"to resume from the checkpoint before it") from None
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     checkpoints = list_checkpoints(run_dir)
     return checkpoints[-1] if checkpoints else None
