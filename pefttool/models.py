@@ -20,6 +20,7 @@ import contextlib
 import functools
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -423,6 +424,10 @@ def load_model(
     try:
         with quiet_transformers():
             model = cls.from_pretrained(source, **kwargs)
+    except pickle.UnpicklingError:  # model.allow_pickle, and the file carries more than tensors
+        raise ModelError(f"model.path: the pickle weights in '{recipe.model.path}' hold code or objects "
+                         f"beyond tensors, which safe loading refuses (nothing was run); get "
+                         f"safetensors weights from a source you trust") from None
     except (OSError, ValueError, KeyError, ImportError, TypeError) as exc:
         raise _translate(exc, recipe.model.path, what) from exc
 

@@ -551,3 +551,17 @@ def test_a_forged_checkpoint_file_is_refused_in_one_line(name, capsys, tmp_path,
     rc, out, err = cli(capsys, "resume", run_dir)
     assert_clean_failure(rc, out, err, name, f"Remove {checkpoint.name}")
     assert "the payload ran" not in out + err
+
+
+def test_a_pickle_model_carrying_code_is_one_line_even_when_pickles_are_allowed(capsys, tmp_path,
+                                                                               tiny_classifier_dir):
+    """Issue 30, item 11: model.allow_pickle = true with a pytorch_model.bin that carries code:
+    safe loading blocks it (it did), and the error is one line, not 'internal error'."""
+    import torch
+
+    model = write_pickle_only_copy(tiny_classifier_dir, tmp_path / "pickled")
+    torch.save({"state": _Payload()}, model / "pytorch_model.bin")
+    recipe = write_tiny_recipe(tmp_path, model, "lora", overrides={"model.allow_pickle": True})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "hold code or objects beyond tensors", "nothing was run")
+    assert "the payload ran" not in out + err
