@@ -175,3 +175,28 @@ def test_an_adapter_names_its_base_as_the_recipe_does_not_as_a_local_path(runs):
     config = json.loads((runs["lora"] / "model" / "adapter_config.json").read_text())
     saved = load(runs["lora"] / "recipe.toml", check_files=False)
     assert config["base_model_name_or_path"] == saved.model.path
+
+
+def test_predict_cuts_a_huge_text_before_tokenizing_it(runs):
+    """Issue 30, item 5: one 50 MB text took 267 s and 7.3 GB to label, though only its first
+    data.max_length tokens count. The tokenizer now sees a bounded prefix, and the label and
+    probabilities are those of the whole text's first max_length tokens."""
+    trained = load_trained(runs["lora"])
+    head = TEXTS[0] + " "
+    huge = head * (5_000_000 // len(head))  # ~5 MB
+    tokenizer, seen = trained.tokenizer, []
+
+    def recording(texts, **kwargs):
+        seen.extend(len(t) for t in texts)
+        return tokenizer(texts, **kwargs)
+
+    whole = tokenizer([huge], truncation=True, max_length=trained.recipe.data.max_length, return_tensors="pt")
+    with torch.no_grad():  # the whole text, cut by the tokenizer only (as before)
+        reference = trained.model(**whole).logits.float().softmax(-1)[0]
+    trained.tokenizer = recording
+    try:
+        (label, probs), = predict(trained, [huge])
+    finally:
+        trained.tokenizer = tokenizer
+    assert max(seen) <= trained.recipe.data.max_length * 64 < len(huge)
+    assert [probs[name] for name in trained.labels] == pytest.approx(reference.tolist(), abs=1e-5)
