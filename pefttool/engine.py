@@ -801,6 +801,13 @@ class _TrainingRun:
                 self._checkpoint("epoch")
                 if stop_now:
                     return "early_stopped"
+                more = state.epoch < r.train.epochs and state.global_step < self.total_steps
+                # A signal during the epoch's evaluation or checkpoint stops here, at that
+                # checkpoint, not after one more step (the last epoch ends the run anyway).
+                if more and distributed.any_process(self.stop.requested or self.emit.failure is not None):
+                    if self.emit.failure:
+                        self._stop_for_plugin()
+                    return "interrupted"
                 continue
             break  # max_steps reached inside the epoch
         # Step-based evaluation, or max_steps, can end the run away from an epoch-end eval.

@@ -420,3 +420,28 @@ def test_a_run_stopped_while_loading_is_not_offered_for_resume(tmp_path, tiny_cl
     assert main(["resume", str(run_dir)]) == 2
     err = capsys.readouterr().err
     assert "has no checkpoint left to resume from" in err and len(err.strip().splitlines()) == 1
+
+
+class _SignalDuringEpochEval:
+    """Sends SIGTERM to this process while the first epoch-end evaluation runs."""
+
+    @pefttool.hookimpl
+    def pefttool_eval_end(self, event):
+        if not event.before and not getattr(self, "sent", False):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_signal_during_an_epoch_end_evaluation_stops_at_that_epochs_checkpoint(tmp_path, tiny_classifier_dir):
+    """Issue 30, item 17: SIGTERM during an epoch-end evaluation trained one more step of the
+    next epoch before stopping; it stops at the epoch's checkpoint, and resume finishes."""
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "train.epochs": 3, "eval.before_training": False})
+    result = run_recipe(load_recipe(recipe), observers=(_SignalDuringEpochEval(),))
+    assert result.status == RunStatus.INTERRUPTED and result.exit_code == 128 + signal.SIGTERM
+    events = events_of(result.run_dir)
+    epoch_end = of_type(events, "eval")[-1].step
+    assert of_type(events, "step")[-1].step == epoch_end == result.steps
+    assert [c.name for c in list_checkpoints(result.run_dir)][-1].endswith(f"{epoch_end:07d}")
+    resumed = run_recipe(load_recipe(recipe), resume=True)
+    assert resumed.status == RunStatus.COMPLETED and resumed.steps == 3 * epoch_end
