@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 from .errors import OutputError
 from .hookspecs import hookimpl
-from .runfolder.rundir import EVENTS_FILE, PLOT_FILE, TENSORBOARD_DIR
+from .runfolder.rundir import EVENTS_FILE, PLOT_FILE, TENSORBOARD_DIR, write_failure
 
 Points = list[tuple[int, float]]
 
@@ -128,6 +128,12 @@ def plot_runs(run_dirs: list[Path], out: Path, warn: Callable[[str], None] | Non
     try:
         fig.savefig(tmp, format="png")
         os.replace(tmp, out)
+    except Exception as exc:
+        reason = write_failure(exc)
+        if reason:  # a full disk, a file-size limit, a read-only folder
+            raise OutputError(f"--out: cannot write {out} ({reason}); free space or choose another "
+                              f"folder") from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return out

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import ModelError, OutputError
 from .runfolder.lifecycle import saved_run
 from .runfolder.model_dir import check_export_out, copy_model_files, repair_advice
+from .runfolder.rundir import write_failure
 from .runfolder.summary import pid_alive
 from .tasks import check_command, get_task
 
@@ -158,8 +159,12 @@ def export(run_dir: Path, out: Path, merge: bool = False, dtype: str = "fp32") -
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = write_failure(exc) if isinstance(exc, Exception) else None
+        if reason:  # a full disk, a file-size limit, a read-only folder: one line, nothing left
+            raise OutputError(f"--out: cannot write the export to {out} ({reason}); nothing was left "
+                              f"there: free space or choose another folder") from None
         raise
     return out
 

@@ -200,3 +200,22 @@ def test_predict_cuts_a_huge_text_before_tokenizing_it(runs):
         trained.tokenizer = tokenizer
     assert max(seen) <= trained.recipe.data.max_length * 64 < len(huge)
     assert [probs[name] for name in trained.labels] == pytest.approx(reference.tolist(), abs=1e-5)
+
+
+def test_a_full_disk_during_export_or_plot_is_one_line(runs, tmp_path):
+    """Issue 30, item 8: `export --out` (plain and --merge) and `plot --out` when the disk is
+    full or a file-size limit hits (EFBIG here, as ENOSPC would): one line, exit 2, no
+    half-written export or hidden temporary left ('internal error: OSError/SafetensorError')."""
+    from fault_helpers import run_pefttool
+    from test_faults import file_size_limit
+
+    for extra in ([], ["--merge"]):
+        out = tmp_path / f"export{len(extra)}"
+        result = run_pefttool("export", runs["lora"], "--out", out, *extra, cwd=tmp_path,
+                              preexec_fn=file_size_limit(1000))
+        assert_clean_failure(result.returncode, result.stdout, result.stderr,
+                             f"--out: cannot write the export to {out} (File too large)")
+    result = run_pefttool("plot", runs["lora"], "--out", tmp_path / "p.png", cwd=tmp_path,
+                          preexec_fn=file_size_limit(1000))
+    assert_clean_failure(result.returncode, result.stdout, result.stderr, "cannot write", "p.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
