@@ -164,11 +164,37 @@ def run_launched(argv: list[str], processes: int, section: Any) -> int:
     worker = _worker_exit_code(captured)
     if code != 0 and worker is not None:
         code = worker  # the failing process's own code (2 bad input, 3 training failed...)
-    if code != 0 and not shown_error:
+    killed = _killed_worker(captured)
+    if code != 0 and not shown_error and killed is not None:
+        rank, name = killed
+        why = " (the out-of-memory killer, or kill -9)" if name == "SIGKILL" else ""
+        print(f"error: training process rank {rank} was killed by {name}{why}, and the others stopped "
+              f"with it; the last checkpoint is kept: pefttool resume RUN_DIR continues the run",
+              file=sys.stderr)
+    elif code != 0 and not shown_error:
         print(f"error: a training process failed (launcher exit {code}); rerun with "
               f"PEFTTOOL_DEBUG=1 to see every process's output: {shlex.join(cmd)}",
               file=sys.stderr)
     return code
+
+
+def _killed_worker(lines: list[str]) -> tuple[int, str] | None:
+    """(rank, signal name) of a training process the launcher's report shows killed by a
+    signal it did not send itself (it ends the others with SIGTERM), or None."""
+    import re
+
+    rank = None
+    for line in lines:
+        if m := re.match(r"\s*rank\s*:\s*(\d+)", line):
+            rank = int(m.group(1))
+        elif (m := re.match(r"\s*exitcode\s*:\s*-(\d+)", line)) and rank is not None:
+            try:
+                name = signal.Signals(int(m.group(1))).name
+            except ValueError:
+                continue
+            if name != "SIGTERM":
+                return rank, name
+    return None
 
 
 def _worker_exit_code(lines: list[str]) -> int | None:

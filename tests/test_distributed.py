@@ -243,3 +243,20 @@ def test_a_chosen_exit_code_wins_over_a_peer_killed_by_signal():
     assert _worker_exit_code(report) == 2           # rank 1 refused; rank 0 aborted because of it
     assert _worker_exit_code(["  exitcode  : -15 (pid: 3)"]) == 143
     assert _worker_exit_code(["nothing"]) is None
+
+
+def test_a_worker_killed_by_a_signal_is_named_with_its_rank():
+    """Issue 30, item 12: kill -9 of one worker ended with a bare 'a training process failed'
+    (earlier, gloo's 'Connection closed by peer' as an internal error). The launcher's report
+    (torch 2.13's, as printed when rank 1 was killed by kill -9 during a run) names the rank and
+    the signal; the SIGTERM the launcher sent the other one is not the cause."""
+    from pefttool.distributed import _killed_worker
+
+    report = ["torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+              "  rank      : 0 (local_rank: 0)", "  exitcode  : -15 (pid: 11870)  (SIGTERM)",
+              "  error_file: <N/A>", "  traceback : Signal 15 (SIGTERM) received by PID 11870",
+              "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 11871)  (SIGKILL)",
+              "  error_file: <N/A>", "  traceback : Signal 9 (SIGKILL) received by PID 11871"]
+    assert _killed_worker(report) == (1, "SIGKILL")
+    assert _killed_worker(report[:5]) is None   # only the launcher's own SIGTERM
+    assert _killed_worker(["  rank      : 0 (local_rank: 0)", "  exitcode  : 3 (pid: 1)"]) is None
