@@ -445,3 +445,26 @@ def test_a_signal_during_an_epoch_end_evaluation_stops_at_that_epochs_checkpoint
     assert [c.name for c in list_checkpoints(result.run_dir)][-1].endswith(f"{epoch_end:07d}")
     resumed = run_recipe(load_recipe(recipe), resume=True)
     assert resumed.status == RunStatus.COMPLETED and resumed.steps == 3 * epoch_end
+
+
+def test_resume_names_a_checkpoint_that_lost_its_state_file_and_never_blames_the_lock(
+        capsys, tmp_path, tiny_classifier_dir):
+    """Issue 30, item 15: the newest checkpoint without trainer_state.json was skipped silently;
+    with no checkpoint at all, a taken-over lock (a killed run's) was counted as a skipped
+    checkpoint ('every checkpoint failed its check')."""
+    import shutil
+
+    recipe, run_dir = interrupted_run(tmp_path, tiny_classifier_dir, step=6)
+    newest = list_checkpoints(run_dir)[-1]
+    (newest / STATE_FILE).unlink()
+    stale = {"pid": 2**22 + 12345, "host": "gone", "since": 0}   # a pid no process has
+    (run_dir / ".lock").write_text(json.dumps(stale))
+    rc, out, err = cli(capsys, "resume", run_dir)
+    assert rc == 0, err
+    assert f"skipped checkpoint {newest.name}: {STATE_FILE} is missing" in out + err
+
+    recipe, run_dir = interrupted_run(tmp_path / "again", tiny_classifier_dir, step=6)
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / ".lock").write_text(json.dumps(stale))
+    rc, out, err = cli(capsys, "resume", run_dir)
+    assert rc == 2 and "every checkpoint failed" not in err

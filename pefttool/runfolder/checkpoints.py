@@ -65,15 +65,17 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
 
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (unfinished temporary folders are ignored)."""
+def list_checkpoints(run_dir: Path, complete_only: bool = True) -> list[Path]:
+    """Complete checkpoints, oldest first (unfinished temporary folders are ignored).
+    `complete_only=False`: also step folders that lost their state file (a checkpoint is
+    renamed into place whole, so such a folder was damaged afterwards), for resume to name."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
     found = []
     for path in root.iterdir():
         match = _NAME.match(path.name)
-        if match and (path / STATE_FILE).is_file():
+        if match and path.is_dir() and (not complete_only or (path / STATE_FILE).is_file()):
             found.append((int(match.group(1)), path))
     return [p for _, p in sorted(found)]
 

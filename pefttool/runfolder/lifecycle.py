@@ -67,14 +67,16 @@ def open_for_resume(recipe: Recipe, run_dir: Path | None
         refuse_changed_recipe(recipe, run)
         run.recover_after_kill()
         checkpoint = None
-        for candidate in reversed(list_checkpoints(run.path)):
-            damage = verify_checkpoint(candidate)
+        skipped = []
+        for candidate in reversed(list_checkpoints(run.path, complete_only=False)):
+            damage = verify_checkpoint(candidate)  # a lost state file reads as "… is missing"
             if damage is None:
                 checkpoint = candidate
                 break
-            notes.append(f"skipped checkpoint {candidate.name}: {damage}")
+            skipped.append(f"skipped checkpoint {candidate.name}: {damage}")
+        notes += skipped
         if checkpoint is None:
-            why = "every checkpoint failed its check" if notes else "checkpoints/ is empty or gone"
+            why = "every checkpoint failed its check" if skipped else "checkpoints/ is empty or gone"
             raise OutputError(
                 f"the run in {run.path} has no checkpoint left to resume from ({why}); start it "
                 f"again with pefttool run RECIPE --set output.dir={run.path} --set "
