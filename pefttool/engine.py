@@ -133,6 +133,17 @@ def run_recipe(
     emitter = _Emitter(host, log, on_error=recipe.plugins.on_error)  # log None: a quiet process
     started = time.time()
     flushed_before = _denormals_flushed()
+    run: _TrainingRun | None = None
+
+    def so_far() -> dict[str, Any]:
+        """What the run had reached, for an end event that cuts it short (a second Ctrl-C, a
+        failure): its best evaluation and the model/ saved for it, not nulls."""
+        if run is None or getattr(run, "state", None) is None:
+            return {}
+        model_dir = run_dir / MODEL_DIR
+        return {"metric": recipe.metric, "best": run.state.best, "best_step": run.state.best_step,
+                "model_dir": str(model_dir) if model_dir.is_dir() else None}
+
     try:
         for note in notes:
             emitter.info(note, level="warning" if note.startswith(("skipped", "took over")) else "info")
@@ -148,17 +159,19 @@ def run_recipe(
     except PefttoolError as exc:
         emitter.end_once(EndEvent(status=RunStatus.FAILED, step=emitter.last_step,
                                   duration_s=time.time() - started, message=str(exc),
-                                  exit_code=exc.exit_code))
+                                  exit_code=exc.exit_code, **so_far()))
         raise
     except KeyboardInterrupt:
         emitter.end_once(EndEvent(status=RunStatus.INTERRUPTED, step=emitter.last_step,
                                   duration_s=time.time() - started, exit_code=ExitCode.for_signal(2),
-                                  message="aborted by a second interrupt; resume from the last checkpoint"))
+                                  message="aborted by a second interrupt; resume from the last checkpoint",
+                                  **so_far()))
         raise
     except BaseException as exc:
         emitter.end_once(EndEvent(status=RunStatus.FAILED, step=emitter.last_step,
                                   duration_s=time.time() - started,
-                                  message=f"{type(exc).__name__}: {exc}", exit_code=ExitCode.INTERNAL))
+                                  message=f"{type(exc).__name__}: {exc}", exit_code=ExitCode.INTERNAL,
+                                  **so_far()))
         raise
     finally:
         if log is not None:

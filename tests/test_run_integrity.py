@@ -468,3 +468,29 @@ def test_resume_names_a_checkpoint_that_lost_its_state_file_and_never_blames_the
     (run_dir / ".lock").write_text(json.dumps(stale))
     rc, out, err = cli(capsys, "resume", run_dir)
     assert rc == 2 and "every checkpoint failed" not in err
+
+
+class _TwoInterrupts:
+    """Ctrl-C twice after step 3 (the second aborts at once, as KeyboardInterrupt)."""
+
+    @pefttool.hookimpl
+    def pefttool_step_end(self, event):
+        if event.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_an_aborted_run_keeps_its_best_in_the_end_event(tmp_path, tiny_classifier_dir):
+    """Issue 30, item 15: after a double Ctrl-C the end event had best and model_dir null
+    though step 2 was evaluated and model/ saved."""
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "eval.every_steps": 2, "train.epochs": 3, "eval.before_training": False, "train.log_every": 1})
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(load_recipe(recipe), observers=(_TwoInterrupts(),))
+    run_dir = tmp_path / "runs" / "recipe"
+    events = events_of(run_dir)
+    evaluated = of_type(events, "eval")[-1]
+    end = of_type(events, "end")[-1]
+    assert end.status == "interrupted" and end.step == 3
+    assert (end.metric, end.best, end.best_step) == ("accuracy", evaluated.value, 2)
+    assert end.model_dir == str(run_dir / "model") and (run_dir / "model").is_dir()
