@@ -169,6 +169,17 @@ def test_a_missing_column_lists_the_columns(capsys, tmp_path, tiny_classifier_di
     assert_nothing_half_written(tmp_path / "runs" / "recipe")
 
 
+def test_a_csv_header_naming_a_column_twice_is_refused(capsys, tmp_path, tiny_classifier_dir):
+    """Issue 30, item 14: training read the first of two 'text' columns (pandas renames the
+    second 'text.1') while predict read the last; neither is guessed any more."""
+    data = tmp_path / "twice.csv"
+    data.write_text("text,label,text\n" + "".join(f"good {i},positive,bad {i}\n" for i in range(20)))
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={"data.train": str(data)})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "header names the column 'text' 2 times", "rename all but one")
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+
+
 def test_data_empty_after_cleaning_says_what_was_removed(capsys, tmp_path, tiny_classifier_dir):
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
     csv_with(tmp_path, recipe, lambda b: b"text,label\n ,negative\n,positive\n   ,negative\n")

@@ -180,6 +180,10 @@ def _scan_csv(src: _Source, skip: bool) -> _Scan:
     records = _csv_records(src)
     header = next(records)[1]
     scan.columns = _csv_header_names(header, src.delimiter)
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:  # pandas would read the first and rename the next 'x.1': which one is meant?
+        raise DataError(f"{src.name}: {src.key}'s header names the column '{twice[0]}' "
+                        f"{header.count(twice[0])} times; rename all but one")
     for row, line, _record, problem in records:
         scan.rows = row
         lines.append(line)
