@@ -180,6 +180,31 @@ def test_a_csv_header_naming_a_column_twice_is_refused(capsys, tmp_path, tiny_cl
     assert_nothing_half_written(tmp_path / "runs" / "recipe")
 
 
+def test_a_cell_too_large_to_read_is_a_bad_row_named(capsys, tmp_path, tiny_classifier_dir, monkeypatch):
+    """Issue 30, item 5: a 1 GB CSV cell ended in 'internal error: MemoryError' after 87 s.
+    A cell over the reader's limit (64 MiB; 2,000 characters here) is a bad row, named, and
+    dropped with data.on_bad_rows = "skip"."""
+    import pefttool.data.reading as reading
+
+    monkeypatch.setattr(reading, "CSV_FIELD_LIMIT", 2000)
+    data = tmp_path / "big.csv"
+    data.write_text("text,label\n" + "".join(f"good {i},positive\n" for i in range(20))
+                    + "x" * 5000 + ",negative\n" + "".join(f"bad {i},negative\n" for i in range(20)))
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={"data.train": str(data)})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert_clean_failure(rc, out, err, "row 21", "field larger than field limit (2000)")
+    assert_nothing_half_written(tmp_path / "runs" / "recipe")
+    rc, out, err = cli(capsys, "validate", recipe, "--set", 'data.on_bad_rows="skip"')
+    assert rc == 0, err
+    from pefttool.data import prepare_data
+    from pefttool.models import load_tokenizer
+    from pefttool.recipe import load_recipe
+
+    skipping = load_recipe(recipe, ['data.on_bad_rows="skip"'])
+    prepared = prepare_data(skipping, load_tokenizer(skipping))
+    assert len(prepared.train) + len(prepared.eval) == 40   # the 41st row, too large, dropped
+
+
 def test_data_empty_after_cleaning_says_what_was_removed(capsys, tmp_path, tiny_classifier_dir):
     recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora")
     csv_with(tmp_path, recipe, lambda b: b"text,label\n ,negative\n,positive\n   ,negative\n")

@@ -9,7 +9,6 @@ import io
 import json
 import lzma
 import os
-import sys
 from array import array
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -114,9 +113,14 @@ def _csv_header_names(header: list[str], delimiter: str) -> list[str]:
                                         keep_default_na=False).columns]
 
 
+# The largest CSV cell read (characters): far beyond what any max_length keeps, yet a 1 GB
+# cell would end in MemoryError minutes later. A larger one is a bad row, named.
+CSV_FIELD_LIMIT = 64 * 2**20
+
+
 def _csv_records(src: _Source) -> Iterator[tuple[Any, ...]]:
     """Yield ('header', record) then (row, line, record | None, problem | None) per data row."""
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    csv.field_size_limit(CSV_FIELD_LIMIT)
     with src.open() as fh:
         lines = _Lines(fh, src.bom)
         reader = csv.reader(lines, delimiter=src.delimiter)
