@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError, did_you_mean
+from ..tasks import get_task
 from . import chat
 from .common import _EXAMPLES, _INT, SKIP_HINT, _one_line
 from .reading import _load, _make_copy, _Problem, _scan, content_digest
@@ -47,7 +48,7 @@ class _Row:
 class _Spec:
     """Which columns a task reads, and how a raw row becomes a `_Row`."""
 
-    kind: str  # classification | instruction | text | chat
+    kind: str  # labelled (text + label) | instruction | text | chat
     columns: list[tuple[str, str]]  # (recipe key, column name) the task reads
     declared: list[str] | None  # the label set rows are checked against (None: any)
     template: str | None = None
@@ -58,12 +59,13 @@ class _Spec:
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> _Spec:
         d, task = recipe.data, recipe.task
-        if task.type == "classification":
-            return cls("classification", [("data.text_column", d.text_column),
-                                          ("data.label_column", d.label_column)], task.labels)
-        if task.format == "text":
+        kind = get_task(recipe).data_kind(recipe)  # the task says which kind of rows it reads
+        if kind == "labelled":
+            return cls("labelled", [("data.text_column", d.text_column),
+                                    ("data.label_column", d.label_column)], task.labels)
+        if kind == "text":
             return cls("text", [("data.text_column", d.text_column)], None)
-        if task.format == "chat":
+        if kind == "chat":
             # The column is settled per file (`for_columns`): messages, else conversations.
             return cls("chat", [("data.messages_column", d.messages_column or "messages")], None)
         declared = list(d.response_map) if d.response_map else task.labels
@@ -287,7 +289,7 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
                                     f"write task.labels with the data's spelling "
                                     f"({unk.value!r})") from None
                 if d.unknown_labels == "error":
-                    if recipe.task.type == "classification":
+                    if get_task(recipe).has_labels:
                         column, allowed, key = d.label_column, recipe.task.labels or [], "task.labels"
                     else:
                         column, allowed, key = d.response_column, list(d.response_map or {}), "data.response_map"
@@ -324,10 +326,10 @@ def _make_row(spec: _Spec, recipe: Recipe, values: dict[str, Any], text_col: str
     unknown: _Unknown | None = None
     if spec.kind == "chat":
         return _chat_row(spec, values)
-    if spec.kind in ("classification", "text"):
+    if spec.kind in ("labelled", "text"):
         text = _cell_text(values[text_col], text_col)
         label = None
-        if spec.kind == "classification":
+        if spec.kind == "labelled":
             try:
                 label = _label(values[d.label_column], spec.declared, d.label_column)
             except _Unknown as exc:

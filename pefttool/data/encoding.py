@@ -64,7 +64,7 @@ class _Encoder:
     def encode(self, rows: list[_Row], counts: dict[str, Any], split: str) -> datasets.Dataset:
         import datasets
 
-        if self.kind == "classification":
+        if self.kind == "labelled":
             data = {"text": [r.text for r in rows], "label": [self.label_ids[r.label_text()] for r in rows]}
             fn = self._classification
         elif self.kind == "text":
@@ -81,7 +81,7 @@ class _Encoder:
         ds = datasets.Dataset.from_dict(data)
         ds = ds.map(fn, batched=True, batch_size=1000, remove_columns=list(data),
                     new_fingerprint=f"pefttool-{self.fingerprint}-{split}")
-        if self.kind == "classification":
+        if self.kind == "labelled":
             return ds
         counts["truncated"] = sum(list(ds["_truncated"]))
         if self.kind in ("instruction", "chat"):

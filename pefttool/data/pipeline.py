@@ -75,7 +75,7 @@ def prepare_data(
         train_src = _source(recipe, "data.train", d.train)
         train_rows, train_counts, train_keys = _read_file(train_src, spec, recipe, cache_root, log)
 
-        label_names = spec.label_names(train_rows) if spec.kind == "classification" else None
+        label_names = spec.label_names(train_rows) if spec.kind == "labelled" else None
         if label_names is not None and len(label_names) < 2:
             raise DataError(
                 f"{train_src.name}: column '{d.label_column}' has only one label value "
@@ -150,7 +150,7 @@ def prepare_data(
         eval=eval_ds,
         label_names=label_names,
         stats={"train": train_counts, "eval": eval_counts},
-        collate=Collator(pad_id=encoder.pad_id, sequence_labels=spec.kind != "classification"),
+        collate=Collator(pad_id=encoder.pad_id, sequence_labels=spec.kind != "labelled"),
         eval_prompts=prompts,
         eval_answers=answers,
         eval_prompt_ids=prompt_ids,

@@ -58,7 +58,7 @@ class Task:
 
     def data_kind(self, recipe: Any) -> str:
         """The kind of rows the data package reads and encodes for this task
-        (classification | instruction | text | chat)."""
+        (labelled: a text and its label | instruction | text | chat)."""
         raise NotImplementedError
 
     def gradient_checkpointing_by_default(self, recipe: Any, memory_first: bool = False) -> bool:

@@ -51,7 +51,7 @@ class ClassificationTask(Task):
     }
 
     def data_kind(self, recipe: Any) -> str:
-        return "classification"
+        return "labelled"
 
     def check_recipe(self, recipe: Any) -> list[str]:
         problems = super().check_recipe(recipe)
