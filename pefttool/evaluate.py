@@ -26,7 +26,7 @@ def samples(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any
     """Greedy replies to the first `eval.samples` held-out prompts: [{prompt, reference, reply}]."""
     import torch
 
-    from .tasks.causal_lm import generate_answers
+    from .tasks import get_task
 
     n = min(recipe.eval.samples, len(data.eval_prompts or []))
     if not n:
@@ -35,7 +35,7 @@ def samples(model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any
     model.eval()
     try:
         with torch.no_grad():
-            replies = generate_answers(model, data, recipe, tokenizer, accelerator, limit=n)
+            replies = get_task(recipe).replies(model, data, recipe, tokenizer, accelerator, limit=n)
     finally:
         model.train(was_training)
     return [{"prompt": p, "reference": a, "reply": r.strip()}

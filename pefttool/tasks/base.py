@@ -89,6 +89,12 @@ class Task:
         values = {name: m.compute(outputs) for name, m in self.metrics.items()}
         return {name: float(v) for name, v in values.items() if v is not None}
 
+    def replies(self, model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any,
+                limit: int | None = None) -> list[str]:
+        """The model's greedy replies to the first `limit` held-out prompts (eval.samples);
+        a task that writes no text has none (validation refuses eval.samples for it)."""
+        return []
+
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:
         """One pass over the eval split (model in eval mode, no grad); every metric that applies."""

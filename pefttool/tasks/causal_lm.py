@@ -59,6 +59,10 @@ class CausalLMTask(Task):
     def gradient_checkpointing_by_default(self, recipe: Any, memory_first: bool = False) -> bool:
         return memory_first  # the memory case: long sequences, a quantized base, a small GPU
 
+    def replies(self, model: Any, data: Any, recipe: Any, tokenizer: Any, accelerator: Any,
+                limit: int | None = None) -> list[str]:
+        return generate_answers(model, data, recipe, tokenizer, accelerator, limit=limit)
+
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:
         outputs = CausalLMOutputs(loss=causal_lm_pass(model, eval_dl, accelerator))
