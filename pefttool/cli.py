@@ -536,7 +536,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_tui(args: argparse.Namespace) -> int:
     from .errors import OutputError
+    from .runfolder.rundir import RunDir
 
+    attach = getattr(args, "attach", None)
+    if attach is not None and not RunDir(attach).is_run():  # it would wait for events forever
+        inside = sorted(p.name for p in Path(attach).glob("*") if p.is_dir() and RunDir(p).is_run())
+        hint = f"; the runs in it: {', '.join(inside[:3])}{' …' if len(inside) > 3 else ''}" if inside else ""
+        raise OutputError(f"--attach: {attach} is not a pefttool run folder (no run marker){hint}; "
+                          f"pass the folder pefttool run printed")
     if not (sys.stdin.isatty() and sys.stdout.isatty()):  # it would write escape codes forever
         raise OutputError("pefttool tui needs a terminal (its input and output are not one); "
                           "without one, use pefttool runs, and tail -f RUN_DIR/events.jsonl to "

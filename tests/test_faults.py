@@ -553,8 +553,17 @@ def test_pipes_and_devices_are_never_read(capsys, tmp_path, tiny_classifier_dir)
 
 def test_the_tui_without_a_terminal_is_one_line(capsys, tmp_path):
     """Issue 30, item 7: `pefttool tui --attach RUN </dev/null >file` wrote escape codes forever."""
+    (tmp_path / ".pefttool-run").write_text("{}")
     rc, out, err = cli(capsys, "tui", "--attach", str(tmp_path))
     assert_clean_failure(rc, out, err, "pefttool tui needs a terminal")
+
+
+def test_attaching_to_a_folder_that_is_not_a_run_is_one_line(capsys, tmp_path):
+    """Issue 28, item 11: `tui --attach runs` (the parent folder) waited for events forever."""
+    (tmp_path / "runs" / "lora-1").mkdir(parents=True)
+    (tmp_path / "runs" / "lora-1" / ".pefttool-run").write_text("{}")
+    rc, out, err = cli(capsys, "tui", "--attach", str(tmp_path / "runs"))
+    assert_clean_failure(rc, out, err, "is not a pefttool run folder", "the runs in it: lora-1")
 
 
 class _Payload:
