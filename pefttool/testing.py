@@ -67,7 +67,9 @@ def write_rows(path: Path, n: int = 64, seed: int = 0) -> Path:
 
 def tiny_recipe(strategy: str, tmp_path: Path, options: dict[str, Any] | None = None,
                 **train: Any) -> Path:
-    """Write a tiny model, data and a recipe for `strategy` under `tmp_path`; return the TOML."""
+    """Write a tiny model, data and a recipe for `strategy` under `tmp_path`; return the
+    recipe file's path (`load_recipe(path)` reads it). `options` become `[method]` keys,
+    `train` overrides `[train]` keys."""
     import tomli_w
 
     tmp_path = Path(tmp_path)
@@ -93,7 +95,10 @@ def tiny_recipe(strategy: str, tmp_path: Path, options: dict[str, Any] | None = 
 def check_strategy(strategy: str, tmp_path: Path, options: dict[str, Any] | None = None,
                    min_accuracy: float | None = None, **train: Any) -> Any:
     """Train `strategy` on a tiny model; assert the eval loss falls and the saved model reloads
-    carrying the training. `train` overrides `[train]` keys (e.g. `epochs=5`, `lr=1e-3`)."""
+    carrying the training. `options`: `[method]` keys; `min_accuracy`: also assert the reloaded
+    model labels at least this share of the tiny data right (e.g. 0.9); `train` overrides
+    `[train]` keys (e.g. `epochs=5`, `lr=1e-3`). Returns the `RunResult` (`run_dir`,
+    `model_dir`, `status`, `best`, `best_metrics`...) for further checks."""
     import torch
 
     from .engine import run_recipe
