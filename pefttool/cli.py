@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import PefttoolError
+from .errors import PefttoolError, one_line
 
 DEBUG_ENV = "PEFTTOOL_DEBUG"
 
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a bug: still one line, with the way to see more
         if os.environ.get(DEBUG_ENV):
             raise
-        text = " ".join(str(exc).split())  # one line, however many the library's message has
-        text = text if len(text) <= 300 else text[:297] + "..."
-        print(f"internal error: {type(exc).__name__}: {text} (rerun with {DEBUG_ENV}=1 for the "
+        print(f"internal error: {type(exc).__name__}: {one_line(exc, 300)} (rerun with {DEBUG_ENV}=1 for the "
               f"traceback, and please report it)", file=sys.stderr)
         return 1
 

@@ -10,6 +10,13 @@ from __future__ import annotations
 import difflib
 
 
+def one_line(exc: BaseException, limit: int | None = 200) -> str:
+    """An exception's message on one line (its line breaks folded), at most `limit` characters
+    (None: all of it); its type's name when it has no message. For the CLI's one-line errors."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
 class PefttoolError(Exception):
     """A problem the user can fix; the message says what, where, and the fix."""
 

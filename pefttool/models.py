@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .errors import ModelError
+from .errors import ModelError, one_line
 from .locations import LocationError, looks_like_hub_id
 from .tasks import get_task
 
@@ -181,7 +181,7 @@ def check_model_source(recipe: Recipe) -> tuple[Path | str, dict[str, Any]]:
     try:
         json.loads(config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"model.path: {config} is unreadable ({_first_line(exc)}); "
+        raise ModelError(f"model.path: {config} is unreadable ({one_line(exc)}); "
                          f"re-download or re-save the model") from None
 
     safe, pickle = _weight_files(path)
@@ -230,7 +230,7 @@ def safetensors_damage(file: Path) -> str | None:
                 return f"header claims {n:,} bytes, the file has {size:,}"
             header = json.loads(fh.read(n).decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"unreadable header: {_first_line(exc, 80)}"
+        return f"unreadable header: {one_line(exc, 80)}"
     if not isinstance(header, dict):
         return "its header is not a table of tensors"
     end = 0
@@ -263,7 +263,7 @@ def _check_gguf_once(name: str, size: int, mtime_ns: int) -> None:
     try:
         GGUFReader(str(file))
     except Exception as exc:  # the reader raises ValueError/struct errors on a short file
-        raise _damaged(file, _first_line(exc, 120)) from None
+        raise _damaged(file, one_line(exc, 120)) from None
 
 
 # ---------------------------------------------------------------- loading
@@ -300,14 +300,9 @@ def quiet_transformers() -> Iterator[None]:
             patched[0].tqdm = patched[1]
 
 
-def _first_line(exc: BaseException, limit: int = 200) -> str:
-    """The exception's message on one line, shortened."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 def _translate(exc: BaseException, loc: str, what: str) -> ModelError:
-    msg = _first_line(exc)
+    msg = one_line(exc)
     low = str(exc).lower()
     if "trust_remote_code" in low:
         return ModelError(f"model.trust_remote_code: '{loc}' ships its own Python code; set "

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, did_you_mean
+from .errors import PluginError, did_you_mean, one_line
 from .schemas import PluginSchemas
 from .strategy import Strategy
 from .tracing import trace, tracing
@@ -86,7 +86,7 @@ class PluginHost:
                     module = ep.load()
             except (Exception, SystemExit) as exc:  # any import failure is the plugin's, and named as such
                 what = f"SystemExit({exc.code!r})" if isinstance(exc, SystemExit) else type(exc).__name__
-                detail = "" if isinstance(exc, SystemExit) else f": {_one_line(exc)}"
+                detail = "" if isinstance(exc, SystemExit) else f": {one_line(exc, None)}"
                 self._broken(ep.name, f"plugin '{ep.name}' ({ep.value}) failed to import: {what}{detail}; "
                                       f"fix or uninstall it, or skip it with {ENV_SELECT}=-{ep.name}", exc)
                 continue
@@ -132,14 +132,14 @@ class PluginHost:
         try:
             self.pm.register(plugin, name=name)
         except (pluggy.PluginValidationError, ValueError) as exc:
-            raise PluginError(f"plugin '{name}' is invalid: {_one_line(exc)}") from exc
+            raise PluginError(f"plugin '{name}' is invalid: {one_line(exc, None)}") from exc
         try:
             self.pm.check_pending()  # a misspelled hook name would otherwise never be called
         except pluggy.PluginValidationError as exc:
             unknown = [c.name for c in self.pm.get_hookcallers(plugin) or [] if c.spec is None]
             self.pm.unregister(name=name)
             if not unknown:
-                raise PluginError(f"plugin '{name}': {_one_line(exc)}") from exc
+                raise PluginError(f"plugin '{name}': {one_line(exc, None)}") from exc
             hint = did_you_mean(unknown[0], self._hook_names())
             raise PluginError(f"plugin '{name}' implements '{unknown[0]}', which is not a pefttool "
                               f"hook{hint}; check the spelling against pefttool/hookspecs.py") from exc
@@ -222,7 +222,7 @@ def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **
         raise
     except Exception as exc:
         raise PluginError(f"plugin '{plugin_name}' raised in {hook_name}: "
-                          f"{type(exc).__name__}: {_one_line(exc)}") from exc
+                          f"{type(exc).__name__}: {one_line(exc, None)}") from exc
     finally:
         if tracing():
             trace(hook_name, plugin_name, began)
@@ -241,11 +241,6 @@ def _name_failures(impl: Any, hook_name: str) -> None:
 
     named._pefttool_named = True  # type: ignore[attr-defined]
     impl.function = named
-
-
-def _one_line(exc: BaseException) -> str:
-    """An exception's message with its line breaks folded, for the CLI's one-line errors."""
-    return " ".join(str(exc).split())
 
 
 def _unmarked_hooks(plugin: Any) -> list[str]:

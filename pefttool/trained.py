@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError, OutputError
+from .errors import ModelError, OutputError, one_line
 from .runfolder.lifecycle import saved_run
 from .runfolder.model_dir import check_export_out, copy_model_files, repair_advice
 from .runfolder.rundir import write_failure
@@ -77,10 +77,9 @@ def load_trained(run_dir: Path, dequantize: bool = False, base: bool = False) ->
             model = get_task(recipe).auto_model_class().from_pretrained(str(run.model),
                                                                         dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
-        from .models import _first_line
 
         raise ModelError(f"{run.model} cannot be loaded ({type(exc).__name__}: "
-                         f"{_first_line(exc, 160)}); {repair_advice(run)}") from None
+                         f"{one_line(exc, 160)}); {repair_advice(run)}") from None
     model.eval()
     return Trained(model=model, tokenizer=tokenizer, recipe=recipe, labels=labels,
                    adapter=adapter and not base)

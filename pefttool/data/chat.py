@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from .common import _one_line
+from ..errors import one_line
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system",
@@ -127,7 +127,7 @@ class Renderer:
                                                add_generation_prompt=generation_prompt)
         except Exception as exc:  # jinja's raise_exception, a template bug: this row's problem
             raise ChatProblem(f"the chat template cannot render it ({type(exc).__name__}: "
-                              f"{_one_line(exc)})") from None
+                              f"{one_line(exc)})") from None
         return out if isinstance(out, str) else str(out)
 
     def render(self, messages: list[dict[str, str]]) -> Conversation:

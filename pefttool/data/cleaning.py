@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError, did_you_mean
+from ..errors import DataError, did_you_mean, one_line
 from ..tasks import get_task
 from . import chat
-from .common import _EXAMPLES, _INT, SKIP_HINT, _one_line
+from .common import _EXAMPLES, _INT, SKIP_HINT
 from .reading import _load, _make_copy, _Problem, _scan, content_digest
 from .sources import _Source
 
@@ -345,7 +345,7 @@ def _make_row(spec: _Spec, recipe: Recipe, values: dict[str, Any], text_col: str
             prompt = spec.template.format(**parts).strip()
         except (KeyError, IndexError, AttributeError, ValueError) as exc:
             raise DataError(f"data.prompt_template: cannot be filled from the row's columns "
-                            f"({type(exc).__name__}: {_one_line(exc)}); use plain {{column}} "
+                            f"({type(exc).__name__}: {one_line(exc)}); use plain {{column}} "
                             "fields") from None
         if not all(parts.values()):
             prompt = ""

@@ -24,6 +24,3 @@ _EXAMPLES = 3  # skipped rows described in the log, per file
 _CACHE_VERSION = "1"  # bump when the cleaned-copy format changes
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 200 else text[:197] + "..."

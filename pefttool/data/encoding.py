@@ -7,10 +7,10 @@ import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError
+from ..errors import DataError, one_line
 from .chat import with_system
 from .cleaning import _Row, _Spec
-from .common import IGNORE_INDEX, _one_line
+from .common import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import datasets
@@ -57,7 +57,7 @@ class _Encoder:
                 out = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             except Exception as exc:
                 raise DataError(f"the tokenizer's chat template failed ({type(exc).__name__}: "
-                                f"{_one_line(exc)}); set data.chat_template = false") from None
+                                f"{one_line(exc)}); set data.chat_template = false") from None
             return out if isinstance(out, str) else str(out)
         return prompt + "\n"
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError
-from .common import _CACHE_VERSION, _SURROGATE, SKIP_HINT, _one_line
+from ..errors import DataError, one_line
+from .common import _CACHE_VERSION, _SURROGATE, SKIP_HINT
 from .sources import _cache_root, _Source
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def _scan(src: _Source, skip: bool, cache_root: Path | None) -> _Scan:
             return _Scan()
     except (OSError, EOFError, lzma.LZMAError) as exc:  # a corrupt .gz/.bz2, unreadable file
         kind = f"a valid {src.compression} file" if src.compression else "readable"
-        raise DataError(f"{src.name}: {src.key} is not {kind} ({_one_line(exc)}); "
+        raise DataError(f"{src.name}: {src.key} is not {kind} ({one_line(exc)}); "
                         "check the file (re-download or re-compress it)") from None
     return scan
 
@@ -131,7 +131,7 @@ def _csv_records(src: _Source) -> Iterator[tuple[Any, ...]]:
                             "a CSV file needs a header naming its columns") from None
         except csv.Error as exc:
             raise DataError(f"{src.name}: the header row (line 1) cannot be parsed as CSV "
-                            f"({_one_line(exc)}); fix the first line") from None
+                            f"({one_line(exc)}); fix the first line") from None
         if lines.bad:
             line, offset = lines.bad[0]
             raise DataError(f"{src.name}: the header row {_utf8_problem(line, offset, src)}; "
@@ -149,7 +149,7 @@ def _csv_records(src: _Source) -> Iterator[tuple[Any, ...]]:
             except csv.Error as exc:
                 row += 1
                 yield (row, prev + 1, None, _Problem(row, prev + 1, f"cannot be parsed as CSV "
-                                                     f"({_one_line(exc)})"))
+                                                     f"({one_line(exc)})"))
                 prev = lines.line
                 lines.bad.clear()
                 continue
@@ -386,5 +386,5 @@ def _load(src: _Source, scan: _Scan, cache_root: Path | None, digest: str) -> da
         raise
     except Exception as exc:  # datasets/pyarrow/pandas errors carry no row: say what we know
         raise DataError(f"{src.name}: {src.key} cannot be read as {src.fmt} "
-                        f"({type(exc).__name__}: {_one_line(exc)}); check the file or set "
+                        f"({type(exc).__name__}: {one_line(exc)}); check the file or set "
                         "data.format") from None

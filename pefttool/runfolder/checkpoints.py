@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import OutputError  # noqa: E402
+from ..errors import OutputError, one_line  # noqa: E402
 from .rundir import CHECKPOINTS_DIR as CHECKPOINTS  # noqa: E402
 from .rundir import write_failure  # noqa: E402
 
@@ -148,14 +148,11 @@ def load_checkpoint_state(accelerator: Any, checkpoint: Path) -> None:
 
     from accelerate.utils import load
 
-    def first_line(exc: BaseException) -> str:
-        return (str(exc).strip().splitlines() or [""])[0][:200]
-
     rng = checkpoint / f"random_states_{accelerator.process_index}.pkl"
     try:
         load(rng)
     except Exception as exc:
-        raise OutputError(f"{rng} does not load ({type(exc).__name__}: {first_line(exc)}); without "
+        raise OutputError(f"{rng} does not load ({type(exc).__name__}: {one_line(exc)}); without "
                           f"it the resume is not exact. Remove {checkpoint.name} to resume from the "
                           f"checkpoint before it") from None
     try:
@@ -169,7 +166,7 @@ def load_checkpoint_state(accelerator: Any, checkpoint: Path) -> None:
                 bad = candidate.name
                 break
         raise OutputError(f"{checkpoint}: {bad} holds a pickle that safe loading refuses "
-                          f"({first_line(exc)}); pefttool did not write it. Remove {checkpoint.name} "
+                          f"({one_line(exc)}); pefttool did not write it. Remove {checkpoint.name} "
                           f"to resume from the checkpoint before it") from None
 
 
