@@ -6,7 +6,7 @@ decides about it.
     lifecycle    a new run claimed; an earlier one opened to resume (the checkpoint to go on
                  from, or the model/ to rebuild); the recipe saved with a run and read back
     resumable    whether a run can be resumed, and how: one answer for engine, CLI and TUI
-    checkpoints  atomic, checksummed checkpoints, pruning, `TrainState`
+    checkpoints  atomic, checksummed checkpoints, pruning, `TrainState`, loading one back
     model_state  what a checkpoint keeps of the model (trainable tensors + base fingerprint)
     model_dir    model/: written atomically with its manifest, damage, repair, export's copy
     results      metrics.json and samples.jsonl
