@@ -205,3 +205,50 @@ def test_the_logits_do_not_live_through_backward(tmp_path, tiny_causal_dir):
     finally:
         host.unregister("logits-watch-plugin")
     assert plugin.strategy.alive_in_backward == [False, False, False]
+
+
+def _noisy_lora():
+    from pefttool_lora import LoraOptions, LoraStrategy
+
+    class NoisyOptions(pefttool.StrategyOptions):
+        alpha: float = 5.0               # this strategy's own (NEFTune's noise scale, say)
+        lora: LoraOptions = LoraOptions()  # LoRA's keys, as the table [method.lora]
+
+    class NoisyLora(Strategy):
+        name = "noisy-lora"
+        description = "LoRA plus an option named like one of LoRA's"
+        Options = NoisyOptions
+
+        def wrap(self, model, recipe, options):
+            from pefttool.adapters import add_lora
+
+            return add_lora(model, recipe, options.lora)
+
+        def save(self, model, out_dir, recipe, options):
+            LoraStrategy().save(model, out_dir, recipe, options.lora)
+
+    return NoisyLora()
+
+
+def test_a_strategy_built_on_lora_keeps_loras_keys_in_a_table_of_their_own(tmp_path, tiny_classifier_dir):
+    """Issue 29, item 5: a strategy that builds on LoRA and has an `alpha` of its own takes
+    LoRA's keys as a nested table, `[method.lora]`, and calls the exported LoRA wrap."""
+    import json
+
+    host, plugin = get_plugin_host(), ContractPlugin()
+    plugin.strategy = _noisy_lora()
+    host.register(plugin, name="noisy-lora-plugin")
+    try:
+        path = write_tiny_recipe(tmp_path, tiny_classifier_dir, "noisy-lora", overrides={
+            "method.alpha": 7.5, "method.lora.r": 4, "method.lora.alpha": 8,
+            "train.max_steps": 2, "eval.before_training": False})
+        recipe = load_recipe(path)
+        assert recipe.strategy_options.alpha == 7.5 and recipe.strategy_options.lora.r == 4
+        with pytest.raises(pefttool.RecipeError, match="method.lora.rank"):
+            load_recipe(path, ["method.lora.rank=4"])
+        result = run_recipe(recipe)
+        assert result.status == "completed"
+        config = json.loads((result.model_dir / "adapter_config.json").read_text())
+        assert (config["r"], config["lora_alpha"]) == (4, 8)
+    finally:
+        host.unregister("noisy-lora-plugin")
