@@ -45,13 +45,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from pefttool.hookspecs import hookimpl
-from pefttool.strategy import Strategy, StrategyOptions
+from pefttool import Strategy, StrategyOptions, hookimpl
 
 if TYPE_CHECKING:  # only for the annotations: importing the plugin must stay light (no torch)
     import torch
 
-    from pefttool.recipe import Recipe
+    from pefttool import Recipe
 
 HEADS = ("classifier", "score")
 

@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING
 
 from pydantic import Field
 
-from pefttool.hookspecs import hookimpl
-from pefttool.strategy import Strategy, StrategyOptions
+from pefttool import Strategy, StrategyOptions, hookimpl, peft_wrap
 
 if TYPE_CHECKING:  # only for the annotations: importing the plugin loads no torch
     import torch
 
-    from pefttool.recipe import Recipe
+    from pefttool import Recipe
 
 
 class IA3Options(StrategyOptions):
@@ -43,11 +42,9 @@ class IA3Strategy(Strategy):
         vectors (a classifier's head trains in full and is saved with them)."""
         from peft import IA3Config
 
-        import pefttool
-
         config = IA3Config(target_modules=options.target_modules,
                            feedforward_modules=options.feedforward_modules)
-        return pefttool.peft_wrap(model, config, recipe)
+        return peft_wrap(model, config, recipe)
 
     def save(self, model: torch.nn.Module, out_dir: Path, recipe: Recipe, options: IA3Options) -> None:
         """Strategy contract, called for the best and the final model: writes a stock PEFT

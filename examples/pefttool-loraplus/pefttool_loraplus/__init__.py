@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from pefttool.hookspecs import hookimpl
-from pefttool.strategy import Strategy, StrategyOptions
+from pefttool import Strategy, StrategyOptions, hookimpl, peft_wrap
 
 if TYPE_CHECKING:  # only for the annotations: importing the plugin loads no torch
     import torch
 
-    from pefttool.recipe import Recipe
+    from pefttool import Recipe
 
 
 class LoraPlusOptions(StrategyOptions):
@@ -52,12 +51,10 @@ class LoraPlusStrategy(Strategy):
         adapters (a classifier's head trains in full and is saved with them)."""
         from peft import LoraConfig
 
-        import pefttool
-
         # PEFT annotates lora_alpha as int; the scale alpha / r is a float, so any float works.
         config = LoraConfig(r=options.r, lora_alpha=options.alpha,  # type: ignore[arg-type]
                             lora_dropout=options.dropout, target_modules=options.target_modules)
-        return pefttool.peft_wrap(model, config, recipe)
+        return peft_wrap(model, config, recipe)
 
     def param_groups(self, model: torch.nn.Module, recipe: Recipe,
                      options: LoraPlusOptions) -> list[dict[str, Any]]:
