@@ -126,7 +126,42 @@ def test_a_failed_set_up_does_not_block_running_the_same_command_again(capsys, t
     assert fixed == recipe  # the same file, fixed
     rc, out, err = cli(capsys, "run", recipe)
     assert rc == 0, err
-    assert "which stopped before it began training" in out
+    assert "which ended before it saved a checkpoint or a model" in out
+
+
+def test_a_run_failing_in_its_first_step_does_not_block_running_again(capsys, tmp_path, tiny_classifier_dir):
+    """Issue 29, item 6: a plugin failing in step 1 left a run that blocked a rerun into the
+    same output.dir ('holds a previous run; resume it…') with nothing in it to resume."""
+    from pefttool.plugins import get_plugin_host
+    from pefttool_lora import LoraStrategy
+
+    class FailingLoss(LoraStrategy):
+        name = "failing-loss"
+
+        def compute_loss(self, outputs, batch, recipe, options):
+            raise RuntimeError("the author's bug")
+
+    class Plugin:
+        @pefttool.hookimpl
+        def pefttool_register_strategies(self, register):
+            register(FailingLoss())
+
+    host = get_plugin_host()
+    host.register(Plugin(), name="failing-loss-plugin")
+    try:
+        recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "failing-loss",
+                                   overrides={"train.max_steps": 2, "eval.before_training": False})
+        rc, out, err = cli(capsys, "run", recipe)
+        assert rc == 3 and "the author's bug" in err
+    finally:
+        host.unregister("failing-loss-plugin")
+    run_dir = tmp_path / "runs" / "recipe"
+    assert not list_checkpoints(run_dir) and not (run_dir / "model").exists()
+    recipe = write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora",
+                               overrides={"train.max_steps": 2, "eval.before_training": False})
+    rc, out, err = cli(capsys, "run", recipe)
+    assert rc == 0, err
+    assert "which ended before it saved a checkpoint or a model" in out
 
 
 # ================================================================ one writer

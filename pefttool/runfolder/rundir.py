@@ -215,16 +215,11 @@ class RunDir:
         events.jsonl and its recipe.toml."""
         return self.marker.is_file() or (self.events.is_file() and self.recipe.is_file())
 
-    def never_started(self) -> bool:
-        """A run that stopped before its first training step: no start event, no checkpoint,
-        no model (bad data, a model that would not load, a stop during set-up)."""
-        if not self.is_run() or self.model.exists() or any(self.checkpoints.glob("step-*")):
-            return False
-        try:
-            text = self.events.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return True
-        return '"type": "start"' not in text
+    def saved_nothing(self) -> bool:
+        """A run that ended before it saved anything to resume or keep: no checkpoint, no
+        model (bad data, a model that would not load, a stop during set-up, a plugin failing
+        in the first steps). Its own events and logs are all it wrote."""
+        return self.is_run() and not self.model.exists() and not any(self.checkpoints.glob("step-*"))
 
     def read_marker(self) -> dict[str, Any]:
         try:
@@ -385,8 +380,8 @@ def claim_new(path: Path, overwrite: bool, templated_time: bool) -> tuple[RunDir
         run.check_writable()
         stale = run.acquire()  # before anything is removed: a live run there refuses us here
         try:
-            if run.never_started():
-                note = f"replacing the run in {path}, which stopped before it began training"
+            if run.saved_nothing():
+                note = f"replacing the run in {path}, which ended before it saved a checkpoint or a model"
             elif not overwrite:
                 raise OutputError(f"output.dir: {path} holds a previous run; resume it (pefttool "
                                   f"resume {path}), choose another output.dir, or set "
