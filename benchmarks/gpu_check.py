@@ -30,8 +30,10 @@ Then, on the first model:
 With >= 2 CUDA devices, a LoRA run with `pefttool run ... --processes N` too.
 
 Printed: each row as it ends, then a table: tokens/s (pefttool's metrics.json), peak CUDA memory
-(max of the step events' gpu_mem_mb, i.e. torch.cuda.max_memory_allocated), losses, wall time;
-the newest checkpoint folder of each row, per file, in bytes. Checks (exit 1 if one fails):
+(max of the step events' gpu_mem_mb, i.e. torch.cuda.max_memory_allocated), losses, wall time,
+and in each row's note `pefttool plan`'s GPU peak for that recipe (its CUDA-context allowance
+taken off) with the phase it expects the peak in (training step or evaluation); the newest checkpoint
+folder of each row, per file, in bytes. Checks (exit 1 if one fails):
 QLoRA peak < LoRA peak < full peak on each model; every run's loss falls (mean of the last three
 logged losses below the mean of the first three); every run exits 0; the resumed losses match
 the uninterrupted run's (max |diff| <= max(1e-3, 10 x the noise before the stop)). A row that
@@ -255,6 +257,21 @@ def run(recipe: Path, work: Path, processes: int = 1, timeout: float = 3600) -> 
                 "wall_s": wall, "run_dir": str(out)}
 
 
+def plan_estimate(recipe: Path) -> str:
+    """`pefttool plan`'s GPU peak for the recipe's own strategy, as the caching allocator would
+    count it (plan's CUDA-context allowance taken off, since max_memory_allocated leaves it out),
+    and the phase it expects the peak in: the figure to hold against the run's measured peak."""
+    done = subprocess.run([*bench.pefttool_cmd(), "plan", str(recipe), "--json", "--no-data",
+                           "--gpu-gib", "1000"], capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        return f"plan failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:80]}"
+    own = next(s for s in json.loads(done.stdout)["strategies"] if s["own"])
+    gpu = own["gpu"]
+    phases = own.get("phases", {}).get("gpu", {})
+    phase = max(phases, key=phases.get) if phases else "training"
+    return f"plan {(gpu['total'] - gpu['runtime']) / 2**20:.0f} MiB ({phase})"
+
+
 def loss_falls(r: dict) -> bool:
     return r.get("first_loss") is not None and r.get("last_loss") is not None and r["last_loss"] < r["first_loss"]
 
@@ -474,6 +491,7 @@ def main(argv=None) -> int:
                 (incomplete if r["timed_out"] else failures).append(f"{label} {strategy}: run failed ({r['error']})")
                 continue
             peaks[strategy] = r["peak_mb"]
+            note = f"{plan_estimate(recipe)}; {note}".rstrip("; ")  # plan's GPU figure beside the peak
             if not loss_falls(r):
                 failures.append(f"{label} {strategy}: loss did not fall ({r['first_loss']} -> {r['last_loss']})")
             row(label, strategy, r, note)
