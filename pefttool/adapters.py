@@ -10,13 +10,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import RecipeError
+from .quiet import quiet_bitsandbytes_import
 
 if TYPE_CHECKING:  # annotations only: importing this module loads no torch or peft
     import torch
@@ -26,19 +25,6 @@ if TYPE_CHECKING:  # annotations only: importing this module loads no torch or p
 
 # The heads PEFT's SEQ_CLS task trains in full (peft.PeftModelForSequenceClassification).
 SEQ_CLS_HEADS = ("classifier", "score")
-
-
-@contextlib.contextmanager
-def quiet_bitsandbytes_import() -> Iterator[None]:
-    """PEFT imports bitsandbytes when it is installed, which on an AVX512-BF16 CPU logs a
-    harmless 'Failed to load CPU gemm_4bit_forward from kernels-community' warning."""
-    log = logging.getLogger("bitsandbytes")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def add_lora(model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.Module:

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .errors import PefttoolError, one_line
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="one or more runs")
     plot.add_argument("--out", type=Path,
                       help="the PNG to write (default: RUN_DIR/plots.png for one run, ./plots.png for several)")
-    plugins = sub.add_parser("plugins", help="list the loaded plugins and their strategies")
+    plugins = sub.add_parser("plugins", help="list the loaded plugins, their strategies and tasks")
     plugins.add_argument("--json", action="store_true", help="print JSON")
     new = sub.add_parser("new-plugin", help="scaffold a strategy plugin package that passes its own test")
     new.add_argument("name", help="plugin and strategy name, e.g. bitfit")
@@ -482,17 +483,23 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         return 0
     for row in rows:
         if "broken" in row:
-            print(f"{row['name']:<12} BROKEN: {row['broken']}")
+            print(f"{row['name']:<14} BROKEN: {row['broken']}")
             if os.environ.get("PEFTTOOL_DEBUG"):
                 print(host.broken_tracebacks[row["name"]], end="")
             continue
         source = f"{row['distribution']} {row['version']}".strip() or row["module"]
-        print(f"{row['name']:<12} {source:<24} strategies: {', '.join(row['strategies']) or '-'}")
-        for name in row["strategies"]:
-            print(f"{'':<12}   {name}: {host.strategies[name].description}")
-            for key, spec in row["strategy_options"][name].get("properties", {}).items():
-                default = f" (default {json.dumps(spec['default'])})" if "default" in spec else ""
-                print(f"{'':<12}     {key}{default}: {spec.get('description', '')}".rstrip(": "))
+        offers = [f"strategies: {', '.join(row['strategies'])}" if row["strategies"] else "",
+                  f"tasks: {', '.join(row['tasks'])}" if row["tasks"] else ""]
+        print(f"{row['name']:<14} {source:<24} {'; '.join(o for o in offers if o) or 'hooks only'}")
+        registries: tuple[tuple[str, dict[str, Any], str], ...] = (
+            ("strategy", host.strategies, "strategy_options"), ("task", host.tasks, "task_options"))
+        for noun, registry, options_key in registries:
+            options = row[options_key]
+            for name in (n for n in registry if n in options):
+                print(f"{'':<14}   {name} ({noun}): {registry[name].description}")
+                for key, spec in options[name].get("properties", {}).items():
+                    default = f" (default {json.dumps(spec['default'])})" if "default" in spec else ""
+                    print(f"{'':<14}     {key}{default}: {spec.get('description', '')}".rstrip(": "))
     return 0
 
 

@@ -15,6 +15,7 @@ import pluggy
 if TYPE_CHECKING:
     from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, PhaseEvent, StartEvent, StepEvent
     from .strategy import Strategy
+    from .tasks.base import Task
 
 hookspec = pluggy.HookspecMarker("pefttool")
 #: the marker for implementations (also exported as `pefttool.hookimpl`)
@@ -31,6 +32,17 @@ def pefttool_register_strategies(register: Callable[[Strategy], None]) -> None:
     Call `register(MyStrategy())` for each strategy the plugin adds. A strategy's `name` is what
     a recipe's `method.strategy` names; two plugins registering the same name is an error that
     names both. Return nothing.
+    """
+
+
+@hookspec
+def pefttool_register_tasks(register: Callable[[Task], None]) -> None:
+    """Register task types. Called once when the plugin host starts.
+
+    Call `register(MyTask())` for each task the plugin adds (a `pefttool.Task`). A task's `type`
+    is what a recipe's `task.type` names; two plugins registering the same type is an error that
+    names both. The built-in tasks (classification, causal-lm) register through this hook too.
+    Return nothing.
     """
 
 

@@ -393,6 +393,7 @@ def load_model(
         kwargs["attn_implementation"] = recipe.model.attn_implementation
     task = get_task(recipe)
     cls, what = task.auto_model_class(), task.model_noun
+    kwargs.update(task.model_kwargs(recipe))  # the task's head (a regression head: num_labels=1)
     head: list[str] | None = None
     labels: list[str] = []
     if task.has_labels:

@@ -1,7 +1,8 @@
-"""The plugin host: built-in strategies first, then the `pefttool` entry-point group.
+"""The plugin host: the `pefttool` entry-point group's strategies, tasks and observers.
 
-The built-ins (`plugins/pefttool_full`, `_lora`, `_qlora`) are registered through the very
-same entry-point group as third-party plugins, so they have no special powers. Which plugins
+The built-ins (`plugins/pefttool_full`, `_lora`, `_qlora`, `_classification`, `_causal_lm`)
+are registered through the very same entry-point group as third-party plugins, so they have
+no special powers. Which plugins
 load can be restricted with `PEFTTOOL_PLUGINS=name,name` (or blocked with `-name`).
 Any failure to load is a one-line `PluginError` that names the plugin.
 """
@@ -23,6 +24,7 @@ from . import hookspecs
 from .errors import PluginError, did_you_mean, one_line
 from .schemas import PluginSchemas
 from .strategy import Strategy
+from .tasks.base import Task
 from .tracing import trace, tracing
 
 GROUP = "pefttool"
@@ -38,17 +40,19 @@ class PluginInfo:
     distribution: str = ""
     version: str = ""
     strategies: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
     hooks: list[str] = field(default_factory=list)
     import_s: float = 0.0
 
 
 class PluginHost:
-    """A pluggy PluginManager plus the strategies the plugins registered."""
+    """A pluggy PluginManager plus the strategies and tasks the plugins registered."""
 
     def __init__(self) -> None:
         self.pm = pluggy.PluginManager(GROUP)
         self.pm.add_hookspecs(hookspecs)
         self.strategies: dict[str, Strategy] = {}
+        self.tasks: dict[str, Task] = {}
         self.infos: dict[str, PluginInfo] = {}
         self.left_out: list[str] = []  # installed plugins PEFTTOOL_PLUGINS did not load
         # installed plugins that failed to load (import error, invalid hooks): name → the
@@ -95,7 +99,7 @@ class PluginHost:
                 self.register(module, ep.name, distribution=dist, version=version)
             except PluginError as exc:
                 if "is registered by both" in str(exc):
-                    raise  # two plugins claim one strategy: which one runs must not be left to chance
+                    raise  # two plugins claim one strategy or task: which one runs must not be left to chance
                 self._broken(ep.name, str(exc), exc)
                 continue
             self.infos[ep.name].import_s = round(took, 3)
@@ -118,7 +122,7 @@ class PluginHost:
             print(self.broken_tracebacks[name], file=sys.stderr, end="")
 
     def register(self, plugin: Any, name: str, distribution: str = "", version: str = "") -> None:
-        """Register one plugin object (module or instance) and collect its strategies.
+        """Register one plugin object (module or instance) and collect its strategies and tasks.
 
         Anything wrong with the plugin leaves the host as it was and raises a one-line
         `PluginError` naming the plugin.
@@ -147,23 +151,28 @@ class PluginHost:
                           distribution=distribution, version=version)
         info.hooks = sorted(c.name for c in self.pm.get_hookcallers(plugin) or [])
         self.infos[name] = info
-        impl = getattr(plugin, "pefttool_register_strategies", None)
-        if impl is not None:
-            try:
+        try:
+            impl = getattr(plugin, "pefttool_register_strategies", None)
+            if impl is not None:
                 self._collect_strategies(name, impl)
-            except PluginError:
-                self.unregister(name)
-                raise
+            impl = getattr(plugin, "pefttool_register_tasks", None)
+            if impl is not None:
+                self._collect_tasks(name, impl)
+        except PluginError:
+            self.unregister(name)
+            raise
 
     def _hook_names(self) -> list[str]:
         return sorted(n for n in vars(hookspecs) if n.startswith("pefttool_"))
 
     def unregister(self, name: str) -> None:
-        """Remove a plugin and the strategies it registered (tests, and a TUI reload)."""
+        """Remove a plugin and the strategies and tasks it registered (tests, a TUI reload)."""
         self.pm.unregister(name=name)
         info = self.infos.pop(name, None)
         for strategy in info.strategies if info else []:
             self.strategies.pop(strategy, None)
+        for task in info.tasks if info else []:
+            self.tasks.pop(task, None)
 
     def _collect_strategies(self, plugin_name: str, impl: Callable[..., None]) -> None:
         def register(strategy: Strategy) -> None:
@@ -181,6 +190,25 @@ class PluginHost:
 
         call_hook(plugin_name, "pefttool_register_strategies", impl, register=register)
 
+    def _collect_tasks(self, plugin_name: str, impl: Callable[..., None]) -> None:
+        def register(task: Task) -> None:
+            if not isinstance(task, Task) or not getattr(task, "type", ""):
+                raise PluginError(f"plugin '{plugin_name}' registered {task!r}, which is not a "
+                                  f"pefttool.Task with a `type`")
+            problem = task.contract_problem()
+            if problem:
+                raise PluginError(f"plugin '{plugin_name}' registered task '{task.type}': {problem}")
+            other = self.tasks.get(task.type)
+            if other is not None:
+                raise PluginError(f"task '{task.type}' is registered by both plugin "
+                                  f"'{other.plugin}' and plugin '{plugin_name}'; uninstall one, or "
+                                  f"skip one with {ENV_SELECT}=-{plugin_name}")
+            task.plugin = plugin_name
+            self.tasks[task.type] = task
+            self.infos[plugin_name].tasks.append(task.type)
+
+        call_hook(plugin_name, "pefttool_register_tasks", impl, register=register)
+
     # -- firing observer hooks
 
     def fire(self, hook_name: str, **kwargs: Any) -> None:
@@ -196,17 +224,19 @@ class PluginHost:
         each plugin's settings model (`PluginOptions`, or None) and the plugins left out."""
         return PluginSchemas(
             strategies={name: s.Options for name, s in self.strategies.items()},
+            tasks=dict(self.tasks),
             settings={name: getattr(plugin, "PluginOptions", None)
                       for name, plugin in self.pm.list_name_plugin() if name is not None},
             left_out=tuple(self.left_out), broken=dict(self.broken))
 
     def describe(self) -> list[dict[str, Any]]:
-        """Each plugin with its hooks, strategies and each strategy's options (JSON schema)."""
+        """Each plugin with its hooks, strategies, tasks and their options (JSON schema)."""
         rows = []
         for info in self.infos.values():
-            row = vars(info) | {"strategies": list(info.strategies)}
+            row = vars(info) | {"strategies": list(info.strategies), "tasks": list(info.tasks)}
             row["strategy_options"] = {
                 s: self.strategies[s].Options.model_json_schema() for s in info.strategies}
+            row["task_options"] = {t: self.tasks[t].Options.model_json_schema() for t in info.tasks}
             rows.append(row)
         rows += [{"name": name, "broken": message} for name, message in self.broken.items()]
         return rows

@@ -21,12 +21,12 @@ import types
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import RecipeError, did_you_mean
 from .locations import LocationError, looks_like_hub_id, resolve
 from .schemas import HasSchemas, PluginSchemas
-from .tasks import TASKS, all_metric_names, get_task
+from .tasks import Task, get_task
 
 if TYPE_CHECKING:
     from pydantic_core import ErrorDetails
@@ -55,25 +55,21 @@ class ModelSection(Section):
 
 
 class TaskSection(Section):
-    type: Literal["classification", "causal-lm"]
-    labels: list[str] | None = Field(None, description="classification: the label set, in id order")
-    format: Literal["instruction", "text", "chat"] = Field(
-        "instruction", description="causal-lm: prompt/response pairs, plain text, or chat "
-        "conversations (messages / ShareGPT rows through the chat template)"
-    )
+    """`type` names a task a plugin registered; `labels` and `format` mean the same for every
+    task that reads them; any other key is the task's own option (its `Options` model)."""
 
-    # A field validator (not a model validator) so the problem is reported at `task.labels`,
-    # with the labels as the bad value.
-    @field_validator("labels")
-    @classmethod
-    def _labels_fit_task(cls, labels: list[str] | None, info: ValidationInfo) -> list[str] | None:
-        task = TASKS.get(info.data.get("type", ""))
-        if task is not None and task.has_labels and labels is not None:
-            if len(labels) < 2:
-                raise ValueError("a classification task needs at least 2 labels")
-            if len(set(labels)) != len(labels):
-                raise ValueError("each label must appear once")
-        return labels
+    model_config = ConfigDict(extra="allow", strict=True, validate_default=True, allow_inf_nan=False)
+    type: str = Field(description="a registered task (pefttool plugins lists them)")
+    labels: list[str] | None = Field(None, description="the label set, in id order (tasks with "
+                                     "labels: classification)")
+    format: str | None = Field(
+        None, description="the rows' format, one of the task's own (causal-lm: instruction, "
+        "text or chat); unset: the task's first")
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The task's own keys, as written (validated by the task's `Options`)."""
+        return dict(self.model_extra or {})
 
 
 class DataSection(Section):
@@ -166,17 +162,10 @@ class TrainSection(Section):
         "generation run uncompiled")
 
 
-# Every metric some task's table lets a recipe choose (pefttool/tasks/). The names are only
-# known at run time, so to a type checker a metric is a str.
-if TYPE_CHECKING:
-    Metric = str
-else:
-    Metric = Literal[all_metric_names()]
-
-
 class EvalSection(Section):
     every_steps: int = Field(0, ge=0, description="0: evaluate at each epoch end")
-    metric: Metric | None = None
+    metric: str | None = Field(None, description="one of the task's selectable metrics "
+                               "(its metric table); unset: the task's default")
     batch_size: int = Field(64, ge=1)
     before_training: bool = True
     max_new_tokens: int = Field(8, ge=1, le=512)
@@ -254,6 +243,8 @@ class Recipe(Section):
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str = PrivateAttr("<recipe>")
     _strategy_options: BaseModel | None = PrivateAttr(None)
+    _task: Task | None = PrivateAttr(None)
+    _task_options: BaseModel | None = PrivateAttr(None)
 
     @property
     def base_dir(self) -> Path:
@@ -267,6 +258,12 @@ class Recipe(Section):
     def strategy_options(self) -> BaseModel:
         assert self._strategy_options is not None, "recipe was not validated by validate_recipe"
         return self._strategy_options
+
+    @property
+    def task_options(self) -> BaseModel:
+        """The task's validated options (`Task.Options`: the `[task]` keys of its own)."""
+        assert self._task_options is not None, "recipe was not validated by validate_recipe"
+        return self._task_options
 
     @property
     def metric(self) -> str:
@@ -297,6 +294,9 @@ class Recipe(Section):
         if self._strategy_options is not None:
             data["method"] = {"strategy": self.method.strategy,
                               **self._strategy_options.model_dump(mode="json", exclude_none=True)}
+        if self._task_options is not None:
+            data["task"] = {**{k: v for k, v in data["task"].items() if k in TaskSection.model_fields},
+                            **self._task_options.model_dump(mode="json", exclude_none=True)}
         return data
 
 
@@ -439,9 +439,13 @@ def validate_recipe(
                 problems += _describe_all(exc, options, opts, prefix="method",
                                           also_allowed=["strategy"])
 
+    task, task_options = _task_problems(data.get("task"), schemas, problems)
     problems += _plugin_settings_problems(data.get("plugins"), schemas)
-    if recipe is not None:
-        problems += _cross_checks(recipe)
+    if recipe is not None and task is not None:
+        recipe._task, recipe._task_options = task, task_options
+        if recipe.task.format is None and task.formats:
+            recipe.task.format = task.formats[0]  # the task's default format
+        problems += _cross_checks(recipe, task)
     if check_files:
         # On the raw data, so a missing file is reported even when a typo elsewhere stopped
         # the typed recipe from being built.
@@ -453,6 +457,34 @@ def validate_recipe(
     recipe._source = source
     recipe._strategy_options = options_model
     return recipe
+
+
+def _task_problems(section: Any, schemas: PluginSchemas,
+                   problems: list[str]) -> tuple[Task | None, BaseModel | None]:
+    """The registered task `task.type` names and its validated options; what is wrong with
+    them goes into `problems` (an unknown type: did-you-mean, and the plugins that may add it)."""
+    if not isinstance(section, dict) or not isinstance(section.get("type"), str):
+        return None, None  # the schema reports a missing or mistyped task.type
+    name = section["type"]
+    task = schemas.tasks.get(name)
+    if task is None:
+        known = sorted(schemas.tasks)
+        hint = did_you_mean(name, known)
+        if schemas.left_out:
+            hint += (f"; PEFTTOOL_PLUGINS left out the installed plugin(s) "
+                     f"{', '.join(schemas.left_out)}, which may add it: include them to use it")
+        for broken in schemas.broken.values():
+            hint += f"; {broken}"
+        problems.append(f"task.type: no task named '{name}'{hint}; loaded: "
+                        f"{', '.join(known) or 'none'} (pefttool plugins lists them)")
+        return None, None
+    opts = {k: v for k, v in section.items() if k not in TaskSection.model_fields}
+    try:
+        return task, task.Options.model_validate(opts, strict=True)
+    except ValidationError as exc:
+        problems += _describe_all(exc, task.Options, opts, prefix="task",
+                                  also_allowed=list(TaskSection.model_fields))
+        return None, None
 
 
 def _plugin_settings_problems(section: Any, schemas: PluginSchemas) -> list[str]:
@@ -483,20 +515,24 @@ def _plugin_settings_problems(section: Any, schemas: PluginSchemas) -> list[str]
     return problems
 
 
-def _cross_checks(recipe: Recipe) -> list[str]:
+def _cross_checks(recipe: Recipe, task: Task) -> list[str]:
     """Problems that involve more than one key, or this machine."""
     problems = []
-    problems += get_task(recipe).check_recipe(recipe)
-    if recipe.eval.metric == "exact_match" and recipe.task.format not in ("instruction", "chat"):
-        problems.append("eval.metric: exact_match needs task.format = \"instruction\" or \"chat\"")
-    problems += _chat_checks(recipe)
-    if recipe.eval.samples and get_task(recipe).data_kind(recipe) not in ("instruction", "chat"):
-        problems.append(f"eval.samples: {recipe.eval.samples} needs held-out prompts: task.type = "
-                        f"\"causal-lm\" with task.format = \"instruction\" or \"chat\"; set it to 0")
+    fmt = recipe.task.format
+    if task.formats and fmt not in task.formats:
+        problems.append(f"task.format: '{fmt}' is not a format of task '{task.type}'"
+                        f"{did_you_mean(str(fmt), list(task.formats))}; use one of "
+                        f"{', '.join(task.formats)}")
+    else:
+        problems += task.check_recipe(recipe)
+    if recipe.eval.samples and not task.has_prompts(recipe):
+        problems.append(f"eval.samples: {recipe.eval.samples} needs held-out prompts to reply "
+                        f"to, and task '{task.type}'{f' with task.format {fmt!r}' * bool(fmt)} "
+                        f"has none; set it to 0")
     if recipe.train.mixed_precision == "fp16" and not _cuda_available():
         problems.append("train.mixed_precision: 'fp16' is unusable without a GPU (one matmul takes "
                         "tens of seconds on CPU); use \"bf16\" or \"no\"")
-    if recipe.data.packing and not get_task(recipe).packs:
+    if recipe.data.packing and not task.packs:
         problems.append(f"data.packing: true, but task.type is '{recipe.task.type}'; packing joins causal-LM "
                         "examples into rows, set data.packing = false (data.group_by_length "
                         "reduces padding for any task)")
@@ -575,39 +611,6 @@ def _cross_checks(recipe: Recipe) -> list[str]:
 
 
 NAME_MAX = 255  # bytes in one path component (ext4, xfs, btrfs, APFS, NTFS in UTF-16 units)
-
-
-def _chat_checks(recipe: Recipe) -> list[str]:
-    """task.format = "chat" and the keys that only it reads."""
-    task, d = recipe.task, recipe.data
-    problems = []
-    if task.format == "chat":
-        if "chat" not in get_task(recipe).formats:
-            problems.append(f"task.format: 'chat' needs task.type = \"causal-lm\" (got "
-                            f"{task.type!r}); set task.type = \"causal-lm\" or remove task.format")
-        if d.chat_template is False:
-            problems.append("data.chat_template: false, but task.format = \"chat\" renders "
-                            "conversations with the model's chat template; set it to true (or "
-                            "to a Jinja template file)")
-        if d.prompt_template is not None:
-            problems.append(f"data.prompt_template: {d.prompt_template!r} does not apply to "
-                            f"task.format = \"chat\" (turns are rendered by the chat template); "
-                            f"remove it")
-        if d.response_map is not None:
-            problems.append("data.response_map: does not apply to task.format = \"chat\"; "
-                            "remove it")
-    if d.system_prompt is not None and ("chat" not in get_task(recipe).formats or d.chat_template is False):
-        problems.append(f"data.system_prompt: {d.system_prompt[:40]!r} goes into a chat template's "
-                        f"system turn, and this recipe renders none (task.type {task.type!r}, "
-                        f"data.chat_template {d.chat_template!r}); remove it")
-    if task.format != "chat":
-        # Only a value other than the default: a resolved recipe (run dir) writes defaults out.
-        for key, default in (("messages_column", None), ("train_on", "assistant")):
-            if getattr(d, key) != default:
-                problems.append(f"data.{key}: {getattr(d, key)!r} applies to task.format = "
-                                f"\"chat\" only (task.format is {task.format!r}); remove it "
-                                f"or set task.format = \"chat\"")
-    return problems
 
 
 def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
@@ -716,22 +719,22 @@ def _describe(err: ErrorDetails, model: type[BaseModel], prefix: str = "",
               also_allowed: list[str] | None = None) -> str:
     loc = [str(p) for p in err["loc"]]
     key = ".".join(([prefix] if prefix else []) + loc)
-    kind = err["type"]
+    err_type = err["type"]
     value = err.get("input")
-    if kind == "extra_forbidden":
+    if err_type == "extra_forbidden":
         siblings = _fields_at(model, err["loc"][:-1])
         if len(err["loc"]) == 1:
             siblings = (also_allowed or []) + siblings
         hint = did_you_mean(loc[-1], siblings)
         allowed = f"; allowed: {', '.join(siblings)}" if siblings and not hint else ""
         return f"{key}: unknown key{hint}{allowed}"
-    if kind == "missing":
+    if err_type == "missing":
         return f"{key}: required key is missing; add it"
     msg = err["msg"]
-    if kind == "value_error":
+    if err_type == "value_error":
         msg = msg.removeprefix("Value error, ")
     hint = ""
-    if kind == "literal_error" and isinstance(value, str):
+    if err_type == "literal_error" and isinstance(value, str):
         hint = did_you_mean(value, re.findall(r"'([^']*)'", err.get("ctx", {}).get("expected", "")))
     return f"{key}: {msg} (got {_shown(value)}){hint}"
 

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from .tasks.base import Task
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,7 @@ class PluginSchemas:
     """What validating a recipe needs from the plugins, handed in rather than looked up.
 
     `strategies`: each strategy name → its options model (`Strategy.Options`);
+    `tasks`: each task type → its task object (`pefttool.Task`, with its `Options` model);
     `settings`: each loaded plugin's name → its `PluginOptions` model (None: it takes none);
     `left_out`: installed plugins that `PEFTTOOL_PLUGINS` did not load (named in the error
     for an unknown strategy, since one of them may add it); `broken`: installed plugins that
@@ -23,6 +27,7 @@ class PluginSchemas:
     """
 
     strategies: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    tasks: Mapping[str, Task] = field(default_factory=dict)
     settings: Mapping[str, type[BaseModel] | None] = field(default_factory=dict)
     left_out: tuple[str, ...] = ()
     broken: Mapping[str, str] = field(default_factory=dict)   # plugin name → why it did not load

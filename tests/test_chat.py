@@ -227,7 +227,7 @@ def test_rows_whose_replies_are_cut_off_are_dropped_and_counted(tmp_path, tok, c
     ({"type": "causal-lm", "format": "chat"}, {"train_on": "everything"},
      r"data\.train_on: .*'assistant', 'last_assistant' or 'all'.*\(got 'everything'\)"),
     ({"type": "classification", "labels": ["a", "b"], "format": "chat"}, {},
-     r"task\.format: 'chat' needs task\.type = \"causal-lm\" \(got 'classification'\); set"),
+     r"task\.format: 'chat', but a classification task reads a text and a label per row .*; remove task\.format, or set task\.type = \"causal-lm\""),
     ({"type": "causal-lm", "format": "chat"}, {"chat_template": False},
      r"data\.chat_template: false, but task\.format = \"chat\".*set it to true"),
     ({"type": "causal-lm", "format": "chat"}, {"prompt_template": "Q: {q}"},

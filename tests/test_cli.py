@@ -156,24 +156,30 @@ def test_debug_mode_shows_the_traceback(project):
 # ------------------------------------------------------------------ plugins
 
 
-def test_plugins_lists_the_built_in_strategies():
+def test_plugins_lists_the_built_in_strategies_and_tasks():
     result = pefttool("plugins")
 
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
-    assert names == ["full", "lora", "qlora"]
-    assert "qlora: 4-bit quantized base" in result.stdout
+    assert names == ["causal-lm", "classification", "full", "lora", "qlora"]
+    assert "qlora (strategy): 4-bit quantized base" in result.stdout
+    assert "causal-lm (task): next-token loss" in result.stdout
 
 
 def test_plugins_json_describes_each_plugin():
     result = pefttool("plugins", "--json")
 
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert sorted(rows) == ["full", "lora", "qlora"]
+    assert sorted(rows) == ["causal-lm", "classification", "full", "lora", "qlora"]
     lora = rows["lora"]
-    assert {k: lora[k] for k in ("name", "module", "distribution", "version", "strategies", "hooks")} == {
+    assert {k: lora[k] for k in ("name", "module", "distribution", "version", "strategies", "tasks",
+                                 "hooks")} == {
         "name": "lora", "module": "pefttool_lora", "distribution": "pefttool", "version": "0.1.0",
-        "strategies": ["lora"], "hooks": ["pefttool_register_strategies"]}
+        "strategies": ["lora"], "tasks": [], "hooks": ["pefttool_register_strategies"]}
+    causal = rows["causal-lm"]
+    assert causal["tasks"] == ["causal-lm"] and causal["strategies"] == []
+    assert causal["hooks"] == ["pefttool_register_tasks"] and causal["task_options"] == {
+        "causal-lm": causal["task_options"]["causal-lm"]}
     assert lora["import_s"] >= 0
     assert lora["strategy_options"]["lora"]["properties"]["target_modules"]["default"] == "all-linear"
 
@@ -202,7 +208,7 @@ def test_a_broken_plugin_is_listed_and_blocks_nothing_else(tmp_path):
 
     listed = pefttool("plugins", pythonpath=site)
     assert listed.returncode == 0, listed.stderr
-    assert f"shaky        BROKEN: {error}" in listed.stdout and "lora" in listed.stdout
+    assert f"shaky          BROKEN: {error}" in listed.stdout and "lora" in listed.stdout
     assert listed.stderr.count("warning: ") == 1 and error in listed.stderr
     as_json = {row["name"]: row for row in json.loads(pefttool("plugins", "--json", pythonpath=site).stdout)}
     assert as_json["shaky"]["broken"].startswith(error) and "lora" in as_json
@@ -221,7 +227,8 @@ def test_plugins_env_var_leaves_a_strategy_out_and_recipes_notice(tmp_path):
     listed = pefttool("plugins", "--json", PEFTTOOL_PLUGINS="-qlora")
     validated = pefttool("validate", str(REPO / "recipes" / "qlora.toml"), PEFTTOOL_PLUGINS="-qlora")
 
-    assert [row["name"] for row in json.loads(listed.stdout)] == ["full", "lora"]
+    assert [row["name"] for row in json.loads(listed.stdout)] == ["causal-lm", "classification",
+                                                                  "full", "lora"]
     assert "method.strategy: no strategy named 'qlora'" in assert_known_error(validated)[0]
 
 

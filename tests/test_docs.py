@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 HOOKS = sorted(name for name, value in vars(hookspecs).items()
                if name.startswith("pefttool_") and inspect.isfunction(value))
-OBSERVERS = [name for name in HOOKS if name != "pefttool_register_strategies"]
+OBSERVERS = [name for name in HOOKS if not name.startswith("pefttool_register_")]
 STRATEGY_METHODS = sorted(name for name, value in vars(Strategy).items()
                           if inspect.isfunction(value) and not name.startswith("_"))
 

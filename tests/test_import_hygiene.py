@@ -85,18 +85,23 @@ def test_the_recipe_module_does_not_import_the_plugin_host():
 
 
 def test_a_recipe_validates_against_schemas_passed_in_without_loading_any_plugin():
-    # The strategy's options reach validation as a parameter: no entry point is read.
+    # The strategy's options and the tasks reach validation as a parameter: no entry point is read.
     code = (
         "from pydantic import BaseModel, ConfigDict\n"
         "from pefttool.recipe import PluginSchemas, RecipeError, validate_recipe\n"
         "class Bitfit(BaseModel):\n"
         "    model_config = ConfigDict(extra='forbid')\n"
         "    biases_only: bool = True\n"
-        "schemas = PluginSchemas(strategies={'bitfit': Bitfit})\n"
-        "data = {'model': {'path': 'org/model'}, 'task': {'type': 'classification'},\n"
+        "from pefttool.tasks import Metric, Task\n"
+        "class Tagging(Task):\n"
+        "    type, model_class, peft_task_type = 'tagging', 'AutoModelForTokenClassification', 'TOKEN_CLS'\n"
+        "    model_noun, default_metric, has_labels, sequence_labels = 'a tagger', 'f1', True, True\n"
+        "    metrics = {'f1': Metric('f1', lambda o: 0.0, higher_is_better=True)}\n"
+        "schemas = PluginSchemas(strategies={'bitfit': Bitfit}, tasks={'tagging': Tagging()})\n"
+        "data = {'model': {'path': 'org/model'}, 'task': {'type': 'tagging'},\n"
         "        'data': {'train': 'train.csv'}, 'method': {'strategy': 'bitfit', 'biases_only': False}}\n"
         "recipe = validate_recipe(data, plugins=schemas, check_files=False)\n"
-        "assert recipe.strategy_options.biases_only is False\n"
+        "assert recipe.strategy_options.biases_only is False and recipe.metric == 'f1'\n"
         "data['method'] = {'strategy': 'lora'}\n"
         "try:\n"
         "    validate_recipe(data, plugins=schemas, check_files=False)\n"
@@ -139,29 +144,36 @@ def test_no_core_module_names_a_built_in_strategy():
     assert found == []
 
 
-# Where a built-in task's name still appears outside pefttool/tasks/ (issue 24 moves the
-# tasks into plugins; the list only shrinks): the recipe schema's task.type, and the recipe
-# check_strategy trains. The data package reads row kinds (labelled, instruction, text, chat)
-# that the task names (Task.data_kind); anything new goes through the Task contract.
+# Where a built-in task's name still appears in the core (the tasks are plugins in plugins/):
+# only the recipe check_strategy trains for plugin authors (pefttool.testing).
 TASK_NAME_ALLOWED = {
-    "pefttool/recipe.py": 2,          # TaskSection.type's Literal (both names)
     "pefttool/testing.py": 1,         # check_strategy's recipe (a classification run)
 }
 
 
 def test_no_core_module_branches_on_a_task_name_beyond_the_known_few():
-    """plan, generate, inspect, the TUI and recipe checks ask the task object (has_labels,
-    formats, packs, data_keys, inference_command, prompt_noun), never its name."""
+    """plan, generate, inspect, the TUI, recipe checks and the data pipeline ask the task
+    object (has_labels, formats, packs, data_keys, row_format...), never its name."""
     name = re.compile(r'["\'](classification|causal-lm)["\']')
     found: dict[str, int] = {}
     for path in sorted((REPO / "pefttool").rglob("*.py")):
         rel = str(path.relative_to(REPO))
-        if rel.startswith("pefttool/tasks/"):
-            continue
         for line in path.read_text(encoding="utf-8").splitlines():
             code = line.split("#", 1)[0]
             found[rel] = found.get(rel, 0) + len(name.findall(code))
     assert {k: v for k, v in found.items() if v} == TASK_NAME_ALLOWED
+
+
+def test_no_core_module_branches_on_a_task_type_or_row_kind():
+    """The data pipeline calls the row format's methods (pefttool/data/formats.py) and the
+    rest asks the task object: no `task.type ==` or `kind ==` dispatch is left in the core."""
+    branch = re.compile(r"task\.type\s*(==|!=|in\s+[(\[{])|\bkind\s*(==|!=|in\s+[(\[{])|\.kind\b|data_kind")
+    found = []
+    for path in sorted((REPO / "pefttool").rglob("*.py")):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if branch.search(line.split("#", 1)[0]):
+                found.append(f"{path.relative_to(REPO)}:{n}: {line.strip()}")
+    assert found == []
 
 
 def test_only_the_run_package_names_the_run_folders_files():

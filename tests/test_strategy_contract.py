@@ -169,8 +169,9 @@ def test_the_tui_shows_a_default_factory_option_by_its_value():
 
     class Host:
         strategies = {"factory": WithFactory()}
+        tasks: dict = {}
 
-    assert describe_strategies(Host())["factory"]["options"] == [("layers", "['query', 'value']", "")]
+    assert describe_strategies(Host())["strategy factory"]["options"] == [("layers", "['query', 'value']", "")]
 
 
 class LogitsWatch(Strategy):

@@ -7,12 +7,11 @@ import re
 import string
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import DataError, did_you_mean, one_line
-from ..tasks import get_task
+from ..errors import DataError, did_you_mean
 from . import chat
 from .common import _EXAMPLES, _INT, SKIP_HINT
 from .reading import _load, _make_copy, _Problem, _scan, content_digest
@@ -20,6 +19,7 @@ from .sources import _Source
 
 if TYPE_CHECKING:
     from ..recipe import Recipe
+    from .formats import RowFormat
 
 
 # ---------------------------------------------------------------------------- clean
@@ -42,59 +42,6 @@ class _Row:
         """A chat row's conversation (`_chat_row` always sets it)."""
         assert self.conversation is not None, "only a chat row has a conversation"
         return self.conversation
-
-
-@dataclass
-class _Spec:
-    """Which columns a task reads, and how a raw row becomes a `_Row`."""
-
-    kind: str  # labelled (text + label) | instruction | text | chat
-    columns: list[tuple[str, str]]  # (recipe key, column name) the task reads
-    declared: list[str] | None  # the label set rows are checked against (None: any)
-    template: str | None = None
-    template_fields: list[str] = field(default_factory=list)
-    response_map: dict[str, str] | None = None
-    renderer: chat.Renderer | None = None  # chat: set by prepare_data (needs the tokenizer)
-
-    @classmethod
-    def from_recipe(cls, recipe: Recipe) -> _Spec:
-        d, task = recipe.data, recipe.task
-        kind = get_task(recipe).data_kind(recipe)  # the task says which kind of rows it reads
-        if kind == "labelled":
-            return cls("labelled", [("data.text_column", d.text_column),
-                                    ("data.label_column", d.label_column)], task.labels)
-        if kind == "text":
-            return cls("text", [("data.text_column", d.text_column)], None)
-        if kind == "chat":
-            # The column is settled per file (`for_columns`): messages, else conversations.
-            return cls("chat", [("data.messages_column", d.messages_column or "messages")], None)
-        declared = list(d.response_map) if d.response_map else task.labels
-        if d.prompt_template is None:
-            cols = [("data.prompt_column", d.prompt_column), ("data.response_column", d.response_column)]
-            return cls("instruction", cols, declared, response_map=d.response_map)
-        fields_ = _template_fields(d.prompt_template)
-        cols = [("data.prompt_template", f) for f in fields_] + [("data.response_column", d.response_column)]
-        return cls("instruction", cols, declared, d.prompt_template, fields_, d.response_map)
-
-    def for_columns(self, recipe: Recipe, src: _Source, columns: list[str]) -> _Spec:
-        """Chat: the messages column this file has (data.messages_column, or auto-detected)."""
-        if self.kind != "chat":
-            return self
-        configured = recipe.data.messages_column
-        col = chat.pick_column(configured, columns)
-        if col is None:
-            if configured is not None:
-                raise DataError(_missing_column(src, "data.messages_column", configured, columns))
-            where = "in the file's schema" if src.fmt == "parquet" else "in any row"
-            raise DataError(f"{src.name}: no 'messages' or 'conversations' column {where} for "
-                            f"task.format = \"chat\"; the columns are: {', '.join(columns) or '(none)'}"
-                            f"; set data.messages_column to the one holding the conversations")
-        return _Spec("chat", [("data.messages_column", col)], None, renderer=self.renderer)
-
-    def label_names(self, rows: list[_Row]) -> list[str]:
-        if self.declared is not None:
-            return list(self.declared)
-        return _sorted_labels({r.label_text() for r in rows})
 
 
 def _template_fields(template: str) -> list[str]:
@@ -186,7 +133,7 @@ def _label(value: Any, declared: list[str] | None, column: str) -> str:
     raise _BadRow(f"is label {as_int}, not one of task.labels {declared}", column)
 
 
-def _response(value: Any, spec: _Spec, column: str) -> str:
+def _response(value: Any, spec: RowFormat, column: str) -> str:
     if value is None or (isinstance(value, float) and value != value):
         raise _BadRow("is null (no response)", column)
     if isinstance(value, str) and not value.strip():
@@ -227,7 +174,7 @@ def _new_counts(src: _Source, source: str | None = None) -> dict[str, Any]:
     }
 
 
-def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | None,
+def _read_file(src: _Source, spec: RowFormat, recipe: Recipe, cache_root: Path | None,
                log: Callable[[str], None]) -> tuple[list[_Row], dict[str, Any], set[str]]:
     """Check, load and clean one file: its rows, its counts, and the set of its keys."""
     d = recipe.data
@@ -265,7 +212,6 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
 
     rows: list[_Row] = []
     seen: set[str] = set()
-    text_col = recipe.data.text_column
     index = 0
     for batch in ds.select_columns(needed).iter(batch_size=2048):
         n = len(batch[needed[0]])
@@ -273,7 +219,7 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
             index += 1
             row_no = next(row_numbers, None) or index
             try:
-                row = _make_row(spec, recipe, {c: batch[c][i] for c in needed}, text_col)
+                row = spec.make_row(recipe, {c: batch[c][i] for c in needed})
             except _BadRow as bad:
                 if not skip:
                     raise DataError(f"{src.name}: {where(row_no, bad.column)} {bad.what}; "
@@ -289,10 +235,7 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
                                     f"write task.labels with the data's spelling "
                                     f"({unk.value!r})") from None
                 if d.unknown_labels == "error":
-                    if get_task(recipe).has_labels:
-                        column, allowed, key = d.label_column, recipe.task.labels or [], "task.labels"
-                    else:
-                        column, allowed, key = d.response_column, list(d.response_map or {}), "data.response_map"
+                    column, allowed, key = spec.unknown_target(recipe)
                     raise DataError(f"{src.name}: {where(row_no, column)} value {unk.value!r} is not "
                                     f"one of {', '.join(allowed)}; add it to {key}, fix the row, or "
                                     f"set data.unknown_labels = \"drop\"") from None
@@ -314,60 +257,6 @@ def _read_file(src: _Source, spec: _Spec, recipe: Recipe, cache_root: Path | Non
     if not rows:
         raise DataError(_empty_message(src, counts, spec))
     return rows, counts, seen  # `seen` is empty unless drop_duplicates
-
-
-def _make_row(spec: _Spec, recipe: Recipe, values: dict[str, Any], text_col: str) -> _Row | None:
-    """A raw row → `_Row`; None when its text is empty; raises _BadRow / _Unknown.
-
-    Order of judgement (and so of counting): bad (null, not text, label id out of range),
-    then label outside the declared set, then empty text.
-    """
-    d = recipe.data
-    unknown: _Unknown | None = None
-    if spec.kind == "chat":
-        return _chat_row(spec, values)
-    if spec.kind in ("labelled", "text"):
-        text = _cell_text(values[text_col], text_col)
-        label = None
-        if spec.kind == "labelled":
-            try:
-                label = _label(values[d.label_column], spec.declared, d.label_column)
-            except _Unknown as exc:
-                unknown = exc
-        if unknown is not None:
-            raise unknown
-        return _Row(text, text, label) if text else None
-    if spec.template is None:
-        prompt = _cell_text(values[d.prompt_column], d.prompt_column)
-    else:
-        parts = {f: _cell_text(values[f], f) for f in spec.template_fields}
-        try:
-            prompt = spec.template.format(**parts).strip()
-        except (KeyError, IndexError, AttributeError, ValueError) as exc:
-            raise DataError(f"data.prompt_template: cannot be filled from the row's columns "
-                            f"({type(exc).__name__}: {one_line(exc)}); use plain {{column}} "
-                            "fields") from None
-        if not all(parts.values()):
-            prompt = ""
-    response = ""
-    try:
-        response = _response(values[d.response_column], spec, d.response_column)
-    except _Unknown as exc:
-        unknown = exc
-    if unknown is not None:
-        raise unknown
-    return _Row(prompt, prompt, response) if prompt and response else None
-
-
-def _chat_row(spec: _Spec, values: dict[str, Any]) -> _Row:
-    column = spec.columns[0][1]
-    assert spec.renderer is not None, "prepare_data sets the chat renderer"
-    try:
-        messages = chat.normalize(values[column])
-        conversation = spec.renderer.render(messages)
-    except chat.ChatProblem as exc:
-        raise _BadRow(str(exc), column) from None
-    return _Row(chat.key(messages), conversation.text, conversation.answer, conversation)
 
 
 def _cell_text(value: Any, column: str) -> str:
@@ -393,11 +282,11 @@ def _missing_column(src: _Source, key: str, col: str, columns: list[str]) -> str
             f"{', '.join(columns) or '(none)'}; {fix}")
 
 
-def _empty_message(src: _Source, counts: dict[str, Any], spec: _Spec) -> str:
+def _empty_message(src: _Source, counts: dict[str, Any], spec: RowFormat) -> str:
     if counts["rows_read"] == 0:
         return (f"{src.name}: {src.key} has no data rows (only a header, or nothing); "
                 "add rows or point at another file")
-    what = "response" if spec.kind in ("instruction", "chat") else "label"
+    what = spec.target_noun
     allowed = (f"data.response_map's keys {list(spec.response_map)}" if spec.response_map
                else f"task.labels {spec.declared}")
     unknown = f"{counts['dropped_unknown_label']} {what} not in {allowed}"

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
 class Collator:
     """Pads a list of rows to the longest in the batch (right padding).
 
-    Classification labels become a 1-D tensor; sequence labels are padded with -100 so the
-    loss ignores padding. A plain class (not a closure) so DataLoader workers can pickle it.
+    One label per row (a class id, or a float for regression) becomes a 1-D tensor; sequence
+    labels are padded with -100 so the loss ignores padding. A plain class (not a closure) so
+    DataLoader workers can pickle it.
     """
 
     pad_id: int
@@ -38,8 +39,10 @@ class Collator:
             mask[i, :n] = 1
             if labels is not None:
                 labels[i, :n] = torch.as_tensor(row["labels"], dtype=torch.long)
-        if labels is None:
-            labels = torch.as_tensor([int(r["labels"]) for r in rows], dtype=torch.long)
+        if labels is None:  # one label per row: a class id, or a number (regression)
+            values = [r["labels"] for r in rows]
+            floats = any(isinstance(v, float) for v in values)
+            labels = torch.as_tensor(values, dtype=torch.float32 if floats else torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

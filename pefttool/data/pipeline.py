@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import DataError
-from .chat import Renderer
-from .cleaning import _empty_message, _new_counts, _read_file, _Spec, _summary
+from ..tasks import get_task
+from .cleaning import _empty_message, _new_counts, _read_file, _summary
 from .collate import Collator
 from .encoding import _Encoder
 from .reading import _quiet_datasets
@@ -62,24 +62,19 @@ def prepare_data(
     # HF_HUB_OFFLINE is left alone: the model may still come from the hub.
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     d = recipe.data
-    spec = _Spec.from_recipe(recipe)
-    if spec.kind == "chat":
-        if not getattr(tokenizer, "chat_template", None):
-            raise DataError(f"model.path: the tokenizer of '{recipe.model.path}' has no chat "
-                            "template, and task.format = \"chat\" renders conversations with "
-                            "it; use a chat model's tokenizer (one with a chat_template)")
-        spec.renderer = Renderer(tokenizer, recipe.data.system_prompt)
+    spec = get_task(recipe).row_format(recipe)  # the task says which rows it reads
+    spec.prepare(recipe, tokenizer)
     cache_root = Path(cache_dir) if cache_dir is not None else None
 
     with _quiet_datasets():
         train_src = _source(recipe, "data.train", d.train)
         train_rows, train_counts, train_keys = _read_file(train_src, spec, recipe, cache_root, log)
 
-        label_names = spec.label_names(train_rows) if spec.kind == "labelled" else None
+        label_names = spec.label_names(train_rows)
         if label_names is not None and len(label_names) < 2:
             raise DataError(
                 f"{train_src.name}: column '{d.label_column}' has only one label value "
-                f"({label_names[0]!r}) after cleaning; a classification task needs at least 2 "
+                f"({label_names[0]!r}) after cleaning; a task with a label set needs at least 2 "
                 "(check data.label_column and task.labels)")
 
         rng = random.Random(d.seed)
@@ -120,20 +115,18 @@ def prepare_data(
                 counts["capped"] = len(rows) - cap
                 del rows[cap:]
 
-        encoder = _Encoder(tokenizer, recipe, label_names)
+        encoder = _Encoder(tokenizer, recipe, label_names, spec)
         train_ds = encoder.encode(train_rows, train_counts, "train")
         eval_ds = encoder.encode(eval_rows, eval_counts, "eval")
         for split, ds, counts in (("train", train_ds, train_counts), ("eval", eval_ds, eval_counts)):
             if len(ds) == 0:
-                what = ("every conversation's assistant tokens lie past" if spec.kind == "chat"
-                        else "every prompt is at least")
                 raise DataError(
-                    f"{counts['file']}: no {split} rows left: {what} "
+                    f"{counts['file']}: no {split} rows left: {spec.too_long} "
                     f"data.max_length = {d.max_length} tokens, so no response token fits "
                     f"({counts['dropped_truncated']} row(s) dropped); raise data.max_length")
 
     prompts = answers = prompt_ids = None
-    if spec.kind in ("instruction", "chat"):
+    if spec.prompts:
         prompts, answers, prompt_ids = encoder.eval_prompts, encoder.eval_answers, encoder.eval_prompt_ids
 
     for split, counts in (("train", train_counts), ("eval", eval_counts)):
@@ -150,7 +143,7 @@ def prepare_data(
         eval=eval_ds,
         label_names=label_names,
         stats={"train": train_counts, "eval": eval_counts},
-        collate=Collator(pad_id=encoder.pad_id, sequence_labels=spec.kind != "labelled"),
+        collate=Collator(pad_id=encoder.pad_id, sequence_labels=spec.sequence_labels),
         eval_prompts=prompts,
         eval_answers=answers,
         eval_prompt_ids=prompt_ids,

@@ -1,29 +1,39 @@
-"""Task objects: what a recipe's `task.type` means, in one place per task.
+"""Tasks: what a recipe's `task.type` means, each in one `Task` object a plugin registers.
 
-A task owns its transformers model class, its PEFT task type, its evaluation and its metric
-table (name → function, higher-is-better). A new metric is one entry in a table; a new task
-type (seq2seq, say) is one new module registered in `TASKS`. Imports no torch.
+A task owns its transformers model class, its PEFT task type, the rows it reads, its
+evaluation and its metric table (name → function, higher-is-better). The built-in tasks are
+plugins (`plugins/pefttool_classification`, `plugins/pefttool_causal_lm`) registered through
+the `pefttool_register_tasks` hook like anyone's; this package holds the contract and looks a
+task up. Imports no torch.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import Metric, Task
-from .causal_lm import CAUSAL_LM, CausalLMTask
-from .classification import CLASSIFICATION, ClassificationTask
+from .base import Metric, Task, TaskOptions
 
-# task.type → its task object
-TASKS: dict[str, Task] = {task.type: task for task in (CLASSIFICATION, CAUSAL_LM)}
+
+def registered() -> dict[str, Task]:
+    """Every task the loaded plugins registered: task.type → its task object."""
+    from ..plugins import get_plugin_host  # the host loads the plugins that register tasks
+
+    return get_plugin_host().tasks
 
 
 def get_task(recipe_or_type: Any) -> Task:
-    """The task object for a recipe (or for a `task.type` string)."""
-    name = recipe_or_type if isinstance(recipe_or_type, str) else recipe_or_type.task.type
+    """The task object for a recipe (the one it was validated against) or a `task.type`."""
+    if not isinstance(recipe_or_type, str):
+        settled = getattr(recipe_or_type, "_task", None)
+        if settled is not None:
+            return settled
+        recipe_or_type = recipe_or_type.task.type
+    tasks = registered()
     try:
-        return TASKS[name]
+        return tasks[recipe_or_type]
     except KeyError:
-        raise ValueError(f"task.type: {name!r} is not a task; use one of {', '.join(TASKS)}") from None
+        raise ValueError(f"task.type: {recipe_or_type!r} is not a task; use one of "
+                         f"{', '.join(tasks) or '(none loaded)'}") from None
 
 
 def check_command(recipe: Any, command: str) -> None:
@@ -40,10 +50,10 @@ def check_command(recipe: Any, command: str) -> None:
 def all_metric_names() -> tuple[str, ...]:
     """Every metric a recipe may choose as eval.metric, over all tasks (in table order)."""
     names: list[str] = []
-    for task in TASKS.values():
+    for task in registered().values():
         names += [n for n in task.selectable_metrics() if n not in names]
     return tuple(names)
 
 
-__all__ = ["CAUSAL_LM", "CLASSIFICATION", "TASKS", "CausalLMTask", "ClassificationTask", "Metric",
-           "Task", "all_metric_names", "check_command", "get_task"]
+__all__ = ["Metric", "Task", "TaskOptions", "all_metric_names", "check_command", "get_task",
+           "registered"]

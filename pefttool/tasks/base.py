@@ -1,9 +1,22 @@
-"""The task contract: model class, PEFT task type, evaluation, metric table."""
+"""The task contract: model class, PEFT task type, evaluation, metric table.
+
+A plugin registers a `Task` through the `pefttool_register_tasks` hook; the built-in tasks
+(`plugins/pefttool_classification`, `plugins/pefttool_causal_lm`) do exactly that.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+
+class TaskOptions(BaseModel):
+    """Base for a task's options: the recipe's `[task]` keys other than `type`, `labels` and
+    `format` (which every task reads the same way)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -25,7 +38,12 @@ class Metric:
 class Task:
     """What one `task.type` means. Subclasses fill in the class attributes and `evaluate`."""
 
-    type: ClassVar[str]               # the recipe's task.type
+    # (before `type`, which shadows the builtin in the class body)
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
+    type: ClassVar[str] = ""          # the recipe's task.type
+    description: ClassVar[str] = ""   # one line for `pefttool plugins`
+    #: set by the plugin host: the plugin that registered it
+    plugin: str = ""
     model_class: ClassVar[str]        # the transformers Auto class that loads its model
     peft_task_type: ClassVar[str]     # the peft.TaskType member adapters are built for
     model_noun: ClassVar[str]         # how errors name the model ("a classifier")
@@ -49,22 +67,47 @@ class Task:
 
     def peft_type(self) -> Any:
         """The `peft.TaskType` of this task's adapters (SEQ_CLS trains and saves a new head)."""
-        from ..adapters import quiet_bitsandbytes_import
+        from ..quiet import quiet_bitsandbytes_import
 
         with quiet_bitsandbytes_import():
             from peft import TaskType
 
         return TaskType[self.peft_task_type]
 
-    def data_kind(self, recipe: Any) -> str:
-        """The kind of rows the data package reads and encodes for this task
-        (labelled: a text and its label | instruction | text | chat)."""
+    def row_format(self, recipe: Any) -> Any:
+        """The rows this task reads for the recipe: a `pefttool.data.formats.RowFormat` (one of
+        the built-in LabelledRows, TextRows, InstructionRows, ChatRows, or the task's own),
+        which checks, cleans and encodes them."""
         raise NotImplementedError
+
+    def model_kwargs(self, recipe: Any) -> dict[str, Any]:
+        """Extra keyword arguments for the model's `from_pretrained` (a regression head:
+        num_labels=1, problem_type="regression"). Default: none."""
+        return {}
+
+    def has_prompts(self, recipe: Any) -> bool:
+        """Whether the recipe's held-out rows are prompts the model can reply to (eval.samples,
+        `replies`). Default: no."""
+        return False
 
     def gradient_checkpointing_by_default(self, recipe: Any, memory_first: bool = False) -> bool:
         """Whether train.gradient_checkpointing, left unset, is on; `memory_first`: the
         strategy exists to fit a big model in little memory (`Strategy.memory_first`)."""
         return False
+
+    def contract_problem(self) -> str | None:
+        """What the plugin host refuses a task for: a required attribute left unset, a default
+        metric its own table cannot give. None when the task is whole."""
+        for attr in ("model_class", "peft_task_type", "model_noun", "default_metric",
+                     "has_labels", "sequence_labels", "metrics"):
+            if not hasattr(self, attr):
+                return f"it sets no `{attr}` (see pefttool.Task)"
+        if not isinstance(self.Options, type) or not issubclass(self.Options, TaskOptions):
+            return "its `Options` is not a pefttool.TaskOptions subclass"
+        if self.default_metric not in self.selectable_metrics():
+            return (f"its default_metric '{self.default_metric}' is not a selectable metric of its "
+                    f"table ({', '.join(self.selectable_metrics()) or 'none'})")
+        return None
 
     def selectable_metrics(self) -> tuple[str, ...]:
         return tuple(name for name, m in self.metrics.items() if m.selectable)
@@ -73,7 +116,9 @@ class Task:
         return self.metrics[metric].higher_is_better
 
     def check_recipe(self, recipe: Any) -> list[str]:
-        """Problems of the recipe's eval.metric for this task (validation reports them all)."""
+        """Problems of the recipe for this task, one line each naming the key (validation
+        reports them all, before anything loads). The default checks eval.metric against the
+        metric table; override to add the task's own (and call super())."""
         allowed = self.selectable_metrics()
         metric = recipe.eval.metric
         if metric and metric not in allowed:

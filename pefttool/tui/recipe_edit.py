@@ -20,8 +20,9 @@ from typing import Any, Literal
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from ..errors import PefttoolError
 from ..recipe import Recipe
-from ..tasks import TASKS, Task
+from ..tasks import Task, registered
 
 # The fields most recipes are adjusted on, in the order the form shows them.
 COMMON_KEYS = (
@@ -111,7 +112,10 @@ def common_fields() -> list[FieldSpec]:
 def data_fields(task_type: str) -> list[FieldSpec]:
     """model.path and the data files and columns the recipe's task reads."""
     specs = []
-    task = TASKS.get(task_type)
+    try:
+        task = registered().get(task_type)
+    except PefttoolError:  # plugins that fail to load: the Plugins screen shows why
+        task = None
     for key in task.data_keys if task is not None else Task.data_keys:
         section, _, name = key.rpartition(".")
         model: type[BaseModel] = Recipe.model_fields[section].annotation  # type: ignore[assignment]

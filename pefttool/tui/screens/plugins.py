@@ -1,4 +1,4 @@
-"""Plugins: what is installed, its version, the strategies it adds, and load errors."""
+"""Plugins: what is installed, its version, the strategies and tasks it adds, and load errors."""
 
 from __future__ import annotations
 
@@ -20,15 +20,17 @@ from .base import AppScreen
 
 
 def describe_strategies(host: Any) -> dict[str, dict[str, Any]]:
-    """name → description, owning plugin, and each option with its default and meaning."""
+    """"strategy NAME" / "task NAME" → description, owning plugin, the recipe section its
+    options go in, and each option with its default and meaning."""
     out = {}
-    for name, strategy in host.strategies.items():
-        options = []
-        for field_name, info in strategy.Options.model_fields.items():
-            default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
-            options.append((field_name, default, info.description or ""))
-        out[name] = {"description": strategy.description, "plugin": strategy.plugin,
-                     "options": options}
+    for noun, section, registry in (("strategy", "method", host.strategies), ("task", "task", host.tasks)):
+        for name, offer in registry.items():
+            options = []
+            for field_name, info in offer.Options.model_fields.items():
+                default = "required" if info.is_required() else repr(info.get_default(call_default_factory=True))
+                options.append((field_name, default, info.description or ""))
+            out[f"{noun} {name}"] = {"description": offer.description, "plugin": offer.plugin,
+                                     "section": section, "options": options}
     return out
 
 
@@ -52,7 +54,7 @@ class PluginsScreen(AppScreen):
         self.strategies: dict[str, dict[str, Any]] = {}
         self.query_one("#plugins-error").display = False
         table = self.query_one(DataTable)
-        table.add_columns("plugin", "version", "distribution", "strategies", "hooks")
+        table.add_columns("plugin", "version", "distribution", "adds", "hooks")
         self.load_plugins(refresh=False)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="plugins",
@@ -77,8 +79,9 @@ class PluginsScreen(AppScreen):
         table.clear()
         for row in self.rows:
             hooks = [h.removeprefix("pefttool_") for h in row.get("hooks", [])]
+            adds = row.get("strategies", []) + [f"task {t}" for t in row.get("tasks", [])]
             table.add_row(row["name"], row.get("version") or "-", row.get("distribution") or "-",
-                          ", ".join(row["strategies"]) or "-", ", ".join(hooks) or "-")
+                          ", ".join(adds) or "-", ", ".join(hooks) or "-")
         self._show_details()
 
     @on(DataTable.RowHighlighted)
@@ -93,20 +96,22 @@ class PluginsScreen(AppScreen):
             return
         row = self.rows[min(table.cursor_row, len(self.rows) - 1)]
         parts: list[Any] = [Text(f"{row['name']} ({row.get('module', '')})", style="bold")]
-        for name in row["strategies"]:
-            info = self.strategies.get(name, {})
-            parts.append(Text(f"\nstrategy {name}: {info.get('description', '')}"))
+        offers = [f"strategy {n}" for n in row.get("strategies", [])] + \
+            [f"task {n}" for n in row.get("tasks", [])]
+        for offer in offers:
+            info = self.strategies.get(offer, {})
+            parts.append(Text(f"\n{offer}: {info.get('description', '')}"))
             grid = Table.grid(padding=(0, 2))
             grid.add_column(no_wrap=True)
             grid.add_column(no_wrap=True)
             grid.add_column(overflow="fold")
             for option, default, help_text in info.get("options", []):
-                grid.add_row(f"  method.{option}", default, help_text)
+                grid.add_row(f"  {info.get('section', 'method')}.{option}", default, help_text)
             if not info.get("options"):
                 grid.add_row("  (no options of its own)", "", "")
             parts.append(grid)
-        if not row["strategies"]:
-            parts.append(Text("\nadds no strategy (observer hooks only)"))
+        if not offers:
+            parts.append(Text("\nadds no strategy or task (observer hooks only)"))
         details.update(Group(*parts))
 
     def action_reload(self) -> None:

@@ -12,8 +12,9 @@ from rich.text import Text
 from textual.widgets import Static
 
 from ...catalog import RecipeEntry
+from ...errors import PefttoolError
 from ...recipe import DEFAULT_STRATEGY
-from ...tasks import TASKS
+from ...tasks import registered
 from ..formatting import display_path
 
 
@@ -29,7 +30,7 @@ def summary_rows(entry: RecipeEntry) -> list[tuple[str, str]]:
     task_type = str(get("task.type", "?"))
     labels = get("task.labels", None)
     task = task_type + (f": {', '.join(map(str, labels))}" if labels else "")
-    known = TASKS.get(task_type)
+    known = _registered_task(task_type)
     if known is not None and known.formats:
         task += f" ({get('task.format', known.formats[0])})"
     eval_part = (f"eval {get('data.eval')}" if get("data.eval", None)
@@ -102,3 +103,12 @@ class RecipeDetails(Static):
         else:
             parts.append(Text("✓ validates", style=self._style("ok")))
         return Group(*parts)
+
+
+def _registered_task(task_type: str) -> Any:
+    """The registered task of that type; None when there is none or the plugins fail to load
+    (the Plugins screen shows why)."""
+    try:
+        return registered().get(task_type)
+    except PefttoolError:
+        return None

@@ -1,12 +1,19 @@
-"""Sequence classification: one label per row, a new classifier head (SEQ_CLS)."""
+"""Built-in task `classification`: one label per row, a new classifier head (SEQ_CLS).
+
+Registered through the `pefttool_register_tasks` hook and the `pefttool` entry-point group,
+like a third party's task; it uses only the public contract (`pefttool.Task`).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..metrics import accuracy, auroc, macro_f1
-from .base import Metric, Task
+from pefttool.data.formats import LabelledRows
+from pefttool.hookspecs import hookimpl
+from pefttool.metrics import accuracy, auroc, macro_f1
+from pefttool.tasks import Metric, Task
 
 
 @dataclass
@@ -29,6 +36,7 @@ def _auroc(o: ClassificationOutputs) -> float | None:
 
 class ClassificationTask(Task):
     type = "classification"
+    description = "one label per text (a classifier head): accuracy, macro F1, AUROC"
     model_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     model_noun = "a classifier"
@@ -50,21 +58,45 @@ class ClassificationTask(Task):
                             description="mean cross-entropy per batch"),
     }
 
-    def data_kind(self, recipe: Any) -> str:
-        return "labelled"
+    def row_format(self, recipe: Any) -> Any:
+        """Task contract: a text and a label per row (`LabelledRows`)."""
+        return LabelledRows.from_recipe(recipe)
 
     def check_recipe(self, recipe: Any) -> list[str]:
+        """Task contract, before anything loads: the metric, the label set, and the keys a
+        classifier does not read; one line per problem."""
         problems = super().check_recipe(recipe)
         labels = recipe.task.labels
+        if labels is not None and len(labels) < 2:
+            problems.append(f"task.labels: a classification task needs at least 2 labels (got {labels})")
+        elif labels is not None and len(set(labels)) != len(labels):
+            problems.append(f"task.labels: each label must appear once (got {labels})")
+        fmt = recipe.task.format
+        if fmt == "instruction":
+            recipe.task.format = None  # what recipes resolved by earlier versions wrote out
+        elif fmt is not None:
+            problems.append(f"task.format: {fmt!r}, but a classification task reads a text and a "
+                            f"label per row (data.text_column, data.label_column); remove "
+                            f"task.format, or set task.type = \"causal-lm\"")
+        d = recipe.data
+        if d.system_prompt is not None:
+            problems.append(f"data.system_prompt: {d.system_prompt[:40]!r} goes into a chat "
+                            f"template's system turn, and a classification task renders none; "
+                            f"remove it")
+        problems += [f"data.{key}: {getattr(d, key)!r} applies to chat rows only (task.type = "
+                     f"\"causal-lm\", task.format = \"chat\"); remove it"
+                     for key, default in (("messages_column", None), ("train_on", "assistant"))
+                     if getattr(d, key) != default]
         if recipe.eval.metric == "auroc" and labels is not None and len(labels) != 2:
             problems.append(f"eval.metric: 'auroc' needs a binary task and task.labels has "
                             f"{len(labels)} labels; use \"accuracy\" or \"macro_f1\"")
         return problems
 
     def check_data(self, recipe: Any, data: Any) -> None:
+        """Task contract, once the data is read: AUROC needs two labels, both in the eval set."""
         if recipe.metric != "auroc":
             return
-        from ..errors import DataError
+        from pefttool.errors import DataError
 
         names = data.label_names or []
         if len(names) != 2:
@@ -79,6 +111,7 @@ class ClassificationTask(Task):
 
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:
+        """Task contract: one pass over the eval split; accuracy, macro F1, AUROC, eval loss."""
         return self.score(classification_pass(model, eval_dl, len(data.label_names or []),
                                                accelerator))
 
@@ -108,4 +141,7 @@ def classification_pass(model: Any, eval_dl: Any, num_classes: int, accelerator:
                                  positive_scores=scores if num_classes == 2 else None)
 
 
-CLASSIFICATION = ClassificationTask()
+@hookimpl
+def pefttool_register_tasks(register: Callable[[Task], None]) -> None:
+    """Hook `pefttool_register_tasks` (once, at start-up): registers `classification`."""
+    register(ClassificationTask())
