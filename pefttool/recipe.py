@@ -218,6 +218,8 @@ class Recipe(Section):
     # A name, not a path: it is put into output.dir, and `../..` there must never move the run.
     name: str = Field("", description="letters, digits, '-', '_' and '.', starting with a letter or digit")
     description: str = ""
+    setup: str = Field("", description="the command that creates this recipe's local files "
+                       "(e.g. `make chat-data`); a missing model or data path's error names it")
 
     @field_validator("name")
     @classmethod
@@ -621,6 +623,9 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
     data_section: dict[str, Any] = data_value if isinstance(data_value, dict) else {}
     gguf_file = model.get("gguf_file")
     problems = []
+    setup = data.get("setup")
+    fix = (f"run `{setup}` (the recipe's setup) to create it, or fix the path"
+           if isinstance(setup, str) and setup.strip() else "fix the path")
     template = data_section.get("chat_template")
     for key, loc in (("model.path", model.get("path")), ("data.train", data_section.get("train")),
                      ("data.eval", data_section.get("eval")),
@@ -638,7 +643,7 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
             # The recipe's folder first (where relative paths are meant), then the current one.
             places = dict.fromkeys(str(p) for p in ((base_dir / path).absolute(), path.absolute()))
             looked = " and ".join(places)
-            problems.append(f"{key}: '{loc}' does not exist (looked at {looked}); fix the path")
+            problems.append(f"{key}: '{loc}' does not exist (looked at {looked}); {fix}")
         elif key == "model.path" and isinstance(gguf_file, str) and not (path / gguf_file).is_file():
             problems.append(f"model.gguf_file: '{gguf_file}' is not a file in {path}")
         elif key == "data.chat_template" and not path.is_file():

@@ -386,3 +386,23 @@ def test_an_override_puts_its_value_at_its_path(path, value):
     for part in path:
         data = data[part]
     assert data == value
+
+
+def test_a_missing_file_names_the_recipes_setup_command(tmp_path, monkeypatch):
+    """The shipped chat recipe's files come from `make chat-data`: when they are missing, the
+    error says to run it (issue 30, item 13b); a recipe without `setup` says fix the path."""
+    monkeypatch.chdir(tmp_path)  # no build/chat here
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(REPO / "recipes" / "chat-qlora.toml")
+    problems = [p for p in exc.value.problems if "does not exist" in p]
+    assert [p.split(":")[0] for p in problems] == ["model.path", "data.train"]
+    assert all(p.endswith("run `make chat-data` (the recipe's setup) to create it, or fix the path")
+               for p in problems)
+
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[model]\npath = "nowhere"\n[task]\ntype = "classification"\n'
+                     '[data]\ntrain = "gone.csv"\n', encoding="utf-8")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(plain)
+    assert any(p.startswith("data.train: 'gone.csv' does not exist") and p.endswith("; fix the path")
+               for p in exc.value.problems)
