@@ -423,12 +423,7 @@ def validate_recipe(
         options = schemas.options_for(strategy_name)
         if options is None:
             known = sorted(schemas.strategies)
-            hint = did_you_mean(strategy_name, known)
-            if schemas.left_out:
-                hint += (f"; PEFTTOOL_PLUGINS left out the installed plugin(s) "
-                         f"{', '.join(schemas.left_out)}, which may add it: include them to use it")
-            for broken in schemas.broken.values():  # the plugin that would have added it, maybe
-                hint += f"; {broken}"
+            hint = _unknown_hint(strategy_name, known, schemas)
             problems.append(
                 f"method.strategy: no strategy named '{strategy_name}'{hint}; loaded: "
                 f"{', '.join(known) or 'none'} (pefttool plugins lists them)"
@@ -461,6 +456,18 @@ def validate_recipe(
     return recipe
 
 
+def _unknown_hint(name: str, known: list[str], schemas: PluginSchemas) -> str:
+    """For a strategy or task no plugin registered: did-you-mean, the plugins PEFTTOOL_PLUGINS
+    left out, and the plugins that failed to load (one of them may add it)."""
+    hint = did_you_mean(name, known)
+    if schemas.left_out:
+        hint += (f"; PEFTTOOL_PLUGINS left out the installed plugin(s) "
+                 f"{', '.join(schemas.left_out)}, which may add it: include them to use it")
+    for broken in schemas.broken.values():
+        hint += f"; {broken}"
+    return hint
+
+
 def _task_problems(section: Any, schemas: PluginSchemas,
                    problems: list[str]) -> tuple[Task | None, BaseModel | None]:
     """The registered task `task.type` names and its validated options; what is wrong with
@@ -471,12 +478,7 @@ def _task_problems(section: Any, schemas: PluginSchemas,
     task = schemas.tasks.get(name)
     if task is None:
         known = sorted(schemas.tasks)
-        hint = did_you_mean(name, known)
-        if schemas.left_out:
-            hint += (f"; PEFTTOOL_PLUGINS left out the installed plugin(s) "
-                     f"{', '.join(schemas.left_out)}, which may add it: include them to use it")
-        for broken in schemas.broken.values():
-            hint += f"; {broken}"
+        hint = _unknown_hint(name, known, schemas)
         problems.append(f"task.type: no task named '{name}'{hint}; loaded: "
                         f"{', '.join(known) or 'none'} (pefttool plugins lists them)")
         return None, None

@@ -124,3 +124,21 @@ def test_the_task_tells_the_data_package_which_rows_it_reads(tmp_path, request, 
     overrides = {"task.format": fmt} if fmt else {}
     recipe = load_recipe(write_tiny_recipe(tmp_path, model, "lora", task, overrides=overrides))
     assert type(get_task(recipe).row_format(recipe)) is getattr(formats, rows)
+
+
+def test_task_type_format_and_options_are_checked_against_the_registered_task():
+    from pefttool import RecipeError, validate_recipe
+
+    def problems(task: dict) -> list[str]:
+        data = {"model": {"path": "m"}, "task": task, "data": {"train": "t.csv"}}
+        with pytest.raises(RecipeError) as exc:
+            validate_recipe(data, check_files=False)
+        return exc.value.problems
+
+    typo = problems({"type": "clasification"})
+    assert typo[0].startswith("task.type: no task named 'clasification'")
+    assert "did you mean 'classification'" in typo[0] and "loaded: causal-lm, classification" in typo[0]
+    assert problems({"type": "causal-lm", "format": "chatt"})[0].startswith(
+        "task.format: 'chatt' is not a format of task 'causal-lm'")
+    assert any(p.startswith("task.lables: unknown key") and "labels" in p
+               for p in problems({"type": "classification", "lables": ["a", "b"]}))
