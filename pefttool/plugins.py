@@ -179,14 +179,8 @@ class PluginHost:
             if not isinstance(strategy, Strategy) or not strategy.name:
                 raise PluginError(f"plugin '{plugin_name}' registered {strategy!r}, which is not a "
                                   f"named pefttool.Strategy")
-            other = self.strategies.get(strategy.name)
-            if other is not None:
-                raise PluginError(f"strategy '{strategy.name}' is registered by both plugin "
-                                  f"'{other.plugin}' and plugin '{plugin_name}'; uninstall one, or "
-                                  f"skip one with {ENV_SELECT}=-{plugin_name}")
-            strategy.plugin = plugin_name
-            self.strategies[strategy.name] = strategy
-            self.infos[plugin_name].strategies.append(strategy.name)
+            _claim(plugin_name, "strategy", strategy.name, strategy, self.strategies,
+                   self.infos[plugin_name].strategies)
 
         call_hook(plugin_name, "pefttool_register_strategies", impl, register=register)
 
@@ -198,14 +192,7 @@ class PluginHost:
             problem = task.contract_problem()
             if problem:
                 raise PluginError(f"plugin '{plugin_name}' registered task '{task.type}': {problem}")
-            other = self.tasks.get(task.type)
-            if other is not None:
-                raise PluginError(f"task '{task.type}' is registered by both plugin "
-                                  f"'{other.plugin}' and plugin '{plugin_name}'; uninstall one, or "
-                                  f"skip one with {ENV_SELECT}=-{plugin_name}")
-            task.plugin = plugin_name
-            self.tasks[task.type] = task
-            self.infos[plugin_name].tasks.append(task.type)
+            _claim(plugin_name, "task", task.type, task, self.tasks, self.infos[plugin_name].tasks)
 
         call_hook(plugin_name, "pefttool_register_tasks", impl, register=register)
 
@@ -240,6 +227,20 @@ class PluginHost:
             rows.append(row)
         rows += [{"name": name, "broken": message} for name, message in self.broken.items()]
         return rows
+
+
+def _claim(plugin_name: str, noun: str, name: str, offer: Any, registry: dict[str, Any],
+           listed: list[str]) -> None:
+    """Record a registered strategy or task under `name`; a name another plugin took first is
+    an error naming both (which one runs must not be left to the install order)."""
+    other = registry.get(name)
+    if other is not None:
+        raise PluginError(f"{noun} '{name}' is registered by both plugin '{other.plugin}' and "
+                          f"plugin '{plugin_name}'; uninstall one, or skip one with "
+                          f"{ENV_SELECT}=-{plugin_name}")
+    offer.plugin = plugin_name
+    registry[name] = offer
+    listed.append(name)
 
 
 def call_hook(plugin_name: str, hook_name: str, function: Callable[..., Any], **kwargs: Any) -> Any:
