@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import OutputError
-from .tasks import check_command
+from .tasks import check_command, get_task
 
 Messages = list[dict[str, str]]
 
@@ -54,23 +54,23 @@ def check_causal(recipe: Any) -> None:
     check_command(recipe, "generate")
 
 
+def _rows(recipe: Any) -> Any:
+    """The run's row format: it renders a prompt the way training rendered its rows."""
+    return get_task(recipe).row_format(recipe)
+
+
 def uses_chat_template(loaded: Any, conversation: bool = False) -> bool:
-    """Whether a prompt goes through the tokenizer's chat template: as the run's training did
-    (data.chat_template, or task.format = "chat"); a plain-text run's single prompts never do,
-    but a conversation uses the template when the model has one."""
+    """Whether a prompt goes through the tokenizer's chat template, as the run's training
+    rendered its rows (`RowFormat.uses_chat_template`); never when the tokenizer has none."""
     if not getattr(loaded.tokenizer, "chat_template", None):
         return False
-    fmt = getattr(loaded.recipe.task, "format", "instruction")
-    if fmt == "chat":
-        return True
-    return bool(getattr(loaded.recipe.data, "chat_template", True)) and (conversation or fmt != "text")
+    return bool(_rows(loaded.recipe).uses_chat_template(loaded.recipe, conversation))
 
 
 def prompt_ids(loaded: Any, prompt: str | Messages, system: str | None = None) -> list[int]:
     """The token ids the model continues from, rendered the way the run trained (with
     `system`, or else the run's data.system_prompt, as the system turn of a chat template)."""
     tok = loaded.tokenizer
-    fmt = getattr(loaded.recipe.task, "format", "instruction")
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     if not messages:
         raise OutputError("generate: no prompt (an empty conversation)")
@@ -88,7 +88,7 @@ def prompt_ids(loaded: Any, prompt: str | Messages, system: str | None = None) -
         return list(tok(text, add_special_tokens=False)["input_ids"])
     if isinstance(prompt, str):
         # plain text continues as is; an instruction prompt ends in the newline training put there
-        text = prompt if fmt == "text" else prompt + "\n"
+        text = prompt + _rows(loaded.recipe).prompt_suffix
     else:  # turns joined the way instruction rows were: prompt\n response<eos> prompt\n ...
         eos = tok.eos_token or ""
         text = "".join(m["content"] + ("\n" if m.get("role") != "assistant" else eos) for m in messages)
@@ -187,10 +187,9 @@ def prompts_from_file(path: Any, recipe: Any) -> list[str | Messages]:
     jsonl = path.suffix in (".jsonl", ".ndjson", ".json") or (lines and lines[0].lstrip().startswith("{"))
     if not jsonl:
         return lines
-    from .data import chat as chat_rows
+    from .errors import DataError
 
-    d, fmt = recipe.data, getattr(recipe.task, "format", "instruction")
-    column = d.text_column if fmt == "text" else d.prompt_column
+    rows = _rows(recipe)
     out: list[str | Messages] = []
     for number, line in enumerate(lines, 1):
         try:
@@ -200,49 +199,11 @@ def prompts_from_file(path: Any, recipe: Any) -> list[str | Messages]:
                               f"line, or plain text with one prompt per line") from None
         if not isinstance(row, dict):
             raise OutputError(f"--file: {path} line {number} is not a JSON object")
-        if fmt == "chat":  # the run's conversations, as its training read them (messages / ShareGPT)
-            out.append(_conversation(row, d, f"--file: {path} line {number}", chat_rows))
-            continue
-        value = row.get(column)
-        if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
-            while value and value[-1].get("role") == "assistant":
-                value = value[:-1]   # the reference answer: the model is to write it
-            if value:
-                out.append([{"role": str(m.get("role", "user")), "content": str(m["content"])}
-                            for m in value])
-                continue
-        if fmt != "chat" and d.prompt_template is not None:
-            try:
-                out.append(d.prompt_template.format(**row))
-                continue
-            except (KeyError, IndexError, ValueError):
-                raise OutputError(f"--file: {path} line {number} lacks a column that "
-                                  f"data.prompt_template ({d.prompt_template!r}) names") from None
-        if not isinstance(value, str) or not value.strip():
-            raise OutputError(f"--file: {path} line {number} has no '{column}' text (the run's "
-                              f"prompt column); give JSONL with a '{column}' field, or one prompt per line")
-        out.append(value)
+        try:
+            out.append(rows.file_prompt(recipe, row, f"--file: {path} line {number}"))
+        except DataError as exc:
+            raise OutputError(str(exc)) from None
     return out
-
-
-def _conversation(row: dict, d: Any, where: str, chat_rows: Any) -> Messages:
-    """A chat run's JSONL row → the conversation to continue (its last assistant turns, the
-    reference replies, left out)."""
-    column = chat_rows.pick_column(getattr(d, "messages_column", None), list(row))
-    if column is None:
-        names = d.messages_column or " or ".join(chat_rows.MESSAGES_COLUMNS)
-        raise OutputError(f"{where} has no {names} list (the run is a chat run); give JSONL rows "
-                          f"like {{\"messages\": [{{\"role\": \"user\", \"content\": \"…\"}}]}}, "
-                          f"or one prompt per line")
-    try:
-        messages = chat_rows.normalize(row[column], need_reply=False)
-    except chat_rows.ChatProblem as exc:
-        raise OutputError(f"{where}: '{column}' {exc}") from None
-    while messages and messages[-1]["role"] == "assistant":
-        messages = messages[:-1]
-    if not messages or messages[-1]["role"] == "system":
-        raise OutputError(f"{where}: '{column}' has no user turn to answer")
-    return messages
 
 
 CHAT_HELP = "/exit or Ctrl-D ends, Ctrl-C stops a reply, /reset starts a new conversation"

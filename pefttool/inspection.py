@@ -120,8 +120,9 @@ def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None 
     from .models import load_tokenizer
 
     task = get_task(recipe)
-    if multi_turn and "chat" not in task.formats:
-        raise PefttoolError(f"--multi-turn: {recipe.task.type} rows have no turns; it picks chat rows "
+    if multi_turn and not task.row_format(recipe).turns:
+        kind = " ".join(filter(None, (recipe.task.type, recipe.task.format)))
+        raise PefttoolError(f"--multi-turn: {kind} rows have no turns; it picks conversation rows "
                             "with several assistant replies")
     tokenizer = load_tokenizer(recipe)
     summary: list[str] = []

@@ -316,7 +316,7 @@ def test_a_chat_runs_jsonl_file_gives_conversations(tmp_path):
     from pefttool.errors import OutputError
     from pefttool.generate import prompts_from_file
 
-    recipe = types.SimpleNamespace(task=types.SimpleNamespace(format="chat"), data=types.SimpleNamespace(
+    recipe = types.SimpleNamespace(task=types.SimpleNamespace(type="causal-lm", format="chat"), data=types.SimpleNamespace(
         messages_column=None, prompt_template=None, text_column="text", prompt_column="prompt"))
     rows = tmp_path / "chat.jsonl"
     rows.write_text("\n".join(json.dumps(r) for r in (

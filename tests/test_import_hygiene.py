@@ -166,8 +166,10 @@ def test_no_core_module_branches_on_a_task_name_beyond_the_known_few():
 
 def test_no_core_module_branches_on_a_task_type_or_row_kind():
     """The data pipeline calls the row format's methods (pefttool/data/formats.py) and the
-    rest asks the task object: no `task.type ==` or `kind ==` dispatch is left in the core."""
-    branch = re.compile(r"task\.type\s*(==|!=|in\s+[(\[{])|\bkind\s*(==|!=|in\s+[(\[{])|\.kind\b|data_kind")
+    rest asks the task object: no `task.type ==`, `kind ==` or `format == "chat"` dispatch is
+    left in the core (generate renders prompts through the row format's methods)."""
+    branch = re.compile(r"task\.type\s*(==|!=|in\s+[(\[{])|\bkind\s*(==|!=|in\s+[(\[{])|\.kind\b|data_kind"
+                        r"|\b(fmt|format)\s*(==|!=)\s*[\"'](chat|text|instruction)[\"']")
     found = []
     for path in sorted((REPO / "pefttool").rglob("*.py")):
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):

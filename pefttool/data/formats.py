@@ -63,6 +63,8 @@ class RowFormat:
     target_noun: ClassVar[str] = "label"
     #: the reason rows are dropped at max_length, for the no-rows-left error
     too_long: ClassVar[str] = "every prompt is at least"
+    #: rows are conversations of several turns (`inspect --multi-turn` picks those with several replies)
+    turns: ClassVar[bool] = False
 
     def __init__(self, columns: list[tuple[str, str]], declared: list[str] | None = None,
                  response_map: dict[str, str] | None = None):
@@ -107,6 +109,39 @@ class RowFormat:
         """The tokenized split, its truncation counts recorded and helper columns removed."""
         return ds
 
+    # Inference (`pefttool generate`, the TUI's Try it): a finished run's prompt is rendered
+    # the way its training rendered rows of this format.
+    #: data.chat_template applies to a single prompt too (plain text: only to conversations)
+    single_prompt_template: ClassVar[bool] = True
+    #: what follows a single prompt rendered without a template (instruction rows: a newline)
+    prompt_suffix: ClassVar[str] = "\n"
+
+    def uses_chat_template(self, recipe: Recipe, conversation: bool) -> bool:
+        """Whether a prompt (`conversation`: a list of turns) goes through the chat template
+        (when the tokenizer has one)."""
+        return bool(getattr(recipe.data, "chat_template", True)) and (
+            conversation or self.single_prompt_template)
+
+    def prompt_column_of(self, recipe: Recipe) -> str:
+        """The column a JSONL prompt file's rows give their prompt in."""
+        return recipe.data.prompt_column
+
+    def file_prompt(self, recipe: Recipe, row: dict[str, Any], where: str) -> str | list[dict[str, str]]:
+        """One JSONL row of a prompt file (`generate --file`) → the prompt: the prompt column's
+        text, or its list of turns (a trailing assistant turn, the reference reply, left out)."""
+        column = self.prompt_column_of(recipe)
+        value = row.get(column)
+        if isinstance(value, list) and all(isinstance(m, dict) and "content" in m for m in value):
+            while value and value[-1].get("role") == "assistant":
+                value = value[:-1]   # the reference answer: the model is to write it
+            if value:
+                return [{"role": str(m.get("role", "user")), "content": str(m["content"])}
+                        for m in value]
+        if not isinstance(value, str) or not value.strip():
+            raise DataError(f"{where} has no '{column}' text (the run's prompt column); give "
+                            f"JSONL with a '{column}' field, or one prompt per line")
+        return value
+
 
 class LabelledRows(RowFormat):
     """A text and a label per row; the label set is task.labels, else the train file's."""
@@ -145,6 +180,12 @@ class LabelledRows(RowFormat):
 
 class TextRows(RowFormat):
     """Plain text: BOS (where the tokenizer adds one) + text + EOS, labels = input_ids."""
+
+    single_prompt_template = False   # a prompt is text to continue, as is
+    prompt_suffix = ""
+
+    def prompt_column_of(self, recipe: Recipe) -> str:
+        return recipe.data.text_column
 
     @classmethod
     def from_recipe(cls, recipe: Recipe) -> RowFormat:
@@ -266,6 +307,15 @@ class InstructionRows(_PromptedRows):
             out["_prompt_len"].append(len(p))
         return out
 
+    def file_prompt(self, recipe: Recipe, row: dict[str, Any], where: str) -> str | list[dict[str, str]]:
+        if self.template is None or isinstance(row.get(recipe.data.prompt_column), list):
+            return super().file_prompt(recipe, row, where)
+        try:
+            return self.template.format(**row)
+        except (KeyError, IndexError, ValueError):
+            raise DataError(f"{where} lacks a column that data.prompt_template "
+                            f"({self.template!r}) names") from None
+
     def held_out(self, encoder: _Encoder, ds: datasets.Dataset, rows: list[_Row],
                  kept: list[int]) -> tuple[list[str], list[list[int]]]:
         prompt_lens = list(ds["_prompt_len"])
@@ -282,6 +332,7 @@ class ChatRows(_PromptedRows):
 
     prompt_column = "_prompt_ids"
     too_long = "every conversation's assistant tokens lie past"
+    turns = True
 
     def __init__(self, columns: list[tuple[str, str]], renderer: chat.Renderer | None = None):
         super().__init__(columns)
@@ -291,6 +342,29 @@ class ChatRows(_PromptedRows):
     def from_recipe(cls, recipe: Recipe) -> RowFormat:
         # The column is settled per file (`for_columns`): messages, else conversations.
         return cls([("data.messages_column", recipe.data.messages_column or "messages")])
+
+    def uses_chat_template(self, recipe: Recipe, conversation: bool) -> bool:
+        return True   # a chat run's every prompt is a conversation the template renders
+
+    def file_prompt(self, recipe: Recipe, row: dict[str, Any], where: str) -> str | list[dict[str, str]]:
+        """A JSONL row → the conversation to continue, read as training read them (messages
+        / ShareGPT), its last assistant turns (the reference replies) left out."""
+        d = recipe.data
+        column = chat.pick_column(getattr(d, "messages_column", None), list(row))
+        if column is None:
+            names = d.messages_column or " or ".join(chat.MESSAGES_COLUMNS)
+            raise DataError(f"{where} has no {names} list (the run is a chat run); give JSONL rows "
+                            f"like {{\"messages\": [{{\"role\": \"user\", \"content\": \"…\"}}]}}, "
+                            f"or one prompt per line")
+        try:
+            messages = chat.normalize(row[column], need_reply=False)
+        except chat.ChatProblem as exc:
+            raise DataError(f"{where}: '{column}' {exc}") from None
+        while messages and messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        if not messages or messages[-1]["role"] == "system":
+            raise DataError(f"{where}: '{column}' has no user turn to answer")
+        return messages
 
     def prepare(self, recipe: Recipe, tokenizer: Any) -> None:
         if not getattr(tokenizer, "chat_template", None):
