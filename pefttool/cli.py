@@ -303,11 +303,12 @@ def _rebuilds_only(run_dir: Path) -> bool:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .errors import PefttoolError as Bad
     from .runfolder.lifecycle import saved_run
-    from .tasks import check_command
+    from .tasks import check_command, get_task
     from .trained import load_trained, predict
 
     _, recipe = saved_run(args.run_dir)  # a bad run dir or a run that writes text: before any model loads
     check_command(recipe, "predict")
+    task = get_task(recipe)
     texts = list(args.texts)
     if args.file is not None:
         texts += _texts_from_file(args.file, recipe.data.text_column)
@@ -320,11 +321,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     batch = 32
     for first in range(0, len(texts), batch):  # printed as they are labelled: Ctrl-C keeps what is out
         chunk = texts[first:first + batch]
-        for text, (label, probs) in zip(chunk, predict(trained, chunk, batch_size=batch)):
+        for text, answer in zip(chunk, predict(trained, chunk, batch_size=batch)):
             if args.json:
-                print(json.dumps({"text": text, "label": label, "probabilities": probs}))
+                print(json.dumps({"text": text, **task.prediction_fields(answer)}))
+            elif answer.answer in answer.scores:  # a label, and its probability
+                print(f"{answer.answer}\t{answer.scores[answer.answer]:.3f}\t{text}")
             else:
-                print(f"{label}\t{probs[label]:.3f}\t{text}")
+                print(f"{answer.answer}\t{text}")
         sys.stdout.flush()
         if show:
             print(f"\r{min(first + batch, len(texts))}/{len(texts)}", end="", file=sys.stderr, flush=True)

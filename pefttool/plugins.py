@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import pluggy
 
@@ -25,6 +25,7 @@ from .errors import PluginError, did_you_mean, one_line
 from .schemas import PluginSchemas
 from .strategy import Strategy
 from .tasks.base import Task
+from .tasks.guard import GuardedTask
 from .tracing import trace, tracing
 
 GROUP = "pefttool"
@@ -192,7 +193,9 @@ class PluginHost:
             problem = task.contract_problem()
             if problem:
                 raise PluginError(f"plugin '{plugin_name}' registered task '{task.type}': {problem}")
-            _claim(plugin_name, "task", task.type, task, self.tasks, self.infos[plugin_name].tasks)
+            # stored guarded: the core calls the task's methods through GuardedTask
+            _claim(plugin_name, "task", task.type, cast(Task, GuardedTask(task)), self.tasks,
+                   self.infos[plugin_name].tasks)
 
         call_hook(plugin_name, "pefttool_register_tasks", impl, register=register)
 

@@ -4,7 +4,7 @@ Works on what every strategy saves in RUN_DIR/model: a PEFT adapter (lora, qlora
 PEFT method; the base model comes from the run's recipe) or a full `save_pretrained` model.
 
     load_trained(run_dir)             -> Trained (model in eval mode, tokenizer, recipe, labels)
-    predict(trained, texts)           -> [(label, {label: probability})]
+    predict(trained, texts)           -> [Prediction(answer, {label: probability})]
     export(run_dir, out, merge, dtype)
 """
 
@@ -22,7 +22,7 @@ from .runfolder.lifecycle import saved_run
 from .runfolder.model_dir import check_export_out, copy_model_files, repair_advice
 from .runfolder.rundir import write_failure
 from .runfolder.summary import pid_alive
-from .tasks import check_command, get_task
+from .tasks import Prediction, check_command, get_task
 
 
 @dataclass
@@ -91,13 +91,15 @@ MAX_CHARS_PER_TOKEN = 64
 
 
 def predict(trained: Trained, texts: list[str], batch_size: int = 32,
-            progress: Any = None) -> list[tuple[str, dict[str, float]]]:
-    """Label and class probabilities for each text (classification runs)."""
+            progress: Any = None) -> list[Prediction]:
+    """The task's answer for each text (`Task.predictions`): a label and every label's
+    probability (classification), a number (a regression head)..."""
     import torch
 
     check_command(trained.recipe, "predict")  # the API's callers too (the CLI checks before loading)
-    labels = trained.labels or [str(i) for i in range(trained.model.config.num_labels)]
-    out: list[tuple[str, dict[str, float]]] = []
+    task = get_task(trained.recipe)
+    labels = trained.labels or []
+    out: list[Prediction] = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
             # Only the first max_length tokens count: cut what lies far beyond them before the
@@ -107,10 +109,7 @@ def predict(trained: Trained, texts: list[str], batch_size: int = 32,
             chunk = [text[:limit] for text in texts[start:start + batch_size]]
             enc = trained.tokenizer(chunk, truncation=True, max_length=trained.recipe.data.max_length,
                                     padding=True, return_tensors="pt")
-            probs = torch.softmax(trained.model(**enc).logits.float(), dim=-1)
-            for row in probs.tolist():
-                best = max(range(len(row)), key=row.__getitem__)
-                out.append((labels[best], {labels[i]: round(p, 6) for i, p in enumerate(row)}))
+            out += task.predictions(trained.model(**enc).logits.float(), labels)
             if progress is not None:
                 progress(min(start + batch_size, len(texts)), len(texts))
     return out

@@ -142,3 +142,60 @@ def test_task_type_format_and_options_are_checked_against_the_registered_task():
         "task.format: 'chatt' is not a format of task 'causal-lm'")
     assert any(p.startswith("task.lables: unknown key") and "labels" in p
                for p in problems({"type": "classification", "lables": ["a", "b"]}))
+
+
+def test_a_task_plugins_failure_or_wrong_answer_is_one_line_naming_it():
+    """The core calls a task through GuardedTask (as strategies through GuardedStrategy): an
+    exception or a result of the wrong kind from a method the plugin answers is one line naming
+    the task, its plugin and the method (exit 2 before training, 3 in it), never 'internal
+    error'; pefttool's own defaults and a PefttoolError pass through untouched."""
+    import torch
+
+    from pefttool.errors import PluginError
+    from pefttool.tasks import Prediction
+    from pefttool.tasks.guard import GuardedTask
+
+    classification = type(registered()["classification"].task)
+
+    class Broken(classification):
+        type = "broken"
+
+        def evaluate(self, *args):
+            return {"accuracy": float("nan")}
+
+        def model_kwargs(self, recipe):
+            return None
+
+        def row_format(self, recipe):
+            raise KeyError("label_column")
+
+        def check_data(self, recipe, data):
+            raise DataError("data: the plugin's own words")
+
+        def predictions(self, logits, labels):
+            return [Prediction("1", {})]   # one answer for two rows
+
+    task = Broken()
+    task.plugin = "pefttool-broken"
+    guarded = GuardedTask(task)
+    with pytest.raises(PluginError) as raised:
+        guarded.evaluate(None, None, None, None, None, None)
+    assert str(raised.value) == ("task 'broken' (pefttool-broken) returned a dict whose 'accuracy' is "
+                                 "nan from evaluate: return a dict of metric name → number (no NaN)")
+    assert raised.value.exit_code == 3
+    with pytest.raises(PluginError, match=r"^task 'broken' \(pefttool-broken\) returned None from "
+                                          r"model_kwargs: return a dict") as raised:
+        guarded.model_kwargs(None)
+    assert raised.value.exit_code == 2
+    with pytest.raises(PluginError, match=r"^task 'broken' \(pefttool-broken\) failed in row_format: "
+                                          r"KeyError: 'label_column'$"):
+        guarded.row_format(None)
+    with pytest.raises(DataError, match="the plugin's own words"):
+        guarded.check_data(None, None)
+    with pytest.raises(PluginError, match=r"returned a list of 1 from predictions for 2 rows"):
+        guarded.predictions(torch.zeros(2, 2), ["a", "b"])
+    # pefttool's defaults and plain attributes come through as they are
+    assert guarded.has_prompts(None) is False and guarded.type == "broken"
+    assert guarded.selectable_metrics() == task.selectable_metrics()
+    # the registered built-ins are guarded the same way
+    assert isinstance(registered()["causal-lm"], GuardedTask)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Metric, Task, TaskOptions
+from .base import Metric, Prediction, Task, TaskOptions
 
 
 def registered() -> dict[str, Task]:
@@ -55,5 +55,5 @@ def all_metric_names() -> tuple[str, ...]:
     return tuple(names)
 
 
-__all__ = ["Metric", "Task", "TaskOptions", "all_metric_names", "check_command", "get_task",
+__all__ = ["Metric", "Prediction", "Task", "TaskOptions", "all_metric_names", "check_command", "get_task",
            "registered"]

@@ -7,7 +7,7 @@ A plugin registers a `Task` through the `pefttool_register_tasks` hook; the buil
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
 
@@ -33,6 +33,13 @@ class Metric:
     # A share of rows (accuracy, exact match): it moves in steps of 1/rows, so a small eval
     # set makes it coarse. A loss or a ranking score is continuous.
     share_of_rows: bool = False
+
+
+class Prediction(NamedTuple):
+    """What `pefttool predict` answers for one text."""
+
+    answer: str                  # shown first: the label, or the number a regression head gives
+    scores: dict[str, float]     # each label's probability ({} when the answer is not a label)
 
 
 class Task:
@@ -139,6 +146,18 @@ class Task:
         """The model's greedy replies to the first `limit` held-out prompts (eval.samples);
         a task that writes no text has none (validation refuses eval.samples for it)."""
         return []
+
+    def predictions(self, logits: Any, labels: list[str]) -> list[Prediction]:
+        """`pefttool predict` (and the TUI's Try it), for a task whose inference_command is
+        "predict": one batch's logits (rows × outputs, float32) → one `Prediction` per row;
+        `labels`: the run's label names in id order ([] when it has none)."""
+        raise NotImplementedError(f"task '{self.type}' answers through pefttool "
+                                  f"{self.inference_command}, not predict")
+
+    def prediction_fields(self, prediction: Prediction) -> dict[str, Any]:
+        """The fields `pefttool predict --json` prints beside "text". Default: the label and
+        every label's probability."""
+        return {"label": prediction.answer, "probabilities": prediction.scores}
 
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:

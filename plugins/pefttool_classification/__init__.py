@@ -13,7 +13,7 @@ from typing import Any
 from pefttool.data.formats import LabelledRows
 from pefttool.hookspecs import hookimpl
 from pefttool.metrics import accuracy, auroc, macro_f1
-from pefttool.tasks import Metric, Task
+from pefttool.tasks import Metric, Prediction, Task
 
 
 @dataclass
@@ -108,6 +108,17 @@ class ClassificationTask(Task):
         if missing:
             raise DataError(f"eval.metric: 'auroc' is undefined when the eval set has no row of "
                             f"{', '.join(map(repr, missing))}; add such rows, or use \"accuracy\"")
+
+    def predictions(self, logits: Any, labels: list[str]) -> list[Prediction]:
+        """Task contract (`pefttool predict`): the likeliest label and every label's probability."""
+        import torch
+
+        out = []
+        for row in torch.softmax(logits.float(), dim=-1).tolist():
+            names = labels if len(labels) == len(row) else [str(i) for i in range(len(row))]
+            best = max(range(len(row)), key=row.__getitem__)
+            out.append(Prediction(names[best], {names[i]: round(p, 6) for i, p in enumerate(row)}))
+        return out
 
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:

@@ -126,7 +126,7 @@ class TryScreen(AppScreen):
           name="answering")
     def answer(self, text: str) -> None:
         try:
-            if get_task(self.task_type).has_labels:
+            if get_task(self.task_type).inference_command == "predict":
                 label, probs = classify(self.loaded, text)
                 self.post_message(Answered(text, label=label, probabilities=probs))
             else:
@@ -193,7 +193,8 @@ class TryScreen(AppScreen):
             log.write(Text(f"✗ {message.error}", style="red"))
         elif message.label is not None:
             probs = message.probabilities or {}
-            log.write(Text(f"{message.label}  ({probs.get(message.label, 0):.1%})", style="bold green"))
+            share = f"  ({probs[message.label]:.1%})" if message.label in probs else ""
+            log.write(Text(f"{message.label}{share}", style="bold green"))
             width = max((len(k) for k in probs), default=0)
             for name, p in sorted(probs.items(), key=lambda kv: -kv[1]):
                 bar = "█" * round(p * BAR_WIDTH)
