@@ -109,7 +109,7 @@ def predict(trained: Trained, texts: list[str], batch_size: int = 32,
             chunk = [text[:limit] for text in texts[start:start + batch_size]]
             enc = trained.tokenizer(chunk, truncation=True, max_length=trained.recipe.data.max_length,
                                     padding=True, return_tensors="pt")
-            out += task.predictions(trained.model(**enc).logits.float(), labels)
+            out += task.predictions(trained.model(**enc).logits.float(), labels, trained.recipe)
             if progress is not None:
                 progress(min(start + batch_size, len(texts)), len(texts))
     return out

@@ -19,7 +19,7 @@ import pytest
 from plugin_pkg.sitedir import add_distribution
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SHIPPED = ["pefttool-loraplus", "pefttool-ia3"]
+SHIPPED = ["pefttool-loraplus", "pefttool-ia3", "pefttool-regression"]
 
 
 def install_example(project: Path, site: Path) -> Path:
@@ -34,7 +34,7 @@ def install_example(project: Path, site: Path) -> Path:
 def installed(tmp_path_factory):
     """Scaffold pefttool-bitfit, install it and the shipped examples into one site folder, list
     the plugins, and run every project's own tests in one pytest child (one interpreter start
-    instead of three). Returns what the tests below check."""
+    instead of four). Returns what the tests below check."""
     from pefttool.cli import main
 
     root = tmp_path_factory.mktemp("examples")
@@ -82,6 +82,14 @@ def test_an_example_plugin_installs_and_passes_its_own_tests(example, installed)
     assert mine, f"no test of {example} ran\n" + _report(result)
     assert set(mine.values()) == {"passed"}, f"{mine}\n" + _report(result)
     assert " passed" in result.stdout
+
+
+def test_the_task_example_is_listed_as_a_task_beside_the_built_in_ones(installed):
+    """`pefttool plugins` with the regression example installed: its task sits beside the
+    two built-in tasks, each named as a task."""
+    _, listed, _, _ = installed
+    for task in ("classification", "causal-lm", "regression"):
+        assert f"{task} (task):" in listed.stdout, listed.stdout
 
 
 def test_new_plugin_scaffolds_a_package_that_passes_its_own_test(installed):

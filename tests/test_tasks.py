@@ -172,7 +172,7 @@ def test_a_task_plugins_failure_or_wrong_answer_is_one_line_naming_it():
         def check_data(self, recipe, data):
             raise DataError("data: the plugin's own words")
 
-        def predictions(self, logits, labels):
+        def predictions(self, logits, labels, recipe):
             return [Prediction("1", {})]   # one answer for two rows
 
     task = Broken()
@@ -193,7 +193,7 @@ def test_a_task_plugins_failure_or_wrong_answer_is_one_line_naming_it():
     with pytest.raises(DataError, match="the plugin's own words"):
         guarded.check_data(None, None)
     with pytest.raises(PluginError, match=r"returned a list of 1 from predictions for 2 rows"):
-        guarded.predictions(torch.zeros(2, 2), ["a", "b"])
+        guarded.predictions(torch.zeros(2, 2), ["a", "b"], None)
     # pefttool's defaults and plain attributes come through as they are
     assert guarded.has_prompts(None) is False and guarded.type == "broken"
     assert guarded.selectable_metrics() == task.selectable_metrics()

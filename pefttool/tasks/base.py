@@ -147,10 +147,11 @@ class Task:
         a task that writes no text has none (validation refuses eval.samples for it)."""
         return []
 
-    def predictions(self, logits: Any, labels: list[str]) -> list[Prediction]:
+    def predictions(self, logits: Any, labels: list[str], recipe: Any) -> list[Prediction]:
         """`pefttool predict` (and the TUI's Try it), for a task whose inference_command is
         "predict": one batch's logits (rows × outputs, float32) → one `Prediction` per row;
-        `labels`: the run's label names in id order ([] when it has none)."""
+        `labels`: the run's label names in id order ([] when it has none); `recipe`: the
+        run's (its `task_options`)."""
         raise NotImplementedError(f"task '{self.type}' answers through pefttool "
                                   f"{self.inference_command}, not predict")
 

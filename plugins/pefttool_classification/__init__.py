@@ -109,7 +109,7 @@ class ClassificationTask(Task):
             raise DataError(f"eval.metric: 'auroc' is undefined when the eval set has no row of "
                             f"{', '.join(map(repr, missing))}; add such rows, or use \"accuracy\"")
 
-    def predictions(self, logits: Any, labels: list[str]) -> list[Prediction]:
+    def predictions(self, logits: Any, labels: list[str], recipe: Any) -> list[Prediction]:
         """Task contract (`pefttool predict`): the likeliest label and every label's probability."""
         import torch
 
