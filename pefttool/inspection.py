@@ -133,12 +133,13 @@ def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None 
     picked = pick_rows(data, rows, start, seed, multi_turn)
     if multi_turn and rows and not picked:
         summary.append("--multi-turn: no train row has more than one loss-bearing reply")
+    per_token = task.row_format(recipe).sequence_labels
     for index in picked:
         row = data.train[index]
         ids = list(row["input_ids"])
-        if task.has_labels:  # one label per row: the text, and the label it trains toward
-            label_id = int(row["labels"])
-            name = data.label_names[label_id] if data.label_names else str(label_id)
+        if not per_token:  # one label per row: the text, and the label (or number) it trains toward
+            value = row["labels"]
+            name = data.label_names[int(value)] if data.label_names else str(value)
             text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
             previews.append(RowPreview(text=text, input_ids=ids, tokens=len(ids), loss_tokens=0,
                                        spans=[(text, False)], label=name, index=index))
@@ -150,7 +151,7 @@ def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None 
                                    index=index))
     # labelled rows are cut at max_length by the tokenizer, uncounted: only "at max_length"
     lengths = {split: length_stats([len(x) for x in ds["input_ids"]], recipe.data.max_length,
-                                   {} if task.has_labels else data.stats[split])
+                                   data.stats[split] if per_token else {})
                for split, ds in (("train", data.train), ("eval", data.eval))}
     return DataPreview(recipe=str(recipe.name), task=recipe.task.type,
                        format=getattr(recipe.task, "format", None) if task.formats else None,

@@ -326,6 +326,9 @@ def _meta_model(recipe: Recipe, dtype: Any, attention: str | None) -> Any:
         config.num_labels = len(labels)
         config.id2label = dict(enumerate(labels))
         config.label2id = {n: i for i, n in enumerate(labels)}
+    for key, value in task.model_kwargs(recipe).items():  # the task's head (num_labels=1...)
+        if key == "num_labels" or hasattr(config, key):
+            setattr(config, key, value)
     cls = task.auto_model_class()
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = 0  # decoder classifiers need one to find each row's end
@@ -542,10 +545,7 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int,
     model.train(training)
     ids = torch.zeros((batch, length), dtype=torch.long, device="meta")
     inputs: dict[str, Any] = {"input_ids": ids}
-    if get_task(recipe).has_labels:  # one label per row; else the loss is over the tokens
-        inputs["labels"] = torch.zeros((batch,), dtype=torch.long, device="meta")
-    else:
-        inputs["labels"] = ids
+    inputs["labels"] = get_task(recipe).example_labels(ids)  # one per row, or per token
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), _fused_sdpa(), \
                 _alloc_counter(on_alloc), torch.set_grad_enabled(training):

@@ -92,6 +92,11 @@ class Task:
         num_labels=1, problem_type="regression"). Default: none."""
         return {}
 
+    def example_labels(self, input_ids: Any) -> Any:
+        """Labels shaped as training's for a batch of input ids (`pefttool plan` measures a
+        step with them, on the meta device). Default: the ids (a loss over every token)."""
+        return input_ids
+
     def has_prompts(self, recipe: Any) -> bool:
         """Whether the recipe's held-out rows are prompts the model can reply to (eval.samples,
         `replies`). Default: no."""

@@ -51,7 +51,7 @@ RETURNS: dict[str, tuple[Any, str]] = {
 }
 # methods called while a run trains: their failure ends it with exit 3
 IN_TRAINING = ("evaluate", "score", "replies")
-GUARDED = (*RETURNS, "predictions")
+GUARDED = (*RETURNS, "predictions", "example_labels")
 
 
 class GuardedTask:
@@ -71,7 +71,15 @@ class GuardedTask:
         error.exit_code = 3 if method in IN_TRAINING else 2
         return error
 
+    def __copy__(self) -> GuardedTask:
+        return self   # one task object per type, as registered (a recipe copy shares it)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> GuardedTask:
+        return self
+
     def __getattr__(self, name: str) -> Any:
+        if name == "task" or name.startswith("__"):
+            raise AttributeError(name)   # (before __init__ ran: unpickling, copying)
         attr = getattr(self.task, name)
         if name not in GUARDED or not callable(attr):
             return attr
@@ -93,7 +101,9 @@ class GuardedTask:
             finally:
                 if tracing():
                     trace(f"{self.task.type}.{name}", self.task.plugin or "?", began)
-            if name == "predictions":
+            if name == "example_labels":
+                pass   # a tensor on the meta device: plan's forward pass says what is wrong
+            elif name == "predictions":
                 rows = len(args[0]) if args else len(kwargs.get("logits", ()))
                 if not (isinstance(result, list) and len(result) == rows
                         and all(isinstance(p, Prediction) for p in result)):

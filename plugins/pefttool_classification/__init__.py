@@ -62,6 +62,12 @@ class ClassificationTask(Task):
         """Task contract: a text and a label per row (`LabelledRows`)."""
         return LabelledRows.from_recipe(recipe)
 
+    def example_labels(self, input_ids: Any) -> Any:
+        """Task contract (`pefttool plan`): one label id per row."""
+        import torch
+
+        return torch.zeros(input_ids.shape[:1], dtype=torch.long, device=input_ids.device)
+
     def check_recipe(self, recipe: Any) -> list[str]:
         """Task contract, before anything loads: the metric, the label set, and the keys a
         classifier does not read; one line per problem."""

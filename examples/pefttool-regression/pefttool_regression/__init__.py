@@ -148,6 +148,11 @@ class RegressionTask(Task):
         # one output and transformers' MSE loss; a base with another head gets a new one
         return {"num_labels": 1, "problem_type": "regression", "ignore_mismatched_sizes": True}
 
+    def example_labels(self, input_ids: Any) -> Any:
+        import torch   # one float target per row (`pefttool plan` measures a step with them)
+
+        return torch.zeros(input_ids.shape[:1], dtype=torch.float32, device=input_ids.device)
+
     def check_recipe(self, recipe: Any) -> list[str]:
         problems = super().check_recipe(recipe)
         if recipe.task.labels is not None:

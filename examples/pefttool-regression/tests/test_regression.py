@@ -56,6 +56,14 @@ def test_regression_trains_evaluates_predicts_and_exports(tmp_path, strategy):
     assert all(len(line.split("\t")[0].split(".")[1]) == 2 for line in done.stdout.splitlines())
     if strategy == "lora":   # the TUI's dashboard shows the task's metrics like any other
         assert {"pearson", "spearman", "rmse"} <= set(eval_table_columns(result.run_dir))
+        # plan measures a step with the task's labels; inspect shows a row and its number
+        recipe = str(tmp_path / "tiny-regression-lora.toml")
+        for command in (["plan", recipe], ["inspect", recipe, "--rows", "1", "--json"]):
+            done = subprocess.run([sys.executable, "-m", "pefttool.cli", *command],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, f"{command[0]}: {done.stderr}"
+        label = json.loads(done.stdout)["rows"][0]["label"]
+        assert float(label) in (-2.0, 0.0, 2.0), label
 
 
 def eval_table_columns(run_dir):
