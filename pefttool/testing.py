@@ -20,7 +20,7 @@ A task plugin's test does the same through `check_task`:
 
     def test_my_task_runs_end_to_end(tmp_path):
         check_task("mytask", tmp_path, data=write_my_rows(tmp_path / "rows.csv"),
-                   data_keys={"label_column": "score"}, strategy="lora")
+                   data_keys={"label_column": "score"})
 
 It trains the task on the tiny model (or `model_dir`), asserts the run completes with the
 task's default metric finite in metrics.json and the eval loss falling, then loads the saved
@@ -34,6 +34,8 @@ import csv
 import random
 from pathlib import Path
 from typing import Any
+
+from .recipe import DEFAULT_STRATEGY
 
 # The tiny model's tokenizer knows these words (and the numbers 0-199): a task plugin's test
 # data built from them reaches the model as real tokens, not [UNK].
@@ -164,7 +166,7 @@ def reload(model_dir: Path) -> Any:
     return AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
 
 
-def check_task(task_type: str, tmp_path: Path, data: Path, *, strategy: str = "lora",
+def check_task(task_type: str, tmp_path: Path, data: Path, *, strategy: str = DEFAULT_STRATEGY,
                options: dict[str, Any] | None = None, task: dict[str, Any] | None = None,
                data_keys: dict[str, Any] | None = None, model_dir: Path | None = None,
                prompts: list[str] | None = None, **train: Any) -> Any:

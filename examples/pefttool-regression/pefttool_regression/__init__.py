@@ -74,6 +74,7 @@ def spearman(x: list[float], y: list[float]) -> float | None:
 
 
 def rmse(x: list[float], y: list[float]) -> float | None:
+    """Root mean squared error, in the numbers' own units; None on no rows."""
     if not x:
         return None
     return math.sqrt(sum((a - b) ** 2 for a, b in zip(x, y)) / len(x))
@@ -88,10 +89,12 @@ class NumberRows(RowFormat):
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> RowFormat:
+        """The two columns a row reads, named by their recipe keys for the missing-column error."""
         d = recipe.data
         return cls([("data.text_column", d.text_column), ("data.label_column", d.label_column)])
 
     def make_row(self, recipe: Any, values: dict[str, Any]) -> Row | None:
+        """One cleaned row (its number kept as text in the label slot); BadRow names the reason."""
         d = recipe.data
         text = cell_text(values[d.text_column], d.text_column)
         value = values[d.label_column]
@@ -106,9 +109,11 @@ class NumberRows(RowFormat):
         return Row(text, text, repr(number)) if text else None
 
     def encode_columns(self, rows: list[Row], encoder: Any) -> dict[str, list]:
+        """The rows as columns before tokenizing: the text and the float target."""
         return {"text": [r.text for r in rows], "label": [float(r.label_text()) for r in rows]}
 
     def tokenize(self, encoder: Any, batch: dict[str, list]) -> dict[str, list]:
+        """Token ids and mask for the text; `labels` is the float the head should give."""
         enc = encoder.tok(batch["text"], truncation=True, max_length=encoder.max_length)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "labels": [float(v) for v in batch["label"]]}
@@ -142,18 +147,21 @@ class RegressionTask(Task):
     }
 
     def row_format(self, recipe: Any) -> RowFormat:
+        """Every regression recipe reads NumberRows."""
         return NumberRows.from_recipe(recipe)
 
     def model_kwargs(self, recipe: Any) -> dict[str, Any]:
-        # one output and transformers' MSE loss; a base with another head gets a new one
+        """One output and transformers' MSE loss; a base with another head gets a new one."""
         return {"num_labels": 1, "problem_type": "regression", "ignore_mismatched_sizes": True}
 
     def example_labels(self, input_ids: Any) -> Any:
-        import torch   # one float target per row (`pefttool plan` measures a step with them)
+        """One float target per row (`pefttool plan` measures a step with them)."""
+        import torch
 
         return torch.zeros(input_ids.shape[:1], dtype=torch.float32, device=input_ids.device)
 
     def check_recipe(self, recipe: Any) -> list[str]:
+        """The base checks, and no label set: a number is not one of a set of labels."""
         problems = super().check_recipe(recipe)
         if recipe.task.labels is not None:
             problems.append("task.labels: a regression task predicts a number, not a label from "
@@ -162,6 +170,8 @@ class RegressionTask(Task):
 
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:
+        """One pass over the held-out rows: the head's first output against the target, over
+        all processes; the metric table scores what it gathered."""
         import torch
 
         predicted: list[float] = []
@@ -178,13 +188,16 @@ class RegressionTask(Task):
         return self.score(RegressionOutputs(predicted, target, float(sums[0] / sums[1].clamp(min=1))))
 
     def predictions(self, logits: Any, labels: list[str], recipe: Any) -> list[Prediction]:
+        """Each text's number, printed with task.decimals decimals; no per-label scores."""
         decimals = recipe.task_options.decimals
         return [Prediction(f"{value:.{decimals}f}", {}) for value in logits[:, 0].tolist()]
 
     def prediction_fields(self, prediction: Prediction) -> dict[str, Any]:
+        """`pefttool predict --json` gives the number as a JSON number under "value"."""
         return {"value": float(prediction.answer)}
 
 
 @hookimpl
 def pefttool_register_tasks(register: Callable[[Task], None]) -> None:
+    """pefttool's task hook: the one task this package adds."""
     register(RegressionTask())
