@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the PNG to write (default: RUN_DIR/plots.png for one run, ./plots.png for several)")
     plugins = sub.add_parser("plugins", help="list the loaded plugins, their strategies and tasks")
     plugins.add_argument("--json", action="store_true", help="print JSON")
-    new = sub.add_parser("new-plugin", help="scaffold a strategy plugin package that passes its own test")
-    new.add_argument("name", help="plugin and strategy name, e.g. bitfit")
+    new = sub.add_parser("new-plugin", help="scaffold a strategy (or --task) plugin package that passes its own test")
+    new.add_argument("name", help="plugin and strategy (or task) name, e.g. bitfit")
+    new.add_argument("--task", action="store_true", help="scaffold a task plugin instead of a strategy")
     new.add_argument("--dir", type=Path, default=Path("."), help="where to create pefttool-NAME/")
     sub.add_parser("recipes", help="list built-in and local recipes with strategy and model")
     runs = sub.add_parser("runs", help="list runs under an output root")
@@ -206,7 +207,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if command == "new-plugin":
         from .scaffold import new_plugin
 
-        root = new_plugin(args.name, args.dir)
+        root = new_plugin(args.name, args.dir, task=args.task)
         print(f"created {root}: pip install -e '{root}[test]', then pytest {root}")
         return 0
     if command == "recipes":

@@ -32,7 +32,8 @@ def install_example(project: Path, site: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """Scaffold pefttool-bitfit, install it and the shipped examples into one site folder, list
+    """Scaffold pefttool-bitfit (a strategy) and pefttool-sentiment (a task), install them and
+    the shipped examples into one site folder, list
     the plugins, and run every project's own tests in one pytest child (one interpreter start
     instead of four). Returns what the tests below check."""
     from pefttool.cli import main
@@ -41,9 +42,11 @@ def installed(tmp_path_factory):
     scaffolded = [main(["new-plugin", "bitfit", "--dir", str(root)])]
     scaffolded.append(main(["new-plugin", "bitfit", "--dir", str(root)]))  # never overwrites
     scaffolded.append(main(["new-plugin", "Bad-Name", "--dir", str(root)]))
+    scaffolded.append(main(["new-plugin", "sentiment", "--task", "--dir", str(root)]))
     projects = {name: EXAMPLES / name for name in SHIPPED}
-    if (root / "pefttool-bitfit").is_dir():
-        projects["pefttool-bitfit"] = root / "pefttool-bitfit"
+    for made in ("pefttool-bitfit", "pefttool-sentiment"):
+        if (root / made).is_dir():
+            projects[made] = root / made
     site = root / "site"
     for project in projects.values():
         install_example(project, site)
@@ -94,8 +97,9 @@ def test_the_task_example_is_listed_as_a_task_beside_the_built_in_ones(installed
 
 def test_new_plugin_scaffolds_a_package_that_passes_its_own_test(installed):
     scaffolded, listed, result, outcomes = installed
-    assert scaffolded == [0, 2, 2]  # made; never overwrites; a bad name is refused
-    assert "bitfit" in listed.stdout
-    assert outcomes.get("pefttool-bitfit") and list(outcomes["pefttool-bitfit"].values()) == ["passed"], \
-        f"{outcomes.get('pefttool-bitfit')}\n" + _report(result)
+    assert scaffolded == [0, 2, 2, 0]  # made; never overwrites; a bad name is refused; a task
+    assert "bitfit" in listed.stdout and "sentiment (task):" in listed.stdout
+    for made in ("pefttool-bitfit", "pefttool-sentiment"):
+        assert outcomes.get(made) and list(outcomes[made].values()) == ["passed"], \
+            f"{made}: {outcomes.get(made)}\n" + _report(result)
     assert "?" not in outcomes, f"{outcomes['?']}\n" + _report(result)  # none unaccounted for

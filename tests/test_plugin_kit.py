@@ -71,6 +71,20 @@ def _functions(path):
 
 @pytest.mark.parametrize("path", COPIED, ids=lambda p: str(p.relative_to(REPO)))
 def test_the_built_in_and_example_plugins_are_fully_annotated_and_documented(path):
+    assert _undocumented(path) == []
+
+
+@pytest.mark.parametrize("task", [False, True], ids=["strategy", "task"])
+def test_a_scaffolded_plugin_is_fully_annotated_and_documented(task, tmp_path):
+    from pefttool.scaffold import new_plugin
+
+    root = new_plugin("demo_one", tmp_path, task=task)
+
+    assert _undocumented(root / "pefttool_demo_one" / "__init__.py") == []
+    compile((root / "tests" / "test_demo_one.py").read_text(), "test_demo_one.py", "exec")
+
+
+def _undocumented(path):
     import ast
 
     problems = []
@@ -82,8 +96,7 @@ def test_the_built_in_and_example_plugins_are_fully_annotated_and_documented(pat
             problems.append(f"{fn.name}: untyped {untyped or 'return'}")
         if not ast.get_docstring(fn) and not fn.name.startswith("_"):
             problems.append(f"{fn.name}: no docstring")
-
-    assert problems == []
+    return problems
 
 
 def test_every_built_in_strategy_option_is_described_in_plugins_json(capsys):
