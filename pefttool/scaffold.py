@@ -231,16 +231,13 @@ def pefttool_register_tasks(register: Callable[[Task], None]) -> None:
     register({cls}Task())
 '''
 
-TASK_TEST = '''import json
-
-from pefttool.testing import check_task, write_rows
+TASK_TEST = '''from pefttool.testing import check_task, write_rows
 
 
 def test_{name}_trains_evaluates_answers_and_exports(tmp_path):
     result = check_task("{name}", tmp_path, data=write_rows(tmp_path / "rows.csv", n=64),
                         task={{"min_confidence": 0.6}})
-    best = json.loads((result.run_dir / "metrics.json").read_text())["best_metrics"]
-    assert 0.0 <= best["coverage"] <= 1.0
+    assert 0.0 <= result.best_metrics["coverage"] <= 1.0
 '''
 
 
