@@ -16,10 +16,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from . import distributed
 from .data.collate import take_counts
@@ -47,9 +48,6 @@ from .runfolder.rundir import MODEL_DIR, ExitCode, RunDir, RunStatus
 from .runfolder.summary import summarize
 from .sampling import EpochShuffleSampler, LengthGroupedSampler
 from .settled import SettledRun, settle
-
-if TYPE_CHECKING:
-    from .data.collate import Collator, PackedCollator
 
 
 @dataclass
@@ -521,12 +519,12 @@ class _TrainingRun:
         import torch
 
         r = self.recipe
-        train_collate: Collator | PackedCollator
+        train_collate: Callable[[Any], dict[str, Any]]   # a list of rows (of packed rows) → a batch
         train_set, train_collate = self.data.train, self.data.collate
         if r.data.packing:  # a batch is batch_size rows of several examples (data/collate.py)
             from .data.collate import pack_for_training
 
-            train_set, train_collate = pack_for_training(self.data.train, r, self.data.collate.pad_id)
+            train_set, train_collate = pack_for_training(self.data.train, r, self.data.pad_id)
             self.emit.info(f"packing: {len(self.data.train)} examples in {len(train_set)} rows of "
                            f"up to {r.data.max_length} tokens")
         if r.data.group_by_length:
@@ -728,7 +726,10 @@ class _TrainingRun:
 
     def _train(self) -> str:
         """The loop. Returns how it ended: completed | early_stopped | interrupted."""
+        from .tasks import get_task
+
         r, state, acc, meter = self.recipe, self.state, self.accelerator, self.meter
+        task = get_task(r)
         eval_every = r.eval.every_steps
         began = time.perf_counter()
         compiled_window = False
@@ -750,12 +751,14 @@ class _TrainingRun:
                 tokens, samples = take_counts(batch)  # real tokens (padding and packing aside)
                 with acc.accumulate(self.model):
                     batch = self.strategy.prepare_batch(batch, r, self.options)
-                    outputs = self.model(**batch)
-                    loss = self.strategy.compute_loss(outputs, batch, r, self.options)
-                    loss = outputs.loss if loss is None else loss
-                    # The logits (batch x length x vocab floats: 768 MiB for SmolLM2 at 8 x 512)
-                    # must not live through backward, nor through the next step's forward.
-                    del outputs
+                    loss = task.training_loss(self.model, batch, r)
+                    if loss is None:
+                        outputs = self.model(**batch)
+                        loss = self.strategy.compute_loss(outputs, batch, r, self.options)
+                        loss = outputs.loss if loss is None else loss
+                        # The logits (batch x length x vocab floats: 768 MiB for SmolLM2 at
+                        # 8 x 512) must not live through backward, nor the next step's forward.
+                        del outputs
                     # One host sync per micro-batch: it names a NaN by its step, and feeds the log.
                     loss_value = loss.item()
                     if not math.isfinite(loss_value):

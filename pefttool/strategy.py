@@ -206,20 +206,23 @@ def _is_optimizer(value: Any) -> bool:
     return value is None or isinstance(value, torch.optim.Optimizer)
 
 
-def _loss_problem(value: Any) -> str | None:
-    """What is wrong with a `compute_loss` result (None is fine: the model's own loss)."""
+def loss_problem(value: Any, method: str = "compute_loss") -> str | None:
+    """What is wrong with a loss a plugin's `method` returned (a strategy's `compute_loss`, a
+    task's `training_loss`); None is fine: the default loss."""
     import torch
 
     if value is None:
         return None
     if not isinstance(value, torch.Tensor):
-        return f"returned a {type(value).__name__} from compute_loss: return a scalar loss tensor, or None"
+        return f"returned a {type(value).__name__} from {method}: return a scalar loss tensor, or None"
     if value.ndim != 0:
-        return (f"returned a loss of shape {tuple(value.shape)} from compute_loss: reduce it to a "
+        return (f"returned a loss of shape {tuple(value.shape)} from {method}: reduce it to a "
                 f"scalar (e.g. .mean())")
+    if not value.is_floating_point():
+        return f"returned a {value.dtype} loss from {method}: return a floating-point tensor"
     if torch.is_grad_enabled() and not value.requires_grad:
-        return ("returned a loss without grad from compute_loss (detached, or computed under "
-                "no_grad / from .item()): build it from outputs.logits so it backpropagates")
+        return (f"returned a loss without grad from {method} (detached, or computed under "
+                f"no_grad / from .item()): build it from the model's outputs so it backpropagates")
     return None
 
 
@@ -285,7 +288,7 @@ class GuardedStrategy:
             if not traced:
                 return result  # pefttool's own default: right by construction
             if name == "compute_loss":
-                why = _loss_problem(result)
+                why = loss_problem(result)
                 if why:
                     raise self.problem(why)
             elif name in RETURNS and not RETURNS[name][0](result):

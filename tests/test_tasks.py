@@ -199,3 +199,77 @@ def test_a_task_plugins_failure_or_wrong_answer_is_one_line_naming_it():
     assert guarded.selectable_metrics() == task.selectable_metrics()
     # the registered built-ins are guarded the same way
     assert isinstance(registered()["causal-lm"], GuardedTask)
+
+
+def test_a_task_may_compute_the_training_loss_and_collate_its_own_batches(tmp_path, tiny_classifier_dir):
+    """Task.training_loss replaces the model's own loss in the training loop, and the row
+    format's collator makes the batches it reads; a loss without grad from it is one line
+    naming the task and its plugin (exit 3: it happens in training)."""
+    from pefttool.data.collate import Collator
+    from pefttool.data.formats import LabelledRows
+    from pefttool.engine import run_recipe
+    from pefttool.errors import PluginError
+    from pefttool.events import StepEvent, read_events
+    from pefttool.hookspecs import hookimpl
+    from pefttool.plugins import get_plugin_host
+
+    classification = type(registered()["classification"].task)
+    returned: list[float] = []
+    collated: list[set[str]] = []
+
+    class MarkedCollator(Collator):
+        def __call__(self, rows):
+            batch = super().__call__(rows)
+            batch["row_weight"] = batch["labels"].float() + 1.0   # positive rows count twice
+            collated.append(set(batch))
+            return batch
+
+    class WeightedRows(LabelledRows):
+        def collator(self, pad_id):
+            return MarkedCollator(pad_id=pad_id, sequence_labels=False)
+
+    class Weighted(classification):
+        type = "weighted"
+        detach = False
+
+        def row_format(self, recipe):
+            return WeightedRows.from_recipe(recipe)
+
+        def training_loss(self, model, batch, recipe):
+            import torch
+
+            weight = batch.pop("row_weight")
+            out = model(**batch)
+            per_row = torch.nn.functional.cross_entropy(out.logits, batch["labels"], reduction="none")
+            loss = (per_row * weight).sum() / weight.sum()
+            returned.append(loss.item())
+            return loss.detach() if self.detach else loss
+
+    task = Weighted()
+
+    class Plugin:
+        @hookimpl
+        def pefttool_register_tasks(self, register):
+            register(task)
+
+    host = get_plugin_host()
+    host.register(Plugin(), "pefttool-weighted")
+    try:
+        recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+            "task.type": "weighted", "train.epochs": 1, "train.log_every": 1}))
+        result = run_recipe(recipe)
+        steps = [e for e in read_events(result.run_dir / "events.jsonl") if isinstance(e, StepEvent)]
+        assert result.status == "completed" and len(steps) == len(returned) > 0
+        assert [round(e.loss, 5) for e in steps] == [round(v, 5) for v in returned]
+        assert all("row_weight" in keys for keys in collated)
+
+        task.detach = True
+        recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", name="detached",
+                                               overrides={"task.type": "weighted", "train.epochs": 1}))
+        with pytest.raises(PluginError) as raised:
+            run_recipe(recipe)
+        assert str(raised.value).startswith(
+            "task 'weighted' (pefttool-weighted) returned a loss without grad from training_loss")
+        assert raised.value.exit_code == 3 and "\n" not in str(raised.value)
+    finally:
+        host.unregister("pefttool-weighted")

@@ -19,7 +19,7 @@ one, and raises `BadRow` (counted as bad, or a one-line error naming file, row a
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import DataError, one_line
@@ -35,6 +35,7 @@ from .cleaning import (
     _template_fields,
     _Unknown,
 )
+from .collate import Collator
 from .common import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -108,6 +109,13 @@ class RowFormat:
                counts: dict[str, Any], split: str) -> datasets.Dataset:
         """The tokenized split, its truncation counts recorded and helper columns removed."""
         return ds
+
+    def collator(self, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """What turns a list of tokenized rows into a batch (a dict of tensors the model, or
+        the task's `training_loss`, takes). It must pickle (DataLoader workers): a plain class
+        instance, not a closure. Default: `Collator` (right padding; sequence labels padded
+        with -100; one label per row as a 1-D tensor, float32 for numbers)."""
+        return Collator(pad_id=pad_id, sequence_labels=self.sequence_labels)
 
     # Inference (`pefttool generate`, the TUI's Try it): a finished run's prompt is rendered
     # the way its training rendered rows of this format.

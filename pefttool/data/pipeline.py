@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from ..errors import DataError
 from ..tasks import get_task
 from .cleaning import _empty_message, _new_counts, _read_file, _summary
-from .collate import Collator
 from .encoding import _Encoder
 from .reading import _quiet_datasets
 from .sources import _source
@@ -40,7 +39,8 @@ class PreparedData:
     eval: datasets.Dataset
     label_names: list[str] | None
     stats: dict[str, dict[str, Any]]
-    collate: Collator
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]]   # the row format's collator
+    pad_id: int = 0                   # the tokenizer's padding id (packing's collator pads with it)
     eval_prompts: list[str] | None = None
     eval_answers: list[str] | None = None
     eval_prompt_ids: list[list[int]] | None = None
@@ -143,7 +143,8 @@ def prepare_data(
         eval=eval_ds,
         label_names=label_names,
         stats={"train": train_counts, "eval": eval_counts},
-        collate=Collator(pad_id=encoder.pad_id, sequence_labels=spec.sequence_labels),
+        collate=spec.collator(encoder.pad_id),
+        pad_id=encoder.pad_id,
         eval_prompts=prompts,
         eval_answers=answers,
         eval_prompt_ids=prompt_ids,

@@ -97,6 +97,14 @@ class Task:
         step with them, on the meta device). Default: the ids (a loss over every token)."""
         return input_ids
 
+    def training_loss(self, model: Any, batch: dict[str, Any], recipe: Any) -> Any:
+        """The loss of one training micro-batch, when the task computes it itself: a scalar
+        tensor with grad (a preference loss runs the model over both replies, a task with its
+        own head weighting...). `batch` is what the row format's collator made, after the
+        strategy's `prepare_batch`. Default None: the engine runs `model(**batch)` and takes
+        the strategy's `compute_loss`, else the model's own `outputs.loss`."""
+        return None
+
     def has_prompts(self, recipe: Any) -> bool:
         """Whether the recipe's held-out rows are prompts the model can reply to (eval.samples,
         `replies`). Default: no."""

@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from ..strategy import loss_problem
 from .base import Prediction, Task
 
 
@@ -50,8 +51,8 @@ RETURNS: dict[str, tuple[Any, str]] = {
     "prediction_fields": (lambda v: isinstance(v, Mapping), "return a dict of JSON fields"),
 }
 # methods called while a run trains: their failure ends it with exit 3
-IN_TRAINING = ("evaluate", "score", "replies")
-GUARDED = (*RETURNS, "predictions", "example_labels")
+IN_TRAINING = ("evaluate", "score", "replies", "training_loss")
+GUARDED = (*RETURNS, "predictions", "example_labels", "training_loss")
 
 
 class GuardedTask:
@@ -103,6 +104,10 @@ class GuardedTask:
                     trace(f"{self.task.type}.{name}", self.task.plugin or "?", began)
             if name == "example_labels":
                 pass   # a tensor on the meta device: plan's forward pass says what is wrong
+            elif name == "training_loss":
+                why = loss_problem(result, name)
+                if why:
+                    raise self.problem(name, why)
             elif name == "predictions":
                 rows = len(args[0]) if args else len(kwargs.get("logits", ()))
                 if not (isinstance(result, list) and len(result) == rows
