@@ -33,6 +33,7 @@ class RecipeEntry:
 
 def find_recipes(cwd: Path | None = None, validate: bool = True) -> list[RecipeEntry]:
     """Built-in recipes, then `*.toml` recipes in the current folder and its `recipes/`."""
+    from .data.columns import column_problems
     from .recipe import RecipeError, load_recipe, read_toml
 
     cwd = Path.cwd() if cwd is None else cwd
@@ -57,7 +58,7 @@ def find_recipes(cwd: Path | None = None, validate: bool = True) -> list[RecipeE
                 continue  # some other TOML file, not a recipe
             if validate:
                 try:
-                    load_recipe(path)
+                    entry.problems = column_problems(load_recipe(path))   # as `pefttool validate`
                 except RecipeError as exc:
                     entry.problems = exc.problems
                 except PefttoolError as exc:

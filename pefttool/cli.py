@@ -225,6 +225,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from .settled import settle
 
     settle(recipe)
+    # The columns against the data files' headers (cheap: no dataset is built).
+    from .data.columns import column_problems
+    from .errors import RecipeError
+
+    problems = column_problems(recipe)
+    if problems:
+        raise RecipeError(str(args.recipe), problems)
     print(f"{args.recipe}: ok ({recipe.task.type}, strategy {recipe.method.strategy}, "
           f"model {recipe.model.path})")
     return 0

@@ -117,6 +117,31 @@ def test_set_overrides_a_value_for_validate(project):
     assert "strategy full" in result.stdout
 
 
+def test_validate_reads_the_data_files_columns_and_names_a_missing_one(project, capsys):
+    """A misspelt column is a validation problem (the CSV header, a JSONL file's rows and a
+    Parquet schema are read; no dataset is built), with the key first and the columns to pick."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pefttool.cli import main
+
+    recipe = str(project / "recipe.toml")
+    (project / "rows.jsonl").write_text('{"text": "good", "label": "pos"}\n{"text": "bad", "label": "neg"}\n')
+    pq.write_table(pa.table({"text": ["good", "bad"], "label": ["pos", "neg"]}), project / "rows.parquet")
+    for data, where in (("train.csv", "in the header row of"), ("rows.jsonl", "in the rows of"),
+                        ("rows.parquet", "in the schema of")):
+        assert main(["validate", recipe, "--set", f'data.train="{data}"']) == 0
+        assert main(["validate", recipe, "--set", f'data.train="{data}"', "--set",
+                     'data.label_column="lable"']) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"error: {recipe}: data.label_column: no column 'lable' {where} "
+                       f"{project / data} (did you mean 'label'?); the columns are: text, label; set "
+                       f"data.label_column to one of them")
+    # an eval file is checked too, and both problems are listed
+    assert main(["validate", recipe, "--set", 'data.eval="rows.jsonl"', "--set", 'data.text_column="body"']) == 2
+    assert capsys.readouterr().err.count("data.text_column: no column 'body'") == 2
+
+
 def test_a_bad_override_is_reported_like_a_bad_recipe(project):
     lines = assert_known_error(pefttool("validate", str(project / "recipe.toml"),
                                         "--set", "train.lr=-2e-4", "--set", "train.epoch=2"))

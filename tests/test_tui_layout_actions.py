@@ -132,6 +132,25 @@ async def test_adjust_edits_model_and_data_paths_and_columns(fake_app, workdir):
         assert screen.problems == []
 
 
+async def test_adjust_checks_a_data_column_against_the_files_header_as_you_type(fake_app, workdir):
+    """Issue 28.4: a misspelt label column is named at once (the CSV header is read), not
+    after launch has loaded the model and the data."""
+    app = fake_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_adjust(pilot)
+        field = screen.query_one("#f-data--label_column", Input)
+        field.value = "sentiment"
+        await settle(pilot)
+        assert screen.problems == [f"data.label_column: no column 'sentiment' in the header row of "
+                                   f"{workdir / 'train.csv'}; the columns are: text, label; set "
+                                   f"data.label_column to one of them"]
+        assert "no column 'sentiment'" in str(screen.query_one("#p-f-data--label_column").render())
+        assert "✓ validates" not in screen_text(app)
+        field.value = "label"
+        await settle(pilot)
+        assert screen.problems == []
+
+
 # ---------------------------------------------------------------- 7: the log keeps every character
 
 

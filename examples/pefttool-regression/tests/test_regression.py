@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
+from pefttool_regression import pearson, rmse, spearman
 
 from pefttool.testing import NEGATIVE_WORDS, POSITIVE_WORDS, THINGS, check_task
-from pefttool_regression import pearson, rmse, spearman
 
 
 def write_scores(path, n=64, seed=0):

@@ -64,17 +64,18 @@ def plan_line(data: dict[str, Any], source: str, base_dir: Path) -> str:
 
 def check(data: dict[str, Any], source: str, base_dir: Path) -> list[str]:
     """Every problem `pefttool validate` would report for this data ([] when valid)."""
+    from ...data.columns import column_problems
     from ...recipe import validate_recipe
 
     try:
-        validate_recipe(data, source=source, base_dir=base_dir)
+        # and the columns against the data files' headers, as `pefttool validate` checks them
+        return column_problems(validate_recipe(data, source=source, base_dir=base_dir))
     except RecipeError as exc:
         return list(exc.problems)
     except PefttoolError as exc:   # a plugin that fails to load, say
         return [str(exc)]
     except Exception as exc:       # a bug in a plugin's options model: shown, never fatal
         return [f"validation itself failed: {type(exc).__name__}: {exc}"]
-    return []
 
 
 class FieldRow(Vertical):
