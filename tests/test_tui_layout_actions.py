@@ -17,6 +17,7 @@ from textual.widgets import DataTable, Input, RichLog
 from pefttool.events import EndEvent, EventLog, PhaseEvent, StartEvent, StepEvent
 from pefttool.runfolder.summary import RunState, summarize
 from pefttool.tui.app import make_app
+from pefttool.tui.screens.adjust import AdjustScreen
 from pefttool.tui.screens.dashboard import DashboardScreen
 from pefttool.tui.screens.modals import ConfirmModal, ErrorModal
 from pefttool.tui.screens.recipes import RecipesScreen
@@ -149,6 +150,42 @@ async def test_adjust_checks_a_data_column_against_the_files_header_as_you_type(
         field.value = "label"
         await settle(pilot)
         assert screen.problems == []
+
+
+async def _burst(app, *keys: str) -> None:
+    """Keys as they arrive over SSH: all read before the first is handled (pilot.press
+    waits for each key to be handled, which hides the misrouting)."""
+    from textual import events
+    from textual.keys import _character_to_key
+
+    for key in keys:
+        char = key if len(key) == 1 else None
+        app.post_message(events.Key(_character_to_key(key) if char else key, char))
+
+
+async def test_keys_in_a_burst_each_reach_the_field_focused_when_their_turn_comes(fake_app):
+    """Issue 28.1: lr focused, then `5e-4`, Tab, Tab, End, BackSpace, `1`, `2` in one burst
+    left lr "5e-412"-like and the batch size emptied; each key goes where the screen says."""
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        screen = await open_adjust(pilot)
+        screen.query_one("#f-train--lr", Input).focus()
+        await settle(pilot)
+        await _burst(app, "5", "e", "-", "4", "tab", "tab", "end", "backspace", "1", "2")
+        await settle(pilot)
+        await settle(pilot)
+        values = {field.id: field.value for field in screen.query(Input)}
+        assert (values["f-train--lr"], values["f-train--epochs"], values["f-train--batch_size"]) \
+            == ("5e-4", "2", "12")
+        assert app.focused is screen.query_one("#f-train--batch_size", Input)
+        assert screen.edited["train"]["lr"] == 5e-4 and screen.edited["train"]["batch_size"] == 12
+        # a save in the same burst opens its dialog and the name typed after it lands there
+        await _burst(app, "ctrl+s", "ctrl+a", "ctrl+k", "m", "i", "n", "e", "enter")
+        await settle(pilot)
+        await settle(pilot)
+        assert isinstance(app.screen, AdjustScreen), screen_text(app)
+        assert (screen.saved is not None and screen.saved[0].name == "mine.toml"
+                and "lr = 0.0005" in screen.saved[0].read_text()), screen.saved[0].read_text()
 
 
 # ---------------------------------------------------------------- 7: the log keeps every character

@@ -13,20 +13,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from textual.app import App, SystemCommand
+from textual.app import SystemCommand
 from textual.binding import Binding
 from textual.screen import ModalScreen, Screen
 
 from ..runfolder.summary import pid_alive
 from .child import TrainingChild, default_command, new_run_dir, staged_path
 from .formatting import display_path
+from .keys import InOrderKeysApp
 from .screens.modals import ConfirmModal, ErrorModal, QuitModal
 from .screens.plugins import PluginsScreen
 from .screens.recipes import RecipesScreen
 from .screens.runs import RunsScreen
 
 
-class PefttoolApp(App[int]):
+class PefttoolApp(InOrderKeysApp):
     """Recipes → adjust → launch → dashboard; runs and plugins alongside."""
 
     CSS_PATH = "app.tcss"
