@@ -155,6 +155,12 @@ async def test_adjust_validates_every_change_and_shows_problems_inline(fake_app)
         assert "method" in screen.edited and set(screen.edited["method"]) == {"strategy"}
         assert "✓ validates" in screen_text(app)
         assert "options removed" in screen_text(app)
+        # Issue 28.8: and back again: the options set aside return (r 8 as typed, not the default)
+        screen.query_one("#f-method--strategy", Select).value = "lora"
+        await settle(pilot)
+        assert screen.edited["method"]["r"] == 8
+        assert screen.query_one("#f-method--r", Input).value == "8"
+        assert "options removed" not in screen_text(app) and "method.r=8" in screen_text(app)
 
 
 async def test_save_as_writes_a_new_file_and_never_overwrites(fake_app, workdir):

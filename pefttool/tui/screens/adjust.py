@@ -130,6 +130,7 @@ class AdjustScreen(AppScreen):
         self.problems: list[str] = list(entry.problems)
         self.specs: dict[str, FieldSpec] = {}
         self.saved: tuple[Path, int] | None = None   # (file, revision it holds)
+        self.set_aside: dict[str, Any] = {}   # options the chosen strategy does not take
 
     # ------------------------------------------------------------------ layout
 
@@ -228,13 +229,17 @@ class AdjustScreen(AppScreen):
                 await self._show_strategy_fields()
 
     def _drop_foreign_options(self) -> None:
-        """Keep only the options the newly chosen strategy accepts."""
-        strategy = self._strategies().get(str(get_dotted(self.edited, "method.strategy")))
+        """Keep only the options the newly chosen strategy accepts; the others are set aside
+        and come back when a strategy that takes them is chosen again (lora → full → lora
+        keeps the recipe's r, alpha and dropout)."""
+        strategy = self._strategies().get(str(get_dotted(self.edited, "method.strategy", DEFAULT_STRATEGY)))
         method = self.edited.get("method", {})
         if strategy is not None and isinstance(method, dict):
             allowed = set(strategy.Options.model_fields)
             for key in [k for k in method if k != "strategy" and k not in allowed]:
-                del method[key]
+                self.set_aside[key] = method.pop(key)
+            for key in [k for k in self.set_aside if k in allowed and k not in method]:
+                method[key] = self.set_aside.pop(key)
 
     async def _show_strategy_fields(self) -> None:
         for key in [k for k in self.specs if k.startswith("method.") and k != "method.strategy"]:
