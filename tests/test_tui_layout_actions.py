@@ -188,6 +188,48 @@ async def test_keys_in_a_burst_each_reach_the_field_focused_when_their_turn_come
                 and "lr = 0.0005" in screen.saved[0].read_text()), screen.saved[0].read_text()
 
 
+async def test_escape_asks_before_discarding_edits_and_a_saved_recipe_is_listed_at_once(fake_app, workdir):
+    """Issue 28.9: Esc discarded every edit without asking; a recipe saved from Adjust was
+    missing from Recipes until F5 (not in the footer), which also moved the cursor to the top."""
+    app = fake_app()
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await open_adjust(pilot)
+        await pilot.press("escape")                    # nothing edited: straight back
+        await settle(pilot)
+        assert isinstance(app.screen, RecipesScreen)
+        assert "f5 Reload" in screen_text(app).splitlines()[-1]
+        screen = await open_adjust(pilot)
+        field = screen.query_one("#f-train--lr", Input)
+        field.value = "0.02"
+        await settle(pilot)
+        await pilot.press("escape")
+        await settle(pilot)
+        assert isinstance(app.screen, ConfirmModal) and "Discard 1 change(s)" in app.screen.question
+        await pilot.press("n")                         # keep editing: the edit is still there
+        await settle(pilot)
+        assert app.screen is screen and field.value == "0.02"
+        await _burst(app, "ctrl+s", "ctrl+a", "ctrl+k", *"quick", "enter")
+        await settle(pilot)
+        await settle(pilot)
+        assert (workdir / "quick.toml").exists()
+        await pilot.press("escape")                    # saved: no question
+        await settle(pilot)
+        recipes = app.screen
+        assert isinstance(recipes, RecipesScreen)
+        await wait_for(pilot, lambda: recipes.current is not None and recipes.current.path.name == "quick.toml",
+                       what="the saved recipe highlighted")
+        screen = await open_adjust(pilot, "quick")
+        screen.query_one("#f-train--lr", Input).value = "0.03"
+        await settle(pilot)
+        await pilot.press("escape")
+        await settle(pilot)
+        await pilot.press("y")                         # discard: back, the file as saved
+        await settle(pilot)
+        assert isinstance(app.screen, RecipesScreen) and "lr = 0.02" in (workdir / "quick.toml").read_text()
+        await wait_for(pilot, lambda: app.screen.current is not None and app.screen.current.path.name == "quick.toml",
+                       what="the cursor kept on the recipe adjusted")
+
+
 # ---------------------------------------------------------------- 7: the log keeps every character
 
 

@@ -315,7 +315,21 @@ class AdjustScreen(AppScreen):
     # ------------------------------------------------------------------ actions
 
     def action_back(self) -> None:
-        self.dismiss()
+        """Back to the recipes; edits not saved are discarded only when the user says so."""
+        saved = self.saved[0] if self.saved is not None else None
+        overrides = overrides_between(self.original, self.edited)
+        if (self.saved is not None and self.saved[1] == self.revision) or overrides == []:
+            self.dismiss(saved)
+            return
+        from .modals import ConfirmModal
+
+        def answered(discard: bool | None) -> None:
+            if discard:
+                self.dismiss(saved)
+
+        what = "the options removed" if overrides is None else f"{len(overrides)} change(s)"
+        self.app.push_screen(ConfirmModal(f"Discard {what} not saved? (Save as… keeps them: ctrl+s)",
+                                          yes="Discard", no="Keep editing"), answered)
 
     def action_save(self) -> None:
         from .modals import SaveAsModal

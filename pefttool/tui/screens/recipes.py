@@ -32,13 +32,14 @@ class RecipesScreen(AppScreen):
         Binding("enter", "adjust", "Adjust", show=False),
         Binding("l", "launch", "Launch"),
         Binding("p", "preview", "Data", tooltip="the rows as the model sees them (pefttool inspect)"),
-        Binding("f5", "reload", "Reload", show=False),
+        Binding("f5", "reload", "Reload", tooltip="read the recipe files again"),
     ]
 
     def __init__(self, cwd: Path) -> None:
         super().__init__()
         self.cwd = cwd
         self.entries: list[RecipeEntry] = []
+        self.select_after: Path | None = None   # the recipe to highlight once the list is read
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -71,7 +72,12 @@ class RecipesScreen(AppScreen):
             origin = "built-in" if entry.origin == "built-in" else display_path(entry.path.parent, self.cwd)
             table.add_row("✗" if entry.problems else "✓", entry.name,
                           str(entry.get("method.strategy", DEFAULT_STRATEGY)), origin, key=str(i))
-        self.query_one(RecipeDetails).show_entry(self.entries[0] if self.entries else None)
+        keep = self.select_after
+        self.select_after = None
+        rows = [i for i, entry in enumerate(self.entries) if keep is not None and entry.path == keep]
+        if rows:
+            table.move_cursor(row=rows[0])   # a reload keeps the place (or shows the new file)
+        self.query_one(RecipeDetails).show_entry(self.current)
         table.focus()
         self.refresh_bindings()   # the footer names the table's keys once it has focus
 
@@ -104,7 +110,13 @@ class RecipesScreen(AppScreen):
 
         entry = self.current
         if entry is not None:
-            self.app.push_screen(AdjustScreen(entry, self.cwd))
+            self.app.push_screen(AdjustScreen(entry, self.cwd), self._adjusted)
+
+    def _adjusted(self, saved: Path | None) -> None:
+        """Back from Adjust: the list is read again, on the recipe saved there if one was."""
+        current = self.current
+        self.select_after = saved or (current.path if current is not None else None)
+        self.action_reload()
 
     def _valid_current(self, then: str) -> RecipeEntry | None:
         """The highlighted recipe if it validates; else its problems in a dialog, and None."""
@@ -133,5 +145,7 @@ class RecipesScreen(AppScreen):
         self.pefttool_app.confirm_launch(what, lambda: self.pefttool_app.launch(entry.path, [], entry.name))
 
     def action_reload(self) -> None:
+        if self.select_after is None and self.current is not None:
+            self.select_after = self.current.path
         self.query_one(DataTable).loading = True
         self.load_recipes()
