@@ -17,6 +17,7 @@ class RecipeEntry:
     origin: str                      # built-in | local
     data: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    readable: bool = True            # False: not valid TOML (its data is empty, not defaults)
 
     @property
     def name(self) -> str:
@@ -52,7 +53,7 @@ def find_recipes(cwd: Path | None = None, validate: bool = True) -> list[RecipeE
             try:
                 entry.data = read_toml(path)
             except RecipeError as exc:  # unreadable: listed, so its problem is seen
-                entries.append(RecipeEntry(path=path, origin=origin, problems=exc.problems))
+                entries.append(RecipeEntry(path=path, origin=origin, problems=exc.problems, readable=False))
                 continue
             if "model" not in entry.data and "task" not in entry.data:
                 continue  # some other TOML file, not a recipe

@@ -230,6 +230,42 @@ async def test_escape_asks_before_discarding_edits_and_a_saved_recipe_is_listed_
                        what="the cursor kept on the recipe adjusted")
 
 
+def _details_text(screen) -> str:
+    from rich.console import Console
+
+    from pefttool.tui.widgets.recipe_details import RecipeDetails
+
+    console = Console(width=70, record=True, file=open("/dev/null", "w"))
+    console.print(screen.query_one(RecipeDetails)._render_entry())
+    return console.export_text()
+
+
+async def test_a_recipe_that_is_not_toml_shows_its_error_first_and_no_invented_values(fake_app, workdir):
+    """Issue 28.10: a TOML syntax error showed "strategy lora · 3 epochs…" beside it, and Adjust
+    listed "model: required key is missing"; a ✗ recipe's reason sat below its summary."""
+    (workdir / "typo.toml").write_text('name = "typo"\n[model\npath = "model"\n')
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        screen = app.screen
+        assert screen.select_recipe("typo")
+        await pilot.pause()
+        details = _details_text(screen)
+        assert "✗ 1 problem(s)" in details and "epochs" not in details and "strategy" not in details
+        row = screen.query_one(DataTable).get_row_at(screen.query_one(DataTable).cursor_row)
+        assert row[1] == "typo" and row[2] == "?"
+        await pilot.press("enter")                   # Adjust has nothing to show: the error says why
+        await settle(pilot)
+        assert isinstance(app.screen, ErrorModal) and "typo.toml" in app.screen.detail
+        assert "required key" not in app.screen.detail
+        await pilot.press("escape")
+        await settle(pilot)
+        assert screen.select_recipe("broken")        # readable, invalid: the problems come first
+        await pilot.pause()
+        details = _details_text(screen)
+        assert details.index("✗ 2 problem(s)") < details.index("epochs"), details
+
+
 # ---------------------------------------------------------------- 7: the log keeps every character
 
 

@@ -70,8 +70,8 @@ class RecipesScreen(AppScreen):
         table.clear()
         for i, entry in enumerate(self.entries):
             origin = "built-in" if entry.origin == "built-in" else display_path(entry.path.parent, self.cwd)
-            table.add_row("✗" if entry.problems else "✓", entry.name,
-                          str(entry.get("method.strategy", DEFAULT_STRATEGY)), origin, key=str(i))
+            strategy = str(entry.get("method.strategy", DEFAULT_STRATEGY)) if entry.readable else "?"
+            table.add_row("✗" if entry.problems else "✓", entry.name, strategy, origin, key=str(i))
         keep = self.select_after
         self.select_after = None
         rows = [i for i, entry in enumerate(self.entries) if keep is not None and entry.path == keep]
@@ -109,7 +109,12 @@ class RecipesScreen(AppScreen):
         from .adjust import AdjustScreen
 
         entry = self.current
-        if entry is not None:
+        if entry is not None and not entry.readable:   # no values to adjust: the error, first
+            self.pefttool_app.show_error(f"{entry.name} cannot be read",
+                                         f"{display_path(entry.path, self.cwd)}:\n" +
+                                         "\n".join(f"- {p}" for p in entry.problems) +
+                                         "\n\nFix the file in an editor, then F5 reads it again.")
+        elif entry is not None:
             self.app.push_screen(AdjustScreen(entry, self.cwd), self._adjusted)
 
     def _adjusted(self, saved: Path | None) -> None:

@@ -91,17 +91,21 @@ class RecipeDetails(Static):
         parts: list[Any] = [title]
         if entry.get("description"):
             parts.append(Text(str(entry.get("description"))))
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(style=self._style("label"), no_wrap=True)
-        grid.add_column(overflow="fold")
-        for label, text in summary_rows(entry):
-            grid.add_row(label, text)
-        parts += [Text(""), grid, Text("")]
+        # What is wrong comes first: a long summary never pushes it out of sight.
         if entry.problems:
             parts.append(Text(f"✗ {len(entry.problems)} problem(s):", style=self._style("problem")))
             parts += [Text(f"  - {p}") for p in entry.problems]
         else:
             parts.append(Text("✓ validates", style=self._style("ok")))
+        if not entry.readable:    # nothing was read: no values to show, defaults would be invented
+            parts.append(Text("\nFix the file in an editor; then F5 reads it again."))
+            return Group(*parts)
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(style=self._style("label"), no_wrap=True)
+        grid.add_column(overflow="fold")
+        for label, text in summary_rows(entry):
+            grid.add_row(label, text)
+        parts += [Text(""), grid]
         return Group(*parts)
 
 
