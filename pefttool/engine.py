@@ -815,9 +815,9 @@ class _TrainingRun:
                 state.batches_done = 0
                 stop_now = self._evaluate() if not eval_every else False
                 self._checkpoint("epoch")
-                if stop_now:
-                    return "early_stopped"
                 more = state.epoch < r.train.epochs and state.global_step < self.total_steps
+                if stop_now and more:   # (after the last epoch nothing is stopped early)
+                    return "early_stopped"
                 # A signal during the epoch's evaluation or checkpoint stops here, at that
                 # checkpoint, not after one more step (the last epoch ends the run anyway).
                 if more and distributed.any_process(self.stop.requested or self.emit.failure is not None):
@@ -827,11 +827,10 @@ class _TrainingRun:
                 continue
             break  # max_steps reached inside the epoch
         # Step-based evaluation, or max_steps, can end the run away from an epoch-end eval.
+        # Every step trained: the run completed, whatever early stopping would have said.
         if not state.history or state.history[-1]["step"] != state.global_step:
-            stop_now = self._evaluate()
+            self._evaluate()
             self._checkpoint("end")
-            if stop_now:
-                return "early_stopped"
         return "completed"
 
     def _non_finite_loss(self, value: float) -> None:

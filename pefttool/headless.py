@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from .events import CheckpointEvent, EndEvent, EvalEvent, LogEvent, PhaseEvent, StartEvent, StepEvent
 from .hookspecs import hookimpl
-from .runfolder.summary import format_duration
+from .runfolder.summary import format_duration, summarize
 
 PLAIN_INTERVAL_ENV = "PEFTTOOL_PROGRESS_SECONDS"
 
@@ -38,6 +38,7 @@ class HeadlessReporter:
         self._line_open = False
         self.start: StartEvent | None = None
         self.first_eval: EvalEvent | None = None
+        self.earlier_s = 0.0          # a resumed run's time before this process
 
     # -- output that never kills the run (a closed SSH terminal makes writes fail)
 
@@ -59,6 +60,8 @@ class HeadlessReporter:
     @hookimpl
     def pefttool_run_start(self, event: StartEvent) -> None:
         self.start = event
+        if event.resumed_from_step:   # the sessions before this one, from the run's own events
+            self.earlier_s = summarize(Path(event.run_dir), keep_history=False).time_before(event)
         if self.quiet:
             return
         resumed = f", resumed at step {event.resumed_from_step}" if event.resumed_from_step else ""
@@ -127,8 +130,11 @@ class HeadlessReporter:
     def pefttool_run_end(self, event: EndEvent) -> None:
         if event.status in ("failed",):
             return  # the CLI prints the error itself, once
+        # A resumed run: this process's time, and the run's in all (as the TUI and `runs` say).
+        whole = (f" ({format_duration(self.earlier_s + event.duration_s)} with the earlier sessions)"
+                 if self.earlier_s else "")
         lines = [f"{event.status.replace('_', ' ')} after {event.step} steps in "
-                 f"{format_duration(event.duration_s)}"]
+                 f"{format_duration(event.duration_s)}{whole}"]
         baseline = self.first_eval if self.first_eval is not None and self.first_eval.before else None
         if event.best is not None:
             before = f" (before training {baseline.value:.4f})" if baseline else ""

@@ -69,6 +69,58 @@ def test_lora_run_trains_evaluates_and_saves_an_adapter_stock_peft_loads(tmp_pat
     assert accuracy == pytest.approx(result.best_metrics["accuracy"], abs=1e-6)
 
 
+def test_early_stopping_after_the_last_epoch_is_no_early_stop(tmp_path, tiny_classifier_dir):
+    """Issue 28.12: a run that trained every step said "EARLY STOPPED … 100 % step 12/12"
+    when its last evaluation ran out of patience; nothing was stopped: it completed."""
+    recipe = load_recipe(write_tiny_recipe(tmp_path, tiny_classifier_dir, "lora", overrides={
+        "train.epochs": 2, "train.lr": 1e-9, "early_stopping.enabled": True,
+        "early_stopping.patience": 1, "early_stopping.min_delta": 0.05}))
+    result = run_recipe(recipe)
+    evals = [e for e in events_of(result.run_dir) if isinstance(e, EvalEvent)]
+    assert evals[-1].bad_evals == 1            # patience ran out at the last evaluation…
+    assert result.status == "completed" and result.steps == 2 * (48 // 8)   # …after every step
+    end = events_of(result.run_dir)[-1]
+    assert isinstance(end, EndEvent) and end.status == "completed"
+
+
+def test_the_durations_agree_for_a_resumed_run_and_one_that_failed_while_loading(tmp_path):
+    """Issue 28.12: the header said "early stopped in 9m 39s" (the whole run) and the log
+    "after 38 steps in 6m 22s" (the resume alone); a run that failed after 31 s of loading
+    said "failed in 0s"."""
+    from pefttool.events import EventLog, PhaseEvent
+    from pefttool.runfolder.summary import summarize
+
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    log = EventLog(failed)
+    log.write(PhaseEvent(phase="loading", pid=4242, time=1000.0))
+    log.write(EndEvent(status="failed", step=0, duration_s=31.0, message="no such column", time=1031.0))
+    log.close()
+    assert summarize(failed).duration_s == 31.0
+
+    run = tmp_path / "resumed"
+    run.mkdir()
+    first = dict(run_dir=str(run), recipe={"name": "r"}, strategy="lora", total_steps=38,
+                 steps_per_epoch=19, epochs=2, params_total=10, params_trainable=1,
+                 model_memory_mb=1.0, device="cpu")
+    log = EventLog(run)
+    log.write(StartEvent(**first, pid=1, time=0.0))
+    log.write(EndEvent(status="interrupted", step=16, duration_s=197.0, time=197.0))
+    log.close()
+    resume = StartEvent(**first, pid=2, resumed_from_step=16, time=500.0)
+    stream = io.StringIO()
+    reporter = HeadlessReporter(stream=stream, live=False, interval=0)
+    reporter.pefttool_run_start(resume)
+    log = EventLog(run)
+    log.write(resume)
+    end = EndEvent(status="early_stopped", step=30, duration_s=382.0, time=882.0)
+    log.write(end)
+    log.close()
+    reporter.pefttool_run_end(end)
+    assert "early stopped after 30 steps in 6m 22s (9m 39s with the earlier sessions)" in stream.getvalue()
+    assert summarize(run).duration_s == 197.0 + 382.0     # the TUI's header: 9m 39s too
+
+
 def test_full_fine_tune_saves_a_model_transformers_loads(tmp_path, tiny_classifier_dir):
     from transformers import AutoModelForSequenceClassification
 

@@ -201,11 +201,17 @@ class RunState:
     def duration_s(self) -> float:
         """Wall time of the whole run: every segment (the first run and each resume), not the
         time between them."""
-        if self.start is None:
-            return 0.0
-        if self._open_since is None:   # ended (or a resume still loading: no new time yet)
+        # Ended (a run that failed while loading too: its end's time), or a resume still
+        # loading (no new time yet).
+        if self._open_since is None:
             return self._closed_s
         return self._closed_s + max(0.0, self.last_time - self._open_since)
+
+    def time_before(self, start: StartEvent) -> float:
+        """The run's wall time before `start` (a resume's start event, read already or not)."""
+        if self.start is not None and (self.start.pid, self.start.time) == (start.pid, start.time):
+            return self._closed_s
+        return self.duration_s
 
     @property
     def tokens_per_s(self) -> float | None:
