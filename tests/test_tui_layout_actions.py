@@ -456,6 +456,48 @@ async def test_the_palette_offers_every_screen_action(fake_app, workdir):
         assert isinstance(app.screen, ConfirmModal)
 
 
+async def test_runs_sort_and_a_run_stopped_while_loading_is_the_newest(fake_app, workdir):
+    """Issue 28.14: a run stopped while loading sorted below older runs with "started"
+    blank; the header read "runs under runs"; there was no sort; the palette listed Textual's
+    generic commands ("Cursor left", "Page Left", two "Quit")."""
+    from test_tui_support import T0
+
+    from pefttool.events import EndEvent, EventLog, PhaseEvent
+
+    runs = workdir / "runs"
+    write_canned_run(runs, "alpha-20250101-000000", t0=T0)
+    write_canned_run(runs, "beta-20250102-000000", t0=T0 + 86_400, upto=40, status="interrupted")
+    loading = runs / "gamma-20250103-000000"
+    loading.mkdir()
+    log = EventLog(loading)
+    log.write(PhaseEvent(phase="loading", pid=999_999, time=T0 + 2 * 86_400))
+    log.write(EndEvent(status="interrupted", step=0, duration_s=12.0, time=T0 + 2 * 86_400 + 12))
+    log.close()
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        await wait_for(pilot, lambda: len(screen.runs) == 3, what="three runs")
+        table = screen.query_one(DataTable)
+        names = lambda: [str(table.get_row_at(i)[0]) for i in range(table.row_count)]  # noqa: E731
+        assert names()[0] == "gamma-20250103-000000" and str(table.get_row_at(0)[5]).strip() not in ("", "-")
+        assert "3 runs in runs · newest first (o: sort)" in screen_text(app)
+        orders = []
+        for _ in range(4):
+            await pilot.press("o")
+            await pilot.pause()
+            orders.append(names())
+        assert orders[0][-1] == "alpha-20250101-000000"        # status: interrupted before completed
+        assert orders[1][0] == "alpha-20250101-000000"         # best: the only one with a best first
+        assert orders[2] == sorted(orders[2])                    # name
+        assert orders[3][0] == "gamma-20250103-000000"          # and round to newest first
+        titles = [c.title for c in app.get_system_commands(screen)]
+        assert "Sort" in titles and "Delete" in titles and titles.count("Quit") == 1, titles
+        assert not {"Cursor left", "Page Left", "Theme", "Keys"} & set(titles), titles
+
+
 async def test_delete_asks_and_never_touches_a_folder_pefttool_did_not_write(fake_app, workdir):
     runs = workdir / "runs"
     foreign = write_canned_run(runs, "foreign-20250101-000000")        # events but no marker

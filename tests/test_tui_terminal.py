@@ -74,7 +74,7 @@ def test_pefttool_in_a_terminal_shows_recipes_then_runs_and_dashboards(tmp_path,
         term.wait_for("Recipes", "lora", "tiny", "Launch", timeout=60)
 
         term.keys("2")                               # Runs: the canned run, then its dashboard
-        term.wait_for("runs under runs", "lora-20250101-000000", "completed")
+        term.wait_for("1 run in runs · newest first", "lora-20250101-000000", "completed")
         term.keys("Enter")
         term.wait_for("COMPLETED", "step 60/60", "evaluations", "train loss")
 

@@ -61,6 +61,7 @@ class RunState:
     _token_s: float = 0.0
     _prev_elapsed: float = 0.0
     _pid: int | None = None
+    _first_time: float = 0.0              # the first event's (a run stopped while loading has no start)
 
     @property
     def path(self) -> Path:
@@ -124,6 +125,8 @@ class RunState:
             self._closed_s += max(0.0, float(event.duration_s))
             self._open_since = None
         self.last_time = max(self.last_time, float(event.time))
+        if not self._first_time:
+            self._first_time = float(event.time)
 
     # -- what screens and commands show
 
@@ -140,8 +143,9 @@ class RunState:
 
     @property
     def started(self) -> float:
-        """When the run first started (Unix seconds; 0 when unknown)."""
-        return self.first_start.time if self.first_start is not None else 0.0
+        """When the run first started (Unix seconds; 0 when unknown): its first start event,
+        or its first event of any kind (a run stopped or failed while loading has no start)."""
+        return self.first_start.time if self.first_start is not None else self._first_time
 
     @property
     def pid(self) -> int | None:

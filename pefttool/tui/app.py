@@ -27,6 +27,16 @@ from .screens.recipes import RecipesScreen
 from .screens.runs import RunsScreen
 
 
+def _declared_by_pefttool(node: Any, action: str) -> bool:
+    """Whether a class of pefttool's own (not Textual's) binds `action` on this node."""
+    for cls in type(node).__mro__:
+        if cls.__module__.startswith("pefttool.") and any(
+                (b.action if isinstance(b, Binding) else b[1]) == action
+                for b in cls.__dict__.get("BINDINGS", ())):
+            return True
+    return False
+
+
 class PefttoolApp(InOrderKeysApp):
     """Recipes → adjust → launch → dashboard; runs and plugins alongside."""
 
@@ -214,17 +224,18 @@ class PefttoolApp(InOrderKeysApp):
     # ------------------------------------------------------------------ command palette
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        """Every key the screen offers (footer or not) is also a palette command."""
+        """Every key the screen offers (footer or not) is also a palette command; only
+        pefttool's own actions (not a table's "Cursor left" nor Textual's generic commands)."""
         seen: set[str] = set()
         for active in screen.active_bindings.values():
             binding, node = active.binding, active.node
-            if not active.enabled or not binding.description or binding.action in seen:
+            if not active.enabled or not binding.description or binding.action in seen \
+                    or not _declared_by_pefttool(node, binding.action):
                 continue
             seen.add(binding.action)
             key = binding.key_display or self.get_key_display(binding)
             yield SystemCommand(binding.description, f"{binding.tooltip or binding.description} ({key})",
                                 lambda action=binding.action, node=node: self.run_action(action, node))
-        yield from super().get_system_commands(screen)
 
     # ------------------------------------------------------------------ errors and quitting
 

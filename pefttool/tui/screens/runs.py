@@ -9,7 +9,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.widgets import DataTable, Header, Static
 
+from ...errors import PefttoolError
 from ...runfolder.summary import RunState, list_runs
+from ...tasks import registered
 from .. import formatting as fmt
 from ..messages import RunsListed
 from ..widgets.footer import AppFooter
@@ -32,6 +34,37 @@ def best_text(run: RunState) -> str:
     return "-"
 
 
+SORTS = ("started", "status", "best", "name")
+SORT_TEXT = {"started": "newest first", "status": "by status (running first)",
+             "best": "by best metric", "name": "by name"}
+STATUS_ORDER = ("running", "interrupted", "crashed", "failed", "unknown", "early_stopped", "completed")
+
+
+def sort_runs(runs: list[RunState], by: str) -> list[RunState]:
+    """`runs` as listed (newest first) in the order `by` names; ties keep the newest first."""
+    if by == "status":
+        return sorted(runs, key=lambda r: STATUS_ORDER.index(r.status) if r.status in STATUS_ORDER
+                      else len(STATUS_ORDER))
+    if by == "best":   # by metric name, then the better value first (as the run's task says)
+        def best_key(run: RunState) -> tuple[int, str, float]:
+            if run.best is None or not run.metric:
+                return (1, "", 0.0)
+            return (0, run.metric, -run.best if _higher_is_better(run) else run.best)
+        return sorted(runs, key=best_key)
+    if by == "name":
+        return sorted(runs, key=lambda r: r.run_dir.name)
+    return list(runs)
+
+
+def _higher_is_better(run: RunState) -> bool:
+    """The direction of the run's metric, from its task's metric table (True if unknown)."""
+    task_type = (run.start.recipe.get("task") or {}).get("type") if run.start is not None else None
+    try:
+        return registered()[str(task_type)].higher_is_better(str(run.metric))
+    except (PefttoolError, KeyError):
+        return True
+
+
 class RunTable(DataTable):
     """The run list; its Enter (select the row) is named in the footer as what it does."""
 
@@ -45,6 +78,7 @@ class RunsScreen(AppScreen):
                 Binding("r", "resume", "Resume", tooltip="continue an interrupted run"),
                 Binding("t", "try_it", "Try it", tooltip="type a text, the run's model answers"),
                 Binding("d", "delete", "Delete", tooltip="delete a stopped run (asks first)"),
+                Binding("o", "sort", "Sort", tooltip="sort by started, status, best or name"),
                 Binding("f5", "reload", "Reload", show=False)]
 
     def __init__(self, runs_root: Path, shown_as: str = "") -> None:
@@ -53,6 +87,8 @@ class RunsScreen(AppScreen):
         self.shown_as = shown_as or str(runs_root)
         self.runs: list[RunState] = []
         self._cache: dict[Path, tuple[tuple[int, int], RunState]] = {}
+        self.sort_by = SORTS[0]
+        self.listed: list[RunState] = []   # as read (newest first), before sorting
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -85,9 +121,17 @@ class RunsScreen(AppScreen):
         self.post_message(RunsListed(runs))
 
     def on_runs_listed(self, message: RunsListed) -> None:
+        self.listed = message.runs
+        self._show(message.error)
+
+    def action_sort(self) -> None:
+        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
+        self._show(None)
+
+    def _show(self, error: str | None) -> None:
         table = self.query_one(DataTable)
         selected = self.current.path if self.current else None
-        self.runs = message.runs
+        self.runs = sort_runs(self.listed, self.sort_by)
         table.clear()
         for run in self.runs:
             step = f"{run.step}/{run.total_steps}" if run.total_steps else str(run.step)
@@ -99,13 +143,14 @@ class RunsScreen(AppScreen):
                 table.move_cursor(row=i)
         self.refresh_bindings()
         header = self.query_one("#runs-root", Static)
-        header.set_class(message.error is not None, "problem")
-        if message.error:
-            header.update(message.error)
+        header.set_class(error is not None, "problem")
+        if error:
+            header.update(error)
         elif not self.runs:
-            header.update(f"no runs under {self.shown_as} yet: launch one from Recipes (1)")
+            header.update(f"no runs in {self.shown_as} yet: launch one from Recipes (1)")
         else:
-            header.update(f"runs under {self.shown_as}")
+            header.update(f"{len(self.runs)} run{'s' if len(self.runs) != 1 else ''} in "
+                          f"{self.shown_as} · {SORT_TEXT[self.sort_by]} (o: sort)")
 
     @property
     def current(self) -> RunState | None:
