@@ -579,6 +579,32 @@ def _interrupted_run_and_app(workdir, tmp_path):
     return run, app
 
 
+async def test_a_run_stopped_while_loading_offers_no_resume(workdir, tmp_path):
+    """Issue 28.6: `s` while a run loaded: the log said both "nothing was trained or saved"
+    and "interrupted after a checkpoint", and `r` was offered, failing only in stderr.log."""
+    from pefttool.tui.child import describe_exit
+
+    assert "nothing to resume" in describe_exit(130, checkpointed=False)
+    assert "after a checkpoint" in describe_exit(130)
+    run, app = _interrupted_run_and_app(workdir, tmp_path)
+    bare = write_canned_run(workdir / "runs", "bare-20250102-000000", status="interrupted", upto=0)
+    async with app.run_test(size=EIGHTY) as pilot:
+        await pilot.press("2")
+        await settle(pilot)
+        screen = app.screen
+        await wait_for(pilot, lambda: len(screen.runs) == 2, what="two runs")
+        for i, state in enumerate(screen.runs):
+            screen.query_one(DataTable).move_cursor(row=i)
+            await pilot.pause()
+            assert screen.check_action("resume", ()) is (state.path == run), state.path.name
+        app.open_run(bare)
+        await settle(pilot)
+        assert "r Resume" not in screen_text(app)     # (crashed or interrupted alike: no checkpoint)
+        await pilot.press("r")                       # nothing starts
+        await settle(pilot)
+        assert app.training == []
+
+
 async def test_an_interrupted_runs_dashboard_resumes_it(workdir, tmp_path):
     run, app = _interrupted_run_and_app(workdir, tmp_path)
     async with app.run_test(size=EIGHTY) as pilot:

@@ -51,10 +51,13 @@ def default_command() -> list[str]:
 INTERRUPTED_CODES = (129, 130, 143)
 
 
-def describe_exit(code: int | None) -> str:
-    """One line for a child's exit status (negative: killed by that signal)."""
+def describe_exit(code: int | None, checkpointed: bool = True) -> str:
+    """One line for a child's exit status (negative: killed by that signal); `checkpointed`:
+    whether the run has a checkpoint to resume from (a run stopped while loading has none)."""
     if code is None:
         return "still running"
+    if code in INTERRUPTED_CODES and not checkpointed:
+        return "stopped before any checkpoint was written: nothing to resume; launch it again"
     if code < 0:
         try:
             name = signal.Signals(-code).name

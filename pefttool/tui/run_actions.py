@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from ..runfolder.checkpoints import list_checkpoints
 from ..runfolder.resumable import resumability
 from ..runfolder.rundir import LOCK_FILE, RunDir
 from ..runfolder.summary import pid_alive, summarize
@@ -33,6 +34,12 @@ def can_resume(run_dir: Path) -> bool:
     """An interrupted, crashed or failed run with a checkpoint goes on where it stopped; a
     finished one whose model/ is damaged is rebuilt (pefttool/runfolder/resumable.py: the CLI's answer)."""
     return resumability(Path(run_dir)).action != "none"
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether the run wrote a checkpoint to resume from (cheap: a folder listing, for the
+    keys a screen offers; `can_resume` is the full answer)."""
+    return bool(list_checkpoints(Path(run_dir)))
 
 
 def check_deletable(run_dir: Path) -> RunDir:

@@ -27,6 +27,7 @@ from ...runfolder.summary import RunState, pid_alive
 from .. import formatting as fmt
 from ..child import INTERRUPTED_CODES, TrainingChild, describe_exit, find_stderr, tail
 from ..messages import RunEventsPending, RunProcessEnded
+from ..run_actions import has_checkpoint
 from ..widgets.error_panel import ErrorPanel
 from ..widgets.eval_table import EvalTable
 from ..widgets.footer import AppFooter
@@ -235,7 +236,8 @@ class DashboardScreen(AppScreen):
         end = self.state.end
         log = self.query_one(LogPane)
         if code is not None:
-            log.add_line(f"process exited with status {code}: {describe_exit(code)}", "note")
+            log.add_line(f"process exited with status {code}: "
+                         f"{describe_exit(code, has_checkpoint(self.run_dir))}", "note")
         if code is None:
             failed = end is None                          # an attached run's process vanished
         else:
@@ -299,8 +301,9 @@ class DashboardScreen(AppScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop":
             return self.live and self.pid is not None and not self.stop_sent
-        if action == "resume":
-            return not self.live and self._status() in ("interrupted", "crashed")
+        if action == "resume":   # (stopped while loading: no checkpoint, nothing to resume)
+            return not self.live and self._status() in ("interrupted", "crashed") \
+                and has_checkpoint(self.run_dir)
         if action == "try_it":
             return not self.live and (self.run_dir / "model").is_dir()
         return True

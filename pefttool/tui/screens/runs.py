@@ -14,6 +14,7 @@ from ...runfolder.summary import RunState, list_runs
 from ...tasks import registered
 from .. import formatting as fmt
 from ..messages import RunsListed
+from ..run_actions import has_checkpoint
 from ..widgets.footer import AppFooter
 from .base import AppScreen
 
@@ -170,8 +171,8 @@ class RunsScreen(AppScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         run = self.current if self.is_mounted else None
-        if action == "resume":
-            return run is not None and run.status in ("interrupted", "crashed")
+        if action == "resume":   # (stopped while loading: no checkpoint, nothing to resume)
+            return run is not None and run.status in ("interrupted", "crashed") and has_checkpoint(run.path)
         if action == "try_it":
             return run is not None and (run.path / "model").is_dir()
         if action == "delete":
