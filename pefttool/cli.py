@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                      help="a prompt (repeatable)")
     gen.add_argument("--file", type=Path, help="prompts: one per line, or JSONL with the run's prompt column")
+    gen.add_argument("--raw", action="store_true",
+                     help="send typed prompts as they are (by default a run whose data.prompt_template "
+                          "names one column has each typed prompt fill it, as training did)")
     gen.add_argument("--max-new-tokens", type=int, default=128, metavar="N",
                      help="longest reply in tokens (default 128)")
     gen.add_argument("--temperature", type=float, default=0.7,
@@ -417,7 +420,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .errors import OutputError
-    from .generate import GenerationOptions, chat, check_causal, generate, prompts_from_file, uses_chat_template
+    from .generate import (
+        GenerationOptions,
+        chat,
+        check_causal,
+        generate,
+        prompts_from_file,
+        typed_prompt,
+        uses_chat_template,
+    )
     from .runfolder.lifecycle import saved_run
     from .trained import load_trained
 
@@ -426,12 +437,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options.check()
     _, recipe = saved_run(args.run_dir)  # a bad run dir or a classification run: before any model loads
     check_causal(recipe)
-    prompts: list = list(args.prompt)
-    if args.file is not None:
-        prompts += prompts_from_file(args.file, recipe)
+    typed = (lambda text: text) if args.raw else (lambda text: typed_prompt(recipe, text))  # noqa: E731
+    prompts: list = [typed(p) for p in args.prompt]
+    if args.file is not None:   # (JSONL rows fill the template from their own columns)
+        prompts += prompts_from_file(args.file, recipe, typed=typed)
     interactive = not prompts and sys.stdin.isatty()
     if not prompts and not interactive:
-        prompts = [line.rstrip("\n") for line in sys.stdin if line.strip()]
+        prompts = [typed(line.rstrip("\n")) for line in sys.stdin if line.strip()]
         if not prompts:
             raise OutputError("generate: no prompts; give --prompt TEXT, --file F, prompts on stdin, "
                               "or run it on a terminal for a chat")

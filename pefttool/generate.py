@@ -59,6 +59,17 @@ def _rows(recipe: Any) -> Any:
     return get_task(recipe).row_format(recipe)
 
 
+def typed_prompt(recipe: Any, text: str) -> str:
+    """A prompt a person typed, made into the prompt the run trained on (its row format's
+    `typed_prompt`: an instruction run's one-column prompt_template is filled with it)."""
+    return str(_rows(recipe).typed_prompt(recipe, text))
+
+
+def typed_prompt_note(recipe: Any) -> str:
+    """What `typed_prompt` does to a typed text, in words ('' when nothing)."""
+    return str(_rows(recipe).typed_prompt_note(recipe))
+
+
 def uses_chat_template(loaded: Any, conversation: bool = False) -> bool:
     """Whether a prompt goes through the tokenizer's chat template, as the run's training
     rendered its rows (`RowFormat.uses_chat_template`); never when the tokenizer has none."""
@@ -167,9 +178,11 @@ def generate(loaded: Any, messages_or_prompt: str | Messages, *,
     return tok.decode(out[0, len(ids):], skip_special_tokens=True).strip()
 
 
-def prompts_from_file(path: Any, recipe: Any) -> list[str | Messages]:
+def prompts_from_file(path: Any, recipe: Any, typed: Callable[[str], str] | None = None
+                      ) -> list[str | Messages]:
     """Prompts from a file: JSONL rows (the recipe's prompt column, its prompt_template, or a
-    chat run's messages, the last assistant turn left out), or else one prompt per line."""
+    chat run's messages, the last assistant turn left out), or else one prompt per line (each
+    passed through `typed`, as a prompt typed on the command line is)."""
     import json
     from pathlib import Path
 
@@ -186,7 +199,7 @@ def prompts_from_file(path: Any, recipe: Any) -> list[str | Messages]:
         raise OutputError(f"--file: {path} holds no prompts (it is empty)")
     jsonl = path.suffix in (".jsonl", ".ndjson", ".json") or (lines and lines[0].lstrip().startswith("{"))
     if not jsonl:
-        return lines
+        return [typed(line) for line in lines] if typed is not None else list(lines)
     from .errors import DataError
 
     rows = _rows(recipe)

@@ -332,3 +332,34 @@ def test_a_chat_runs_jsonl_file_gives_conversations(tmp_path):
     rows.write_text(json.dumps({"messages": [{"role": "assistant", "content": "only a reply"}]}) + "\n")
     with pytest.raises(OutputError, match="has no user turn to answer"):
         prompts_from_file(rows, recipe)
+
+
+def test_a_typed_prompt_fills_a_one_column_prompt_template(tmp_path):
+    """Issue 28.13: a prompt typed for an instruction run whose data.prompt_template names one
+    column fills it, as training filled it (generate --prompt, plain --file lines, Try it);
+    a template over several columns, or none, leaves the text as typed; JSONL rows fill the
+    template from their own columns."""
+    import types
+
+    from pefttool.generate import prompts_from_file, typed_prompt, typed_prompt_note
+
+    def recipe(template):
+        return types.SimpleNamespace(
+            task=types.SimpleNamespace(type="causal-lm", format="instruction", labels=None),
+            data=types.SimpleNamespace(prompt_template=template, prompt_column="prompt",
+                                       response_column="answer", response_map=None))
+
+    one = recipe("Is this review positive or negative?\n\nReview: {text}")
+    assert typed_prompt(one, " a lovely film ") == "Is this review positive or negative?\n\nReview: a lovely film"
+    assert typed_prompt_note(one) == "your text fills {text} of the run's data.prompt_template"
+    for other in (recipe("Q: {question}\nContext: {context}"), recipe(None)):
+        assert typed_prompt(other, "as typed") == "as typed" and typed_prompt_note(other) == ""
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("a lovely film\ndull\n")
+    assert prompts_from_file(lines, one, typed=lambda t: typed_prompt(one, t)) == [
+        "Is this review positive or negative?\n\nReview: a lovely film",
+        "Is this review positive or negative?\n\nReview: dull"]
+    rows = tmp_path / "prompts.jsonl"
+    rows.write_text(json.dumps({"text": "from a row"}) + "\n")
+    assert prompts_from_file(rows, one, typed=lambda t: "never called") == [
+        "Is this review positive or negative?\n\nReview: from a row"]

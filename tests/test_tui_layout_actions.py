@@ -668,12 +668,64 @@ async def test_try_it_stays_responsive_while_the_model_loads(fake_app, workdir, 
         await pilot.press("enter")
         await pilot.pause()
         screen = app.screen
-        assert "still loading" in screen_text(app)
+        assert "answered when it is in" in screen_text(app)
         assert screen.query_one(Input).value == "a lovely film"
         release.set()
         await wait_for(pilot, lambda: "75.0%" in screen_text(app), what="the answer")
         text = screen_text(app)
         assert "> a lovely film" in text and "positive  (75.0%)" in text and "negative" in text
+
+
+async def test_try_it_fills_the_runs_prompt_template_and_counts_the_loading_time(fake_app, workdir,
+                                                                                  tmp_path, monkeypatch):
+    """Issue 28.13: Try it on a causal-LM run with a prompt template sent the raw text (the
+    model answered "Awesome. I'm glad to have you…"), not the prompt training built; loading
+    (~3 min) showed no progress."""
+    import tomllib
+
+    import pefttool.generate
+    from pefttool.recipe import validate_recipe
+    from pefttool.tui.screens import try_it
+    from tiny_models import write_tiny_recipe
+
+    path = write_tiny_recipe(tmp_path, tmp_path / "model", task="causal-lm")
+    text = path.read_text().replace('prompt_column = "prompt"',
+                                    'prompt_template = "Is this review positive or negative?\\n\\nReview: {prompt}"')
+    recipe = validate_recipe(tomllib.loads(text), source=str(path), base_dir=tmp_path, check_files=False)
+    run = write_canned_run(workdir / "runs", "sft-20250101-000000")
+    (run / "model").mkdir()
+    release = threading.Event()
+    sent: list = []
+
+    class Loaded:
+        pass
+
+    Loaded.recipe = recipe
+
+    def slow_load(run_dir):
+        assert release.wait(30)
+        return Loaded()
+
+    def fake_generate(loaded, prompt, **kwargs):
+        sent.append(prompt)
+        return "positive"
+
+    monkeypatch.setattr(try_it, "load_model", slow_load)
+    monkeypatch.setattr(pefttool.generate, "generate", fake_generate)
+    app = fake_app()
+    async with app.run_test(size=(100, 24)) as pilot:
+        await settle(pilot)
+        app.try_run(run)
+        await pilot.pause(1.3)
+        assert "loading the model… 1s" in screen_text(app) or "loading the model… 2s" in screen_text(app), \
+            screen_text(app)
+        release.set()
+        await wait_for(pilot, lambda: app.screen.loaded is not None, what="the model")
+        status = str(app.screen.query_one("#try-status").render())
+        assert "your text fills {prompt} of the run's data.prompt_template" in status, status
+        await pilot.press(*"a lovely film", "enter")
+        await wait_for(pilot, lambda: sent and not app.screen.busy, what="the reply")
+        assert sent == ["Is this review positive or negative?\n\nReview: a lovely film"]
 
 
 @pytest.fixture(scope="module")

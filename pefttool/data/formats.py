@@ -134,6 +134,15 @@ class RowFormat:
         """The column a JSONL prompt file's rows give their prompt in."""
         return recipe.data.prompt_column
 
+    def typed_prompt(self, recipe: Recipe, text: str) -> str:
+        """A prompt a person typed (`generate --prompt`, the TUI's Try it) → the prompt
+        training would have built from it. Default: the text as typed."""
+        return text
+
+    def typed_prompt_note(self, recipe: Recipe) -> str:
+        """What `typed_prompt` does to a typed text, in words ('' when nothing)."""
+        return ""
+
     def file_prompt(self, recipe: Recipe, row: dict[str, Any], where: str) -> str | list[dict[str, str]]:
         """One JSONL row of a prompt file (`generate --file`) → the prompt: the prompt column's
         text, or its list of turns (a trailing assistant turn, the reference reply, left out)."""
@@ -314,6 +323,18 @@ class InstructionRows(_PromptedRows):
             out["_truncated"].append(not drop and len(r) > room)
             out["_prompt_len"].append(len(p))
         return out
+
+    def typed_prompt(self, recipe: Recipe, text: str) -> str:
+        """A template over one column is filled with the typed text, as training filled it
+        with that column (a template over several columns cannot be: the text as typed)."""
+        if self.template is None or len(self.template_fields) != 1:
+            return text
+        return self.template.format(**{self.template_fields[0]: text.strip()}).strip()
+
+    def typed_prompt_note(self, recipe: Recipe) -> str:
+        if self.template is None or len(self.template_fields) != 1:
+            return ""
+        return f"your text fills {{{self.template_fields[0]}}} of the run's data.prompt_template"
 
     def file_prompt(self, recipe: Recipe, row: dict[str, Any], where: str) -> str | list[dict[str, str]]:
         if self.template is None or isinstance(row.get(recipe.data.prompt_column), list):

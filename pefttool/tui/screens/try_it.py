@@ -9,6 +9,7 @@ in one, so the UI never freezes (loading a model takes seconds; torch itself is 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from textual.message import Message
 from textual.widgets import Header, Input, RichLog, Static
 
 from ...tasks import get_task
+from .. import formatting as fmt
 from ..widgets.footer import AppFooter
 from .base import AppScreen
 
@@ -44,10 +46,11 @@ def classify(loaded: Any, text: str) -> tuple[str, dict[str, float]]:
 def reply(loaded: Any, text: str, on_text: Any, stop: threading.Event) -> str:
     """The causal LM's reply (rendered as the run's training rendered prompts), streamed piece
     by piece to `on_text`; `stop` ends it after the current token."""
-    from ...generate import generate
+    from ...generate import generate, typed_prompt
 
-    return generate(loaded, text, on_text=on_text, stop=stop, max_new_tokens=MAX_NEW_TOKENS,
-                    greedy=True)
+    # typed as `pefttool generate --prompt` takes it: a one-column prompt_template filled with it
+    return generate(loaded, typed_prompt(loaded.recipe, text), on_text=on_text, stop=stop,
+                    max_new_tokens=MAX_NEW_TOKENS, greedy=True)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class TryScreen(AppScreen):
         self._stop = threading.Event()
         self._reply = ""
         self._submitted = False   # Enter pressed before the model was in
+        self._load_failed = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -98,9 +102,18 @@ class TryScreen(AppScreen):
     def on_mount(self) -> None:
         self.sub_title = f"Try {self.run_dir.name}"
         self.query_one("#try-output").border_title = "answers"
-        self._status(f"loading the model of {self.run_dir.name}… (type meanwhile)")
+        self._load_began = time.monotonic()
+        self._loading_line()
+        self._ticker = self.set_interval(1.0, self._loading_line)   # loading may take minutes
         self.load()
         self.query_one(Input).focus()
+
+    def _loading_line(self) -> None:
+        if self.loaded is not None or self._load_failed:
+            return
+        waited = time.monotonic() - self._load_began
+        held = " · answered when it is in" if self._submitted else " (type meanwhile)"
+        self._status(f"loading the model… {fmt.duration(waited)}{held}")   # (the title names the run)
 
     def _status(self, text: str) -> None:
         self.query_one("#try-status", Static).update(text)
@@ -145,14 +158,22 @@ class TryScreen(AppScreen):
 
     def on_model_loaded(self, message: ModelLoaded) -> None:
         field = self.query_one(Input)
+        self._ticker.stop()
         if message.error:
+            self._load_failed = True
             self._status(f"✗ cannot load the model: {message.error}")
             field.placeholder = "(no model)"
             field.disabled = True
             return
         self.loaded = message.loaded
         kind = get_task(self.task_type).prompt_noun
-        self._status(f"✓ {self.run_dir.name} loaded ({self.task_type}): type {kind}, Enter")
+        note = ""
+        if get_task(self.task_type).inference_command == "generate":
+            from ...generate import typed_prompt_note
+
+            note = typed_prompt_note(self.loaded.recipe)
+        self._status(f"✓ {self.run_dir.name} loaded ({self.task_type}): type {kind}, Enter"
+                     + (f" ({note})" if note else ""))
         field.placeholder = f"type {kind}, then Enter"
         pending = field.value.strip()
         if pending and self._submitted:
@@ -165,7 +186,7 @@ class TryScreen(AppScreen):
             return
         if self.loaded is None:
             self._submitted = True   # answered as soon as the model is in
-            self._status("still loading the model: your text is answered when it is in")
+            self._loading_line()
             return
         self._ask(text)
 
