@@ -87,12 +87,12 @@ async def test_a_recipes_problems_can_be_scrolled_to_at_60x20(fake_app, workdir)
         assert app.screen.select_recipe("broken")
         await pilot.pause()
         box = app.screen.query_one("#recipe-details-box")
-        assert "problem(s)" not in screen_text(app)       # below the fold at first...
+        assert "problem(s)" in screen_text(app)          # first, in sight at once (issue 28.10)...
         box.focus()
         await pilot.press("end")
         await pilot.pause()
         text = screen_text(app)
-        assert app.focused is box and "problem(s)" in text and "epochz" in text   # ...reachable
+        assert app.focused is box and "early stop" in text   # ...and the summary below reachable
 
 
 async def test_adjust_lists_every_problem_and_no_change_the_user_did_not_make(fake_app, workdir):
@@ -350,6 +350,32 @@ def test_the_progress_line_shows_the_phase_and_the_whole_runs_duration(tmp_path)
                           samples_per_s=1.0, elapsed_s=20, eta_s=80, rss_mb=1.0,
                           time=live.last_time + 1)])
     assert "evaluating" not in progress_line(live)
+
+
+def test_progress_follows_the_phase_and_says_why_a_resume_goes_back(tmp_path):
+    """Issue 28.5: "evaluating 0/8 · step 16/38" while the run evaluated at step 19 (step
+    events come every log_every steps); a resume went "42 % step 16" → "26 % step 10/38" with
+    no word that it went back to its checkpoint at step 10."""
+    run = tmp_path / "r"
+    state = RunState(run)
+    events = canned_events(run, upto=16)          # step events every 2 steps, 60 in all
+    state.apply(events)
+    t = state.last_time
+    state.apply([PhaseEvent(phase="evaluating", step=19, done=0, total=8, time=t + 1)])
+    assert progress_line(state).startswith("evaluating 0/8 · step 19/60")
+    state.apply([EndEvent(status="interrupted", step=19, duration_s=40.0, exit_code=130, time=t + 2),
+                 PhaseEvent(phase="loading", pid=999_999, time=t + 30)])
+    assert progress_line(state).startswith("loading the model and data · step 19/60")   # not back yet
+    start = events[0]
+    state.apply([StartEvent(run_dir=str(run), recipe=start.recipe, strategy="lora", total_steps=60,
+                            steps_per_epoch=20, epochs=3, params_total=1, params_trainable=1,
+                            model_memory_mb=1.0, device="cpu", pid=999_999, resumed_from_step=10,
+                            time=t + 60)])
+    assert state.step == 10
+    assert "resumed at step 10 (its checkpoint): 11–19 again" in progress_line(state)
+    state.apply([StepEvent(step=20, total_steps=60, epoch=1.0, loss=0.3, lr=1e-4, tokens_per_s=1.0,
+                           samples_per_s=1.0, elapsed_s=50, eta_s=80, rss_mb=1.0, time=t + 90)])
+    assert state.step == 20 and "again" not in progress_line(state)
 
 
 async def test_dashboard_at_80_columns_shows_every_figure_and_the_baseline_as_before(fake_app, workdir):

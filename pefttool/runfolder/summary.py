@@ -61,6 +61,8 @@ class RunState:
     _token_s: float = 0.0
     _prev_elapsed: float = 0.0
     _pid: int | None = None
+    redo: tuple[int, int] | None = None    # a resume's (checkpoint step, step reached before)
+    _reached: int = 0                     # the furthest step reported (steps and ends)
     _first_time: float = 0.0              # the first event's (a run stopped while loading has no start)
 
     @property
@@ -118,12 +120,17 @@ class RunState:
             self.segments += 1
             self.end = None        # a start after an end: the run continues (resumed)
             self.phase = None
+            reached = self._reached
+            self.redo = (event.resumed_from_step, reached) if 0 < event.resumed_from_step < reached \
+                else None
             self._prev_elapsed = 0.0 if self.last_step is None else float(self.last_step.elapsed_s)
         elif isinstance(event, EndEvent):
             self.end = event
             self.phase = None
             self._closed_s += max(0.0, float(event.duration_s))
             self._open_since = None
+        if isinstance(event, (StepEvent, EndEvent)):
+            self._reached = max(self._reached, int(event.step))
         self.last_time = max(self.last_time, float(event.time))
         if not self._first_time:
             self._first_time = float(event.time)
@@ -163,12 +170,27 @@ class RunState:
 
     @property
     def step(self) -> int:
+        """The optimizer steps done: the end's, else the latest step event's or the step the
+        run is evaluating or checkpointing at (step events come every train.log_every steps;
+        a phase names its step at once), never below where the latest start resumed."""
         if self.end is not None:
             return self.end.step
-        if self.last_step is not None and self.start is not None \
-                and self.last_step.step >= self.start.resumed_from_step:
-            return self.last_step.step
-        return self.start.resumed_from_step if self.start else 0
+        floor = self.start.resumed_from_step if self.start else 0
+        seen = [floor]
+        if self.last_step is not None and self.last_step.step >= floor and (
+                self.start is None or self.last_step.time >= self.start.time):  # (this segment's)
+            seen.append(self.last_step.step)
+        if self.phase is not None:   # a resume still loading: where the run had got to
+            seen.append(self._reached if self.phase.phase == "loading" else self.phase.step)
+        return max(seen)
+
+    @property
+    def trained_again(self) -> tuple[int, int] | None:
+        """(from, to) when the latest resume went back to a checkpoint before steps the run
+        had already reported (they are trained again), while it has not yet passed them."""
+        if self.redo is None or self.step >= self.redo[1]:
+            return None
+        return self.redo
 
     @property
     def total_steps(self) -> int:

@@ -10,9 +10,10 @@ from textual.widgets._footer import FooterKey
 # and every footer key is also a palette command).
 COMPACT_BELOW = 100
 PALETTE_HINT_FROM = 72
-# When the keys still do not fit, these go first, in this order (Escape is Back on every
-# screen; 1/2/3 switch screens), so a screen's own keys and "q Quit" stay whole.
-DROP_FIRST = (("back",), ("show('recipes')", "show('runs')", "show('plugins')"))
+# When the keys still do not fit, these go first, in this order (F5 rereads a list that is
+# reread on return anyway; Escape is Back on every screen; 1/2/3 switch screens), so a
+# screen's own keys and "q Quit" stay whole.
+DROP_FIRST = (("reload",), ("back",), ("show('recipes')", "show('runs')", "show('plugins')"))
 
 
 class AppFooter(Footer):

@@ -38,6 +38,9 @@ def progress_line(state: RunState) -> str:
         parts.append(f"epoch {last.epoch:.2f}/{epochs or '?'}")
     elif epochs:
         parts.append(f"epoch 0/{epochs}")
+    again = state.trained_again
+    if again is not None:   # the resume went back to its checkpoint: say so, or it looks like a loss
+        parts.append(f"resumed at step {again[0]} (its checkpoint): {again[0] + 1}–{again[1]} again")
     if state.end is not None:
         parts.append(f"{state.end.status.replace('_', ' ')} in {fmt.duration(state.duration_s)}")
     elif last is not None:
