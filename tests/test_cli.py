@@ -186,7 +186,7 @@ def test_plugins_lists_the_built_in_strategies_and_tasks():
 
     assert result.returncode == 0, result.stderr
     names = [line.split()[0] for line in result.stdout.splitlines() if not line.startswith(" ")]
-    assert names == ["causal-lm", "classification", "full", "lora", "qlora"]
+    assert names == ["causal-lm", "classification", "full", "lora", "preference", "qlora"]
     assert "qlora (strategy): 4-bit quantized base" in result.stdout
     assert "causal-lm (task): next-token loss" in result.stdout
 
@@ -195,7 +195,7 @@ def test_plugins_json_describes_each_plugin():
     result = pefttool("plugins", "--json")
 
     rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert sorted(rows) == ["causal-lm", "classification", "full", "lora", "qlora"]
+    assert sorted(rows) == ["causal-lm", "classification", "full", "lora", "preference", "qlora"]
     lora = rows["lora"]
     assert {k: lora[k] for k in ("name", "module", "distribution", "version", "strategies", "tasks",
                                  "hooks")} == {
@@ -253,7 +253,7 @@ def test_plugins_env_var_leaves_a_strategy_out_and_recipes_notice(tmp_path):
     validated = pefttool("validate", str(REPO / "recipes" / "qlora.toml"), PEFTTOOL_PLUGINS="-qlora")
 
     assert [row["name"] for row in json.loads(listed.stdout)] == ["causal-lm", "classification",
-                                                                  "full", "lora"]
+                                                                  "full", "lora", "preference"]
     assert "method.strategy: no strategy named 'qlora'" in assert_known_error(validated)[0]
 
 

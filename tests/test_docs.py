@@ -175,6 +175,8 @@ def _recipe_keys() -> dict[str, set[str]]:
     keys = {s: set(Recipe.model_fields[s].annotation.model_fields) for s in SECTIONS}
     for strategy in get_plugin_host().strategies.values():
         keys["method"] |= set(strategy.Options.model_fields)
+    for task in get_plugin_host().tasks.values():   # a task's [task] options (preference's loss…)
+        keys["task"] |= set(task.Options.model_fields)
     return keys
 
 

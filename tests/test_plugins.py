@@ -226,11 +226,11 @@ def test_registering_something_that_is_not_a_strategy_is_refused():
 
 
 @pytest.mark.parametrize("select,expected", [
-    ("", ["causal-lm", "classification", "full", "lora", "qlora"]),
+    ("", ["causal-lm", "classification", "full", "lora", "preference", "qlora"]),
     ("lora", ["lora"]),
     ("full, qlora", ["full", "qlora"]),
-    ("-qlora", ["causal-lm", "classification", "full", "lora"]),
-    ("-qlora,-full,-causal-lm", ["classification", "lora"]),
+    ("-qlora", ["causal-lm", "classification", "full", "lora", "preference"]),
+    ("-qlora,-full,-causal-lm", ["classification", "lora", "preference"]),
 ])
 def test_plugins_env_var_chooses_which_plugins_load(monkeypatch, select, expected):
     monkeypatch.setenv("PEFTTOOL_PLUGINS", select)

@@ -63,6 +63,7 @@ class PreferenceOptions(TaskOptions):
     rejected_column: str = Field("rejected", min_length=1, description="the other reply's column")
 
     def beta_value(self) -> float:
+        """task.beta, or the loss's own default (DEFAULT_BETA)."""
         return self.beta if self.beta is not None else DEFAULT_BETA[self.loss]
 
 
@@ -118,7 +119,7 @@ class PairRows(RowFormat):
 
     def __init__(self, columns: list[tuple[str, str]], prompt_column: str | None,
                  chosen: str, rejected: str, renderer: chat.Renderer | None = None,
-                 templated: bool = False):
+                 templated: bool = False) -> None:
         super().__init__(columns)
         self.prompt_column, self.chosen, self.rejected = prompt_column, chosen, rejected
         self.renderer = renderer
@@ -126,6 +127,7 @@ class PairRows(RowFormat):
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> RowFormat:
+        """The prompt column (data.prompt_column) and the two replies' (task options)."""
         o = recipe.task_options
         cols = [("data.prompt_column", recipe.data.prompt_column),
                 ("task.chosen_column", o.chosen_column), ("task.rejected_column", o.rejected_column)]
@@ -139,10 +141,12 @@ class PairRows(RowFormat):
         return PairRows(self.columns[1:], None, self.chosen, self.rejected, self.renderer, self.templated)
 
     def prepare(self, recipe: Any, tokenizer: Any) -> None:
+        """With data.chat_template and a tokenizer that has one, pairs render through it."""
         self.templated = bool(recipe.data.chat_template and getattr(tokenizer, "chat_template", None))
         self.renderer = chat.Renderer(tokenizer, recipe.data.system_prompt) if self.templated else None
 
     def make_row(self, recipe: Any, values: dict[str, Any]) -> Row | None:
+        """One cleaned, rendered pair; BadRow names what is wrong with it."""
         before_c, chosen = _reply(values[self.chosen], self.chosen)
         before_r, rejected = _reply(values[self.rejected], self.rejected)
         if self.prompt_column is not None:
@@ -188,6 +192,7 @@ class PairRows(RowFormat):
         return texts[0][0], texts[0][1], texts[1][1]
 
     def encode_columns(self, rows: list[Row], encoder: Any) -> dict[str, list]:
+        """The rendered prompt and replies as columns, before tokenizing."""
         pairs = [r for r in rows if isinstance(r, PairRow)]
         return {"prompt": [r.text for r in pairs], "chosen": [r.chosen_text for r in pairs],
                 "rejected": [r.rejected_text for r in pairs]}
@@ -221,6 +226,7 @@ class PairRows(RowFormat):
         return out
 
     def finish(self, encoder: Any, ds: Any, rows: list[Row], counts: dict[str, Any], split: str) -> Any:
+        """Counts cut replies and dropped pairs; removes the helper columns."""
         counts["truncated"] = sum(list(ds["_truncated"]))
         counts["dropped_truncated"] = sum(list(ds["_drop"]))
         if counts["dropped_truncated"]:
@@ -229,6 +235,7 @@ class PairRows(RowFormat):
         return ds.remove_columns(["_drop", "_truncated"])
 
     def collator(self, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
+        """N pairs → a batch of 2N rows (PairCollator)."""
         return PairCollator(pad_id)
 
 
@@ -345,6 +352,7 @@ def pair_scores(options: PreferenceOptions, policy: tuple[Any, Any],
 
 
 def score_batch(model: Any, batch: dict[str, Any], options: PreferenceOptions) -> tuple[PairScores, Any]:
+    """One batch of pairs through the model (and its reference when the loss has one)."""
     policy = sequence_logps(model, batch)
     reference = reference_logps(model, batch, options.loss) if options.loss in NEEDS_REFERENCE else None
     return pair_scores(options, policy, reference)

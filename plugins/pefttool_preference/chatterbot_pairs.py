@@ -41,6 +41,7 @@ def pairs(rows: list[dict], seed: int = 0) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Write the pairs file; 2 when the corpus package is missing."""
     parser = argparse.ArgumentParser(prog="python -m pefttool_preference.chatterbot_pairs",
                                      description=(__doc__ or "").splitlines()[0])
     parser.add_argument("out", help="the JSONL file to write")
