@@ -188,3 +188,47 @@ def test_dpo_without_an_adapter_is_one_line(tmp_path, tiny_causal_dir):
 
     with pytest.raises(ModelError, match=r"task.loss = \"dpo\" compares the model with its reference"):
         run_recipe(load_recipe(pair_recipe(tmp_path, tiny_causal_dir, "full", loss="dpo")))
+
+
+def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_causal_dir):
+    """kill -9 after step 5 (checkpoints every 2 steps, so step 4's is the last): the resume
+    ends where an uninterrupted run ends, the same step losses, evaluations and adapter."""
+    import shutil
+
+    import pefttool
+    from fault_helpers import events_of, max_abs_diff, metrics_of, of_type, tensors
+    from pefttool.errors import PefttoolError
+    from pefttool.runfolder.checkpoints import TrainState, list_checkpoints
+
+    class DieAfter:
+        @pefttool.hookimpl
+        def pefttool_step_end(self, event):
+            if event.step == 5:
+                raise RuntimeError("killed")
+
+    def recipe(folder: Path):
+        folder.mkdir()
+        path = pair_recipe(folder, tiny_causal_dir, loss="dpo")
+        text = path.read_text().replace("dropout = 0.0", "dropout = 0.1").replace(
+            "max_steps = 4", "max_steps = 8\ncheckpoint_every = 2\nkeep_checkpoints = 10")
+        path.write_text(text.replace("before_training = true", "before_training = false\nevery_steps = 4"))
+        return load_recipe(path)
+
+    straight = run_recipe(recipe(tmp_path / "a"))
+    assert (straight.status, straight.steps) == ("completed", 8)
+    interrupted = recipe(tmp_path / "b")
+    run_dir = tmp_path / "b" / "runs" / "pairs"
+    with pytest.raises(PefttoolError, match="killed"):
+        run_recipe(interrupted, observers=(DieAfter(),))
+    for newer in list_checkpoints(run_dir):   # a kill -9 never writes the crash's checkpoint
+        if TrainState.from_file(newer / "trainer_state.json").global_step > 4:
+            shutil.rmtree(newer)
+    got = run_recipe(interrupted, resume=True, run_dir=run_dir)
+    assert (got.status, got.steps) == ("completed", 8)
+    want = {e.step: e.loss for e in of_type(events_of(straight.run_dir), "step")}
+    resumed = [e for e in of_type(events_of(run_dir), "step") if e.step > 4]
+    assert resumed and all(e.loss == pytest.approx(want[e.step], abs=1e-6) for e in resumed)
+    for x, y in zip(metrics_of(straight.run_dir)["history"], metrics_of(run_dir)["history"]):
+        assert x == pytest.approx(y, abs=1e-6)
+    adapter = "adapter_model.safetensors"
+    assert max_abs_diff(tensors(straight.run_dir / "model" / adapter), tensors(run_dir / "model" / adapter)) <= 1e-6
