@@ -232,3 +232,22 @@ def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_cau
         assert x == pytest.approx(y, abs=1e-6)
     adapter = "adapter_model.safetensors"
     assert max_abs_diff(tensors(straight.run_dir / "model" / adapter), tensors(run_dir / "model" / adapter)) <= 1e-6
+
+
+def test_dpo_matches_trls_dpo_trainer_when_trl_is_installed():
+    """Issue 26.6: the same pairs, model, LoRA and beta through TRL's DPOTrainer and through
+    this task: equal token ids, and loss and chosen/rejected log-probs within 1e-4. TRL is not
+    a dependency: the test runs where it is importable (and `make chat-data` has run)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    if importlib.util.find_spec("trl") is None:
+        pytest.skip("TRL is not installed (pip install --no-deps --target DIR trl; PYTHONPATH=DIR); "
+                    "its last output is in benchmarks/RESULTS.md")
+    if not (repo / "build" / "chat" / "chatterbot-pairs.jsonl").is_file():
+        pytest.skip("make chat-data has not run (the model and the pairs)")
+    done = subprocess.run([sys.executable, str(repo / "benchmarks" / "dpo_vs_trl.py"), "--pairs", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "PASS" in done.stdout, done.stdout + done.stderr[-2000:]
