@@ -847,13 +847,10 @@ class _TrainingRun:
 
     def _emit_step(self, window: Window) -> None:
         import psutil
-        import torch
 
         state = self.state
         remaining = self.total_steps - state.global_step
-        gpu = None
-        if torch.cuda.is_available() and self.accelerator.device.type == "cuda":
-            gpu = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        gpu, gpu_total, gpu_util = gpu_figures(self.accelerator.device)
         self.emit(StepEvent(
             step=state.global_step, total_steps=self.total_steps,
             epoch=round(state.epoch + state.batches_done / self.batches_per_epoch, 4),
@@ -861,7 +858,8 @@ class _TrainingRun:
             tokens_per_s=round(window.tokens_per_s, 1), samples_per_s=round(window.samples_per_s, 2),
             elapsed_s=round(state.train_seconds, 2),
             eta_s=round(remaining * self.meter.sec_per_step + self._evals_left() * self._eval_s, 1),
-            rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1), gpu_mem_mb=gpu))
+            rss_mb=round(psutil.Process().memory_info().rss / 2**20, 1), gpu_mem_mb=gpu,
+            gpu_total_mb=gpu_total, gpu_util=gpu_util))
 
     def _scheduled_lr(self) -> float:
         """train.lr as the schedule has it now: the first group's rate over its own start rate
@@ -1040,3 +1038,20 @@ class _PhaseProgress:
             if time.monotonic() - shown >= self.every_s:
                 shown = time.monotonic()
                 self.emit(PhaseEvent(phase=self.phase, step=self.step, done=done, total=total))
+
+
+def gpu_figures(device: Any) -> tuple[float | None, float | None, float | None]:
+    """(peak MiB torch allocated, the GPU's MiB, its utilisation %) on a CUDA device; Nones
+    elsewhere. Utilisation comes from NVML (`torch.cuda.utilization`, which needs pynvml):
+    None where it cannot be read."""
+    import torch
+
+    if getattr(device, "type", None) != "cuda" or not torch.cuda.is_available():
+        return None, None, None
+    peak = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    total = round(torch.cuda.get_device_properties(device).total_memory / 2**20, 1)
+    try:
+        util: float | None = float(torch.cuda.utilization(device))
+    except Exception:   # no pynvml, or NVML refuses (a MIG slice, a container): not shown
+        util = None
+    return peak, total, util

@@ -73,7 +73,9 @@ class StepEvent(Event):
     elapsed_s: float
     eta_s: float
     rss_mb: float
-    gpu_mem_mb: float | None = None
+    gpu_mem_mb: float | None = None   # peak allocated by torch on the run's GPU (None: no GPU)
+    gpu_total_mb: float | None = None  # that GPU's memory
+    gpu_util: float | None = None      # its utilisation in % (NVML, where pynvml is installed)
     # each optimizer parameter group's own rate (a strategy's param_groups may give groups
     # their own lr; the schedule scales each), in group order
     lrs: list[float] | None = None

@@ -67,8 +67,9 @@ def pefttool_step_end(event: StepEvent) -> None:
     """An optimizer step finished (every `train.log_every` steps and the last one).
 
     `event` (a `StepEvent`) holds `step`, `total_steps`, `epoch`, `loss` (mean since the last
-    event), `lr`, `tokens_per_s`, `samples_per_s`, `elapsed_s`, `eta_s`, `rss_mb` and
-    `gpu_mem_mb`. Keep it quick: it runs on the training process between steps. Return nothing.
+    event), `lr`, `tokens_per_s`, `samples_per_s`, `elapsed_s`, `eta_s`, `rss_mb`, and on a GPU
+    `gpu_mem_mb`, `gpu_total_mb` and `gpu_util`. Keep it quick: it runs on the training process
+    between steps. Return nothing.
     """
 
 

@@ -378,6 +378,38 @@ def test_progress_follows_the_phase_and_says_why_a_resume_goes_back(tmp_path):
     assert state.step == 20 and "again" not in progress_line(state)
 
 
+def test_the_dashboard_shows_gpu_memory_and_utilisation_on_cuda(monkeypatch):
+    """Issue 28.18: on CUDA the step events carry torch's peak, the GPU's size and NVML's
+    utilisation (when pynvml reads it), and the stats line shows them beside tokens/s."""
+    import types
+
+    import torch
+
+    from pefttool.engine import gpu_figures
+    from pefttool.tui.widgets.run_progress import stats_line
+
+    assert gpu_figures(torch.device("cpu")) == (None, None, None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: types.SimpleNamespace(total_memory=80 * 2**30))
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device=None: 87)
+    cuda = types.SimpleNamespace(type="cuda")
+    assert gpu_figures(cuda) == (3072.0, 81920.0, 87.0)
+
+    def no_nvml(device=None):
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    assert gpu_figures(cuda) == (3072.0, 81920.0, None)
+    state = RunState(Path("r"))
+    state.apply([StepEvent(step=2, total_steps=10, epoch=0.2, loss=0.5, lr=1e-4, tokens_per_s=5000.0,
+                           samples_per_s=20.0, elapsed_s=4.0, eta_s=16.0, rss_mb=900.0, gpu_mem_mb=3072.0,
+                           gpu_total_mb=81920.0, gpu_util=87.0, time=1.0)])
+    line = stats_line(state)
+    assert "GPU 3.00 GiB/80.00 GiB 87% busy" in line and "tokens" in line, line
+
+
 async def test_dashboard_at_80_columns_shows_every_figure_and_the_baseline_as_before(fake_app, workdir):
     run = resumed_run(workdir / "runs")
     app = fake_app()

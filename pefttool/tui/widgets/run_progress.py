@@ -60,7 +60,12 @@ def stats_line(state: RunState) -> str:
              f"tokens {fmt.rate(tokens)}", f"samples {fmt.rate(last.samples_per_s)}",
              f"RSS {fmt.megabytes(last.rss_mb)}"]
     if last.gpu_mem_mb is not None:
-        parts.append(f"GPU {fmt.megabytes(last.gpu_mem_mb)}")
+        gpu = f"GPU {fmt.megabytes(last.gpu_mem_mb)}"
+        if last.gpu_total_mb:
+            gpu += f"/{fmt.megabytes(last.gpu_total_mb)}"
+        if last.gpu_util is not None:
+            gpu += f" {last.gpu_util:.0f}% busy"
+        parts.append(gpu)
     return " · ".join(parts)
 
 
