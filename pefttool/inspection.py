@@ -31,6 +31,7 @@ class RowPreview:
     spans: list[tuple[str, bool]]  # the text in pieces: (piece, carries loss)
     label: str | None = None       # classification: the label the row trains toward
     index: int = 0                 # its position in the train split (0-based)
+    part: str = ""                 # which of a row's sequences (a preference pair: chosen, rejected)
 
 
 @dataclass
@@ -133,7 +134,8 @@ def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None 
     picked = pick_rows(data, rows, start, seed, multi_turn)
     if multi_turn and rows and not picked:
         summary.append("--multi-turn: no train row has more than one loss-bearing reply")
-    per_token = task.row_format(recipe).sequence_labels
+    spec = task.row_format(recipe)
+    per_token = spec.sequence_labels
     for index in picked:
         row = data.train[index]
         ids = list(row["input_ids"])
@@ -144,11 +146,19 @@ def inspect_recipe(recipe: Any, rows: int = 3, start: int = 0, seed: int | None 
             previews.append(RowPreview(text=text, input_ids=ids, tokens=len(ids), loss_tokens=0,
                                        spans=[(text, False)], label=name, index=index))
             continue
-        labels = list(row["labels"])
-        spans = loss_spans(tokenizer, ids, labels)
-        previews.append(RowPreview(text="".join(t for t, _ in spans), input_ids=ids, tokens=len(ids),
-                                   loss_tokens=sum(1 for x in labels if x != IGNORE_INDEX), spans=spans,
-                                   index=index))
+        # As training batches it: the row format's collator may make several sequences of one
+        # row (a preference pair: the chosen and the rejected reply), each shown.
+        batch = data.collate([row])
+        sequences = batch["input_ids"].shape[0]
+        for k in range(sequences):
+            n = int(batch["attention_mask"][k].sum()) if "attention_mask" in batch else batch["input_ids"].shape[1]
+            ids, labels = batch["input_ids"][k][:n].tolist(), batch["labels"][k][:n].tolist()
+            names = spec.sequence_names
+            part = names[k] if k < len(names) else (f"sequence {k + 1}" if sequences > 1 else "")
+            spans = loss_spans(tokenizer, ids, labels)
+            previews.append(RowPreview(text="".join(t for t, _ in spans), input_ids=ids, tokens=len(ids),
+                                       loss_tokens=sum(1 for x in labels if x != IGNORE_INDEX), spans=spans,
+                                       index=index, part=part))
     # labelled rows are cut at max_length by the tokenizer, uncounted: only "at max_length"
     lengths = {split: length_stats([len(x) for x in ds["input_ids"]], recipe.data.max_length,
                                    data.stats[split] if per_token else {})
@@ -183,7 +193,7 @@ def format_text(preview: DataPreview, color: bool = False) -> str:
     if any(row.label is None for row in preview.rows):  # rows whose loss is on their tokens
         out.append("text in [[double brackets]] carries loss (the model is trained to produce it)")
     for row in preview.rows:
-        head = f"--- train row {row.index + 1}: {row.tokens} tokens"
+        head = f"--- train row {row.index + 1}{', ' + row.part if row.part else ''}: {row.tokens} tokens"
         head += f", label {row.label!r} (loss on the label, not on tokens)" if row.label is not None \
             else f", {row.loss_tokens} carry loss"
         out += [head, "".join(mark(t, loss) for t, loss in row.spans), f"ids: {row.input_ids}"]

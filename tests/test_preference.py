@@ -251,3 +251,17 @@ def test_dpo_matches_trls_dpo_trainer_when_trl_is_installed():
     done = subprocess.run([sys.executable, str(repo / "benchmarks" / "dpo_vs_trl.py"), "--pairs", "2"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and "PASS" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_inspect_shows_both_replies_of_a_pair_with_their_loss_tokens(tmp_path, tiny_causal_dir):
+    """Issue 26.4: `inspect` shows a pair as training batches it: the chosen and the rejected
+    row, the loss tokens of each marked, the prompt the same in both."""
+    from pefttool.inspection import format_text, inspect_recipe
+
+    preview = inspect_recipe(load_recipe(pair_recipe(tmp_path, tiny_causal_dir)), rows=1)
+    chosen, rejected = preview.rows
+    assert (chosen.part, rejected.part) == ("chosen", "rejected") and chosen.index == rejected.index == 0
+    assert [t for t, loss in chosen.spans if loss] and [t for t, loss in rejected.spans if loss]
+    assert chosen.spans[0] == rejected.spans[0] and not chosen.spans[0][1]   # the prompt, no loss
+    text = format_text(preview)
+    assert "--- train row 1, chosen:" in text and "--- train row 1, rejected:" in text

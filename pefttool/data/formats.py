@@ -66,6 +66,8 @@ class RowFormat:
     too_long: ClassVar[str] = "every prompt is at least"
     #: rows are conversations of several turns (`inspect --multi-turn` picks those with several replies)
     turns: ClassVar[bool] = False
+    #: the names of the sequences the collator makes of one row, when several (`inspect` shows each)
+    sequence_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, columns: list[tuple[str, str]], declared: list[str] | None = None,
                  response_map: dict[str, str] | None = None):

@@ -116,6 +116,7 @@ class PairRows(RowFormat):
     target_noun = "reply"
     too_long = "every prompt is at least"
     turns = True
+    sequence_names = ("chosen", "rejected")
 
     def __init__(self, columns: list[tuple[str, str]], prompt_column: str | None,
                  chosen: str, rejected: str, renderer: chat.Renderer | None = None,
