@@ -726,7 +726,8 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
         return _saved_activations(model, recipe, REF_BATCH, recipe.data.max_length, training)
 
     saved = _cached(("act", *key, str(act_dtype), recipe.data.max_length), lambda: count(True))
-    scale = recipe.train.batch_size / REF_BATCH
+    rows_per_example = get_task(recipe).rows_per_example   # (a preference pair: two rows)
+    scale = recipe.train.batch_size * rows_per_example / REF_BATCH
     checkpointing = settled.gradient_checkpointing and facts.supports_gc and saved.layers > 0
     gpu_act, cpu_act, other = saved.figures(scale, checkpointing)
     autocast_cache = 0
@@ -738,7 +739,7 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     # through a no_grad forward, never checkpointed; the gradients are gone (zero_grad sets
     # them to None), the weights and optimizer state stay.
     evaluated = _cached(("eval-act", *key, str(act_dtype), recipe.data.max_length), lambda: count(False))
-    eval_small, eval_large = evaluated.live_peak(recipe.eval.batch_size / REF_BATCH)
+    eval_small, eval_large = evaluated.live_peak(recipe.eval.batch_size * rows_per_example / REF_BATCH)
     # On the CPU the training step's freed small blocks stay in the heap (RSS): the evaluation's
     # small tensors reuse them, its large ones (the logits of a big vocabulary) come on top.
     # Before the first step that heap is not there yet, but the peak is the later evaluations'.
@@ -834,7 +835,8 @@ def estimate(recipe: Recipe, device: str | float | int = "cpu", *, strategies: t
         f"transformers, PEFT, Accelerate and datasets (measured, cached)",
         "activations: one batch of train.batch_size x data.max_length (the longest batch); the "
         "evaluation's: one no_grad batch of eval.batch_size x data.max_length (eval.samples' "
-        "generation not counted)",
+        "generation not counted); a task whose examples are several rows (a preference pair: "
+        "chosen and rejected) counts them all",
         "the peak is the training step's or the evaluation's, whichever is larger; its parts are shown",
     ]
     if gpu is not None:

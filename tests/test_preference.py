@@ -265,3 +265,16 @@ def test_inspect_shows_both_replies_of_a_pair_with_their_loss_tokens(tmp_path, t
     assert chosen.spans[0] == rejected.spans[0] and not chosen.spans[0][1]   # the prompt, no loss
     text = format_text(preview)
     assert "--- train row 1, chosen:" in text and "--- train row 1, rejected:" in text
+
+
+def test_plan_counts_both_rows_of_a_pair(tmp_path, tiny_causal_dir, monkeypatch):
+    """Issue 26.4: a batch of N pairs is 2N rows through the model: `plan` counts them."""
+    from pefttool.plan import estimate
+    from pefttool_preference import PreferenceTask
+
+    path = pair_recipe(tmp_path, tiny_causal_dir)   # batch 4 pairs, eval batch 8 pairs
+    pairs = estimate(load_recipe(path)).own
+    monkeypatch.setattr(PreferenceTask, "rows_per_example", 1)
+    rows = estimate(load_recipe(path, ["train.batch_size=8", "eval.batch_size=16"])).own
+    assert pairs.cpu.activations > estimate(load_recipe(path)).own.cpu.activations
+    assert (pairs.cpu.activations, pairs.phases) == (rows.cpu.activations, rows.phases)

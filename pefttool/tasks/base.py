@@ -64,6 +64,9 @@ class Task:
     # The recipe keys naming the model, the data files and the columns it reads (the TUI's form).
     data_keys: ClassVar[tuple[str, ...]] = ("model.path", "data.train", "data.eval")
     # What a finished run of it answers with: the command, and what the user types to it.
+    # Sequences the collator makes of one example (a preference pair: chosen and rejected):
+    # `pefttool plan` multiplies the batch by it.
+    rows_per_example: ClassVar[int] = 1
     inference_command: ClassVar[str] = "predict"   # "predict" (labels) | "generate" (text)
     prompt_noun: ClassVar[str] = "a text"
 

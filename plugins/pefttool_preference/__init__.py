@@ -395,6 +395,7 @@ class PreferenceTask(Task):
     data_keys = ("model.path", "data.train", "data.eval", "data.prompt_column")
     inference_command = "generate"
     prompt_noun = "a prompt (the model replies)"
+    rows_per_example = 2   # a batch of N pairs is 2N rows
     metrics = {
         "reward_accuracy": Metric("reward_accuracy", lambda o: o.reward_accuracy, higher_is_better=True,
                                   description="share of pairs whose chosen reply earns the higher "
