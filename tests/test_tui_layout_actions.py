@@ -266,6 +266,36 @@ async def test_a_recipe_that_is_not_toml_shows_its_error_first_and_no_invented_v
         assert details.index("✗ 2 problem(s)") < details.index("epochs"), details
 
 
+async def test_adjust_offers_eval_keys_any_key_as_a_line_and_a_quick_trial(fake_app, workdir):
+    """Issue 28.7: Adjust had no data.max_eval_rows or eval.* keys (a quick try still scored
+    1,000 rows per evaluation); any key now goes in as a `key = value` line, and ctrl+t sets
+    the small sizes of a quick trial, each in its field."""
+    app = fake_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_adjust(pilot)
+        for key in ("data--max_eval_rows", "eval--batch_size", "eval--every_steps"):
+            assert screen.query(f"#f-{key}"), key
+        await pilot.press("ctrl+t")
+        await settle(pilot)
+        assert screen.query_one("#f-train--max_steps", Input).value == "20"
+        assert screen.current()["data"]["max_eval_rows"] == 64 and screen.current()["train"]["max_steps"] == 20
+        raw = screen.query_one("#f-raw", Input)
+        raw.value = 'train.weight_decay = 0.01; eval.metric = "macro_f1"'
+        await settle(pilot)
+        assert screen.problems == [] and screen.current()["eval"]["metric"] == "macro_f1"
+        assert "train.weight_decay=0.01" in str(screen.query_one("#adjust-changes").render())
+        raw.value = "train.weight_decay = 0.01; eval.metric = macro"      # unquoted text
+        await settle(pilot)
+        assert screen.problems[0].startswith("other keys: eval.metric: 'macro' is not a TOML value")
+        raw.value = "train.wieght_decay = 0.01"                             # a typo: validation names it
+        await settle(pilot)
+        assert any("train.wieght_decay" in p for p in screen.problems), screen.problems
+        assert screen.query_one("#p-f-raw").display
+        raw.value = ""
+        await settle(pilot)
+        assert screen.problems == [] and "weight_decay" not in screen.current()["train"]
+
+
 # ---------------------------------------------------------------- 7: the log keeps every character
 
 

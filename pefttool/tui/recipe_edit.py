@@ -28,8 +28,11 @@ from ..tasks import Task, registered
 COMMON_KEYS = (
     "name", "train.lr", "train.epochs", "train.batch_size", "train.grad_accum",
     "train.max_steps", "data.max_length", "data.max_train_rows", "train.warmup_ratio",
-    "train.scheduler", "train.mixed_precision", "early_stopping.enabled", "output.dir",
+    "train.scheduler", "train.mixed_precision", "early_stopping.enabled", "data.max_eval_rows",
+    "eval.batch_size", "eval.every_steps", "eval.before_training", "output.dir",
 )
+# "Quick trial": small sizes, so a first try of a recipe takes minutes, not an hour.
+QUICK_TRIAL = {"train.max_steps": 20, "data.max_train_rows": 200, "data.max_eval_rows": 64}
 PATH_KEYS = ("model.path", "data.train", "data.eval")
 
 # What each common value trades, for the fields whose schema carries no description.
@@ -45,6 +48,10 @@ HELP = {
     "train.scheduler": "how the learning rate decays after warmup",
     "train.mixed_precision": "bf16 halves activation memory; fp16 needs a GPU",
     "early_stopping.enabled": "stop when the metric stops improving",
+    "data.max_eval_rows": "cap on evaluation rows (empty: all); each evaluation reads them all",
+    "eval.batch_size": "rows per evaluation batch; memory grows with it",
+    "eval.every_steps": "evaluate every N steps (0: at each epoch's end)",
+    "eval.before_training": "evaluate the untrained model first, for comparison",
     "model.path": "a local folder (relative: to the recipe's folder), package:NAME/inner/path, "
                   "or a hub id org/name",
     "data.train": "the training file: CSV, JSON lines or Parquet (relative: to the recipe's "
@@ -358,3 +365,29 @@ def free_path(folder: Path, stem: str, suffix: str = ".toml") -> Path:
         candidate = folder / f"{stem}-{n}{suffix}"
         n += 1
     return candidate
+
+
+def parse_raw(text: str) -> dict[str, Any]:
+    """`key = value` lines (or `;`-separated), any recipe key with a TOML value, as the
+    Adjust screen's "other keys" line takes them: {dotted key: value}. Raises ValueError with
+    one line naming what is wrong."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in re.split(r"[;\n]", text))):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*", key):
+            raise ValueError(f"'{part}' is not key = value (e.g. eval.metric = \"accuracy\")")
+        try:
+            out[key] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            raise ValueError(f"{key}: '{value.strip()}' is not a TOML value (text goes in "
+                             f"quotes: \"...\")") from None
+    return out
+
+
+def with_raw(data: dict[str, Any], raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `data` with the "other keys" values set."""
+    merged = copy.deepcopy(data)
+    for key, value in raw.items():
+        set_dotted(merged, key, value)
+    return merged

@@ -25,6 +25,7 @@ from ...errors import PefttoolError, RecipeError
 from ...recipe import DEFAULT_STRATEGY
 from ..messages import PlanEstimated, RecipeChecked
 from ..recipe_edit import (
+    QUICK_TRIAL,
     FieldSpec,
     absolutize_paths,
     common_fields,
@@ -33,11 +34,13 @@ from ..recipe_edit import (
     free_path,
     get_dotted,
     overrides_between,
+    parse_raw,
     parse_text,
     problems_for,
     recipe_text,
     set_dotted,
     strategy_fields,
+    with_raw,
     write_new_file,
 )
 from ..widgets.footer import AppFooter
@@ -111,6 +114,8 @@ class AdjustScreen(AppScreen):
     BINDINGS = [
         Binding("ctrl+s", "save", "Save as…"),
         Binding("ctrl+r", "launch", "Launch"),
+        Binding("ctrl+t", "quick_trial", "Quick trial",
+                tooltip="max_steps 20, 200 training and 64 evaluation rows: a first try in minutes"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -131,6 +136,8 @@ class AdjustScreen(AppScreen):
         self.specs: dict[str, FieldSpec] = {}
         self.saved: tuple[Path, int] | None = None   # (file, revision it holds)
         self.set_aside: dict[str, Any] = {}   # options the chosen strategy does not take
+        self.raw: dict[str, Any] = {}         # the "other keys" line: any key = value
+        self.raw_problem: str | None = None   # why that line cannot be read
 
     # ------------------------------------------------------------------ layout
 
@@ -177,6 +184,12 @@ class AdjustScreen(AppScreen):
                 yield FieldRow(strategy_spec, get_dotted(self.edited, "method.strategy", DEFAULT_STRATEGY))
                 with Vertical(id="strategy-options"):
                     yield from self._strategy_rows()
+                yield Label("other keys", classes="form-heading")
+                with Horizontal(classes="field-line"):
+                    yield Label("key = value", classes="field-label")
+                    yield Input(placeholder="any recipe key; several: a = 1; b = \"x\"", compact=True,
+                                id="f-raw")
+                yield Static("", classes="field-problem", id="p-f-raw", markup=False)
             # Scrolls and takes focus (Tab): every problem can be read, however many.
             with VerticalScroll(id="adjust-side"):
                 yield Static("", id="adjust-status")
@@ -188,7 +201,11 @@ class AdjustScreen(AppScreen):
     def on_mount(self) -> None:
         self.sub_title = f"Adjust {self.original['name']}"
         self._show_problems()
-        self.validate_edit(self.revision, copy.deepcopy(self.edited))
+        self.validate_edit(self.revision, self.current())
+
+    def current(self) -> dict[str, Any]:
+        """The recipe as the screen shows it: the form's values and the "other keys" line."""
+        return with_raw(self.edited, self.raw)
 
     # ------------------------------------------------------------------ editing
 
@@ -212,14 +229,31 @@ class AdjustScreen(AppScreen):
         if spec.key == "method.strategy":
             self._drop_foreign_options()
         self.revision += 1
-        self.validate_edit(self.revision, copy.deepcopy(self.edited))
+        self.validate_edit(self.revision, self.current())
         return spec.key == "method.strategy"
 
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "f-raw":
+            self._raw_changed(event.value)
+            return
         spec = self._spec_for(event.input)
         if spec is not None:
             self._edit(spec, parse_text(spec, event.value))
+
+    def _raw_changed(self, text: str) -> None:
+        try:
+            self.raw, self.raw_problem = parse_raw(text), None
+        except ValueError as exc:
+            self.raw, self.raw_problem = {}, str(exc)
+        self.revision += 1
+        self.validate_edit(self.revision, self.current())
+
+    def action_quick_trial(self) -> None:
+        """Small sizes in the form (each field shows it), so a first try takes minutes."""
+        for key, value in QUICK_TRIAL.items():
+            for field in self.query(f"#{widget_id(key)}").results(Input):
+                field.value = str(value)
 
     @on(Select.Changed)
     async def _select_changed(self, event: Select.Changed) -> None:
@@ -272,7 +306,7 @@ class AdjustScreen(AppScreen):
     def on_recipe_checked(self, message: RecipeChecked) -> None:
         if message.revision != self.revision:
             return  # an answer to an older edit
-        self.problems = message.problems
+        self.problems = ([f"other keys: {self.raw_problem}"] if self.raw_problem else []) + message.problems
         self._show_problems()
         if self.problems:
             self._show_plan("")
@@ -303,7 +337,12 @@ class AdjustScreen(AppScreen):
         else:
             status.update("✓ validates")
             status.set_class(False, "invalid")
-        overrides = overrides_between(self.original, self.edited)
+        for box in self.query("#p-f-raw").results(Static):   # the "other keys" line's own problems
+            mine = [p for p in self.problems if p.startswith("other keys:")
+                    or any(p.startswith(f"{k}:") for k in self.raw)]
+            box.update("\n".join(f"✗ {p}" for p in mine))
+            box.display = bool(mine)
+        overrides = overrides_between(self.original, self.current())
         changes = self.query_one("#adjust-changes", Static)
         if overrides is None:
             changes.update("changed: options removed (launch writes the adjusted recipe)")
@@ -317,7 +356,7 @@ class AdjustScreen(AppScreen):
     def action_back(self) -> None:
         """Back to the recipes; edits not saved are discarded only when the user says so."""
         saved = self.saved[0] if self.saved is not None else None
-        overrides = overrides_between(self.original, self.edited)
+        overrides = overrides_between(self.original, self.current())
         if (self.saved is not None and self.saved[1] == self.revision) or overrides == []:
             self.dismiss(saved)
             return
@@ -342,7 +381,7 @@ class AdjustScreen(AppScreen):
     def _save_to(self, path: Path | None) -> None:
         if path is None:
             return
-        data = absolutize_paths(self.edited, self.base_dir, path.parent)
+        data = absolutize_paths(self.current(), self.base_dir, path.parent)
         text = recipe_text(data, self.original_text, str(self.entry.path))
         try:
             write_new_file(path, text)
@@ -356,7 +395,9 @@ class AdjustScreen(AppScreen):
         self.notify(f"saved {path}", title="Recipe saved")
 
     def action_launch(self) -> None:
-        problems = check(copy.deepcopy(self.edited), str(self.entry.path), self.base_dir)
+        problems = check(self.current(), str(self.entry.path), self.base_dir)
+        if self.raw_problem:
+            problems = [f"other keys: {self.raw_problem}", *problems]
         if problems:
             self.problems = problems
             self._show_problems()
@@ -364,7 +405,7 @@ class AdjustScreen(AppScreen):
                                 "\n".join(f"- {p}" for p in problems))
             return
         name = str(self.edited.get("name") or self.entry.path.stem)
-        edited = copy.deepcopy(self.edited)
+        edited = self.current()
         if self.saved is not None and self.saved[1] == self.revision:
             saved = self.saved[0]
             self.pefttool_app.confirm_launch(f"{name} ({saved.name})",

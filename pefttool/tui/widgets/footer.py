@@ -10,10 +10,11 @@ from textual.widgets._footer import FooterKey
 # and every footer key is also a palette command).
 COMPACT_BELOW = 100
 PALETTE_HINT_FROM = 72
+PALETTE_HINT_WIDTH = 13
 # When the keys still do not fit, these go first, in this order (F5 rereads a list that is
 # reread on return anyway; Escape is Back on every screen; 1/2/3 switch screens), so a
 # screen's own keys and "q Quit" stay whole.
-DROP_FIRST = (("reload",), ("back",), ("show('recipes')", "show('runs')", "show('plugins')"))
+DROP_FIRST = (("reload",), ("quick_trial",), ("back",), ("show('recipes')", "show('runs')", "show('plugins')"))
 
 
 class AppFooter(Footer):
@@ -35,6 +36,8 @@ class AppFooter(Footer):
         width = self.size.width
         if not width or not self._bindings_ready:
             return ()
+        if self.show_command_palette:
+            width -= PALETTE_HINT_WIDTH   # "▏^p palette" at the right end
         keys = self._keys()
         need = sum(w for _, w in keys)
         dropped: list[str] = []
