@@ -408,6 +408,32 @@ def test_progress_follows_the_phase_and_says_why_a_resume_goes_back(tmp_path):
     assert state.step == 20 and "again" not in progress_line(state)
 
 
+async def test_the_dashboard_gives_the_runs_paths_and_commands_and_writes_its_plot(fake_app, workdir):
+    """Issue 28.16: see and copy the run's path and the commands that rerun, resume, plot,
+    compare and export it; write its plot and say where."""
+    import shlex
+
+    run = write_canned_run(workdir / "runs", "lora-20250101-000000")
+    app = fake_app()
+    async with app.run_test(size=EIGHTY) as pilot:
+        await settle(pilot)
+        app.open_run(run)
+        await settle(pilot)
+        await pilot.press("i")
+        await settle(pilot)
+        assert isinstance(app.screen, ErrorModal)
+        path = shlex.quote(str(run.resolve()))
+        for command in (f"pefttool resume {path}", f"pefttool plot {path} OTHER_RUN --out compare.png",
+                        f"pefttool export {path} --out EXPORT_DIR --merge", f"pefttool tui --attach {path}",
+                        f"pefttool run {shlex.quote(str(run.resolve() / 'recipe.toml'))}"):
+            assert command in app.screen.detail and command in app.clipboard, command
+        await pilot.press("escape")
+        await settle(pilot)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: (run / "plots.png").is_file(), timeout=60, what="the plot")
+        assert (run / "plots.png").stat().st_size > 1000
+
+
 def test_the_dashboard_shows_gpu_memory_and_utilisation_on_cuda(monkeypatch):
     """Issue 28.18: on CUDA the step events carry torch's peak, the GPU's size and NVML's
     utilisation (when pynvml reads it), and the stats line shows them beside tokens/s."""

@@ -208,6 +208,10 @@ class RunDir:
     def stderr(self) -> Path:
         return self.path / STDERR_FILE
 
+    @property
+    def plot(self) -> Path:
+        return self.path / PLOT_FILE
+
     # -- what the folder holds
 
     def is_run(self) -> bool:

@@ -72,3 +72,21 @@ def delete_run(run_dir: Path) -> list[str]:
     if not kept:
         run.path.rmdir()   # empty now (rmdir: never removes anything that appeared since)
     return kept
+
+
+def run_commands(run_dir: Path) -> list[tuple[str, str]]:
+    """(what, command) lines for a run folder: the commands that reproduce, continue, use
+    and export it, as a user would type them (quoted where a path needs it)."""
+    import shlex
+
+    run = RunDir(Path(run_dir).resolve())
+    path = shlex.quote(str(run.path))
+    return [
+        ("the run folder", str(run.path)),
+        ("run it again (a new folder)", f"pefttool run {shlex.quote(str(run.recipe))}"),
+        ("continue it (interrupted)", f"pefttool resume {path}"),
+        ("its curves as a PNG", f"pefttool plot {path}"),
+        ("compare with another run", f"pefttool plot {path} OTHER_RUN --out compare.png"),
+        ("export, adapter merged", f"pefttool export {path} --out EXPORT_DIR --merge"),
+        ("follow it from another terminal", f"pefttool tui --attach {path}"),
+    ]

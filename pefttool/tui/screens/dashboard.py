@@ -78,6 +78,9 @@ class DashboardScreen(AppScreen):
         Binding("s", "stop", "Stop run"),
         Binding("r", "resume", "Resume", tooltip="continue the run from its last checkpoint"),
         Binding("t", "try_it", "Try it", tooltip="type a text, the run's model answers"),
+        Binding("i", "info", "Paths", tooltip="the run's folder and the commands that rerun, "
+                                              "continue, plot or export it (copied)"),
+        Binding("p", "plot", "Plot", tooltip="write the run's curves as a PNG and say where"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -307,6 +310,34 @@ class DashboardScreen(AppScreen):
         if action == "try_it":
             return not self.live and (self.run_dir / "model").is_dir()
         return True
+
+    def action_info(self) -> None:
+        """The run's folder and commands in a dialog; the commands go to the clipboard too
+        (OSC 52: most terminals take it, over SSH as well)."""
+        from ..run_actions import run_commands
+        from .modals import ErrorModal
+
+        lines = run_commands(self.run_dir)
+        text = "\n".join(f"{what}:\n  {command}" for what, command in lines)
+        self.app.copy_to_clipboard("\n".join(command for _, command in lines[1:]))
+        self.app.push_screen(ErrorModal(f"{self.run_dir.name}: paths and commands (copied)", text))
+
+    def action_plot(self) -> None:
+        self.notify("drawing the curves…", title="Plot")
+        self.write_plot()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="plot", name="plotting the run")
+    def write_plot(self) -> None:
+        from ...errors import PefttoolError
+        from ...plots import plot_runs
+        from ...runfolder.rundir import RunDir
+
+        try:
+            out = plot_runs([self.run_dir], RunDir(self.run_dir).plot)
+        except PefttoolError as exc:
+            self.app.call_from_thread(self.notify, str(exc), title="No plot", severity="error")
+            return
+        self.app.call_from_thread(self.notify, str(out), title="Plot written")
 
     def action_resume(self) -> None:
         if self.check_action("resume", ()):
