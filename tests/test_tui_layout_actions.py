@@ -983,3 +983,15 @@ async def test_an_attached_crashed_run_resumed_elsewhere_keeps_its_status_in_vie
         rows = screen_text(app).splitlines()
         assert "RUNNING" in rows[1], "\n".join(rows)
         assert any("step 24/60" in row for row in rows[:8]), "\n".join(rows)
+
+
+def test_one_epoch_is_not_1_epochs(tmp_path):
+    """Issue 28.15: "1 epochs" in the recipe details."""
+    from pefttool.catalog import RecipeEntry
+    from pefttool.tui.widgets.recipe_details import summary_rows
+
+    def train_row(epochs):
+        entry = RecipeEntry(path=tmp_path / "r.toml", origin="local", data={"train": {"epochs": epochs}})
+        return dict(summary_rows(entry))["train"]
+
+    assert train_row(1).startswith("1 epoch ") and train_row(3).startswith("3 epochs")

@@ -59,3 +59,8 @@ def learning_rate(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2e}"
+
+
+def plural(n: object, noun: str) -> str:
+    """`1 epoch`, `3 epochs` (a noun made plural with an s)."""
+    return f"{n} {noun}" if str(n) == "1" else f"{n} {noun}s"

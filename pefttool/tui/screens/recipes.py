@@ -12,6 +12,7 @@ from textual.widgets import DataTable, Header
 
 from ...catalog import RecipeEntry, find_recipes
 from ...recipe import DEFAULT_STRATEGY
+from .. import formatting as fmt
 from ..formatting import display_path
 from ..messages import RecipesFound
 from ..widgets.footer import AppFooter
@@ -146,7 +147,7 @@ class RecipesScreen(AppScreen):
             return
         steps = entry.get("train.max_steps", 0)
         what = (f"{entry.name} as it is ({entry.get('method.strategy', DEFAULT_STRATEGY)}, "
-                f"{f'max {steps} steps' if steps else str(entry.get('train.epochs', 3)) + ' epochs'})")
+                f"{f'max {steps} steps' if steps else fmt.plural(entry.get('train.epochs', 3), 'epoch')})")
         self.pefttool_app.confirm_launch(what, lambda: self.pefttool_app.launch(entry.path, [], entry.name))
 
     def action_reload(self) -> None:

@@ -15,6 +15,7 @@ from ...catalog import RecipeEntry
 from ...errors import PefttoolError
 from ...recipe import DEFAULT_STRATEGY
 from ...tasks import registered
+from .. import formatting as fmt
 from ..formatting import display_path
 
 
@@ -43,7 +44,7 @@ def summary_rows(entry: RecipeEntry) -> list[tuple[str, str]]:
     options = " ".join(f"{k}={v}" for k, v in method.items() if k != "strategy")
     strategy = _join([str(method.get("strategy", DEFAULT_STRATEGY)), options])
     train = _join([
-        f"{get('train.epochs', 3)} epochs",
+        fmt.plural(get("train.epochs", 3), "epoch"),
         f"max {get('train.max_steps')} steps" if get("train.max_steps", 0) else "",
         f"batch {get('train.batch_size', 16)}×{get('train.grad_accum', 1)}",
         f"lr {get('train.lr', 5e-5)}",
