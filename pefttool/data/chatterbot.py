@@ -62,6 +62,22 @@ def conversations(folder: Path) -> list[dict]:
     return rows
 
 
+def write_jsonl(out: Path, rows: list[dict]) -> Path:
+    """`rows` as JSON lines in `out`, written to a temporary file and renamed: an interrupted
+    write leaves no half-written file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pefttool.data.chatterbot",
                                      description=__doc__.splitlines()[0])
@@ -73,17 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     except CorpusMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    out = write_jsonl(Path(args.out), rows)
     turns = sum(len(r["messages"]) for r in rows)
     multi = sum(len(r["messages"]) > 2 for r in rows)
     print(f"{out}: {len(rows)} conversations ({multi} multi-turn), {turns} turns")

@@ -14,13 +14,11 @@ equal texts. Written to a temporary file and renamed, so an interrupted run leav
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
 from pathlib import Path
 
-from pefttool.data.chatterbot import CorpusMissing, conversations, corpus_dir
+from pefttool.data.chatterbot import CorpusMissing, conversations, corpus_dir, write_jsonl
 
 
 def pairs(rows: list[dict], seed: int = 0) -> list[dict]:
@@ -52,17 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     except CorpusMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    out = write_jsonl(Path(args.out), rows)
     print(f"{out}: {len(rows)} pairs (chosen: the conversation's reply; rejected: another "
           f"topic's reply, seed {args.seed})")
     return 0
