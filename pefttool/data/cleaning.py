@@ -273,13 +273,16 @@ def _cell_text(value: Any, column: str) -> str:
 
 
 def _missing_column(src: _Source, key: str, col: str, columns: list[str]) -> str:
-    hint = did_you_mean(col, columns)
     where = "in the header row (line 1)" if src.fmt == "csv" else (
         "in any row" if src.fmt == "json" else "in the file's schema")
+    return f"{src.name}: no column '{col}' {where} for {key}{_column_choices(key, col, columns)}"
+
+
+def _column_choices(key: str, col: str, columns: list[str]) -> str:
+    """What follows a missing column's name: a did-you-mean, the file's columns, the fix."""
     fix = (f"fix the {{{col}}} field of data.prompt_template" if key == "data.prompt_template"
            else f"set {key} to one of them")
-    return (f"{src.name}: no column '{col}' {where} for {key}{hint}; the columns are: "
-            f"{', '.join(columns) or '(none)'}; {fix}")
+    return f"{did_you_mean(col, columns)}; the columns are: {', '.join(columns) or '(none)'}; {fix}"
 
 
 def _empty_message(src: _Source, counts: dict[str, Any], spec: RowFormat) -> str:

@@ -15,7 +15,8 @@ import json
 import lzma
 from typing import Any
 
-from ..errors import DataError, did_you_mean
+from ..errors import DataError
+from .cleaning import _column_choices
 from .reading import CSV_FIELD_LIMIT
 from .sources import _Source, _source
 
@@ -54,10 +55,7 @@ def _missing(src: _Source, key: str, col: str, columns: list[str]) -> str:
     """A recipe problem (key first, as validation words them) for a column the file lacks."""
     where = "in the header row of" if src.fmt == "csv" else (
         "in the rows of" if src.fmt == "json" else "in the schema of")
-    fix = (f"fix the {{{col}}} field of the template" if key == "data.prompt_template"
-           else f"set {key} to one of them")
-    return (f"{key}: no column '{col}' {where} {src.name}{did_you_mean(col, columns)}; the "
-            f"columns are: {', '.join(columns) or '(none)'}; {fix}")
+    return f"{key}: no column '{col}' {where} {src.name}{_column_choices(key, col, columns)}"
 
 
 def _columns(src: _Source) -> tuple[list[str], bool] | None:
