@@ -40,12 +40,13 @@ from typing import Any, Literal
 from pydantic import Field
 
 from pefttool.data import chat
+from pefttool.data.collate import Collator
+from pefttool.data.common import IGNORE_INDEX
 from pefttool.data.formats import BadRow, Row, RowFormat, cell_text
 from pefttool.errors import DataError, ModelError
 from pefttool.hookspecs import hookimpl
 from pefttool.tasks import Metric, Task, TaskOptions
 
-IGNORE_INDEX = -100
 DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "orpo": 0.1, "simpo": 2.0}
 NEEDS_REFERENCE = ("dpo", "ipo")
 
@@ -242,26 +243,16 @@ class PairRows(RowFormat):
 
 @dataclass
 class PairCollator:
-    """N pairs → one batch of 2N rows (the N chosen, then the N rejected), right-padded:
-    input_ids, attention_mask, labels (-100 on prompts and padding). A plain class: it pickles."""
+    """N pairs → one batch of 2N rows (the N chosen, then the N rejected), padded as every
+    causal-LM batch is (pefttool's `Collator`: labels -100 on padding). It pickles."""
 
     pad_id: int
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
-        seqs = [(r["input_ids"], r["labels"]) for r in rows] + \
-               [(r["rejected_input_ids"], r["rejected_labels"]) for r in rows]
-        longest = max(len(ids) for ids, _ in seqs)
-        ids = torch.full((len(seqs), longest), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(seqs), longest), dtype=torch.long)
-        labels = torch.full((len(seqs), longest), IGNORE_INDEX, dtype=torch.long)
-        for i, (row_ids, row_labels) in enumerate(seqs):
-            n = len(row_ids)
-            ids[i, :n] = torch.as_tensor(row_ids, dtype=torch.long)
-            mask[i, :n] = 1
-            labels[i, :n] = torch.as_tensor(row_labels, dtype=torch.long)
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        """The chosen rows, then the rejected, through the shared collator."""
+        seqs = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows] + \
+               [{"input_ids": r["rejected_input_ids"], "labels": r["rejected_labels"]} for r in rows]
+        return Collator(pad_id=self.pad_id, sequence_labels=True)(seqs)
 
 
 # ---------------------------------------------------------------------------- the maths
