@@ -167,7 +167,7 @@ def test_pairs_render_through_the_chat_template_with_one_prompt_and_bad_pairs_ar
 # ---------------------------------------------------------------- runs
 
 
-@pytest.mark.parametrize("strategy, loss", [("lora", "dpo"), ("full", "orpo")])
+@pytest.mark.parametrize("strategy, loss", [("lora", "dpo"), ("qlora", "ipo"), ("full", "orpo")])
 def test_a_tiny_preference_run_trains_and_reports_its_metrics(tmp_path, tiny_causal_dir, strategy, loss):
     result = run_recipe(load_recipe(pair_recipe(tmp_path, tiny_causal_dir, strategy, loss=loss)))
     assert result.status == "completed" and result.steps == 4
