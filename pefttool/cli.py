@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     new.add_argument("name", help="plugin and strategy (or task) name, e.g. bitfit")
     new.add_argument("--task", action="store_true", help="scaffold a task plugin instead of a strategy")
     new.add_argument("--dir", type=Path, default=Path("."), help="where to create pefttool-NAME/")
+    doctor = sub.add_parser("doctor", help="will this machine run my recipe: torch, CUDA, library "
+                                           "versions against the tested ones, bitsandbytes, disk")
+    doctor.add_argument("--recipe", type=Path, metavar="RECIPE",
+                        help="also validate this recipe and check plan's peak against this machine")
+    doctor.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value of --recipe (repeatable)")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
     sub.add_parser("recipes", help="list built-in and local recipes with strategy and model")
     runs = sub.add_parser("runs", help="list runs under an output root")
     runs.add_argument("root", type=Path, nargs="?", default=Path("runs"))
@@ -215,6 +222,8 @@ def dispatch(args: argparse.Namespace) -> int:
         return 0
     if command == "recipes":
         return cmd_recipes()
+    if command == "doctor":
+        return cmd_doctor(args)
     if command == "runs":
         return cmd_runs(args)
     return cmd_tui(args)
@@ -524,6 +533,19 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                     default = f" (default {json.dumps(spec['default'])})" if "default" in spec else ""
                     print(f"{'':<14}     {key}{default}: {spec.get('description', '')}".rstrip(": "))
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Exit 0: ready or warnings only; 1: a problem found (the line says which)."""
+    from .doctor import as_json, diagnose, render
+
+    if args.overrides and args.recipe is None:
+        from .errors import PefttoolError as Bad
+
+        raise Bad("--set: give --recipe RECIPE for the values to override")
+    checks = diagnose(args.recipe, args.overrides)
+    print(json.dumps(as_json(checks), indent=2) if args.json else render(checks))
+    return 1 if any(c.status == "problem" for c in checks) else 0
 
 
 def cmd_recipes() -> int:
