@@ -53,6 +53,9 @@ def main() -> int:
     from pefttool.recipe import load_recipe
     from pefttool_preference import score_batch
 
+    from pefttool.losses import set_loss_chunks
+    from pefttool.settled import settle
+
     torch.set_num_threads(2)
     load = os.getloadavg()[0]
     recipe = load_recipe(REPO / "recipes" / "dpo-lora.toml", [
@@ -76,6 +79,7 @@ def main() -> int:
         trl_rows.append({"prompt": match["prompt"], "chosen": [{"role": "assistant", "content": match["chosen"]}],
                          "rejected": [{"role": "assistant", "content": match["rejected"]}]})
 
+    chunks = settle(recipe).loss_chunks
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(recipe.model.path, dtype=torch.float32)
     options = recipe.strategy_options
@@ -116,7 +120,9 @@ def main() -> int:
             m = trainer._metrics["train"]
             trl_chosen, trl_rejected = m["logps/chosen"][-1], m["logps/rejected"][-1]
             began = time.perf_counter()
+            set_loss_chunks(model, chunks)   # as a run computes them (the chunked head)
             scores, our_loss = score_batch(model, data.collate([ours[i]]), recipe.task_options)
+            set_loss_chunks(model, 0)        # (TRL's own passes: the model's forward)
             our_s += time.perf_counter() - began
             figures.append([(trl_loss, our_loss.item()), (trl_chosen, scores.chosen_logps.item()),
                             (trl_rejected, scores.rejected_logps.item()),
@@ -125,7 +131,8 @@ def main() -> int:
 
     print(f"dpo_vs_trl {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {load:.2f}; "
           f"trl {trl.__version__}; {len(ours)} pairs of build/chat/chatterbot-pairs.jsonl, "
-          f"SmolLM2-135M-Instruct + LoRA r {options.r} (B seeded random), beta {args.beta}")
+          f"SmolLM2-135M-Instruct + LoRA r {options.r} (B seeded random), beta {args.beta}; "
+          f"pefttool's loss in {chunks} chunks (train.loss_chunks; 0: full logits)")
     print(f"token ids of every chosen and rejected row equal: {same_ids}")
     worst = 0.0
     for i, rows_out in enumerate(figures):

@@ -27,6 +27,8 @@ Then, on the first model:
          against the qlora row's (an uninterrupted run of the same recipe): max |diff|, with the
          same figure for the steps before the stop as the run-to-run noise on this GPU
   lora + train.compile  (Triton kernels; its tok/s include the first step's compile)
+  lora, loss_chunks 0   the lora row with the model's own loss over the full logits (every
+         other row computes it in chunks, the default): its peak and tok/s against the lora row's
 With >= 2 CUDA devices, a LoRA run with `pefttool run ... --processes N` too.
 
 Printed: each row as it ends, then a table: tokens/s (pefttool's metrics.json), peak CUDA memory
@@ -542,6 +544,28 @@ def main(argv=None) -> int:
                 if not loss_falls(r):
                     failures.append(f"{label} lora + train.compile: loss did not fall")
                 row(label, "lora + train.compile", r, "tok/s includes the first step's compile")
+    # train.loss_chunks = 0 (the full logits) against the lora row (chunked, the default)
+    label, model, gguf = models[0]
+    chunked = results.get(f"{label} lora")
+    if chunked and "error" not in chunked and not out_of_time(label, "lora, full logits", 60):
+        recipe, _ = build_recipe(work, "full-logits-lora", model, gguf, train, eval_, "lora", seq=a.seq,
+                                 batch=a.batch, steps=a.steps)
+        recipe.write_text(set_key(recipe.read_text(), "train.loss_chunks", "0"))
+        ok, message = validate(recipe)
+        if not ok:
+            row(label, "lora, loss_chunks 0", note=f"not supported here: {message.splitlines()[-1:]}"[:120])
+        else:
+            r = run(recipe, work, timeout=kill_after())
+            results[f"{label} lora, loss_chunks 0"] = r
+            if "error" in r:
+                row(label, "lora, loss_chunks 0", r, f"failed: {r['error']}"[:200])
+                (incomplete if r["timed_out"] else failures).append(f"{label} lora full logits: run failed")
+            else:
+                ratio_mem = (chunked["peak_mb"] or 0) / max(r["peak_mb"] or 1, 1)
+                ratio_speed = (chunked["tokens_per_s"] or 0) / max(r["tokens_per_s"] or 1, 1e-9)
+                row(label, "lora, loss_chunks 0", r,
+                    f"full logits; the chunked lora row: {ratio_mem:.2f}x the peak, {ratio_speed:.2f}x the tok/s; "
+                    f"{plan_estimate(recipe)}")
     # multi-GPU
     help_text = subprocess.run([*bench.pefttool_cmd(), "run", "--help"], capture_output=True, text=True).stdout
     if n_gpus < 2:

@@ -498,6 +498,7 @@ class _TrainingRun:
                            f"activations recomputed in backward)" if self.checkpointing
                            else "gradient checkpointing: this model does not support it; off",
                            level="info" if self.checkpointing else "warning")
+        self._setup_loss(model)
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.trainable_dtype = str(trainable[0].dtype).removeprefix("torch.") if trainable else ""
         self.description = self.strategy.describe(model)
@@ -510,6 +511,26 @@ class _TrainingRun:
 
             check_packed_attention(model)
         return model
+
+    def _setup_loss(self, model: Any) -> None:
+        """train.loss_chunks: the next-token loss through the chunked head (pefttool/losses.py),
+        in training and evaluation alike, when the settled run asks for it and the model has
+        a head to chunk."""
+        chunks = self.settled.loss_chunks
+        if not chunks:
+            if self.settled.task.vocabulary_loss:
+                self.emit.info(f"loss: the model's own, over the full logits ({self.settled.loss_chunks_why})")
+            return
+        from .losses import set_loss_chunks, why_not_chunked
+
+        why_not = why_not_chunked(model)
+        if why_not:
+            self.emit.info(f"loss: the model's own, over the full logits ({why_not}; "
+                           f"train.loss_chunks = {chunks} does not apply)", level="warning")
+            return
+        set_loss_chunks(model, chunks)
+        self.emit.info(f"loss: from the hidden states in {chunks} chunks of label tokens, never "
+                       f"the full logits ({self.settled.loss_chunks_why})")
 
     def _setup_optimizer(self, model: Any) -> Any:
         return build_optimizer(self.strategy, model, self.recipe, self.options)  # pefttool/optim.py

@@ -68,6 +68,7 @@ OPT8_MIN_SIZE = 4096        # smaller tensors keep fp32 state (bitsandbytes' min
 # entry (~140) and torch.save's pickle of its optimizer state (~840); measured on a LoRA run.
 CHECKPOINT_TENSOR_OVERHEAD = 1024
 CUDA_CONTEXT = 512 * MiB    # assumed, not measured on this machine (no GPU here)
+HEAD = -2   # _Saved's layer index of what the chunked loss's head makes (one chunk's logits)
 GLIBC_MMAP_MAX = 32 * MiB   # glibc's largest dynamic mmap threshold (64-bit): bigger blocks are
                             # mmapped and returned on free; smaller ones stay in the heap
 BASELINE_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pefttool" / "runtime-baseline.json"
@@ -402,6 +403,7 @@ class _Saved:
         largest: float = 0
         for nbytes, is_saved, layer in self.allocs:
             size = nbytes * scale
+            layer = -1 if layer == HEAD else layer   # (a loss chunk: outside the layers)
             if is_saved:
                 saved[layer] += size
                 largest = max(largest, size)
@@ -423,21 +425,26 @@ class _Saved:
         small = _Saved([a for a in self.allocs if a[0] * scale < GLIBC_MMAP_MAX], self.layers, self.layer_input)
         return small.figures(scale, checkpointing)[1]
 
-    def live_peak(self, scale: float) -> tuple[int, int]:
+    def live_peak(self, scale: float) -> tuple[int, int, int]:
         """An evaluation forward's peak at `scale` × REF_BATCH (counted under no_grad, so nothing
         is saved), as (blocks under glibc's mmap threshold, larger ones): everything made outside
         the repeated layers (embeddings, the head's logits and the loss's copies of them, alive
-        together at the loss) plus the largest layer's temporaries (one layer runs at a time)."""
+        together at the loss) plus the largest layer's temporaries (one layer runs at a time),
+        or a chunk of the chunked loss where it is larger (made after the layers). A third
+        figure: the same over blocks of every size (a GPU's allocator does not tell them apart)."""
         out = []
-        for large in (False, True):
-            allocs = [(n, layer) for n, _, layer in self.allocs if (n * scale >= GLIBC_MMAP_MAX) == large]
+        for large in (False, True, None):
+            allocs = [(n, layer) for n, _, layer in self.allocs
+                      if large is None or (n * scale >= GLIBC_MMAP_MAX) == large]
             per_layer = [0] * self.layers
             for n, layer in allocs:
                 if layer >= 0:
                     per_layer[layer] += n
-            outside = sum(n for n, layer in allocs if layer < 0)
-            out.append(round((outside + max(per_layer, default=0)) * scale))
-        return out[0], out[1]
+            outside = sum(n for n, layer in allocs if layer == -1)
+            # a chunk of the chunked loss: made after the last layer's temporaries are freed
+            head = sum(n for n, layer in allocs if layer == HEAD)
+            out.append(round((outside + max(*per_layer, head, 0)) * scale))
+        return out[0], out[1], out[2]
 
 
 # Ops whose output shares its input's storage (no new memory).
@@ -542,6 +549,19 @@ def _saved_activations(model: Any, recipe: Recipe, batch: int, length: int,
 
         handles.append(layer.register_forward_pre_hook(pre, with_kwargs=True))
         handles.append(layer.register_forward_hook(post))
+    from .losses import hf_model, loss_chunks_of
+
+    if loss_chunks_of(model):   # the chunked loss: each chunk's logits are made (and freed) in the head
+        head = hf_model(model).get_output_embeddings()
+
+        def head_pre(module: Any, args: Any) -> None:
+            current[0] = HEAD
+
+        def head_post(module: Any, args: Any, output: Any) -> None:
+            current[0] = -1
+
+        handles.append(head.register_forward_pre_hook(head_pre))
+        handles.append(head.register_forward_hook(head_post))
     model.train(training)
     ids = torch.zeros((batch, length), dtype=torch.long, device="meta")
     inputs: dict[str, Any] = {"input_ids": ids}
@@ -723,8 +743,13 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
         model = facts.model
         if next(model.parameters()).dtype != act_dtype:
             model.to(act_dtype)  # autocast: matmul outputs in bf16 (softmax/norms stay fp32: ~)
+        from .losses import set_loss_chunks, why_not_chunked
+
+        if settled.task.vocabulary_loss:   # (the cached model serves both settings)
+            set_loss_chunks(model, 0 if why_not_chunked(model) else settled.loss_chunks)
         return _saved_activations(model, recipe, REF_BATCH, recipe.data.max_length, training)
 
+    key = (*key, settled.loss_chunks)   # the chunked loss never makes the logits
     saved = _cached(("act", *key, str(act_dtype), recipe.data.max_length), lambda: count(True))
     rows_per_example = get_task(recipe).rows_per_example   # (a preference pair: two rows)
     scale = recipe.train.batch_size * rows_per_example / REF_BATCH
@@ -739,7 +764,7 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     # through a no_grad forward, never checkpointed; the gradients are gone (zero_grad sets
     # them to None), the weights and optimizer state stay.
     evaluated = _cached(("eval-act", *key, str(act_dtype), recipe.data.max_length), lambda: count(False))
-    eval_small, eval_large = evaluated.live_peak(recipe.eval.batch_size * rows_per_example / REF_BATCH)
+    eval_small, eval_large, eval_all = evaluated.live_peak(recipe.eval.batch_size * rows_per_example / REF_BATCH)
     # On the CPU the training step's freed small blocks stay in the heap (RSS): the evaluation's
     # small tensors reuse them, its large ones (the logits of a big vocabulary) come on top.
     # Before the first step that heap is not there yet, but the peak is the later evaluations'.
@@ -749,7 +774,7 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     if gpu is not None:  # the caching allocator hands the step's freed blocks to the evaluation
         by_phase["training", "gpu"] = Memory(facts.weights, gradients, optimizer, gpu_act, other,
                                              CUDA_CONTEXT, capacity=gpu)
-        by_phase["evaluation", "gpu"] = Memory(facts.weights, 0, optimizer, eval_small + eval_large,
+        by_phase["evaluation", "gpu"] = Memory(facts.weights, 0, optimizer, eval_all,
                                                autocast_cache, CUDA_CONTEXT, capacity=gpu)
     totals: dict[str, dict[str, int]] = {}
     for (phase, device), memory in by_phase.items():

@@ -156,6 +156,10 @@ class TrainSection(Section):
     gradient_checkpointing: bool | None = Field(
         None, description="recompute activations in backward: far less memory, ~20-40 % slower; "
         "unset: on for causal-lm qlora")
+    loss_chunks: int | None = Field(
+        None, ge=0, le=4096, description="next-token loss from the hidden states in this many "
+        "chunks of label tokens, never the full logits (a task whose loss is over a vocabulary: "
+        "causal-lm, preference); 0: the model's own loss over the full logits; unset: 8")
     compile: bool = Field(
         False, description="torch.compile (inductor) the model for training: fused kernels, "
         "faster steps after a first step that compiles (tens of seconds); evaluation and "

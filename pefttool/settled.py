@@ -11,6 +11,7 @@ in two places, CPU-or-GPU was decided twice in the engine). In the spirit of axo
     run.on_cpu, run.device               # where it trains (imports torch only when asked)
     run.gradient_checkpointing, run.gradient_checkpointing_why
     run.layout                           # how the strategy quantizes the base (or None)
+    run.loss_chunks, run.loss_chunks_why # the next-token loss in chunks (0: full logits)
     run.length(rows, processes)          # rows, batches and steps (sampling.RunLength)
 
 A value that needs torch (the device; QLoRA's compute dtype on `auto`) is worked out when first
@@ -32,6 +33,9 @@ if TYPE_CHECKING:
     from .plugins import PluginHost
     from .recipe import Recipe
     from .tasks.base import Task
+
+#: train.loss_chunks when the recipe leaves it unset and the task's loss is over a vocabulary
+DEFAULT_LOSS_CHUNKS = 8
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,48 @@ class SettledRun:
         return "train.gradient_checkpointing is unset (off by default)"
 
     @cached_property
+    def loss_chunks(self) -> int:
+        """train.loss_chunks as the run uses it: the chunks of the next-token loss (0: the
+        model's own loss over the full logits)."""
+        return self._loss_chunks[0]
+
+    @property
+    def loss_chunks_why(self) -> str:
+        return self._loss_chunks[1]
+
+    @cached_property
+    def _loss_chunks(self) -> tuple[int, str]:
+        r, task = self.recipe, self.task
+        if not task.vocabulary_loss:
+            return 0, f"task '{task.type}' has no loss over a vocabulary"
+        if r.train.loss_chunks is not None:   # (check_loss_chunks refused one it cannot use)
+            return r.train.loss_chunks, f"train.loss_chunks = {r.train.loss_chunks}"
+        if self.reads_logits:
+            return 0, f"strategy '{r.method.strategy}' computes its own loss from the model's logits"
+        return DEFAULT_LOSS_CHUNKS, f"the default for task '{task.type}'"
+
+    @property
+    def reads_logits(self) -> bool:
+        """The strategy computes the training loss from the model's logits (its own
+        `compute_loss`, which the task's own `training_loss` does not replace)."""
+        from .strategy import Strategy
+        from .tasks.base import Task
+
+        task = getattr(self.task, "task", self.task)   # (under its GuardedTask)
+        own_loss = type(task).training_loss is not Task.training_loss
+        return not own_loss and type(self.strategy.strategy).compute_loss is not Strategy.compute_loss
+
+    def check_loss_chunks(self) -> None:
+        """A recipe asking for chunks its strategy cannot use (it reads the logits): one line."""
+        from .errors import RecipeError
+
+        if self.recipe.train.loss_chunks and self.task.vocabulary_loss and self.reads_logits:
+            raise RecipeError(self.recipe.source, [
+                f"train.loss_chunks: strategy '{self.recipe.method.strategy}' computes its own loss "
+                f"from the model's logits, which the chunked loss never makes; set "
+                f"train.loss_chunks = 0"])
+
+    @cached_property
     def layout(self) -> QuantizedLayout | None:
         return self.strategy.quantized_layout(self.recipe, self.options)
 
@@ -104,4 +150,5 @@ def settle(recipe: Recipe, host: PluginHost | None = None, *, strategy: str | No
                      options=recipe.strategy_options if options is None else options)
     if check:
         run.strategy.check(recipe, run.options)
+        run.check_loss_chunks()
     return run

@@ -164,18 +164,24 @@ class _LiveBytes:
         self.mode = Mode()
 
 
-def test_the_evaluation_peak_bounds_a_real_no_grad_forward(tiny_recipe):
+@pytest.mark.parametrize("chunks", [None, 0], ids=["chunked-loss", "full-logits"])
+def test_the_evaluation_peak_bounds_a_real_no_grad_forward(tiny_recipe, chunks):
     """An evaluation batch much larger than the training batch makes the evaluation the peak
     (issue 31: a chat run's peak was its evaluation, which plan left out): its activations are
-    at least a real eval forward's live peak, and not far above it; no gradients then."""
+    at least a real eval forward's live peak, and not far above it; no gradients then. With the
+    loss in chunks (the default) and over the full logits (train.loss_chunks = 0)."""
     import torch
 
+    from pefttool.losses import set_loss_chunks
     from pefttool.models import load_model
     from pefttool.plugins import get_plugin_host
+    from pefttool.settled import settle
 
-    recipe = load_recipe(tiny_recipe("lora", "causal-lm", **{"eval.batch_size": 64, "train.batch_size": 2}))
+    keys = {"eval.batch_size": 64, "train.batch_size": 2, "train.loss_chunks": chunks}
+    recipe = load_recipe(tiny_recipe("lora", "causal-lm", **keys))
     st = get_plugin_host().strategies["lora"]
     model = st.wrap(load_model(recipe, st, recipe.strategy_options), recipe, recipe.strategy_options)
+    set_loss_chunks(model, settle(recipe).loss_chunks)   # as the engine does
     model.eval()
     ids = torch.randint(5, 100, (64, recipe.data.max_length))
     live = _LiveBytes([*model.parameters(), *model.buffers(), ids])
@@ -191,10 +197,10 @@ def test_the_evaluation_peak_bounds_a_real_no_grad_forward(tiny_recipe):
     # The CPU keeps the training step's freed small blocks in its heap: the evaluation comes on top.
     assert row.cpu.activations >= row.gpu.activations
 
-    double = load_recipe(tiny_recipe("lora", "causal-lm", **{"eval.batch_size": 128, "train.batch_size": 2}))
+    double = load_recipe(tiny_recipe("lora", "causal-lm", **{**keys, "eval.batch_size": 128}))
     assert P.estimate(double, device=8, strategies=("lora",)).own.gpu.activations == pytest.approx(
         2 * row.gpu.activations, rel=0.01)
-    small = load_recipe(tiny_recipe("lora", "causal-lm", **{"eval.batch_size": 1, "train.batch_size": 16}))
+    small = load_recipe(tiny_recipe("lora", "causal-lm", **{**keys, "eval.batch_size": 1, "train.batch_size": 16}))
     small_row = P.estimate(small, device=8, strategies=("lora",)).own
     assert small_row.peak_phase("gpu") == "training" and small_row.gpu.gradients > 0
 

@@ -83,6 +83,27 @@ def test_every_optional_strategy_method_is_called_by_the_engine(tmp_path, tiny_c
     assert lrs[1] == pytest.approx(16 * lrs[0])  # the group's own lr survives the scheduler
 
 
+def test_a_strategy_reading_the_logits_keeps_the_full_logits_of_a_causal_lm(tmp_path, tiny_causal_dir, contract):
+    """Its `compute_loss` gets the model's outputs with logits: the chunked loss (on by default
+    for a causal LM) stays off, and asking for it is one line naming the key."""
+    from pefttool.errors import RecipeError
+    from pefttool.settled import settle
+
+    path = write_tiny_recipe(tmp_path, tiny_causal_dir, "contract", task="causal-lm", overrides={
+        "train.max_steps": 2, "train.lr": 1e-3, "eval.before_training": False})
+    recipe = load_recipe(path)
+    run = settle(recipe)
+    assert run.loss_chunks == 0 and run.loss_chunks_why == ("strategy 'contract' computes its own "
+                                                            "loss from the model's logits")
+    assert run_recipe(recipe).status == "completed" and contract.calls["compute_loss"] >= 2
+    asked = load_recipe(write_tiny_recipe(tmp_path, tiny_causal_dir, "contract", task="causal-lm",
+                                          name="asked", overrides={"train.loss_chunks": 4}))
+    with pytest.raises(RecipeError, match="train.loss_chunks: strategy 'contract' computes its own "
+                                          "loss from the model's logits, which the chunked loss "
+                                          "never makes; set train.loss_chunks = 0"):
+        settle(asked)
+
+
 def _optimizer_for(tmp_path, model_dir, name):
     recipe = load_recipe(write_tiny_recipe(tmp_path, model_dir, "full", overrides={"train.optimizer": name}))
     model = torch.nn.Sequential(torch.nn.Linear(128, 128), torch.nn.LayerNorm(128))

@@ -89,9 +89,11 @@ MARKER_FORMAT = 1
 
 # Keys a resumed run may change: they do not change what is trained or in what order.
 # train.compile changes how the steps are computed, not what: a checkpoint holds the plain
-# module's state either way, so a run may resume with compile switched on or off.
+# module's state either way, so a run may resume with compile switched on or off. So does
+# train.loss_chunks: the same loss in chunks or over the full logits (equal within 1e-5), for a
+# run that needs the memory after all, or one whose strategy reads the logits.
 RESUME_MAY_CHANGE = ("train.log_every", "train.threads", "train.keep_checkpoints",
-                     "train.checkpoint_every", "train.compile", "eval.batch_size")
+                     "train.checkpoint_every", "train.compile", "train.loss_chunks", "eval.batch_size")
 # ...and keys that differ between two folders of the same run (a copied or moved run).
 RESUME_IGNORES = ("description", "output.dir", "output.overwrite")
 

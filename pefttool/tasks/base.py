@@ -67,6 +67,10 @@ class Task:
     # Sequences the collator makes of one example (a preference pair: chosen and rejected):
     # `pefttool plan` multiplies the batch by it.
     rows_per_example: ClassVar[int] = 1
+    # The loss is a next-token loss over the model's vocabulary, its batches carry per-token
+    # `labels`, and the model's forward with labels may go through pefttool's chunked head
+    # (`pefttool.losses`): train.loss_chunks applies.
+    vocabulary_loss: ClassVar[bool] = False
     inference_command: ClassVar[str] = "predict"   # "predict" (labels) | "generate" (text)
     prompt_noun: ClassVar[str] = "a text"
 
@@ -144,10 +148,14 @@ class Task:
         metric table; override to add the task's own (and call super())."""
         allowed = self.selectable_metrics()
         metric = recipe.eval.metric
+        problems = []
         if metric and metric not in allowed:
-            return [f"eval.metric: '{metric}' does not fit task '{self.type}'; use one of "
-                    f"{', '.join(allowed)}"]
-        return []
+            problems.append(f"eval.metric: '{metric}' does not fit task '{self.type}'; use one of "
+                            f"{', '.join(allowed)}")
+        if recipe.train.loss_chunks and not self.vocabulary_loss:
+            problems.append(f"train.loss_chunks: {recipe.train.loss_chunks} chunks a loss over a "
+                            f"vocabulary, and task '{self.type}' has none; remove it")
+        return problems
 
     def check_data(self, recipe: Any, data: Any) -> None:
         """Raise a DataError when the prepared data cannot give the recipe's metric."""

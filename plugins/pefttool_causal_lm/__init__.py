@@ -49,6 +49,7 @@ class CausalLMTask(Task):
     default_metric = "eval_loss"
     has_labels = False
     sequence_labels = True
+    vocabulary_loss = True     # train.loss_chunks: the loss never makes the full logits
     formats = ("instruction", "text", "chat")
     packs = True
     data_keys = ("model.path", "data.train", "data.eval", "data.prompt_column", "data.response_column")

@@ -264,13 +264,21 @@ def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     Only the label positions' logits are scored (a prompt's tokens need none), in float32 as
     target logit − logsumexp: on CPU, `F.cross_entropy`'s float32 log-softmax drifts by
     ~5e-5 per token over a 49k vocabulary (6.7e-3 on a 120-token reply against a float64
-    reference), where logsumexp stays within ~1e-5 of it (benchmarks/dpo_vs_trl.py)."""
+    reference), where logsumexp stays within ~1e-5 of it (benchmarks/dpo_vs_trl.py).
+    With train.loss_chunks (the default) the model's forward goes through pefttool's chunked
+    head (`pefttool.losses`), which gives these log-probabilities without the full logits."""
     import torch
 
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    from pefttool.losses import loss_chunks_of
+
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
-    picked = logits[:, :-1][mask].float()          # (label tokens, vocab)
+    if loss_chunks_of(model):   # the chunked head: no logits
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    labels=batch["labels"])
+        return out.token_logps.sum(-1), mask.sum(-1)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    picked = out.logits[:, :-1][mask].float()          # (label tokens, vocab)
     targets = labels[mask]
     token_logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, -1)
     rows = mask.nonzero()[:, 0]
@@ -383,6 +391,7 @@ class PreferenceTask(Task):
     default_metric = "reward_accuracy"
     has_labels = False
     sequence_labels = True
+    vocabulary_loss = True     # train.loss_chunks: log-probabilities without the full logits
     data_keys = ("model.path", "data.train", "data.eval", "data.prompt_column")
     inference_command = "generate"
     prompt_noun = "a prompt (the model replies)"
