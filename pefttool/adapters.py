@@ -27,10 +27,20 @@ if TYPE_CHECKING:  # annotations only: importing this module loads no torch or p
 SEQ_CLS_HEADS = ("classifier", "score")
 
 
+#: The name of the frozen copy of `model.adapter` (the model as it was given: a preference
+#: run's reference); the adapter that trains keeps PEFT's default name.
+REFERENCE_ADAPTER = "reference"
+#: set on a model whose adapter continues `model.adapter` (the folder it came from)
+CONTINUED_FROM = "_pefttool_adapter_from"
+
+
 def add_lora(model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.Module:
-    """Wrap `model` with PEFT LoRA adapters as `options` (LoraOptions) say."""
+    """Wrap `model` with PEFT LoRA adapters as `options` (LoraOptions) say, or with the
+    recipe's `model.adapter` to train further (`continue_adapter`)."""
     from .tasks import get_task
 
+    if recipe.model.adapter is not None:
+        return continue_adapter(model, recipe)
     with quiet_bitsandbytes_import():
         from peft import LoraConfig
 
@@ -56,6 +66,39 @@ def add_lora(model: torch.nn.Module, recipe: Recipe, options: Any) -> torch.nn.M
             raise _target_error(model, recipe, options.target_modules,
                                 "matches no linear layer of this model") from exc
         raise
+
+
+def continue_adapter(model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    """`model.adapter` on the base `model`: that adapter, trainable (its own rank, alpha and
+    targets: the [method] LoRA keys do not apply), and a frozen copy of it named
+    REFERENCE_ADAPTER, the model as it was given. On the meta device (`pefttool plan`) only
+    its shapes."""
+    from .locations import adapter_folder
+
+    with quiet_bitsandbytes_import():
+        from peft import PeftConfig, PeftModel, get_peft_model
+
+    folder = adapter_folder(recipe.resolve_path(recipe.model.adapter or ""))
+    if folder is None:   # (validation said so; the folder changed since)
+        raise RecipeError(recipe.source, [f"model.adapter: '{recipe.model.adapter}' holds no PEFT adapter"])
+    config = PeftConfig.from_pretrained(str(folder))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*checkpointing.*")
+        warnings.filterwarnings("ignore", category=UserWarning, message=".*tie_word_embeddings.*")
+        try:
+            if next(model.parameters()).device.type == "meta":
+                peft_model = get_peft_model(model, config)
+            else:
+                peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+                peft_model.load_adapter(str(folder), adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+                peft_model.set_adapter("default")
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise RecipeError(recipe.source, [
+                f"model.adapter: the adapter in {folder} does not fit model.path "
+                f"'{recipe.model.path}' ({type(exc).__name__}: {' '.join(str(exc).split())[:160]}); "
+                f"use the base model it was trained on"]) from None
+    setattr(peft_model, CONTINUED_FROM, str(folder))
+    return peft_model
 
 
 def peft_wrap(model: torch.nn.Module, peft_config: PeftConfig, recipe: Recipe) -> torch.nn.Module:
@@ -129,7 +172,9 @@ def save_adapter(model: torch.nn.Module, out_dir: str | Path, recipe: Recipe) ->
 
     # a transformers/PEFT model; torch types it as a Module
 
-    model.save_pretrained(out_dir, safe_serialization=True)  # type: ignore[operator]
+    # the adapter that trains only (not the frozen copy of model.adapter, REFERENCE_ADAPTER)
+    only = {"selected_adapters": ["default"]} if REFERENCE_ADAPTER in getattr(model, "peft_config", {}) else {}
+    model.save_pretrained(out_dir, safe_serialization=True, **only)  # type: ignore[operator]
     config = Path(out_dir) / "adapter_config.json"
     if config.is_file():
         data = json.loads(config.read_text(encoding="utf-8"))

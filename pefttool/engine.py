@@ -487,6 +487,8 @@ class _TrainingRun:
                            tokenizer=self.tokenizer)
         self._stop_if_asked("loading the model")
         model = self.strategy.wrap(model, r, self.options)
+        if r.model.adapter is not None:
+            self._continued_adapter(model)
         self.checkpointing = False
         if self.settled.gradient_checkpointing:
             import warnings
@@ -511,6 +513,21 @@ class _TrainingRun:
 
             check_packed_attention(model)
         return model
+
+    def _continued_adapter(self, model: Any) -> None:
+        """model.adapter: the strategy must have loaded it (adapters.continue_adapter); say
+        which adapter trains on, and that the [method] LoRA keys came from it."""
+        from .adapters import CONTINUED_FROM
+
+        folder = getattr(model, CONTINUED_FROM, None)
+        if folder is None:   # (settled.check_adapter refused strategies that do not say they do)
+            raise self.strategy.problem(
+                "sets continues_adapter, but its wrap did not load model.adapter (pefttool.adapters."
+                "add_lora does)")
+        config = model.peft_config["default"]
+        self.emit.info(f"continuing the adapter in {folder} (r {getattr(config, 'r', '?')}, alpha "
+                       f"{getattr(config, 'lora_alpha', '?')}, its own targets: the [method] adapter "
+                       f"keys do not apply); a frozen copy of it is the reference")
 
     def _setup_loss(self, model: Any) -> None:
         """train.loss_chunks: the next-token loss through the chunked head (pefttool/losses.py),

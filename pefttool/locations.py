@@ -55,3 +55,15 @@ def looks_like_hub_id(location: str) -> bool:
         return False
     parts = location.split("/")
     return len(parts) == 2 and all(parts) and not Path(location).exists()
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_folder(path: Path) -> Path | None:
+    """The folder holding a PEFT adapter that `path` names: an adapter folder itself, or a
+    finished run (its `model/` folder); None when neither holds one."""
+    for folder in (path, path / "model"):
+        if (folder / ADAPTER_CONFIG).is_file():
+            return folder
+    return None

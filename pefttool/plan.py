@@ -669,7 +669,7 @@ def _cached(key: tuple, make: Any) -> Any:
 
 
 def _model_key(recipe: Recipe, strategy: str, options: Any) -> tuple:
-    return (recipe.model.path, str(recipe.base_dir), recipe.model.gguf_file, recipe.model.dtype,
+    return (recipe.model.path, recipe.model.adapter, str(recipe.base_dir), recipe.model.gguf_file, recipe.model.dtype,
             recipe.model.attn_implementation, recipe.task.type, tuple(recipe.task.labels or ()),
             strategy, options.model_dump_json())
 

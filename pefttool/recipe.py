@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import RecipeError, did_you_mean
-from .locations import LocationError, looks_like_hub_id, resolve
+from .locations import ADAPTER_CONFIG, LocationError, adapter_folder, looks_like_hub_id, resolve
 from .schemas import HasSchemas, PluginSchemas
 from .tasks import Task, get_task
 
@@ -52,6 +52,9 @@ class ModelSection(Section):
         None, description="attention kernel; unset: transformers' default (sdpa where supported)")
     reset_head: bool = Field(False, description="classification: replace a saved classifier's "
                              "trained head when task.labels names labels it does not know")
+    adapter: str | None = Field(
+        None, description="a PEFT adapter to train further (a finished run's folder, its model/, or "
+        "an adapter folder) on model.path; a preference run's reference is the model with it")
 
 
 class TaskSection(Section):
@@ -633,7 +636,8 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
     fix = (f"run `{setup}` (the recipe's setup) to create it, or fix the path"
            if isinstance(setup, str) and setup.strip() else "fix the path")
     template = data_section.get("chat_template")
-    for key, loc in (("model.path", model.get("path")), ("data.train", data_section.get("train")),
+    for key, loc in (("model.path", model.get("path")), ("model.adapter", model.get("adapter")),
+                     ("data.train", data_section.get("train")),
                      ("data.eval", data_section.get("eval")),
                      ("data.chat_template", template if isinstance(template, str) else None)):
         if not isinstance(loc, str):
@@ -650,6 +654,9 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
             places = dict.fromkeys(str(p) for p in ((base_dir / path).absolute(), path.absolute()))
             looked = " and ".join(places)
             problems.append(f"{key}: '{loc}' does not exist (looked at {looked}); {fix}")
+        elif key == "model.adapter" and adapter_folder(path) is None:
+            problems.append(f"{key}: '{loc}' holds no PEFT adapter ({ADAPTER_CONFIG}, in it or in its "
+                            f"model/ folder); a full fine-tune's model is a model: set model.path to it")
         elif key == "model.path" and isinstance(gguf_file, str) and not (path / gguf_file).is_file():
             problems.append(f"model.gguf_file: '{gguf_file}' is not a file in {path}")
         elif key == "data.chat_template" and not path.is_file():

@@ -122,6 +122,17 @@ class SettledRun:
                 f"from the model's logits, which the chunked loss never makes; set "
                 f"train.loss_chunks = 0"])
 
+    def check_adapter(self) -> None:
+        """model.adapter under a strategy that does not continue one: one line, before loading."""
+        from .errors import RecipeError
+
+        r = self.recipe
+        if r.model.adapter is not None and not getattr(self.strategy.strategy, "continues_adapter", False):
+            raise RecipeError(r.source, [
+                f"model.adapter: strategy '{r.method.strategy}' does not train an existing adapter "
+                f"further; use an adapter strategy, or merge the adapter into its base (pefttool "
+                f"export RUN --merge) and set model.path to the merged model"])
+
     @cached_property
     def layout(self) -> QuantizedLayout | None:
         return self.strategy.quantized_layout(self.recipe, self.options)
@@ -151,4 +162,5 @@ def settle(recipe: Recipe, host: PluginHost | None = None, *, strategy: str | No
     if check:
         run.strategy.check(recipe, run.options)
         run.check_loss_chunks()
+        run.check_adapter()
     return run

@@ -69,6 +69,9 @@ class Strategy:
     #: a method for fitting a big model in little memory: where the task trains on long
     #: sequences (causal LM), gradient checkpointing then defaults to on
     memory_first: bool = False
+    #: `wrap` trains the recipe's `model.adapter` further (`pefttool.adapters.add_lora` does);
+    #: without it a recipe naming one is refused before anything loads
+    continues_adapter: bool = False
 
     def check(self, recipe: Recipe, options: Any) -> None:
         """Called before anything loads; raise `PefttoolError` if this machine cannot run it

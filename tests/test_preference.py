@@ -183,6 +183,71 @@ def test_a_tiny_preference_run_trains_and_reports_its_metrics(tmp_path, tiny_cau
     assert (result.run_dir / "model").is_dir()
 
 
+def _with_keys(path: Path, **keys: object) -> Path:
+    import tomllib
+
+    from tiny_models import set_dotted
+
+    data = tomllib.loads(path.read_text())
+    for key, value in keys.items():
+        set_dotted(data, key.replace("__", "."), value)
+    path.write_text(to_toml(data))
+    return path
+
+
+def test_dpo_continues_a_finished_sft_runs_adapter_with_the_sft_model_as_reference(tmp_path, tiny_causal_dir):
+    """Issue 26.3: `model.adapter = RUN` trains the SFT run's adapter further, and the
+    reference is the SFT'd model (a frozen copy of that adapter), not the base: before
+    training, policy and reference are one model, so every pair ties exactly (with the base as
+    reference they would not). The run saves one adapter, not the frozen copy."""
+    from safetensors.torch import load_file
+
+    from tiny_models import write_tiny_recipe
+
+    sft = run_recipe(load_recipe(write_tiny_recipe(tmp_path / "sft", tiny_causal_dir, "lora", task="causal-lm",
+                                                   overrides={"train.max_steps": 3, "eval.before_training": False})))
+    assert sft.status == "completed"
+    recipe = _with_keys(pair_recipe(tmp_path, tiny_causal_dir, loss="dpo"), model__adapter=str(sft.run_dir))
+    result = run_recipe(load_recipe(recipe))
+    assert result.status == "completed"
+    history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
+    assert history[0]["reward_margin"] == 0.0 and history[0]["reward_accuracy"] == 0.5
+    assert history[0]["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    said = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    assert any(e["type"] == "log" and e["message"].startswith(f"continuing the adapter in {sft.run_dir / 'model'}")
+               for e in said)
+    model_dir = result.run_dir / "model"
+    assert not (model_dir / "reference").exists()
+    before, after = load_file(sft.run_dir / "model" / "adapter_model.safetensors"), \
+        load_file(model_dir / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)   # trained further
+    # the SFT'd model is not the base (its B matrices trained away from 0): with the base as
+    # reference the pairs would not have tied
+    assert any(k.endswith("lora_B.weight") and before[k].abs().max() > 0 for k in before)
+
+
+def test_model_adapter_problems_are_one_line(tmp_path, tiny_causal_dir):
+    from pefttool.errors import RecipeError
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RecipeError, match=r"model.adapter: '.*empty' holds no PEFT adapter \(adapter_config.json"):
+        load_recipe(_with_keys(pair_recipe(tmp_path, tiny_causal_dir, loss="orpo"), model__adapter=str(empty)))
+    sft = run_recipe(load_recipe(write_tiny_recipe_for(tmp_path, tiny_causal_dir)))
+    (tmp_path / "f").mkdir()
+    full = _with_keys(pair_recipe(tmp_path / "f", tiny_causal_dir, "full", loss="orpo"), model__adapter=str(sft.run_dir))
+    with pytest.raises(RecipeError, match=r"model.adapter: strategy 'full' does not train an existing adapter"):
+        run_recipe(load_recipe(full))
+
+
+def write_tiny_recipe_for(tmp_path: Path, model_dir: Path) -> Path:
+    from tiny_models import write_tiny_recipe
+
+    return write_tiny_recipe(tmp_path / "sft", model_dir, "lora", task="causal-lm",
+                             overrides={"train.max_steps": 1, "eval.before_training": False})
+
+
 def test_dpo_without_an_adapter_is_one_line(tmp_path, tiny_causal_dir):
     from pefttool.errors import ModelError
 
@@ -190,9 +255,11 @@ def test_dpo_without_an_adapter_is_one_line(tmp_path, tiny_causal_dir):
         run_recipe(load_recipe(pair_recipe(tmp_path, tiny_causal_dir, "full", loss="dpo")))
 
 
-def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_causal_dir):
+@pytest.mark.parametrize("from_sft", [False, True], ids=["fresh-adapter", "continued-sft-adapter"])
+def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_causal_dir, from_sft):
     """kill -9 after step 5 (checkpoints every 2 steps, so step 4's is the last): the resume
-    ends where an uninterrupted run ends, the same step losses, evaluations and adapter."""
+    ends where an uninterrupted run ends, the same step losses, evaluations and adapter; also
+    when it continues an SFT run's adapter (model.adapter: the reference is its frozen copy)."""
     import shutil
 
     import pefttool
@@ -212,8 +279,11 @@ def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_cau
         text = path.read_text().replace("dropout = 0.0", "dropout = 0.1").replace(
             "max_steps = 4", "max_steps = 8\ncheckpoint_every = 2\nkeep_checkpoints = 10")
         path.write_text(text.replace("before_training = true", "before_training = false\nevery_steps = 4"))
+        if sft is not None:
+            _with_keys(path, model__adapter=str(sft))
         return load_recipe(path)
 
+    sft = run_recipe(load_recipe(write_tiny_recipe_for(tmp_path, tiny_causal_dir))).run_dir if from_sft else None
     straight = run_recipe(recipe(tmp_path / "a"))
     assert (straight.status, straight.steps) == ("completed", 8)
     interrupted = recipe(tmp_path / "b")

@@ -40,6 +40,7 @@ class LoraStrategy(Strategy):
     description = "LoRA adapters on linear layers (PEFT); small, fast, saves an adapter"
     Options: type[LoraOptions] = LoraOptions
     compare_in_plan = True
+    continues_adapter = True   # model.adapter: add_lora trains it further
 
     def wrap(self, model: torch.nn.Module, recipe: Recipe, options: LoraOptions) -> torch.nn.Module:
         """Strategy contract, called once after loading: returns the `PeftModel` with LoRA

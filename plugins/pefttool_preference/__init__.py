@@ -27,7 +27,8 @@ template: `prompt + newline`, the reply, EOS (as instruction rows).
 
 The reference model (DPO, IPO) is the same model with its adapter disabled (PEFT's
 `disable_adapter`): no second copy. ORPO and SimPO need no reference, so they also run with
-full fine-tuning.
+full fine-tuning. From a finished SFT run (`model.adapter = "runs/sft-..."`) its adapter trains
+further and the reference is the model with a frozen copy of it: the SFT'd model.
 """
 
 from __future__ import annotations
@@ -287,10 +288,22 @@ def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def reference_logps(model: Any, batch: dict[str, Any], loss: str) -> tuple[Any, Any]:
-    """The reference model's `sequence_logps`: the same model with its adapter disabled."""
+    """The reference model's `sequence_logps`: the same model with its adapter disabled, or,
+    when the run continues an adapter (`model.adapter`: an SFT run), with the frozen copy of
+    that adapter (pefttool.adapters.REFERENCE_ADAPTER): the SFT'd model, as DPO expects."""
     import torch
 
+    from pefttool.adapters import REFERENCE_ADAPTER
+
     inner = getattr(model, "module", model)   # (a DistributedDataParallel wrapper)
+    if REFERENCE_ADAPTER in getattr(inner, "peft_config", {}):
+        active = inner.active_adapter
+        try:
+            with torch.no_grad():
+                inner.set_adapter(REFERENCE_ADAPTER, inference_mode=True)
+                return sequence_logps(inner, batch)
+        finally:
+            inner.set_adapter(active)   # (trainable again; the reference frozen again)
     disable = getattr(inner, "disable_adapter", None)
     if disable is None:
         raise ModelError(f"task.loss = \"{loss}\" compares the model with its reference, the base "
