@@ -248,15 +248,21 @@ def write_tiny_recipe_for(tmp_path: Path, model_dir: Path) -> Path:
                              overrides={"train.max_steps": 1, "eval.before_training": False})
 
 
-def test_dpo_without_an_adapter_is_one_line(tmp_path, tiny_causal_dir):
-    from pefttool.errors import ModelError
+def test_full_fine_tuning_dpo_takes_its_frozen_base_as_the_reference(tmp_path, tiny_causal_dir):
+    """Issue 26.3: with no adapter to disable, the reference is the base loaded once more,
+    frozen: before the first step it is the policy (every pair ties), and the run learns."""
+    result = run_recipe(load_recipe(pair_recipe(tmp_path, tiny_causal_dir, "full", loss="dpo")))
+    assert result.status == "completed"
+    history = json.loads((result.run_dir / "metrics.json").read_text())["history"]
+    before, after = history[0], history[-1]
+    assert before["reward_accuracy"] == 0.5 and before["reward_margin"] == 0.0
+    assert before["eval_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert after["reward_margin"] > 0 and after["eval_loss"] < before["eval_loss"]
 
-    with pytest.raises(ModelError, match=r"task.loss = \"dpo\" compares the model with its reference"):
-        run_recipe(load_recipe(pair_recipe(tmp_path, tiny_causal_dir, "full", loss="dpo")))
 
-
-@pytest.mark.parametrize("from_sft", [False, True], ids=["fresh-adapter", "continued-sft-adapter"])
-def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_causal_dir, from_sft):
+@pytest.mark.parametrize("from_sft, strategy", [(False, "lora"), (True, "lora"), (False, "full")],
+                         ids=["fresh-adapter", "continued-sft-adapter", "full-frozen-base"])
+def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_causal_dir, from_sft, strategy):
     """kill -9 after step 5 (checkpoints every 2 steps, so step 4's is the last): the resume
     ends where an uninterrupted run ends, the same step losses, evaluations and adapter; also
     when it continues an SFT run's adapter (model.adapter: the reference is its frozen copy)."""
@@ -275,7 +281,7 @@ def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_cau
 
     def recipe(folder: Path):
         folder.mkdir()
-        path = pair_recipe(folder, tiny_causal_dir, loss="dpo")
+        path = pair_recipe(folder, tiny_causal_dir, strategy, loss="dpo")
         text = path.read_text().replace("dropout = 0.0", "dropout = 0.1").replace(
             "max_steps = 4", "max_steps = 8\ncheckpoint_every = 2\nkeep_checkpoints = 10")
         path.write_text(text.replace("before_training = true", "before_training = false\nevery_steps = 4"))
@@ -300,8 +306,8 @@ def test_a_dpo_run_killed_between_checkpoints_resumes_exactly(tmp_path, tiny_cau
     assert resumed and all(e.loss == pytest.approx(want[e.step], abs=1e-6) for e in resumed)
     for x, y in zip(metrics_of(straight.run_dir)["history"], metrics_of(run_dir)["history"]):
         assert x == pytest.approx(y, abs=1e-6)
-    adapter = "adapter_model.safetensors"
-    assert max_abs_diff(tensors(straight.run_dir / "model" / adapter), tensors(run_dir / "model" / adapter)) <= 1e-6
+    weights = "adapter_model.safetensors" if strategy == "lora" else "model.safetensors"
+    assert max_abs_diff(tensors(straight.run_dir / "model" / weights), tensors(run_dir / "model" / weights)) <= 1e-6
 
 
 def test_dpo_matches_trls_dpo_trainer_when_trl_is_installed():

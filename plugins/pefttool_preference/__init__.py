@@ -26,14 +26,16 @@ the chosen and rejected rows share its tokens; the loss is on the replies only. 
 template: `prompt + newline`, the reply, EOS (as instruction rows).
 
 The reference model (DPO, IPO) is the same model with its adapter disabled (PEFT's
-`disable_adapter`): no second copy. ORPO and SimPO need no reference, so they also run with
-full fine-tuning. From a finished SFT run (`model.adapter = "runs/sft-..."`) its adapter trains
-further and the reference is the model with a frozen copy of it: the SFT'd model.
+`disable_adapter`): no second copy. A full fine-tune has no adapter to disable: its base is
+loaded once more, frozen. ORPO and SimPO need no reference. From a finished SFT run
+(`model.adapter = "runs/sft-..."`) its adapter trains further and the reference is the model
+with a frozen copy of it: the SFT'd model.
 """
 
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -287,10 +289,34 @@ def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
     return sums.index_add(0, rows, token_logps), mask.sum(-1)
 
 
-def reference_logps(model: Any, batch: dict[str, Any], loss: str) -> tuple[Any, Any]:
+# A full fine-tune's reference: its base model, loaded once more, frozen (by the policy model).
+_FROZEN: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def frozen_reference(inner: Any, recipe: Any) -> Any:
+    """The base model of `recipe` loaded again, frozen, in eval mode, beside the policy model
+    `inner` (on its device; the chunked loss as the run has it). Loaded from `model.path`, not
+    copied from the policy, so a resumed run's reference is the base too, not its checkpoint."""
+    reference = _FROZEN.get(inner)
+    if reference is None:
+        from pefttool.losses import loss_chunks_of, set_loss_chunks
+        from pefttool.models import load_model
+        from pefttool.settled import settle
+
+        run = settle(recipe, check=False)
+        reference = load_model(recipe, run.strategy, run.options)
+        reference.to(next(inner.parameters()).device).eval().requires_grad_(False)
+        if loss_chunks_of(inner):
+            set_loss_chunks(reference, loss_chunks_of(inner))
+        _FROZEN[inner] = reference
+    return reference
+
+
+def reference_logps(model: Any, batch: dict[str, Any], loss: str, recipe: Any = None) -> tuple[Any, Any]:
     """The reference model's `sequence_logps`: the same model with its adapter disabled, or,
     when the run continues an adapter (`model.adapter`: an SFT run), with the frozen copy of
-    that adapter (pefttool.adapters.REFERENCE_ADAPTER): the SFT'd model, as DPO expects."""
+    that adapter (pefttool.adapters.REFERENCE_ADAPTER): the SFT'd model, as DPO expects. A
+    model without adapters (full fine-tuning): its base loaded again, frozen (`recipe`)."""
     import torch
 
     from pefttool.adapters import REFERENCE_ADAPTER
@@ -305,6 +331,9 @@ def reference_logps(model: Any, batch: dict[str, Any], loss: str) -> tuple[Any, 
         finally:
             inner.set_adapter(active)   # (trainable again; the reference frozen again)
     disable = getattr(inner, "disable_adapter", None)
+    if disable is None and recipe is not None:
+        with torch.no_grad():
+            return sequence_logps(frozen_reference(inner, recipe), batch)
     if disable is None:
         raise ModelError(f"task.loss = \"{loss}\" compares the model with its reference, the base "
                          f"model with the adapter disabled, and this strategy trains no adapter; "
@@ -372,10 +401,13 @@ def pair_scores(options: PreferenceOptions, policy: tuple[Any, Any],
     return scores, batch_loss
 
 
-def score_batch(model: Any, batch: dict[str, Any], options: PreferenceOptions) -> tuple[PairScores, Any]:
-    """One batch of pairs through the model (and its reference when the loss has one)."""
+def score_batch(model: Any, batch: dict[str, Any], options: PreferenceOptions,
+                recipe: Any = None) -> tuple[PairScores, Any]:
+    """One batch of pairs through the model (and its reference when the loss has one;
+    `recipe` lets a full fine-tune load its frozen base as the reference)."""
     policy = sequence_logps(model, batch)
-    reference = reference_logps(model, batch, options.loss) if options.loss in NEEDS_REFERENCE else None
+    reference = (reference_logps(model, batch, options.loss, recipe) if options.loss in NEEDS_REFERENCE
+                 else None)
     return pair_scores(options, policy, reference)
 
 
@@ -454,8 +486,8 @@ class PreferenceTask(Task):
     def training_loss(self, model: Any, batch: dict[str, Any], recipe: Any) -> Any:
         """Task contract: the preference loss of a micro-batch of pairs (one forward pass over
         the chosen and rejected rows together; a no-grad one with the adapter disabled for
-        the reference)."""
-        return score_batch(model, batch, recipe.task_options)[1]
+        the reference, or the frozen base of a full fine-tune)."""
+        return score_batch(model, batch, recipe.task_options, recipe)[1]
 
     def evaluate(self, model: Any, eval_dl: Any, data: Any, recipe: Any, tokenizer: Any,
                  accelerator: Any) -> dict[str, float]:
@@ -464,7 +496,7 @@ class PreferenceTask(Task):
 
         sums = torch.zeros(6, dtype=torch.float64, device=accelerator.device)
         for batch in eval_dl:
-            scores, _ = score_batch(model, batch, recipe.task_options)
+            scores, _ = score_batch(model, batch, recipe.task_options, recipe)
             won = (scores.chosen_rewards > scores.rejected_rewards).double() \
                 + 0.5 * (scores.chosen_rewards == scores.rejected_rewards).double()
             sums += torch.stack([scores.losses.double().sum(), won.sum(),
