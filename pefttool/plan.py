@@ -769,12 +769,18 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     # small tensors reuse them, its large ones (the logits of a big vocabulary) come on top.
     # Before the first step that heap is not there yet, but the peak is the later evaluations'.
     eval_cpu_act = max(saved.retained_heap(scale, checkpointing), eval_small) + eval_large
-    by_phase = {("training", "cpu"): Memory(facts.weights, gradients, optimizer, cpu_act, other, baseline),
-                ("evaluation", "cpu"): Memory(facts.weights, 0, optimizer, eval_cpu_act, autocast_cache, baseline)}
+    # Frozen copies of the base the task keeps beside it (a preference run's reference under
+    # full fine-tuning): their weights, nothing else.
+    copies = get_task(recipe).frozen_models(recipe, trains_everything=n_trainable == facts.total)
+    weights = facts.weights * (1 + copies)
+    note = facts.note + (f"{'; ' if facts.note else ''}weights include {copies} frozen cop"
+                         f"{'y' if copies == 1 else 'ies'} of the base (the task's reference)" if copies else "")
+    by_phase = {("training", "cpu"): Memory(weights, gradients, optimizer, cpu_act, other, baseline),
+                ("evaluation", "cpu"): Memory(weights, 0, optimizer, eval_cpu_act, autocast_cache, baseline)}
     if gpu is not None:  # the caching allocator hands the step's freed blocks to the evaluation
-        by_phase["training", "gpu"] = Memory(facts.weights, gradients, optimizer, gpu_act, other,
+        by_phase["training", "gpu"] = Memory(weights, gradients, optimizer, gpu_act, other,
                                              CUDA_CONTEXT, capacity=gpu)
-        by_phase["evaluation", "gpu"] = Memory(facts.weights, 0, optimizer, eval_all,
+        by_phase["evaluation", "gpu"] = Memory(weights, 0, optimizer, eval_all,
                                                autocast_cache, CUDA_CONTEXT, capacity=gpu)
     totals: dict[str, dict[str, int]] = {}
     for (phase, device), memory in by_phase.items():
@@ -787,7 +793,7 @@ def _estimate_strategy(recipe: Recipe, strategy: str, host: Any, gpu: int | None
     saved_weights = facts.weights if n_trainable == facts.total else gradients
     files_overhead = CHECKPOINT_TENSOR_OVERHEAD * len(trainable)
     return StrategyEstimate(strategy, facts.total, n_trainable, cpu, gpu_mem, checkpointing,
-                            own=strategy == recipe.method.strategy, note=facts.note,
+                            own=strategy == recipe.method.strategy, note=note,
                             checkpoint=saved_weights + optimizer + files_overhead,
                             trainable_dtype=facts.trainable_dtype, phases=totals, by_phase=by_phase)
 

@@ -354,3 +354,18 @@ def test_plan_counts_both_rows_of_a_pair(tmp_path, tiny_causal_dir, monkeypatch)
     rows = estimate(load_recipe(path, ["train.batch_size=8", "eval.batch_size=16"])).own
     assert pairs.cpu.activations > estimate(load_recipe(path)).own.cpu.activations
     assert (pairs.cpu.activations, pairs.phases) == (rows.cpu.activations, rows.phases)
+
+
+def test_plan_counts_the_frozen_base_of_a_full_dpo_run_and_not_of_orpo(tmp_path, tiny_causal_dir):
+    """Issue 26.4: plan counts the reference: full DPO keeps the base twice (weights), ORPO once."""
+    from pefttool import plan as P
+
+    dpo = P.estimate(load_recipe(pair_recipe(tmp_path, tiny_causal_dir, "full", loss="dpo")),
+                     strategies=("full",)).own
+    (tmp_path / "o").mkdir()
+    orpo = P.estimate(load_recipe(pair_recipe(tmp_path / "o", tiny_causal_dir, "full", loss="orpo")),
+                      strategies=("full",)).own
+    assert dpo.cpu.weights == 2 * orpo.cpu.weights and "1 frozen copy of the base" in dpo.note
+    lora = P.estimate(load_recipe(pair_recipe(tmp_path / "o", tiny_causal_dir, "lora", loss="dpo")),
+                      strategies=("lora",)).own
+    assert "frozen" not in lora.note   # the adapter is disabled instead: one base

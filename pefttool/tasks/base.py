@@ -112,6 +112,12 @@ class Task:
         the strategy's `compute_loss`, else the model's own `outputs.loss`."""
         return None
 
+    def frozen_models(self, recipe: Any, trains_everything: bool) -> int:
+        """Copies of the base model's weights the task keeps beside the one that trains (a
+        preference run's frozen reference under full fine-tuning, `trains_everything`):
+        `pefttool plan` counts their weights. Default 0."""
+        return 0
+
     def has_prompts(self, recipe: Any) -> bool:
         """Whether the recipe's held-out rows are prompts the model can reply to (eval.samples,
         `replies`). Default: no."""

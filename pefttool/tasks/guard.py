@@ -43,6 +43,8 @@ RETURNS: dict[str, tuple[Any, str]] = {
                                                        "arguments ({} for none)"),
     "has_prompts": (lambda v: isinstance(v, bool), "return True or False"),
     "gradient_checkpointing_by_default": (lambda v: isinstance(v, bool), "return True or False"),
+    "frozen_models": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+                      "return a count of frozen copies (0 for none)"),
     "check_recipe": (_is_lines, "return a list of problem lines ([] when the recipe fits)"),
     "check_data": (lambda v: v is None, "return None (raise pefttool.errors.DataError for a problem)"),
     "evaluate": (_is_metrics, "return a dict of metric name → number (no NaN)"),

@@ -479,6 +479,11 @@ class PreferenceTask(Task):
         """Task contract (`pefttool plan`): a batch of rows with their loss on every token."""
         return input_ids
 
+    def frozen_models(self, recipe: Any, trains_everything: bool) -> int:
+        """Task contract (`pefttool plan`): DPO/IPO under full fine-tuning keep the base again,
+        frozen, as the reference (`frozen_reference`)."""
+        return 1 if trains_everything and recipe.task_options.loss in NEEDS_REFERENCE else 0
+
     def gradient_checkpointing_by_default(self, recipe: Any, memory_first: bool = False) -> bool:
         """Task contract: as causal-LM runs, on for a memory-first strategy."""
         return memory_first
