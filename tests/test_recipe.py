@@ -395,7 +395,7 @@ def test_a_missing_file_names_the_recipes_setup_command(tmp_path, monkeypatch):
     with pytest.raises(RecipeError) as exc:
         load_recipe(REPO / "recipes" / "chat-qlora.toml")
     problems = [p for p in exc.value.problems if "does not exist" in p]
-    assert [p.split(":")[0] for p in problems] == ["model.path", "data.train"]
+    assert [p.split(":")[0] for p in problems] == ["model.path", "data.train[0].path", "data.train[1].path"]
     assert all(p.endswith("run `make chat-data` (the recipe's setup) to create it, or fix the path")
                for p in problems)
 

@@ -1,6 +1,6 @@
 """chatterbot-corpus's English conversations → `messages` JSONL for task.format = "chat".
 
-    python -m pefttool.data.chatterbot OUT.jsonl [--language english]
+    python -m pefttool.data.chatterbot OUT.jsonl [--language english] [--only C,C | --all-but C,C]
 
 Each conversation in `chatterbot_corpus/data/<language>/*.yml` is a list of lines spoken in
 turn; the first is the user's, the next the assistant's, and so on. A conversation of an odd
@@ -83,12 +83,26 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("out", help="the JSONL file to write")
     parser.add_argument("--language", default="english", help="a folder of chatterbot_corpus/data")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--only", metavar="CATEGORIES", help="comma-separated categories (file stems, "
+                       "e.g. greetings,conversations) to write, and no other")
+    which.add_argument("--all-but", metavar="CATEGORIES", help="comma-separated categories to leave out")
     args = parser.parse_args(argv)
     try:
         rows = conversations(corpus_dir(args.language))
     except CorpusMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    named = {c.strip() for c in (args.only or args.all_but or "").split(",") if c.strip()}
+    unknown = named - {r["category"] for r in rows}
+    if unknown:
+        print(f"error: no category {', '.join(sorted(unknown))} in chatterbot-corpus "
+              f"({', '.join(sorted({r['category'] for r in rows}))})", file=sys.stderr)
+        return 2
+    if args.only:
+        rows = [r for r in rows if r["category"] in named]
+    elif args.all_but:
+        rows = [r for r in rows if r["category"] not in named]
     out = write_jsonl(Path(args.out), rows)
     turns = sum(len(r["messages"]) for r in rows)
     multi = sum(len(r["messages"]) > 2 for r in rows)

@@ -30,16 +30,19 @@ def column_problems(recipe: Any) -> list[str]:
     from ..tasks import get_task
 
     problems: list[str] = []
-    for key, location in (("data.train", recipe.data.train), ("data.eval", recipe.data.eval)):
+    d = recipe.data
+    files = ([("data.train", recipe, d.train, {})] if isinstance(d.train, str) else
+             [(f"data.train[{i}]", recipe.for_source(s), s.path, s.overrides()) for i, s in enumerate(d.sources)])
+    for key, own, location, own_keys in [*files, ("data.eval", recipe, d.eval, {})]:
         if not location:
             continue
         try:
-            src = _source(recipe, key, location)
+            src = _source(own, key, location)
             seen = _columns(src)
             if seen is None:
                 continue
             columns, complete = seen
-            spec = get_task(recipe).row_format(recipe).for_columns(recipe, src, columns)
+            spec = get_task(own).row_format(own).for_columns(own, src, columns)
         except DataError as exc:
             problems.append(str(exc))
             continue
@@ -47,7 +50,9 @@ def column_problems(recipe: Any) -> list[str]:
             continue   # the full load reads it again and names what is wrong
         for col_key, col in dict.fromkeys(spec.columns):
             if col not in columns and complete:
-                problems.append(_missing(src, col_key, col, columns))
+                name = col_key.removeprefix("data.")
+                named = f"{key}.{name}" if name in own_keys else col_key   # the source's own key
+                problems.append(_missing(src, named, col, columns))
     return problems
 
 

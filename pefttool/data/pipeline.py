@@ -14,6 +14,7 @@ from ..errors import DataError
 from ..tasks import get_task
 from .cleaning import _empty_message, _new_counts, _read_file, _summary
 from .encoding import _Encoder
+from .mixing import weigh
 from .reading import _quiet_datasets
 from .sources import _source
 
@@ -66,9 +67,18 @@ def prepare_data(
     spec.prepare(recipe, tokenizer)
     cache_root = Path(cache_dir) if cache_dir is not None else None
 
+    mixed = not isinstance(d.train, str)   # several sources, with weights (data/mixing.py)
+    origin: list[int] = []
     with _quiet_datasets():
-        train_src = _source(recipe, "data.train", d.train)
-        train_rows, train_counts, train_keys = _read_file(train_src, spec, recipe, cache_root, log)
+        if mixed:
+            from .mixing import read_sources
+
+            train_rows, origin, train_counts, train_keys = read_sources(
+                recipe, tokenizer, get_task(recipe).row_format, cache_root, log)
+            train_src = _source(recipe.for_source(d.sources[0]), "data.train", d.sources[0].path)
+        else:
+            train_src = _source(recipe, "data.train", d.sources[0].path)
+            train_rows, train_counts, train_keys = _read_file(train_src, spec, recipe, cache_root, log)
 
         label_names = spec.label_names(train_rows)
         if label_names is not None and len(label_names) < 2:
@@ -94,25 +104,36 @@ def prepare_data(
                 eval_counts["unknown_labels"].update(unknown)
             if not eval_rows:
                 raise DataError(_empty_message(eval_src, eval_counts, spec))
-            rng.shuffle(train_rows)
+            if mixed:
+                train_rows = weigh(recipe, train_rows, origin, train_counts, log)
+            else:
+                rng.shuffle(train_rows)
             random.Random(d.seed + 1).shuffle(eval_rows)
         else:
             if len(train_rows) < 2:
                 raise DataError(
-                    f"{train_src.name}: only {len(train_rows)} usable row(s) after cleaning; "
-                    "need at least 2 to hold out an eval split (add rows or set data.eval)")
-            rng.shuffle(train_rows)
+                    f"{train_counts['file'] if mixed else train_src.name}: only {len(train_rows)} "
+                    f"usable row(s) after cleaning; need at least 2 to hold out an eval split "
+                    f"(add rows or set data.eval)")
+            order = list(range(len(train_rows)))
+            rng.shuffle(order)
+            train_rows = [train_rows[i] for i in order]
+            origin = [origin[i] for i in order] if mixed else origin
             n_eval = min(max(1, round(len(train_rows) * d.eval_fraction)), len(train_rows) - 1)
             eval_rows, train_rows = train_rows[:n_eval], train_rows[n_eval:]
+            if mixed:   # held out before weighting: no repeated row is in both splits
+                train_rows = weigh(recipe, train_rows, origin[n_eval:], train_counts, log)
             train_counts["held_out"] = n_eval
             eval_counts = _new_counts(train_src, source=f"held out {d.eval_fraction:.0%} of train, "
                                       f"seed {d.seed}")
             eval_counts["rows_read"] = n_eval
+            if mixed:
+                eval_counts["file"] = train_counts["file"]
 
         for rows, counts, cap in ((train_rows, train_counts, d.max_train_rows),
                                   (eval_rows, eval_counts, d.max_eval_rows)):
             if cap is not None and len(rows) > cap:
-                counts["capped"] = len(rows) - cap
+                counts["capped"] += len(rows) - cap
                 del rows[cap:]
 
         encoder = _Encoder(tokenizer, recipe, label_names, spec)

@@ -241,13 +241,19 @@ def absolutize_paths(data: dict[str, Any], base_dir: Path, target_dir: Path) -> 
     data = copy.deepcopy(data)
     if Path(base_dir).resolve() == Path(target_dir).resolve():
         return data
+    def moved(value: Any) -> Any:
+        if not isinstance(value, str) or value.startswith("package:") or Path(value).is_absolute():
+            return value
+        local = Path(base_dir) / value
+        return str(local.resolve()) if local.exists() else value
+
     for key in PATH_KEYS:
         value = get_dotted(data, key)
-        if not isinstance(value, str) or value.startswith("package:") or Path(value).is_absolute():
-            continue
-        local = Path(base_dir) / value
-        if local.exists():
-            set_dotted(data, key, str(local.resolve()))
+        if isinstance(value, list):   # data.train as sources: each one's path
+            set_dotted(data, key, [{**s, "path": moved(s.get("path"))} if isinstance(s, dict) else s
+                                   for s in value])
+        elif moved(value) != value:
+            set_dotted(data, key, moved(value))
     return data
 
 

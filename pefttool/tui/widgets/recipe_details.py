@@ -37,7 +37,11 @@ def summary_rows(entry: RecipeEntry) -> list[tuple[str, str]]:
     eval_part = (f"eval {get('data.eval')}" if get("data.eval", None)
                  else f"eval {float(get('data.eval_fraction', 0.2)):.0%} held out")
     rows = get("data.max_train_rows", None)
-    data = _join([str(get("data.train", "?")), eval_part,
+    train = get("data.train", "?")
+    if isinstance(train, list):   # several sources: their names and weights
+        train = " + ".join(f"{Path(str(s.get('path', '?'))).name}×{s.get('weight', 1)}" if isinstance(s, dict)
+                           else "?" for s in train)
+    data = _join([str(train), eval_part,
                   f"max_length {get('data.max_length', 128)}",
                   f"≤{rows} rows" if rows else ""])
     method: dict[str, Any] = get("method", {}) or {}
