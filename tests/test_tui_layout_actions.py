@@ -922,6 +922,38 @@ async def test_adjust_shows_the_plan_estimate_and_follows_the_batch_size(fake_ap
                        what="the plan line cleared for an invalid recipe")
 
 
+async def test_ctrl_o_in_adjust_shows_the_whole_plan_of_the_edits_for_a_gpu_size(fake_app, tiny_recipe,
+                                                                                  monkeypatch):
+    """Issue 28.17: the plan in Adjust: steps and tokens from the data, memory by part side by
+    side, a GPU estimate for the size typed (another size: another estimate), of the edits."""
+    import pefttool.plan as plan
+
+    monkeypatch.setattr(plan, "runtime_baseline", lambda refresh=False: 400 * 2**20)  # no probe
+    tiny_recipe("lora", name="tiny")
+    app = fake_app()
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_adjust(pilot, "tiny")
+        screen.query_one("#f-train--batch_size", Input).value = "4"
+        await wait_for(pilot, lambda: not screen.problems, timeout=30, what="the edit validated")
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PlanScreen", timeout=10, what="the plan")
+        shown = lambda: str(app.screen.query_one("#plan").render())  # noqa: E731
+        await wait_for(pilot, lambda: "steps/epoch" in shown(), timeout=60, what="the plan text")
+        text = shown()
+        assert "batch 4 x length" in text and "GPU 24 GiB" in text and "activations" in text, text
+        field = app.screen.query_one("#plan-gpu-gib", Input)
+        field.value = "80"
+        field.focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "GPU 80 GiB" in shown(), timeout=60, what="the 80 GiB plan")
+        field.value = "lots"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "is not a size in GiB" in shown(), timeout=10, what="one line")
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is screen
+
+
 async def test_p_on_recipes_previews_the_rows_as_the_model_sees_them(fake_app, tiny_recipe, workdir):
     tiny_recipe("lora", task="causal-lm", name="tinylm")
     app = fake_app()

@@ -59,7 +59,8 @@ def plan_line(data: dict[str, Any], source: str, base_dir: Path) -> str:
 
     try:
         recipe = validate_recipe(data, source=source, base_dir=base_dir)
-        return "plan: " + estimate(recipe, strategies=(recipe.method.strategy,)).summary()
+        return ("plan: " + estimate(recipe, strategies=(recipe.method.strategy,)).summary()
+                + " (ctrl+o: the whole plan)")
     except Exception as exc:  # an estimate is advice: it never stops editing
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return f"plan: no estimate ({text})"
@@ -116,6 +117,8 @@ class AdjustScreen(AppScreen):
         Binding("ctrl+r", "launch", "Launch"),
         Binding("ctrl+t", "quick_trial", "Quick trial",
                 tooltip="max_steps 20, 200 training and 64 evaluation rows: a first try in minutes"),
+        Binding("ctrl+o", "plan", "Plan", tooltip="the whole plan of the edits: memory by part (CPU and a "
+                "GPU size), steps and tokens, and on request the time of a few real steps"),
         Binding("escape", "back", "Back"),
     ]
 
@@ -369,6 +372,16 @@ class AdjustScreen(AppScreen):
         what = "the options removed" if overrides is None else f"{len(overrides)} change(s)"
         self.app.push_screen(ConfirmModal(f"Discard {what} not saved? (Save as… keeps them: ctrl+s)",
                                           yes="Discard", no="Keep editing"), answered)
+
+    def action_plan(self) -> None:
+        """`pefttool plan` of the recipe as edited (a screen; Esc comes back to the form)."""
+        from .plan import PlanScreen
+
+        if self.raw_problem or self.problems:
+            self.notify("the recipe does not validate yet: fix the ✗ lines first", title="No plan")
+            return
+        name = str(self.edited.get("name") or self.entry.path.stem)
+        self.app.push_screen(PlanScreen(self.current(), str(self.entry.path), self.base_dir, name))
 
     def action_save(self) -> None:
         from .modals import SaveAsModal

@@ -12,9 +12,10 @@ COMPACT_BELOW = 100
 PALETTE_HINT_FROM = 72
 PALETTE_HINT_WIDTH = 13
 # When the keys still do not fit, these go first, in this order (F5 rereads a list that is
-# reread on return anyway; Escape is Back on every screen; 1/2/3 switch screens), so a
-# screen's own keys and "q Quit" stay whole.
-DROP_FIRST = (("reload",), ("quick_trial",), ("back",), ("show('recipes')", "show('runs')", "show('plugins')"))
+# reread on return anyway; Adjust's plan line says ctrl+o; Escape is Back on every screen;
+# 1/2/3 switch screens), so a screen's own keys and "q Quit" stay whole.
+DROP_FIRST = (("reload",), ("quick_trial",), ("plan",), ("back",),
+              ("show('recipes')", "show('runs')", "show('plugins')"))
 
 
 class AppFooter(Footer):
