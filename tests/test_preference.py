@@ -369,3 +369,33 @@ def test_plan_counts_the_frozen_base_of_a_full_dpo_run_and_not_of_orpo(tmp_path,
     lora = P.estimate(load_recipe(pair_recipe(tmp_path / "o", tiny_causal_dir, "lora", loss="dpo")),
                       strategies=("lora",)).own
     assert "frozen" not in lora.note   # the adapter is disabled instead: one base
+
+
+def test_padding_free_pairs_train_as_the_padded_batches_do(tmp_path, tiny_causal_dir):
+    """task.padding_free: the 2N sequences of a batch packed into rows (no padding), each
+    attending only to itself: the same losses and metrics as the padded batches (1e-5)."""
+    from pefttool_preference import PairCollator
+
+    rows = [{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4],
+             "rejected_input_ids": [1, 2, 5], "rejected_labels": [-100, -100, 5]},
+            {"input_ids": [7, 8, 9, 10, 11], "labels": [-100, 8, 9, 10, 11],
+             "rejected_input_ids": [7, 8, 12, 13], "rejected_labels": [-100, 8, 12, 13]}]
+    batch = PairCollator(pad_id=0, pack_to=9)(rows)
+    index, positions = batch["pair_index"], batch["position_ids"]
+    assert "attention_mask" not in batch and batch["input_ids"].shape[1] == 9
+    assert sorted(set(index[index >= 0].tolist())) == [0, 1, 2, 3]           # every sequence, once
+    assert int((index >= 0).sum()) == 4 + 5 + 3 + 4 and batch["pefttool_counts"].tolist() == [16, 4]
+    for k in range(4):   # positions restart at 0 for each sequence; its first label is -100
+        at = (index == k).nonzero()
+        first = at[0]
+        assert positions[first[0], first[1]] == 0 and batch["labels"][first[0], first[1]] == -100
+    runs = {}
+    for free in (False, True):
+        folder = tmp_path / f"free-{free}"
+        folder.mkdir()
+        path = _with_keys(pair_recipe(folder, tiny_causal_dir, loss="dpo"), task__padding_free=free)
+        result = run_recipe(load_recipe(path))
+        assert result.status == "completed"
+        runs[free] = json.loads((result.run_dir / "metrics.json").read_text())["history"]
+    for padded, packed in zip(runs[False], runs[True]):
+        assert packed == pytest.approx(padded, abs=1e-5)

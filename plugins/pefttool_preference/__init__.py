@@ -13,6 +13,7 @@ like a third party's task; it uses only the public contract (`pefttool.Task`, it
     gamma = 0.5               # SimPO: the target reward margin
     chosen_column = "chosen"
     rejected_column = "rejected"
+    padding_free = false      # pack a batch's chosen and rejected rows: no padding
 
     [data]
     prompt_column = "prompt"  # text, or a list of messages (a conversation to continue)
@@ -65,6 +66,9 @@ class PreferenceOptions(TaskOptions):
     gamma: float = Field(0.5, ge=0, description="SimPO: the target reward margin")
     chosen_column: str = Field("chosen", min_length=1, description="the preferred reply's column")
     rejected_column: str = Field("rejected", min_length=1, description="the other reply's column")
+    padding_free: bool = Field(False, description="pack a batch's chosen and rejected rows into "
+                               "rows of up to data.max_length, each attending only to itself: no "
+                               "padding (less memory and time when replies differ in length)")
 
     def beta_value(self) -> float:
         """task.beta, or the loss's own default (DEFAULT_BETA)."""
@@ -124,11 +128,12 @@ class PairRows(RowFormat):
 
     def __init__(self, columns: list[tuple[str, str]], prompt_column: str | None,
                  chosen: str, rejected: str, renderer: chat.Renderer | None = None,
-                 templated: bool = False) -> None:
+                 templated: bool = False, pack_to: int = 0) -> None:
         super().__init__(columns)
         self.prompt_column, self.chosen, self.rejected = prompt_column, chosen, rejected
         self.renderer = renderer
         self.templated = templated
+        self.pack_to = pack_to   # task.padding_free: rows of up to this many tokens (0: padded)
 
     @classmethod
     def from_recipe(cls, recipe: Any) -> RowFormat:
@@ -136,14 +141,16 @@ class PairRows(RowFormat):
         o = recipe.task_options
         cols = [("data.prompt_column", recipe.data.prompt_column),
                 ("task.chosen_column", o.chosen_column), ("task.rejected_column", o.rejected_column)]
-        return cls(cols, recipe.data.prompt_column, o.chosen_column, o.rejected_column)
+        return cls(cols, recipe.data.prompt_column, o.chosen_column, o.rejected_column,
+                   pack_to=recipe.data.max_length if o.padding_free else 0)
 
     def for_columns(self, recipe: Any, src: Any, columns: list[str]) -> RowFormat:
         """A file without the prompt column takes the prompt from the conversations its
         chosen and rejected cells hold (the binarized-feedback layout)."""
         if self.prompt_column in columns:
             return self
-        return PairRows(self.columns[1:], None, self.chosen, self.rejected, self.renderer, self.templated)
+        return PairRows(self.columns[1:], None, self.chosen, self.rejected, self.renderer, self.templated,
+                        self.pack_to)
 
     def prepare(self, recipe: Any, tokenizer: Any) -> None:
         """With data.chat_template and a tokenizer that has one, pairs render through it."""
@@ -240,8 +247,8 @@ class PairRows(RowFormat):
         return ds.remove_columns(["_drop", "_truncated"])
 
     def collator(self, pad_id: int) -> Callable[[list[dict[str, Any]]], dict[str, Any]]:
-        """N pairs → a batch of 2N rows (PairCollator)."""
-        return PairCollator(pad_id)
+        """N pairs → a batch of 2N sequences (PairCollator), packed when task.padding_free."""
+        return PairCollator(pad_id, self.pack_to)
 
 
 @dataclass
@@ -250,12 +257,48 @@ class PairCollator:
     causal-LM batch is (pefttool's `Collator`: labels -100 on padding). It pickles."""
 
     pad_id: int
+    pack_to: int = 0
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        """The chosen rows, then the rejected, through the shared collator."""
+        """The chosen rows, then the rejected, through the shared collator; or packed."""
         seqs = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows] + \
                [{"input_ids": r["rejected_input_ids"], "labels": r["rejected_labels"]} for r in rows]
+        if self.pack_to:
+            return self.packed(seqs)
         return Collator(pad_id=self.pad_id, sequence_labels=True)(seqs)
+
+    def packed(self, seqs: list[dict[str, Any]]) -> dict[str, Any]:
+        """task.padding_free: the 2N sequences in rows of up to `pack_to` tokens (best fit,
+        `pefttool.sampling.pack_rows`), position ids restarting at each one, no attention mask
+        (transformers then keeps each sequence to itself, as data.packing does), the first
+        label of each -100 (no token predicts the next sequence), and `pair_index`: which of
+        the 2N sequences each token belongs to (-1: padding at a row's end)."""
+        import torch
+
+        from pefttool.data.collate import COUNTS_KEY
+        from pefttool.sampling import pack_rows
+
+        groups = pack_rows([len(q["input_ids"]) for q in seqs], self.pack_to, 0)
+        longest = max(sum(len(seqs[k]["input_ids"]) for k in group) for group in groups)
+        shape = (len(groups), longest)
+        ids = torch.full(shape, self.pad_id, dtype=torch.long)
+        labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+        positions = torch.arange(longest, dtype=torch.long).repeat(len(groups), 1)
+        index = torch.full(shape, -1, dtype=torch.long)
+        for r, group in enumerate(sorted(groups)):
+            at = 0
+            for k in group:
+                n = len(seqs[k]["input_ids"])
+                ids[r, at:at + n] = torch.as_tensor(seqs[k]["input_ids"], dtype=torch.long)
+                labels[r, at:at + n] = torch.as_tensor(seqs[k]["labels"], dtype=torch.long)
+                labels[r, at] = IGNORE_INDEX
+                positions[r, at:at + n] = torch.arange(n)
+                index[r, at:at + n] = k
+                at += n
+            positions[r, at:] = torch.arange(longest - at)   # padding: a segment of its own
+        real = int((index >= 0).sum())
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "pair_index": index,
+                COUNTS_KEY: torch.tensor([real, len(seqs)], dtype=torch.long)}
 
 
 # ---------------------------------------------------------------------------- the maths
@@ -276,17 +319,41 @@ def sequence_logps(model: Any, batch: dict[str, Any]) -> tuple[Any, Any]:
 
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
+    index = batch.get("pair_index")   # task.padding_free: sequences packed into rows
+    inputs = ({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]} if index is None
+              else {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False})
+    if index is not None:
+        _check_packing(model)
     if loss_chunks_of(model):   # the chunked head: no logits
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                    labels=batch["labels"])
-        return out.token_logps.sum(-1), mask.sum(-1)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    picked = out.logits[:, :-1][mask].float()          # (label tokens, vocab)
-    targets = labels[mask]
-    token_logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, -1)
-    rows = mask.nonzero()[:, 0]
-    sums = torch.zeros(labels.shape[0], dtype=token_logps.dtype, device=token_logps.device)
-    return sums.index_add(0, rows, token_logps), mask.sum(-1)
+        token_logps = model(**inputs, labels=batch["labels"]).token_logps[mask]
+    else:
+        picked = model(**inputs).logits[:, :-1][mask].float()          # (label tokens, vocab)
+        targets = labels[mask]
+        token_logps = picked.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(picked, -1)
+    owner = mask.nonzero()[:, 0] if index is None else index[:, 1:][mask]
+    n = labels.shape[0] if index is None else int(index.max()) + 1
+    sums = torch.zeros(n, dtype=token_logps.dtype, device=token_logps.device)
+    counts = torch.zeros(n, dtype=torch.long, device=token_logps.device)
+    return sums.index_add(0, owner, token_logps), counts.index_add(0, owner, torch.ones_like(owner))
+
+
+# models checked to keep packed sequences apart (task.padding_free)
+_PACKING_CHECKED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _check_packing(model: Any) -> None:
+    """task.padding_free on a model that would attend across packed sequences: one line
+    (`pefttool.data.collate.check_packed_attention`), once per model."""
+    from pefttool.data.collate import check_packed_attention
+
+    inner = getattr(model, "module", model)
+    if inner in _PACKING_CHECKED:
+        return
+    try:
+        check_packed_attention(inner)
+    except ModelError as exc:
+        raise ModelError(str(exc).replace("data.packing", "task.padding_free")) from None
+    _PACKING_CHECKED.add(inner)
 
 
 # A full fine-tune's reference: its base model, loaded once more, frozen (by the policy model).
