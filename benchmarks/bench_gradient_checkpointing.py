@@ -54,6 +54,48 @@ def _give_back_freed_memory() -> None:
         pass  # not glibc: the baseline then includes freed memory (the saving reads smaller)
 
 
+def measure_steps(step, steps: int, device: str) -> dict:
+    """One warm-up call of `step` (a training step returning its loss), then `steps` measured
+    ones: the memory before them and their peak (RSS sampled every 2 ms on CPU after giving
+    freed heap pages back; torch's peak allocation on CUDA), seconds and CPU seconds per step,
+    the last loss. Shared by benchmarks/chunked_loss.py."""
+    import torch
+
+    step()  # warm-up (allocator, kernels); its gradients are dropped
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        _give_back_freed_memory()
+        base = _rss_mb()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.002)
+
+    sampler = None if cuda else threading.Thread(target=sample, daemon=True)
+    if sampler:
+        sampler.start()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    loss = float("nan")
+    for _ in range(steps):
+        loss = step()
+    cpu_seconds = (time.process_time() - cpu_start) / steps
+    if cuda:
+        torch.cuda.synchronize()
+        peak[0] = torch.cuda.max_memory_allocated() / 2**20
+    seconds = (time.perf_counter() - start) / steps
+    done.set()
+    if sampler:
+        sampler.join()
+    return {"base_mb": base, "peak_mb": peak[0], "step_s": seconds, "cpu_s": cpu_seconds, "loss": loss}
+
+
 def measure(checkpointing: bool, batch: int, seq: int, steps: int, device: str,
             threads: int) -> dict:
     import torch
@@ -88,39 +130,8 @@ def measure(checkpointing: bool, batch: int, seq: int, steps: int, device: str,
         model.zero_grad(set_to_none=True)
         return float(loss)
 
-    step()  # warm-up (allocator, kernels); its gradients are dropped
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-    else:
-        _give_back_freed_memory()
-        base = _rss_mb()
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.002)
-
-    sampler = None if cuda else threading.Thread(target=sample, daemon=True)
-    if sampler:
-        sampler.start()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    for _ in range(steps):
-        loss = step()
-    cpu_seconds = (time.process_time() - cpu_start) / steps
-    if cuda:
-        torch.cuda.synchronize()
-        peak[0] = torch.cuda.max_memory_allocated() / 2**20
-    seconds = (time.perf_counter() - start) / steps
-    done.set()
-    if sampler:
-        sampler.join()
-    return {"checkpointing": checkpointing, "base_mb": base, "peak_mb": peak[0],
-            "activation_mb": peak[0] - base, "step_s": seconds, "cpu_s": cpu_seconds, "loss": loss,
+    timed = measure_steps(step, steps, device)
+    return {"checkpointing": checkpointing, **timed, "activation_mb": timed["peak_mb"] - timed["base_mb"],
             "is_on": bool(getattr(model.base_model.model, "is_gradient_checkpointing", False)),
             "threads": torch.get_num_threads(), "device": device}
 

@@ -28,11 +28,10 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-from bench_gradient_checkpointing import _cuda, _give_back_freed_memory, _rss_mb
+from bench_gradient_checkpointing import _cuda, measure_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,38 +77,9 @@ def measure(chunks: int | None, batch: int, seq: int, device: str, threads: int,
         model.zero_grad(set_to_none=True)
         return float(loss)
 
-    step()  # warm-up (allocator, kernels); its gradients are dropped
-    cuda = device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated() / 2**20
-    else:
-        _give_back_freed_memory()
-        base = _rss_mb()
-    peak = [base]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.002)
-
-    sampler = None if cuda else threading.Thread(target=sample, daemon=True)
-    if sampler:
-        sampler.start()
-    start, cpu_start = time.perf_counter(), time.process_time()
-    loss = step()
-    cpu_seconds = time.process_time() - cpu_start
-    if cuda:
-        torch.cuda.synchronize()
-        peak[0] = torch.cuda.max_memory_allocated() / 2**20
-    seconds = time.perf_counter() - start
-    done.set()
-    if sampler:
-        sampler.join()
-    return {"chunks": run.loss_chunks, "base_mb": base, "peak_mb": peak[0], "activation_mb": peak[0] - base,
-            "step_s": seconds, "cpu_s": cpu_seconds, "loss": loss, "threads": torch.get_num_threads(),
+    timed = measure_steps(step, 1, device)
+    return {"chunks": run.loss_chunks, **timed, "activation_mb": timed["peak_mb"] - timed["base_mb"],
+            "threads": torch.get_num_threads(),
             "tokens": int((labels[:, 1:] != -100).sum()), "device": device}
 
 

@@ -34,6 +34,10 @@ from transformers.utils import ModelOutput
 from .data.common import IGNORE_INDEX
 
 _ATTR = "_pefttool_loss_chunks"
+#: the fewest label tokens a chunk holds: below it a chunk's own overhead (a checkpoint, a
+#: small matmul) costs more time than its logits cost memory (256 x a 128k vocabulary in
+#: float32: 128 MiB). A batch of fewer label tokens is one chunk.
+MIN_CHUNK_TOKENS = 256
 
 
 @dataclass
@@ -113,7 +117,9 @@ def chunked_causal_loss(hidden: torch.Tensor, labels: torch.Tensor, head: Any, c
     else:
         picked, picked_targets = hidden.reshape(-1, hidden.shape[-1]), targets.clamp(min=0).reshape(-1)
     n = picked.shape[0]
-    size = max(1, -(-n // max(1, chunks)))
+    # (plan counts a small reference batch and scales it: there, a chunk is n / chunks, as in
+    # the real batch it stands for, which holds far more than MIN_CHUNK_TOKENS)
+    size = max(1, MIN_CHUNK_TOKENS if compact else 1, -(-n // max(1, chunks)))
     splits = list(zip(picked.split(size), picked_targets.split(size)))
     if not compact:
         # `pefttool plan` counts what a step allocates, as if all of it lived at once: one

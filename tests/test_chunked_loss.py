@@ -17,6 +17,14 @@ from pefttool.settled import DEFAULT_LOSS_CHUNKS, settle
 from tiny_models import write_tiny_recipe
 
 
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch):
+    """Tiny batches hold a few dozen label tokens: chunks of any size, so several are made."""
+    import pefttool.losses
+
+    monkeypatch.setattr(pefttool.losses, "MIN_CHUNK_TOKENS", 1)
+
+
 def _tiny_lora_model(lm_head: bool):
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -92,6 +100,23 @@ def test_a_batch_without_label_tokens_is_a_zero_loss_still_in_the_graph():
     out = model(**batch)
     out.loss.backward()
     assert out.loss.item() == 0.0
+
+
+def test_a_small_batch_is_one_chunk(monkeypatch):
+    """Below MIN_CHUNK_TOKENS label tokens a chunk's overhead outweighs its memory: one chunk."""
+    import pefttool.losses as L
+
+    monkeypatch.setattr(L, "MIN_CHUNK_TOKENS", 256)
+    calls = []
+    head = torch.nn.Linear(8, 50)
+    counted = lambda module, args, out: calls.append(args[0].shape[0])  # noqa: E731
+    head.register_forward_hook(counted)
+    labels = torch.randint(0, 50, (2, 100))
+    L.chunked_causal_loss(torch.randn(2, 100, 8, requires_grad=True), labels, head, 8)
+    assert calls == [198]                       # 2 x 99 label tokens: one chunk
+    calls.clear()
+    L.chunked_causal_loss(torch.randn(8, 129, 8), torch.randint(0, 50, (8, 129)), head, 8)
+    assert calls == [256, 256, 256, 256]        # 1,024 tokens in 8 chunks would be 128 each
 
 
 def test_generation_and_a_forward_without_labels_are_the_models_own():
