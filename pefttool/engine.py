@@ -538,7 +538,7 @@ class _TrainingRun:
             if self.settled.task.vocabulary_loss:
                 self.emit.info(f"loss: the model's own, over the full logits ({self.settled.loss_chunks_why})")
             return
-        from .losses import set_loss_chunks, why_not_chunked
+        from .losses import MIN_CHUNK_TOKENS, set_loss_chunks, why_not_chunked
 
         why_not = why_not_chunked(model)
         if why_not:
@@ -546,8 +546,9 @@ class _TrainingRun:
                            f"train.loss_chunks = {chunks} does not apply)", level="warning")
             return
         set_loss_chunks(model, chunks)
-        self.emit.info(f"loss: from the hidden states in {chunks} chunks of label tokens, never "
-                       f"the full logits ({self.settled.loss_chunks_why})")
+        self.emit.info(f"loss: from the hidden states in up to {chunks} chunks of label tokens "
+                       f"(at least {MIN_CHUNK_TOKENS} each), never the full logits "
+                       f"({self.settled.loss_chunks_why})")
 
     def _setup_optimizer(self, model: Any) -> Any:
         return build_optimizer(self.strategy, model, self.recipe, self.options)  # pefttool/optim.py
