@@ -27,6 +27,9 @@ Then, on the first model:
          against the qlora row's (an uninterrupted run of the same recipe): max |diff|, with the
          same figure for the steps before the stop as the run-to-run noise on this GPU
   lora + train.compile  (Triton kernels; its tok/s include the first step's compile)
+  lora DPO  the preference task (DPO, beta 0.1, padding-free pairs, LoRA r 16, bf16) on pairs
+         made from the documents (prompt: a document's opening; chosen: its next words;
+         rejected: another document's): tok/s, peak, the DPO loss falling
   lora, loss_chunks 0   the lora row with the model's own loss over the full logits (every
          other row computes it in chunks, the default): its peak and tok/s against the lora row's
 With >= 2 CUDA devices, a LoRA run with `pefttool run ... --processes N` too.
@@ -115,6 +118,67 @@ batch_size = 8
 [early_stopping]
 enabled = false
 """
+
+
+def dpo_recipe(work: Path, name: str, model: str, gguf: str | None, train: Path, *, seq: int, batch: int,
+               steps: int) -> Path:
+    """The DPO row: pairs made from the benchmark's documents (a document's opening as the
+    prompt, its own next words chosen, another document's rejected: no data set ships pairs
+    here), LoRA r 16 in bf16, the chunked loss and padding-free pairs, a reference pass with
+    the adapter disabled; batch // 2 pairs a step (batch sequences)."""
+    import csv
+    import json
+
+    with train.open(newline="", encoding="utf-8") as f:
+        docs = [row["text"].split() for row in csv.DictReader(f)]
+    docs = [d for d in docs if len(d) >= 24]
+    pairs = work / f"{name}-pairs.jsonl"
+    span = max(8, seq // 8)   # words: prompt and replies well within seq tokens
+    with pairs.open("w", encoding="utf-8") as f:
+        for i, words in enumerate(docs):
+            other = docs[(i + 1) % len(docs)]
+            f.write(json.dumps({"prompt": " ".join(words[:span]), "chosen": " ".join(words[span:2 * span]),
+                                "rejected": " ".join(other[span:2 * span])}) + "\n")
+    gguf_line = f'gguf_file = "{gguf}"\n' if gguf else ""
+    path = work / f"{name}.toml"
+    path.write_text(f"""name = "{name}"
+[model]
+path = "{model}"
+{gguf_line}dtype = "bfloat16"
+attn_implementation = "sdpa"
+[task]
+type = "preference"
+loss = "dpo"
+beta = 0.1
+padding_free = true
+[data]
+train = "{pairs}"
+eval_fraction = 0.1
+chat_template = false
+max_length = {seq}
+max_train_rows = {steps * max(1, batch // 2)}
+max_eval_rows = 16
+[method]
+strategy = "lora"
+r = 16
+alpha = 32
+dropout = 0.0
+target_modules = "all-linear"
+[train]
+epochs = 1
+batch_size = {max(1, batch // 2)}
+lr = 5e-5
+scheduler = "constant"
+mixed_precision = "bf16"
+log_every = 1
+keep_checkpoints = 1
+[eval]
+before_training = false
+batch_size = 8
+[early_stopping]
+enabled = false
+""")
+    return path
 
 
 def set_key(text: str, dotted: str, value: str) -> str:
@@ -544,6 +608,23 @@ def main(argv=None) -> int:
                 if not loss_falls(r):
                     failures.append(f"{label} lora + train.compile: loss did not fall")
                 row(label, "lora + train.compile", r, "tok/s includes the first step's compile")
+    # DPO (the preference task) on the first model: pairs from the documents, padding-free
+    label, model, gguf = models[0]
+    if not out_of_time(label, "lora DPO", 60):
+        recipe = dpo_recipe(work, "dpo-lora", model, gguf, train, seq=a.seq, batch=a.batch, steps=a.steps)
+        ok, message = validate(recipe)
+        if not ok:
+            row(label, "lora DPO", note=f"not supported here: {message.splitlines()[-1:]}"[:120])
+        else:
+            r = run(recipe, work, timeout=kill_after())
+            results[f"{label} lora DPO"] = r
+            if "error" in r:
+                row(label, "lora DPO", r, f"failed: {r['error']}"[:200])
+                (incomplete if r["timed_out"] else failures).append(f"{label} lora DPO: run failed ({r['error']})")
+            else:
+                if not loss_falls(r):
+                    failures.append(f"{label} lora DPO: loss did not fall")
+                row(label, "lora DPO", r, f"pairs from the documents, padding-free; {plan_estimate(recipe)}")
     # train.loss_chunks = 0 (the full logits) against the lora row (chunked, the default)
     label, model, gguf = models[0]
     chunked = results.get(f"{label} lora")

@@ -92,6 +92,24 @@ def test_gpu_check_recipes_validate(strategy, tiny_causal_dir, tmp_path, monkeyp
     assert f'strategy = "{strategy}"' in text
 
 
+def test_gpu_check_dpo_row_recipe_validates_and_trains(tiny_causal_dir, tmp_path):
+    """The GPU check's DPO row, on the CPU: its pairs and recipe (bf16 on the device; float32
+    and a few steps here) validate and train."""
+    import gpu_check
+
+    import bench
+    from pefttool.engine import run_recipe
+    from pefttool.recipe import load_recipe
+
+    train, _ = bench.long_texts(tmp_path, 8, 2)
+    path = gpu_check.dpo_recipe(tmp_path, "g-dpo", str(tiny_causal_dir), None, train, seq=64, batch=4, steps=2)
+    text = path.read_text().replace('dtype = "bfloat16"', 'dtype = "float32"').replace(
+        'mixed_precision = "bf16"', 'mixed_precision = "no"\ndevice = "cpu"\nthreads = 1')
+    path.write_text(text + f'[output]\ndir = "{tmp_path / "runs" / "g-dpo"}"\n')
+    result = run_recipe(load_recipe(path))
+    assert result.status == "completed" and result.steps == 2
+
+
 def test_set_key_replaces_or_adds():
     import gpu_check
 
