@@ -533,6 +533,23 @@ def main(argv=None) -> int:
         incomplete.append(f"{label} {what}")
         return True
 
+    def extra_row(label, what, recipe, ok, message, note):
+        """One more run on the first model: "not supported here" when it does not validate,
+        else its row (note(result) beside it), a failure when it fails or its loss does not fall."""
+        if not ok:
+            why = message.splitlines()[-1] if message else ""
+            row(label, what, note=f"not supported here: {why}"[:120])
+            return
+        r = run(recipe, work, timeout=kill_after())
+        results[f"{label} {what}"] = r
+        if "error" in r:
+            row(label, what, r, f"failed: {r['error']}"[:200])
+            (incomplete if r["timed_out"] else failures).append(f"{label} {what}: run failed ({r['error']})")
+            return
+        if not loss_falls(r):
+            failures.append(f"{label} {what}: loss did not fall")
+        row(label, what, r, note(r))
+
     first_qlora = None  # (label, recipe, result) of the first model's qlora row
     for label, model, gguf in models:
         peaks = {}
@@ -587,6 +604,7 @@ def main(argv=None) -> int:
     # train.compile on the GPU (Triton kernels), LoRA on the first model: one extra row
     label, model, gguf = models[0]
     if not out_of_time(label, "lora + train.compile", 120):
+        recipe = work / "compile-lora.toml"
         try:
             recipe, _ = build_recipe(work, "compile-lora", model, gguf, train, eval_, "lora", seq=a.seq,
                                      batch=a.batch, steps=a.steps)
@@ -594,59 +612,27 @@ def main(argv=None) -> int:
             ok, message = validate(recipe)
         except RuntimeError as exc:
             ok, message = False, str(exc)
-        if not ok:
-            why = message.splitlines()[-1] if message else ""
-            row(label, "lora + train.compile", note=f"not supported here: {why}"[:120])
-        else:
-            r = run(recipe, work, timeout=kill_after())
-            results[f"{label} lora + train.compile"] = r
-            if "error" in r:
-                row(label, "lora + train.compile", r, f"failed: {r['error']}"[:200])
-                (incomplete if r["timed_out"] else failures).append(
-                    f"{label} lora + train.compile: run failed ({r['error']})")
-            else:
-                if not loss_falls(r):
-                    failures.append(f"{label} lora + train.compile: loss did not fall")
-                row(label, "lora + train.compile", r, "tok/s includes the first step's compile")
+        extra_row(label, "lora + train.compile", recipe, ok, message,
+                  lambda r: "tok/s includes the first step's compile")
     # DPO (the preference task) on the first model: pairs from the documents, padding-free
-    label, model, gguf = models[0]
     if not out_of_time(label, "lora DPO", 60):
         recipe = dpo_recipe(work, "dpo-lora", model, gguf, train, seq=a.seq, batch=a.batch, steps=a.steps)
-        ok, message = validate(recipe)
-        if not ok:
-            row(label, "lora DPO", note=f"not supported here: {message.splitlines()[-1:]}"[:120])
-        else:
-            r = run(recipe, work, timeout=kill_after())
-            results[f"{label} lora DPO"] = r
-            if "error" in r:
-                row(label, "lora DPO", r, f"failed: {r['error']}"[:200])
-                (incomplete if r["timed_out"] else failures).append(f"{label} lora DPO: run failed ({r['error']})")
-            else:
-                if not loss_falls(r):
-                    failures.append(f"{label} lora DPO: loss did not fall")
-                row(label, "lora DPO", r, f"pairs from the documents, padding-free; {plan_estimate(recipe)}")
+        extra_row(label, "lora DPO", recipe, *validate(recipe),
+                  lambda r: f"pairs from the documents, padding-free; {plan_estimate(recipe)}")
     # train.loss_chunks = 0 (the full logits) against the lora row (chunked, the default)
-    label, model, gguf = models[0]
     chunked = results.get(f"{label} lora")
-    if chunked and "error" not in chunked and not out_of_time(label, "lora, full logits", 60):
+    if chunked and "error" not in chunked and not out_of_time(label, "lora, loss_chunks 0", 60):
         recipe, _ = build_recipe(work, "full-logits-lora", model, gguf, train, eval_, "lora", seq=a.seq,
                                  batch=a.batch, steps=a.steps)
         recipe.write_text(set_key(recipe.read_text(), "train.loss_chunks", "0"))
-        ok, message = validate(recipe)
-        if not ok:
-            row(label, "lora, loss_chunks 0", note=f"not supported here: {message.splitlines()[-1:]}"[:120])
-        else:
-            r = run(recipe, work, timeout=kill_after())
-            results[f"{label} lora, loss_chunks 0"] = r
-            if "error" in r:
-                row(label, "lora, loss_chunks 0", r, f"failed: {r['error']}"[:200])
-                (incomplete if r["timed_out"] else failures).append(f"{label} lora full logits: run failed")
-            else:
-                ratio_mem = (chunked["peak_mb"] or 0) / max(r["peak_mb"] or 1, 1)
-                ratio_speed = (chunked["tokens_per_s"] or 0) / max(r["tokens_per_s"] or 1, 1e-9)
-                row(label, "lora, loss_chunks 0", r,
-                    f"full logits; the chunked lora row: {ratio_mem:.2f}x the peak, {ratio_speed:.2f}x the tok/s; "
-                    f"{plan_estimate(recipe)}")
+
+        def against_chunked(r: dict) -> str:
+            ratio_mem = (chunked["peak_mb"] or 0) / max(r["peak_mb"] or 1, 1)
+            ratio_speed = (chunked["tokens_per_s"] or 0) / max(r["tokens_per_s"] or 1, 1e-9)
+            return (f"full logits; the chunked lora row: {ratio_mem:.2f}x the peak, {ratio_speed:.2f}x the "
+                    f"tok/s; {plan_estimate(recipe)}")
+
+        extra_row(label, "lora, loss_chunks 0", recipe, *validate(recipe), against_chunked)
     # multi-GPU
     help_text = subprocess.run([*bench.pefttool_cmd(), "run", "--help"], capture_output=True, text=True).stdout
     if n_gpus < 2:
