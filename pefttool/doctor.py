@@ -226,8 +226,9 @@ def disk_checks(runs: Path) -> list[Check]:
     return checks
 
 
-def recipe_checks(path: Path, overrides: list[str]) -> list[Check]:
-    """The recipe's validation, then plan's peak against this machine (no data read)."""
+def recipe_checks(path: Path, overrides: list[str]) -> tuple[list[Check], Path | None]:
+    """The recipe's validation, then plan's peak against this machine (no data read); and
+    where its runs go (None when even its keys do not read)."""
     import psutil
 
     from .plan import estimate
@@ -238,7 +239,12 @@ def recipe_checks(path: Path, overrides: list[str]) -> list[Check]:
         recipe = load_recipe(path, overrides)
         run = settle(recipe)
     except PefttoolError as exc:
-        return [Check("recipe", "problem", line.strip(" -")) for line in str(exc).splitlines()]
+        problems = [Check("recipe", "problem", line.strip(" -")) for line in str(exc).splitlines()]
+        try:   # a missing file still leaves the output folder readable
+            return problems, load_recipe(path, overrides, check_files=False).output_dir()
+        except PefttoolError:
+            return problems, None
+    runs = recipe.output_dir()
     checks = [Check("recipe", "ok", f"{path} validates: {recipe.task.type}, strategy "
                                     f"{recipe.method.strategy}, on {run.device}")]
     gib = None
@@ -249,7 +255,7 @@ def recipe_checks(path: Path, overrides: list[str]) -> list[Check]:
     try:
         plan = estimate(recipe, device=gib if gib else "cpu")
     except PefttoolError as exc:
-        return checks + [Check("plan", "warn", str(exc))]
+        return checks + [Check("plan", "warn", str(exc))], runs
     own = plan.own
     if own.gpu is not None and gib:
         fits = own.gpu.total <= own.gpu.capacity if own.gpu.capacity else True
@@ -262,7 +268,7 @@ def recipe_checks(path: Path, overrides: list[str]) -> list[Check]:
         checks.append(Check("plan", "ok" if fits else "problem",
                             f"peak ~{own.cpu.total / GiB:.1f} GiB of RAM, {free / GiB:.1f} GiB free"
                             + ("" if fits else ": does not fit (pefttool plan shows the parts)")))
-    return checks
+    return checks, runs
 
 
 def diagnose(recipe: Path | None = None, overrides: list[str] | None = None) -> list[Check]:
@@ -278,13 +284,9 @@ def diagnose(recipe: Path | None = None, overrides: list[str] | None = None) -> 
         checks.append(bnb)
     checks += compile_checks()
     if recipe is not None:
-        checks += recipe_checks(recipe, overrides or [])
-        try:
-            from .recipe import load_recipe
-
-            runs = load_recipe(recipe, overrides or [], check_files=False).output_dir()
-        except PefttoolError:
-            pass
+        found, output = recipe_checks(recipe, overrides or [])
+        checks += found
+        runs = output or runs
     checks += disk_checks(runs)
     return checks
 
